@@ -1,0 +1,26 @@
+# Everything starts from a fresh clone: the first target run builds .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The torch build to install; override e.g. `make test TORCH="torch torchvision"`.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev,onnx]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/t2t-vit demo
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info

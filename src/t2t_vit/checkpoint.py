@@ -1,0 +1,88 @@
+"""Safe checkpoint reading (weights only), layout detection and loading into a model."""
+import logging
+import pickle
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .models.t2t_vit import checkpoint_filter_fn
+
+_logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+
+
+def read_checkpoint(path: PathLike) -> Any:
+    """Read a `.pth`/`.pth.tar`/`.pt` (with `weights_only=True`) or `.safetensors` file; InputError if unreadable.
+
+    A pickle that would run code or build arbitrary objects is refused by `weights_only=True`, never executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {str(path)!r} does not exist or is not a file: check the path")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise InputError(f"checkpoint {str(path)!r} is not a readable safetensors file ({e})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise InputError(
+                f"checkpoint {str(path)!r} holds pickled objects other than tensors and plain containers; "
+                "it was refused unread (weights_only=True) because unpickling could run code. If you trust "
+                "its source, re-save only its state dict: torch.save(obj['state_dict'], 'clean.pth')"
+            ) from None
+        raise InputError(f"checkpoint {str(path)!r} is not a PyTorch checkpoint ({e})") from None
+    except Exception as e:  # a user's file can fail to parse in many ways; all mean the same to the user
+        raise InputError(
+            f"checkpoint {str(path)!r} could not be read: truncated, corrupt or not a checkpoint ({e}). "
+            "Download or copy it again"
+        ) from None
+
+
+def extract_state_dict(checkpoint: Any, use_ema: bool = True, source: str = "checkpoint") -> Dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint: bare, or under `state_dict(_ema)` / `model(_ema)` (EMA first if asked)."""
+    if not isinstance(checkpoint, dict):
+        raise InputError(f"{source} holds a {type(checkpoint).__name__}, not a state dict or checkpoint dict")
+    order = ("state_dict_ema", "model_ema", "state_dict", "model") if use_ema else ("state_dict", "model")
+    for key in order:
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    if not checkpoint or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        keys = ", ".join(list(map(str, checkpoint))[:8])
+        raise InputError(
+            f"{source} has no state dict: expected tensors, or one of {STATE_DICT_KEYS} holding them; "
+            f"found keys: {keys or 'none'}"
+        )
+    return checkpoint
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path: PathLike,
+    use_ema: bool = True,
+    old_grid: Optional[Tuple[int, int]] = None,
+) -> nn.Module:
+    """Load the authors' release or our checkpoint into `model` (in place), fitting head and position table.
+
+    Accepts a bare state dict or a dict with `state_dict`, `state_dict_ema`, `model` or `model_ema`; keys may
+    carry a `module.` prefix. A head for another class count is dropped with a logged note, the position table
+    is resampled to the model's img_size. Anything else that does not fit raises InputError.
+    """
+    state_dict = extract_state_dict(read_checkpoint(path), use_ema, source=f"checkpoint {str(path)!r}")
+    state_dict = checkpoint_filter_fn(state_dict, model, old_grid)
+    result = model.load_state_dict(state_dict, strict=False)
+    if result.missing_keys:
+        _logger.info("not in the checkpoint, left at initialisation: %s", ", ".join(result.missing_keys))
+    _logger.info("loaded %s", path)
+    return model

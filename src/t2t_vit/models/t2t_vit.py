@@ -1,0 +1,468 @@
+"""T2T-ViT: the Tokens-to-Token module in front of a deep-narrow ViT backbone, registered in timm.
+
+Paper: "Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet" (Yuan et al., ICCV 2021).
+"""
+import logging
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers._fx import register_notrace_function
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models._features import feature_take_indices
+from timm.models import register_model
+from torch import nn
+
+from ..errors import InputError
+from .layers import ATTN_IMPLS, Attention, Block, sinusoid_table
+from .tokens_to_token import DEFAULT_SOFT_SPLITS, T2T_MIXERS, T2TModule, TokenAttention, TokenPerformer, grid_size
+
+_logger = logging.getLogger(__name__)
+
+GLOBAL_POOLS = ("token", "avg", "")
+
+
+@torch.fx.wrap
+@register_notrace_function
+def check_image(x: torch.Tensor, in_chans: int, soft_splits: List[Tuple[int, int, int]]) -> Tuple[int, int]:
+    """The token grid of a batch of images; InputError naming the problem if the batch is not one."""
+    if x.dim() != 4:
+        raise InputError(f"expected a batch of images (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise InputError(
+            f"input has {x.shape[1]} channels but the model takes {in_chans}: convert the images "
+            f"(e.g. grayscale to RGB), or create the model with in_chans={x.shape[1]}"
+        )
+    return grid_size((int(x.shape[2]), int(x.shape[3])), soft_splits)
+
+
+@torch.fx.wrap
+@register_notrace_function
+def fit_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int], base_grid: Tuple[int, int], dynamic: bool):
+    """The position table for a token grid: as stored, or resampled (bicubic) when `dynamic` and sizes differ."""
+    if tuple(grid) == tuple(base_grid):
+        return pos_embed
+    if not dynamic:
+        raise InputError(
+            f"the input gives a {grid[0]}x{grid[1]} token grid but the position table is for "
+            f"{base_grid[0]}x{base_grid[1]}: feed images of the model's img_size, create the model with "
+            "that img_size, or pass dynamic_img_size=True"
+        )
+    return resample_abs_pos_embed(pos_embed, list(grid), list(base_grid), num_prefix_tokens=1)
+
+
+class T2TViT(nn.Module):
+    """Tokens-to-Token ViT.
+
+    Args:
+        img_size: input size, int or (height, width); sets the position table.
+        in_chans: input channels.
+        num_classes: classes of the linear head (0 for none).
+        global_pool: "token" (class token, the paper's), "avg" (mean of patch tokens) or "" (no pooling).
+        embed_dim, depth, num_heads, mlp_ratio: backbone sizes.
+        qkv_bias: bias in the backbone's qkv projection (the paper has none).
+        qk_scale: attention scale; None is head_dim^-0.5.
+        drop_rate, attn_drop_rate, drop_path_rate: dropout after the position table / in attention, drop path.
+        t2t_mixer: "performer" or "transformer", the token mixer of the T2T module.
+        token_dim: token width inside the T2T module.
+        soft_splits: three (kernel, stride, padding) triples for the unfolds of the T2T module.
+        dynamic_img_size: accept any image size the soft splits tile, resampling the position table.
+        attn_impl: "sdpa" (fused kernels, default) or "eager" (the explicit math of the authors' code).
+    """
+
+    def __init__(
+        self,
+        img_size: Union[int, Tuple[int, int]] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        qk_scale: Optional[float] = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        t2t_mixer: str = "performer",
+        token_dim: int = 64,
+        soft_splits: Sequence[Sequence[int]] = DEFAULT_SOFT_SPLITS,
+        dynamic_img_size: bool = False,
+        attn_impl: str = "sdpa",
+        norm_layer: type = nn.LayerNorm,
+    ) -> None:
+        super().__init__()
+        if global_pool not in GLOBAL_POOLS:
+            raise InputError(f"global_pool={global_pool!r} is not one of {GLOBAL_POOLS}")
+        if embed_dim % num_heads:
+            raise InputError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+
+        self.tokens_to_token = T2TModule(t2t_mixer, in_chans, embed_dim, token_dim, soft_splits)
+        self.soft_splits = self.tokens_to_token.soft_splits
+        self.img_size = to_2tuple(img_size)
+        self.grid_size = grid_size(self.img_size, self.soft_splits)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(sinusoid_table(self.num_patches + 1, embed_dim), requires_grad=False)
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear decay rule
+        self.blocks = nn.Sequential(
+            *[
+                Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i], norm_layer)
+                for i in range(depth)
+            ]
+        )
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=16) for i in range(depth)]
+        self.norm = norm_layer(embed_dim)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        trunc_normal_(self.cls_token, std=0.02)
+        self.apply(_init_weights)
+        self.set_attn_impl(attn_impl)
+
+    def set_attn_impl(self, attn_impl: str) -> None:
+        """Switch every attention to "sdpa" (fused) or "eager" (the authors' explicit math)."""
+        if attn_impl not in ATTN_IMPLS:
+            raise InputError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}")
+        for m in self.modules():
+            if isinstance(m, (Attention, TokenAttention, TokenPerformer)):
+                m.fused = attn_impl == "sdpa"
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {"cls_token", "pos_embed"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r"^cls_token|^pos_embed|^tokens_to_token", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise InputError(f"global_pool={global_pool!r} is not one of {GLOBAL_POOLS}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Images -> (tokens with class token and positions (B, 1 + N, C), token grid)."""
+        if torch.jit.is_scripting():
+            grid = self.tokens_to_token.feat_size(x.shape[2], x.shape[3])
+            pos_embed = self.pos_embed  # TorchScript: the model's own img_size only
+        else:
+            grid = check_image(x, self.in_chans, self.soft_splits)
+            pos_embed = fit_pos_embed(self.pos_embed, grid, self.grid_size, self.dynamic_img_size)
+        x = self.tokens_to_token(x)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        return self.pos_drop(x + pos_embed), grid
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, _ = self._tokens(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "token":
+            x = x[:, 0]
+        elif self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens :].mean(dim=1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Block outputs as feature maps (NCHW, class token dropped) or token sequences (NLC), timm-style.
+
+        Args:
+            indices: the last n blocks if int, all if None, else these block indices.
+            norm: apply the final norm to each intermediate.
+            stop_early: stop after the last requested block.
+            output_fmt: "NCHW" or "NLC".
+            intermediates_only: return only the intermediates.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise InputError(f"output_fmt={output_fmt!r} must be 'NCHW' or 'NLC'")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        B = x.shape[0]
+        x, (H, W) = self._tokens(x)
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: max_index + 1]
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            x = blk(x)
+            if i in take_indices:
+                y = (self.norm(x) if norm else x)[:, self.num_prefix_tokens :]
+                if output_fmt == "NCHW":
+                    y = y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()  # (B, N, C) -> (B, C, H, W)
+                intermediates.append(y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        """Drop the blocks (and optionally norm and head) that the requested intermediates do not need."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def _strip_prefixes(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):  # DDP and torch.compile wrappers, in either order
+        while key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key
+
+
+def describe_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[str, int, int]:
+    """(t2t_mixer, width, depth) read off a T2T-ViT state dict."""
+    mixer = "performer" if any(k.endswith("attention1.kqv.weight") for k in state_dict) else "transformer"
+    width = int(state_dict["cls_token"].shape[-1]) if "cls_token" in state_dict else 0
+    depth = len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")})
+    return mixer, width, depth
+
+
+def variants_like(state_dict: Dict[str, torch.Tensor]) -> List[str]:
+    """Registered variants whose sizes match a state dict's."""
+    mixer, width, depth = describe_state_dict(state_dict)
+    return [n for n, a in VARIANTS.items() if (a["t2t_mixer"], a["embed_dim"], a["depth"]) == (mixer, width, depth)]
+
+
+def checkpoint_filter_fn(
+    state_dict: Dict[str, torch.Tensor], model: T2TViT, old_grid: Optional[Tuple[int, int]] = None
+) -> Dict[str, torch.Tensor]:
+    """Fit a checkpoint's state dict (the authors' or ours) to `model`, or raise InputError saying why not.
+
+    Strips `module.` / `_orig_mod.` prefixes, resamples the position table to the model's token grid (from
+    `old_grid`, or a square grid), drops a head of another class count with a logged note.
+    """
+    sd = {_strip_prefixes(k): v for k, v in state_dict.items()}
+    own = model.state_dict()
+    pos = sd.get("pos_embed")
+    if pos is not None and pos.shape != own["pos_embed"].shape and pos.shape[-1] == own["pos_embed"].shape[-1]:
+        n = pos.shape[1] - 1
+        if old_grid is None:
+            side = math.isqrt(n)
+            if side * side != n:
+                raise InputError(f"the checkpoint's position table has {n} tokens, not a square grid: pass old_grid")
+            old_grid = (side, side)
+        sd["pos_embed"] = resample_abs_pos_embed(pos, list(model.grid_size), list(old_grid), num_prefix_tokens=1)
+        _logger.info("resampled the position table from %s to %s tokens", tuple(old_grid), model.grid_size)
+    head_keys = [k for k in ("head.weight", "head.bias") if k in sd]
+    if head_keys and (not isinstance(model.head, nn.Linear) or sd["head.weight"].shape != own["head.weight"].shape):
+        classes = sd["head.weight"].shape[0]
+        _logger.warning(
+            "checkpoint head has %d classes, the model %d: the head is left at its initialisation",
+            classes,
+            model.num_classes,
+        )
+        for k in head_keys:
+            del sd[k]
+    mismatched = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    missing = [k for k in own if k not in sd and not k.startswith("head.")]
+    unexpected = [k for k in sd if k not in own]
+    if mismatched or missing or unexpected:
+        arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+        problems = []
+        if mismatched:
+            k = mismatched[0]
+            problems.append(
+                f"{len(mismatched)} tensors differ in shape (e.g. {k}: checkpoint {tuple(sd[k].shape)}, "
+                f"model {tuple(own[k].shape)})"
+            )
+        if missing:
+            problems.append(f"{len(missing)} tensors are missing (e.g. {missing[0]})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} tensors are not in the model (e.g. {unexpected[0]})")
+        mixer, width, depth = describe_state_dict(sd)
+        like = variants_like(sd)
+        fix = f"create {' or '.join(like)} instead" if like else "create a model with these sizes"
+        raise InputError(
+            f"checkpoint does not fit {arch}: {'; '.join(problems)}. It holds a {mixer} T2T module, width "
+            f"{width}, depth {depth}: {fix}"
+        )
+    return sd
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    out_indices = kwargs.pop("out_indices", 3)
+    return build_model_with_cfg(
+        T2TViT,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+# Sizes of each registered variant (the paper's Table 1 and the authors' release).
+VARIANTS: Dict[str, Dict[str, Any]] = {
+    "t2t_vit_7": dict(t2t_mixer="performer", embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.0),
+    "t2t_vit_10": dict(t2t_mixer="performer", embed_dim=256, depth=10, num_heads=4, mlp_ratio=2.0),
+    "t2t_vit_12": dict(t2t_mixer="performer", embed_dim=256, depth=12, num_heads=4, mlp_ratio=2.0),
+    "t2t_vit_14": dict(t2t_mixer="performer", embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0),
+    "t2t_vit_19": dict(t2t_mixer="performer", embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.0),
+    "t2t_vit_24": dict(t2t_mixer="performer", embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.0),
+    "t2t_vit_t_14": dict(t2t_mixer="transformer", embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0),
+    "t2t_vit_t_19": dict(t2t_mixer="transformer", embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.0),
+    "t2t_vit_t_24": dict(t2t_mixer="transformer", embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.0),
+    "t2t_vit_14_resnext": dict(t2t_mixer="performer", embed_dim=384, depth=14, num_heads=32, mlp_ratio=3.0),
+    "t2t_vit_14_wide": dict(t2t_mixer="performer", embed_dim=768, depth=4, num_heads=12, mlp_ratio=3.0),
+}
+
+# The authors' released ImageNet-1k weights: (file, top-1, paper GMACs at 224 px) per `arch.tag`.
+RELEASES: Dict[str, Tuple[str, float, Optional[float]]] = {
+    "t2t_vit_7.in1k": ("71.7_T2T_ViT_7.pth.tar", 71.7, 1.1),
+    "t2t_vit_10.in1k": ("75.2_T2T_ViT_10.pth.tar", 75.2, 1.5),
+    "t2t_vit_12.in1k": ("76.5_T2T_ViT_12.pth.tar", 76.5, 1.8),
+    "t2t_vit_14.in1k": ("81.5_T2T_ViT_14.pth.tar", 81.5, 4.8),
+    "t2t_vit_14.in1k_384": ("83.3_T2T_ViT_14.pth.tar", 83.3, None),
+    "t2t_vit_19.in1k": ("81.9_T2T_ViT_19.pth.tar", 81.9, 8.5),
+    "t2t_vit_24.in1k": ("82.3_T2T_ViT_24.pth.tar", 82.3, 13.8),
+    "t2t_vit_24.tl_in1k": ("84.2_T2T_ViT_24.pth.tar", 84.2, None),
+    "t2t_vit_t_14.in1k": ("81.7_T2T_ViTt_14.pth.tar", 81.7, 6.1),
+    "t2t_vit_t_19.in1k": ("82.4_T2T_ViTt_19.pth.tar", 82.4, 9.8),
+    "t2t_vit_t_24.in1k": ("82.6_T2T_ViTt_24.pth.tar", 82.6, 15.0),
+}
+
+
+def _cfg(release: Optional[Tuple[str, float, Optional[float]]] = None, img_size: int = 224) -> Dict[str, Any]:
+    cfg = dict(
+        num_classes=1000,
+        input_size=(3, img_size, img_size),
+        fixed_input_size=True,
+        pool_size=None,
+        crop_pct=0.9,
+        interpolation="bicubic",
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        first_conv=None,
+        classifier="head",
+        license="other",
+        paper_name="Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet",
+        paper_ids="arXiv:2101.11986",
+        origin_url="https://github.com/yitu-opensource/T2T-ViT",
+    )
+    if release is not None:
+        cfg["description"] = f"authors' release {release[0]}, ImageNet-1k top-1 {release[1]}"
+    return cfg
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        **{tag: _cfg(rel, 384 if tag.endswith("_384") else 224) for tag, rel in RELEASES.items()},
+        "t2t_vit_14_resnext": _cfg(),
+        "t2t_vit_14_wide": _cfg(),
+    }
+)
+
+
+@register_model
+def t2t_vit_7(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """T2T-ViT-7: Performer T2T, width 256, depth 7, 4 heads, MLP ratio 2."""
+    return _create("t2t_vit_7", pretrained, **dict(VARIANTS["t2t_vit_7"], **kwargs))
+
+
+@register_model
+def t2t_vit_10(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """T2T-ViT-10: Performer T2T, width 256, depth 10, 4 heads, MLP ratio 2."""
+    return _create("t2t_vit_10", pretrained, **dict(VARIANTS["t2t_vit_10"], **kwargs))
+
+
+@register_model
+def t2t_vit_12(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """T2T-ViT-12: Performer T2T, width 256, depth 12, 4 heads, MLP ratio 2."""
+    return _create("t2t_vit_12", pretrained, **dict(VARIANTS["t2t_vit_12"], **kwargs))
+
+
+@register_model
+def t2t_vit_14(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """T2T-ViT-14: Performer T2T, width 384, depth 14, 6 heads, MLP ratio 3."""
+    return _create("t2t_vit_14", pretrained, **dict(VARIANTS["t2t_vit_14"], **kwargs))
+
+
+@register_model
+def t2t_vit_19(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """T2T-ViT-19: Performer T2T, width 448, depth 19, 7 heads, MLP ratio 3."""
+    return _create("t2t_vit_19", pretrained, **dict(VARIANTS["t2t_vit_19"], **kwargs))
+
+
+@register_model
+def t2t_vit_24(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """T2T-ViT-24: Performer T2T, width 512, depth 24, 8 heads, MLP ratio 3."""
+    return _create("t2t_vit_24", pretrained, **dict(VARIANTS["t2t_vit_24"], **kwargs))
+
+
+@register_model
+def t2t_vit_t_14(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """T2T-ViT_t-14: Transformer T2T, width 384, depth 14, 6 heads, MLP ratio 3."""
+    return _create("t2t_vit_t_14", pretrained, **dict(VARIANTS["t2t_vit_t_14"], **kwargs))
+
+
+@register_model
+def t2t_vit_t_19(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """T2T-ViT_t-19: Transformer T2T, width 448, depth 19, 7 heads, MLP ratio 3."""
+    return _create("t2t_vit_t_19", pretrained, **dict(VARIANTS["t2t_vit_t_19"], **kwargs))
+
+
+@register_model
+def t2t_vit_t_24(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """T2T-ViT_t-24: Transformer T2T, width 512, depth 24, 8 heads, MLP ratio 3."""
+    return _create("t2t_vit_t_24", pretrained, **dict(VARIANTS["t2t_vit_t_24"], **kwargs))
+
+
+@register_model
+def t2t_vit_14_resnext(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """T2T-ViT-14-ResNeXt: T2T-ViT-14 with 32 heads (the paper's split-transform-merge study)."""
+    return _create("t2t_vit_14_resnext", pretrained, **dict(VARIANTS["t2t_vit_14_resnext"], **kwargs))
+
+
+@register_model
+def t2t_vit_14_wide(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """T2T-ViT-14-Wide: shallow-wide backbone, width 768, depth 4, 12 heads, MLP ratio 3."""
+    return _create("t2t_vit_14_wide", pretrained, **dict(VARIANTS["t2t_vit_14_wide"], **kwargs))

@@ -1,0 +1,229 @@
+"""The Tokens-to-Token module: soft splits with a one-layer token mixer (re-structurization) between them.
+
+Key names follow the authors' release (`attention1`, `attention2`, `project`, `kqv`, `w`, `mlp.0`, ...), so
+their checkpoints load as they are.
+"""
+import math
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Mlp
+from torch import nn
+
+from ..errors import InputError
+
+SoftSplit = Tuple[int, int, int]  # (kernel, stride, padding) of one unfold
+DEFAULT_SOFT_SPLITS: Tuple[SoftSplit, ...] = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
+T2T_MIXERS = ("performer", "transformer")
+
+
+def soft_split(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+    """Overlapping patches as tokens: (B, C, H, W) -> (B, L, C * kernel^2)."""
+    return F.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2)
+
+
+def split_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Length of one side after an unfold."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def tiles(size: int, soft_splits: Sequence[SoftSplit]) -> bool:
+    """True when every split maps the side exactly to side / stride (no pixel dropped or invented)."""
+    for kernel, stride, padding in soft_splits:
+        if size % stride or split_size(size, kernel, stride, padding) != size // stride:
+            return False
+        size //= stride
+    return True
+
+
+def grid_size(img_size: Tuple[int, int], soft_splits: Sequence[SoftSplit]) -> Tuple[int, int]:
+    """The token grid (rows, cols) that an image of `img_size` gives; InputError if the splits cannot tile it."""
+    grid = []
+    for name, size in zip(("height", "width"), img_size):
+        if not tiles(size, soft_splits):
+            step = math.prod(s for _, s, _ in soft_splits)
+            near = [n for n in range(max(1, size - 2 * step), size + 2 * step + 1) if tiles(n, soft_splits)]
+            below = max((n for n in near if n < size), default=None)
+            above = min((n for n in near if n > size), default=None)
+            hint = " or ".join(str(n) for n in (below, above) if n is not None)
+            raise InputError(
+                f"image {name} {size} cannot be tiled by the soft splits {tuple(soft_splits)} "
+                f"(kernel, stride, padding): use a size such as {hint} (a multiple of {step}), "
+                "or resize the input"
+            )
+        for kernel, stride, padding in soft_splits:
+            size = split_size(size, kernel, stride, padding)
+        grid.append(size)
+    return grid[0], grid[1]
+
+
+def _prm_exp_eager(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    m = w.shape[0]
+    xd = ((x * x).sum(dim=-1, keepdim=True)).repeat(1, 1, m) / 2
+    wtx = torch.einsum("bti,mi->btm", x.float(), w)
+    return torch.exp(wtx - xd) / math.sqrt(m)
+
+
+def _performer_kernel_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, eps: float):
+    """The authors' arithmetic, op for op (einsums, `.repeat`), kept to check the fast path against."""
+    kp, qp = _prm_exp_eager(k, w), _prm_exp_eager(q, w)  # (B, T, m)
+    D = torch.einsum("bti,bi->bt", qp, kp.sum(dim=1)).unsqueeze(dim=2)  # (B, T, 1)
+    kptv = torch.einsum("bin,bim->bnm", v.float(), kp)  # (B, emb, m)
+    return torch.einsum("bti,bni->btn", qp, kptv) / (D.repeat(1, 1, v.shape[-1]) + eps)
+
+
+def _phi(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Positive random features exp(w x - |x|^2 / 2) / sqrt(m): (B, T, emb) -> (B, T, m)."""
+    return torch.exp(x @ w.t() - (0.5 * x.pow(2).sum(-1, keepdim=True) + 0.5 * math.log(w.shape[0])))
+
+
+def _performer_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, eps: float):
+    """Linear attention with positive random features: phi(q) (phi(k)^T v) / (phi(q) . sum_t phi(k_t) + eps)."""
+    kp, qp = _phi(k, w), _phi(q, w)
+    D = qp @ kp.sum(dim=1).unsqueeze(-1)  # (B, T, m) @ (B, m, 1) -> (B, T, 1)
+    kptv = kp.transpose(1, 2) @ v  # (B, m, T) @ (B, T, emb) -> (B, m, emb)
+    return (qp @ kptv) / (D + eps)
+
+
+@torch.fx.wrap
+def performer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, eps: float, fused: bool):
+    """The Performer kernel in fp32 whatever the autocast state: half precision overflows exp(.) here."""
+    q, k, v = q.float(), k.float(), v.float()
+    if torch.jit.is_scripting():
+        return _performer_kernel(q, k, v, w, eps) if fused else _performer_kernel_eager(q, k, v, w, eps)
+    else:
+        device = q.device.type if torch.amp.is_autocast_available(q.device.type) else "cpu"
+        with torch.autocast(device, enabled=False):
+            return _performer_kernel(q, k, v, w, eps) if fused else _performer_kernel_eager(q, k, v, w, eps)
+
+
+class TokenPerformer(nn.Module):
+    """A T2T layer with Performer attention: one head, width `dim` -> `token_dim`, v as the residual."""
+
+    def __init__(self, dim: int, token_dim: int = 64, kernel_ratio: float = 0.5, drop: float = 0.1) -> None:
+        super().__init__()
+        self.token_dim = token_dim
+        self.eps = 1e-8
+        self.fused = True
+        self.kqv = nn.Linear(dim, 3 * token_dim)
+        self.dp = nn.Dropout(drop)
+        self.proj = nn.Linear(token_dim, token_dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(token_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(token_dim, token_dim), nn.GELU(), nn.Linear(token_dim, token_dim), nn.Dropout(drop)
+        )
+        m = int(token_dim * kernel_ratio)
+        # random features: orthogonal rows scaled by sqrt(m); saved with the weights, never trained
+        self.w = nn.Parameter(nn.init.orthogonal_(torch.randn(m, token_dim)) * math.sqrt(m), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, q, v = self.kqv(self.norm1(x)).split(self.token_dim, dim=-1)
+        y = performer_attention(q, k, v, self.w, self.eps, self.fused)
+        x = v + self.dp(self.proj(y))  # v is the residual: the width changes from dim to token_dim
+        return x + self.mlp(self.norm2(x))
+
+
+class TokenAttention(nn.Module):
+    """One-head softmax attention from width `dim` to `token_dim`, scaled by dim^-0.5, v as the residual."""
+
+    def __init__(self, dim: int, token_dim: int = 64, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.token_dim = token_dim
+        self.scale = dim**-0.5
+        self.fused = True
+        self.qkv = nn.Linear(dim, 3 * token_dim, bias=False)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(token_dim, token_dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        # (B, N, 3 * token_dim) -> 3 x (B, 1, N, token_dim)
+        q, k, v = self.qkv(x).reshape(B, N, 3, 1, self.token_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+            )
+        else:
+            attn = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
+            y = attn @ v
+        return v.squeeze(1) + self.proj_drop(self.proj(y.squeeze(1)))
+
+
+class TokenTransformer(nn.Module):
+    """A T2T layer with a plain Transformer: attention (width dim -> token_dim), then a width-token_dim MLP."""
+
+    def __init__(self, dim: int, token_dim: int = 64, mlp_ratio: float = 1.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = TokenAttention(dim, token_dim)
+        self.norm2 = nn.LayerNorm(token_dim)
+        self.mlp = Mlp(token_dim, int(token_dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class T2TModule(nn.Module):
+    """Image -> tokens: soft split, re-structurize, soft split, re-structurize, soft split, project.
+
+    Args:
+        t2t_mixer: "performer" or "transformer", the token mixer between soft splits.
+        in_chans: input channels.
+        embed_dim: backbone width the last split is projected to.
+        token_dim: width of the tokens inside the module (64 in the paper).
+        soft_splits: three (kernel, stride, padding) triples, one per unfold.
+    """
+
+    def __init__(
+        self,
+        t2t_mixer: str = "performer",
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        token_dim: int = 64,
+        soft_splits: Sequence[Sequence[int]] = DEFAULT_SOFT_SPLITS,
+    ) -> None:
+        super().__init__()
+        self.soft_splits: List[Tuple[int, int, int]] = _check_soft_splits(soft_splits)
+        if t2t_mixer not in T2T_MIXERS:
+            raise InputError(f"t2t_mixer={t2t_mixer!r} is not one of {T2T_MIXERS}")
+        mixer = TokenPerformer if t2t_mixer == "performer" else TokenTransformer
+        (k0, _, _), (k1, _, _), (k2, _, _) = self.soft_splits
+        self.attention1 = mixer(in_chans * k0 * k0, token_dim)
+        self.attention2 = mixer(token_dim * k1 * k1, token_dim)
+        self.project = nn.Linear(token_dim * k2 * k2, embed_dim)
+
+    def feat_size(self, H: int, W: int) -> Tuple[int, int]:
+        """The token grid for an H x W input (no tiling check)."""
+        for kernel, stride, padding in self.soft_splits:
+            H, W = split_size(H, kernel, stride, padding), split_size(W, kernel, stride, padding)
+        return H, W
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        (k0, s0, p0), (k1, s1, p1), (k2, s2, p2) = self.soft_splits
+        x = self.attention1(soft_split(x, k0, s0, p0))  # (B, C, H, W) -> (B, H0 * W0, token_dim)
+        H, W = split_size(H, k0, s0, p0), split_size(W, k0, s0, p0)
+        x = x.transpose(1, 2).reshape(B, -1, H, W)  # tokens -> (B, token_dim, H0, W0)
+        x = self.attention2(soft_split(x, k1, s1, p1))
+        H, W = split_size(H, k1, s1, p1), split_size(W, k1, s1, p1)
+        x = x.transpose(1, 2).reshape(B, -1, H, W)
+        return self.project(soft_split(x, k2, s2, p2))  # (B, H2 * W2, embed_dim)
+
+
+def _check_soft_splits(soft_splits: Sequence[Sequence[int]]) -> List[Tuple[int, int, int]]:
+    try:
+        splits = [tuple(int(v) for v in s) for s in soft_splits]
+    except (TypeError, ValueError):
+        splits = []
+    ok = len(splits) == 3 and all(len(s) == 3 and s[0] >= 1 and s[1] >= 1 and s[2] >= 0 for s in splits)
+    if not ok:
+        raise InputError(
+            f"soft_splits={soft_splits!r} must be three (kernel, stride, padding) triples of non-negative "
+            "integers, e.g. ((7, 4, 2), (3, 2, 1), (3, 2, 1)) for 224 px or ((3, 2, 1), (3, 2, 1), (3, 1, 1)) "
+            "for 28 px"
+        )
+    return splits  # type: ignore[return-value]

@@ -1,0 +1,190 @@
+"""The model contract: timm API, SDPA vs eager, autocast, sizes, TorchScript and fx."""
+import math
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import t2t_vit
+from t2t_vit.models import T2TViT, TokenPerformer, sinusoid_table
+from t2t_vit.models.tokens_to_token import _performer_kernel, _performer_kernel_eager
+
+SMALL = dict(img_size=64, depth=2)  # fast stand-ins with the real T2T module and block layout
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def test_registered_in_timm_on_import():
+    assert "t2t_vit_14" in timm.list_models("t2t_vit*")
+    model = timm.create_model("t2t_vit_14")
+    assert isinstance(model, T2TViT) and model.pretrained_cfg["crop_pct"] == 0.9
+    assert model.pretrained_cfg["interpolation"] == "bicubic"
+    assert "81.5_T2T_ViT_14.pth.tar" in model.pretrained_cfg["description"]
+
+
+def test_384_cfg_sets_the_image_size():
+    model = timm.create_model("t2t_vit_14.in1k_384")
+    assert model.img_size == (384, 384) and model.pos_embed.shape == (1, 577, 384)
+    assert "83.3_T2T_ViT_14.pth.tar" in model.pretrained_cfg["description"]
+
+
+@pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14"])
+def test_sdpa_equals_eager_at_224(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, depth=2).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        fused = model(x)
+        model.set_attn_impl("eager")
+        eager = model(x)
+    assert _max_diff(fused, eager) <= 1e-5
+
+
+@pytest.mark.parametrize("name", t2t_vit.list_models())
+def test_every_variant_sdpa_equals_eager(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **SMALL).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fused = model(x)
+        eager = timm.create_model(name, attn_impl="eager", **SMALL).eval()
+        eager.load_state_dict(model.state_dict())
+        assert _max_diff(fused, eager(x)) <= 1e-5
+
+
+def test_performer_kernel_equals_the_authors_arithmetic():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 50, 64).unbind(0)
+    w = torch.nn.init.orthogonal_(torch.randn(32, 64)) * math.sqrt(32)
+    assert _max_diff(_performer_kernel(q, k, v, w, 1e-8), _performer_kernel_eager(q, k, v, w, 1e-8)) <= 1e-5
+
+
+def test_performer_random_features_are_fixed_orthogonal_rows():
+    layer = TokenPerformer(147, 64)
+    assert not layer.w.requires_grad and "w" in layer.state_dict()
+    torch.testing.assert_close(layer.w @ layer.w.t(), 32 * torch.eye(32), atol=1e-4, rtol=0)
+
+
+def test_sinusoid_table_is_the_authors_formula():
+    n, d = 197, 384
+    angle = np.array([[p / np.power(10000, 2 * (j // 2) / d) for j in range(d)] for p in range(n)])
+    angle[:, 0::2], angle[:, 1::2] = np.sin(angle[:, 0::2]), np.cos(angle[:, 1::2])
+    assert torch.equal(sinusoid_table(n, d), torch.FloatTensor(angle).unsqueeze(0))
+    model = timm.create_model("t2t_vit_14")
+    assert not model.pos_embed.requires_grad and torch.equal(model.pos_embed, sinusoid_table(n, d))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14"])
+def test_autocast_forward_backward_finite(name, dtype):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **SMALL).train()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.autocast("cpu", dtype=dtype):
+        loss = model(x).float().logsumexp(-1).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_performer_kernel_stays_fp32_under_half_autocast():
+    """Large q/k overflow |x|^2 / 2 in fp16 (65504 max); the kernel must not see half precision."""
+    torch.manual_seed(0)
+    layer = TokenPerformer(147, 64).eval()
+    with torch.no_grad():
+        layer.kqv.weight.mul_(400.0)
+    x = torch.randn(2, 49, 147)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        q = layer.kqv(layer.norm1(x))[..., 64:128]
+        assert q.dtype == torch.float16 and not torch.isfinite((q * q).sum(-1)).all()  # half would overflow
+        y = layer(x)
+    assert torch.isfinite(y).all()
+
+
+def test_timm_model_contract():
+    model = timm.create_model("t2t_vit_7", **SMALL, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, 1 + 16, 256)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, 256)
+        assert torch.equal(model.forward_head(feats), model(x))
+        assert model.get_classifier() is model.head and model.no_weight_decay() >= {"cls_token", "pos_embed"}
+        model.reset_classifier(5)
+        assert model(x).shape == (2, 5)
+        model.reset_classifier(0, "avg")
+        assert torch.allclose(model(x), feats[:, 1:].mean(1))
+        final, inter = model.forward_intermediates(x, indices=2)
+        assert [t.shape for t in inter] == [(2, 256, 4, 4)] * 2 and torch.equal(final, feats)
+        nlc = model.forward_intermediates(x, indices=[0], output_fmt="NLC", intermediates_only=True)
+        assert nlc[0].shape == (2, 16, 256)
+        assert torch.equal(nlc[0].transpose(1, 2).reshape(2, 256, 4, 4), inter[0])
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = timm.create_model("t2t_vit_7", **SMALL).eval()  # no dropout: both passes compute the same
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    plain = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for a, b in zip(plain, [p.grad for p in model.parameters() if p.grad is not None]):
+        torch.testing.assert_close(a, b)
+
+
+def test_features_only_through_timm():
+    model = timm.create_model("t2t_vit_t_14", **SMALL, features_only=True, out_indices=(0, 1))
+    maps = model(torch.randn(1, 3, 64, 64))
+    assert [m.shape for m in maps] == [(1, 384, 4, 4)] * 2 and model.feature_info.channels() == [384, 384]
+
+
+def test_384_px():
+    model = timm.create_model("t2t_vit_7", img_size=384, depth=1).eval()
+    assert model.grid_size == (24, 24) and model.pos_embed.shape == (1, 577, 256)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 384, 384)).shape == (1, 1000)
+
+
+def test_non_square_inputs():
+    model = timm.create_model("t2t_vit_t_14", img_size=(64, 96), depth=1).eval()
+    assert model.grid_size == (4, 6) and model.pos_embed.shape == (1, 25, 384)
+    with torch.no_grad():
+        _, (inter,) = model.forward_intermediates(torch.randn(1, 3, 64, 96), indices=1)
+    assert inter.shape == (1, 384, 4, 6)
+
+
+def test_dynamic_img_size_resamples_positions():
+    model = timm.create_model("t2t_vit_7", **SMALL, dynamic_img_size=True).eval()
+    with torch.no_grad():
+        _, (inter,) = model.forward_intermediates(torch.randn(1, 3, 96, 128), indices=1)
+        assert inter.shape == (1, 256, 6, 8)
+        x = torch.randn(1, 3, 64, 64)  # at the native size the stored table is used as is
+        static = timm.create_model("t2t_vit_7", **SMALL).eval()
+        static.load_state_dict(model.state_dict())
+        assert torch.equal(model(x), static(x))
+
+
+@pytest.mark.parametrize(
+    "img_size,soft_splits,grid",
+    [(28, ((3, 2, 1), (3, 2, 1), (3, 1, 1)), (7, 7)), (32, ((3, 2, 1), (3, 2, 1), (3, 1, 1)), (8, 8))],
+)
+def test_small_images_are_one_config_away(img_size, soft_splits, grid):
+    model = T2TViT(img_size=img_size, in_chans=1, num_classes=10, embed_dim=64, depth=2, num_heads=2,
+                   token_dim=32, soft_splits=soft_splits)
+    assert model.grid_size == grid
+    assert model(torch.randn(2, 1, img_size, img_size)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14"])
+def test_torchscript_and_fx(name):
+    model = timm.create_model(name, **SMALL).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        assert _max_diff(torch.jit.script(model)(x), ref) <= 1e-6
+        assert _max_diff(torch.fx.symbolic_trace(model)(x), ref) <= 1e-6
