@@ -15,8 +15,8 @@ from timm.models import register_model
 from torch import nn
 
 from ..errors import InputError
-from .layers import ATTN_IMPLS, Attention, Block, sinusoid_table
-from .tokens_to_token import DEFAULT_SOFT_SPLITS, T2T_MIXERS, T2TModule, TokenAttention, TokenPerformer, grid_size
+from .layers import ATTN_IMPLS, Block, sinusoid_table
+from .tokens_to_token import DEFAULT_SOFT_SPLITS, T2TModule, grid_size
 
 _logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class T2TViT(nn.Module):
         if attn_impl not in ATTN_IMPLS:
             raise InputError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}")
         for m in self.modules():
-            if isinstance(m, (Attention, TokenAttention, TokenPerformer)):
+            if hasattr(m, "fused"):  # every attention layer with a fused and an eager path
                 m.fused = attn_impl == "sdpa"
 
     @torch.jit.ignore
