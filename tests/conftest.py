@@ -22,3 +22,16 @@ def official_state_dict(official_keys: dict, name: str, seed: int = 0) -> dict:
     """A state dict in the authors' layout (their key names and shapes) with random values."""
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randn(shape, generator=g) * 0.05 for k, shape in official_keys[name]["state_dict"].items()}
+
+
+def tiny_train_config(tmp_path, **overrides) -> dict:
+    """A seconds-long run on the embedded digits: a one-block T2T-ViT at 16 px."""
+    from t2t_vit.config import resolve_config
+
+    cfg = resolve_config("digits", dict(
+        model_kwargs=dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0, token_dim=16,
+                          soft_splits=[[3, 1, 1], [3, 1, 1], [3, 2, 1]]),
+        output=str(tmp_path), name="run", epochs=2, warmup_epochs=1, batch_size=64, log_interval=1000,
+    ))  # fmt: skip
+    cfg.update(overrides)
+    return cfg

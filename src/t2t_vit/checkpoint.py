@@ -1,5 +1,6 @@
 """Safe checkpoint reading (weights only), layout detection and loading into a model."""
 import logging
+import os
 import pickle
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -86,3 +87,11 @@ def load_checkpoint(
         _logger.info("not in the checkpoint, left at initialisation: %s", ", ".join(result.missing_keys))
     _logger.info("loaded %s", path)
     return model
+
+
+def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
+    """Write atomically: to a temporary file beside `path`, then rename, so a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,265 @@
+"""Datasets (ImageFolder, IDX files, CIFAR, scikit-learn digits, timm specs), transforms and loaders.
+
+A `--data` spec names the source:
+
+    digits              scikit-learn's 8x8 digits, a fixed stratified 80/20 split (embedded, no files)
+    mnist:DIR           the four MNIST IDX files (gz or not) directly in DIR
+    fashion-mnist:DIR   the same for Fashion-MNIST
+    cifar10:DIR         torchvision's CIFAR-10 layout in DIR (`--download` fetches it)
+    cifar100:DIR        the same for CIFAR-100
+    hfds/..., wds/...   timm dataset specs, passed through (their root goes after a colon)
+    DIR                 an ImageFolder root with train/ and val/ (ImageNet layout)
+"""
+import gzip
+import logging
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .errors import InputError
+
+_logger = logging.getLogger(__name__)
+
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SPLITS = ("train", "val")
+
+
+class ArrayImages(Dataset):
+    """Images held in memory as a uint8 array (N, H, W) or (N, H, W, 3), with integer labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: Sequence[str], mode: str = "RGB") -> None:
+        self.images, self.labels, self.classes, self.mode = images, labels, list(classes), mode
+        self.transform: Optional[Callable] = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Tuple[Any, int]:
+        img = Image.fromarray(self.images[i]).convert(self.mode)
+        return (self.transform(img) if self.transform else img), int(self.labels[i])
+
+
+class ImageFiles(Dataset):
+    """An ImageFolder split; an unreadable or corrupt image is logged and yields None (the collate skips it)."""
+
+    def __init__(self, root: Path, mode: str = "RGB") -> None:
+        from torchvision.datasets import ImageFolder
+
+        try:
+            folder = ImageFolder(str(root), loader=lambda p: p)  # paths only: images open in __getitem__
+        except (FileNotFoundError, OSError) as e:
+            raise InputError(
+                f"no images found under {str(root)!r} ({e}): it must hold one sub-folder of images per class"
+            ) from None
+        self.samples, self.classes, self.mode = folder.samples, folder.classes, mode
+        self.transform: Optional[Callable] = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Optional[Tuple[Any, int]]:
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as f:
+                img = f.convert(self.mode)
+        except Exception as e:  # truncated, corrupt, not an image: skip it, never stop a long run
+            _logger.warning("skipping unreadable image %s (%s)", path, e)
+            return None
+        return (self.transform(img) if self.transform else img), label
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format: big-endian header, dims, uint8 data), gzipped or not."""
+    candidates = [path, path.with_name(path.name + ".gz")]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise InputError(f"{path.name}[.gz] not found in {str(path.parent)!r}: the four IDX files must lie there")
+    opener = gzip.open if found.suffix == ".gz" else open
+    with opener(found, "rb") as f:
+        raw = f.read()
+    try:
+        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+        dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+        if zero != 0 or dtype != 0x08:
+            raise ValueError("not an unsigned-byte IDX file")
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    except (struct.error, ValueError) as e:
+        raise InputError(f"{str(found)!r} is not a valid IDX file ({e})") from None
+
+
+def _idx_dataset(root: Path, split: str, classes: Sequence[str], mode: str) -> ArrayImages:
+    images_file, labels_file = IDX_FILES[split]
+    images, labels = _read_idx(root / images_file), _read_idx(root / labels_file)
+    return ArrayImages(images, labels, classes, mode)
+
+
+def _digits(split: str, mode: str) -> ArrayImages:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 0..16 -> 0..255
+    idx_train, idx_val = train_test_split(
+        np.arange(len(images)), test_size=0.2, stratify=digits.target, random_state=0
+    )
+    idx = idx_train if split == "train" else idx_val
+    return ArrayImages(images[idx], digits.target[idx], [str(c) for c in range(10)], mode)
+
+
+def _cifar(name: str, root: Path, split: str, download: bool, mode: str) -> ArrayImages:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    try:
+        ds = cls(str(root), train=split == "train", download=download)
+    except RuntimeError as e:
+        raise InputError(f"{name} not found in {str(root)!r} ({e}): pass --download to fetch it there") from None
+    return ArrayImages(ds.data, np.asarray(ds.targets), ds.classes, mode)
+
+
+def create_dataset(spec: str, split: str, download: bool = False, in_chans: int = 3) -> Dataset:
+    """The `split` ("train" or "val") of the dataset a `--data` spec names; images in RGB (or L for 1 channel)."""
+    if split not in SPLITS:
+        raise InputError(f"split {split!r} is not one of {SPLITS}")
+    mode = "L" if in_chans == 1 else "RGB"
+    kind, sep, rest = spec.partition(":")
+    if spec == "digits":
+        return _digits(split, mode)
+    if kind.startswith(("hfds/", "hfids/", "wds/", "tfds/")):
+        from timm.data import create_dataset as timm_dataset
+
+        return timm_dataset(kind, root=rest or None, split="train" if split == "train" else "validation",
+                            is_training=split == "train", download=download)  # fmt: skip
+    if sep and kind in ("mnist", "fashion-mnist", "cifar10", "cifar100"):
+        root = Path(rest).expanduser()
+        if not root.is_dir() and not (download and kind.startswith("cifar")):
+            raise InputError(f"data dir {rest!r} for {kind} does not exist: check the path")
+        if kind.startswith("cifar"):
+            return _cifar(kind, root, split, download, mode)
+        classes = FASHION_CLASSES if kind == "fashion-mnist" else [str(c) for c in range(10)]
+        return _idx_dataset(root, split, classes, mode)
+    root = Path(spec).expanduser()
+    if not root.is_dir():
+        raise InputError(
+            f"--data {spec!r} is neither a known dataset (digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, "
+            "cifar100:DIR, hfds/..., wds/...) nor an existing directory"
+        )
+    if not (root / split).is_dir():
+        raise InputError(f"data dir {spec!r} has no {split}/ folder: an ImageFolder root needs train/ and val/")
+    return ImageFiles(root / split, mode)
+
+
+def dataset_classes(dataset: Dataset) -> List[str]:
+    """Class names of a dataset (numbers as names when it has none)."""
+    classes = getattr(dataset, "classes", None)
+    if classes is None:
+        reader = getattr(dataset, "reader", None)
+        classes = getattr(reader, "class_names", None) or getattr(reader, "classes", None)
+    if classes is None:
+        raise InputError("the dataset does not tell its classes: set num_classes in the config")
+    return [str(c) for c in classes]
+
+
+def create_transform(cfg: Dict[str, Any], data_config: Dict[str, Any], training: bool) -> Callable:
+    """timm's transforms: the paper's training augmentation (config keys) or the evaluation resize + crop."""
+    from timm.data import create_transform as timm_transform
+
+    common = dict(
+        input_size=data_config["input_size"],
+        mean=data_config["mean"],
+        std=data_config["std"],
+    )
+    if not training:
+        return timm_transform(**common, interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"])
+    return timm_transform(
+        **common,
+        is_training=True,
+        scale=tuple(cfg["scale"]),
+        ratio=tuple(cfg["ratio"]),
+        hflip=cfg["hflip"],
+        color_jitter=cfg["color_jitter"],
+        auto_augment=cfg["aa"] or None,
+        interpolation=cfg["train_interpolation"],
+        re_prob=cfg["reprob"],
+        re_mode=cfg["remode"],
+        re_count=cfg["recount"],
+    )
+
+
+class EpochSampler(Sampler[int]):
+    """This rank's share of a (seeded, per-epoch) permutation; resumable mid-epoch.
+
+    Training: every rank takes len // world samples (the tail is dropped), so rank r of step s sees
+    perm[s * world * B + r :: world][:B] and the ranks together see what one process with the global batch sees.
+    Evaluation (shuffle=False): rank r takes r, r + world, ... with no padding, so nothing is counted twice.
+    """
+
+    def __init__(self, size: int, world: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0) -> None:
+        self.size, self.world, self.rank, self.shuffle, self.seed = size, world, rank, shuffle, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's permutation and skip its first `start` samples of this rank (for resuming)."""
+        self.epoch, self.start = epoch, start
+
+    def _indices(self) -> List[int]:
+        if not self.shuffle:
+            return list(range(self.rank, self.size, self.world))
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.size, generator=g).tolist()
+        return perm[self.rank : (self.size // self.world) * self.world : self.world]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices()[self.start :])
+
+    def __len__(self) -> int:
+        n = math.ceil((self.size - self.rank) / self.world) if not self.shuffle else self.size // self.world
+        return max(n - self.start, 0)
+
+
+def collate_skipping_none(batch: List[Optional[Tuple[torch.Tensor, int]]]) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack a batch, leaving out the samples that failed to load: (images, targets, number skipped)."""
+    good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    images, targets = zip(*good)
+    return torch.stack(images), torch.as_tensor(targets), skipped
+
+
+def create_loader(
+    dataset: Dataset,
+    batch_size: int,
+    training: bool,
+    workers: int = 0,
+    world: int = 1,
+    rank: int = 0,
+    seed: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A loader over this rank's share; training loaders drop the last partial batch."""
+    workers = min(workers, os.cpu_count() or 1)
+    sampler = EpochSampler(len(dataset), world, rank, shuffle=training, seed=seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skipping_none,
+        pin_memory=pin_memory,
+        drop_last=training,
+        persistent_workers=workers > 0,
+    )

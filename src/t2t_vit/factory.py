@@ -1,0 +1,67 @@
+"""Making models: by registered name, optionally with weights, or from one of our checkpoints alone."""
+import difflib
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import timm
+from torch import nn
+
+from .checkpoint import extract_state_dict, load_checkpoint, read_checkpoint
+from .errors import InputError
+from .models.t2t_vit import checkpoint_filter_fn
+
+PathLike = Union[str, Path]
+
+
+def list_models(pattern: str = "*") -> List[str]:
+    """Names of the registered T2T-ViT models (the paper's variants and its design-space studies)."""
+    names = timm.list_models(pattern, module=["t2t_vit", "ablations"])
+    return sorted(names, key=lambda n: (n.split(".")[0].rstrip("0123456789_"), len(n), n))
+
+
+def create_model(name: str, checkpoint_path: Optional[PathLike] = None, use_ema: bool = True, **kwargs: Any) -> nn.Module:
+    """Build a registered model (`timm.create_model` kwargs apply) and load `checkpoint_path` if given.
+
+    The checkpoint may be an authors' release file or one of ours; its head is dropped if `num_classes` differs
+    and its position table resampled if `img_size` differs.
+    """
+    if name.split(".")[0] not in list_models():
+        close = difflib.get_close_matches(name, list_models(), n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise InputError(f"unknown model {name!r}: {hint}`t2t-vit models` lists them")
+    model = timm.create_model(name, **kwargs)
+    if checkpoint_path is not None:
+        load_checkpoint(model, checkpoint_path, use_ema=use_ema)
+    return model
+
+
+def load_model(
+    path: PathLike, model_name: Optional[str] = None, use_ema: bool = True, **overrides: Any
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """A model and its metadata from a checkpoint: ours carry their model name, sizes, classes and preprocessing;
+    the authors' need `model_name`. `overrides` (e.g. num_classes, img_size) replace the stored constructor args.
+
+    The metadata has `arch`, `model_kwargs`, `class_names` (None if unknown) and `data_config` (input_size,
+    interpolation, mean, std, crop_pct).
+    """
+    checkpoint = read_checkpoint(path)
+    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
+    if meta is None:
+        if model_name is None:
+            raise InputError(
+                f"{str(path)!r} does not say which model it holds (an authors' release or a bare state dict): "
+                "pass --model NAME, e.g. --model t2t_vit_14"
+            )
+        meta = dict(arch=model_name, model_kwargs={}, class_names=None, data_config=None)
+    elif model_name is not None and model_name.split(".")[0] != meta["arch"].split(".")[0]:
+        raise InputError(f"{str(path)!r} holds a {meta['arch']}, not a {model_name}: drop --model or fix it")
+    kwargs = {**meta["model_kwargs"], **overrides}
+    model = create_model(model_name or meta["arch"], **kwargs)
+    state_dict = extract_state_dict(checkpoint, use_ema, source=f"checkpoint {str(path)!r}")
+    old_grid = meta.get("grid_size")
+    model.load_state_dict(checkpoint_filter_fn(state_dict, model, tuple(old_grid) if old_grid else None), strict=False)
+    if meta["data_config"] is None:
+        cfg = model.pretrained_cfg
+        meta["data_config"] = {k: cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
+        meta["data_config"]["input_size"] = (model.in_chans, *model.img_size)
+    return model, {**meta, "model_kwargs": kwargs}

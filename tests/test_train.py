@@ -1,0 +1,245 @@
+"""Training: the paper's recipe, resume, distributed equivalence, and bad input handled without a traceback."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from t2t_vit import InputError, create_model
+from t2t_vit.checkpoint import read_checkpoint
+from t2t_vit.config import DEFAULTS, parse_overrides, resolve_config
+from t2t_vit.data import create_dataset
+from t2t_vit.train import build_criterion, build_optimizer, build_scheduler, evaluate_checkpoint, scaled_lr, train
+
+from .conftest import tiny_train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------------- the recipe
+
+
+def test_optimizer_groups_leave_norms_biases_and_tokens_undecayed():
+    model = create_model("t2t_vit_7", img_size=64, depth=2)
+    opt = build_optimizer(model, dict(DEFAULTS, weight_decay=0.03), lr=1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = [g for g in opt.param_groups if g["weight_decay"] == 0.03]
+    no_decay = [g for g in opt.param_groups if g["weight_decay"] == 0.0]
+    decayed = {names[id(p)] for g in decay for p in g["params"]}
+    undecayed = {names[id(p)] for g in no_decay for p in g["params"]}
+    assert isinstance(opt, torch.optim.AdamW)
+    assert "cls_token" in undecayed and "blocks.0.norm1.weight" in undecayed and "head.bias" in undecayed
+    assert all(n.endswith("weight") and "norm" not in n for n in decayed) and "blocks.0.attn.qkv.weight" in decayed
+    frozen = {"pos_embed", "tokens_to_token.attention1.w", "tokens_to_token.attention2.w"}
+    assert not frozen & (decayed | undecayed)  # fixed tensors are never handed to the optimizer
+    assert decayed | undecayed | frozen == set(names.values())
+
+
+def test_lr_warmup_start_peak_and_end():
+    model = torch.nn.Linear(2, 2)
+    cfg = dict(DEFAULTS)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    sched, total = build_scheduler(opt, cfg, updates_per_epoch=100)
+    assert total == 310  # 300 cosine epochs + 10 cooldown
+    lr_at = lambda e: sched._get_lr(e)[0]  # noqa: E731
+    assert lr_at(0) == pytest.approx(1e-6)
+    peak = 1e-5 + 0.5 * (5e-4 - 1e-5) * (1 + torch.cos(torch.tensor(torch.pi * 10 / 300)).item())
+    assert lr_at(10) == pytest.approx(peak) and lr_at(10) > 0.99 * 5e-4  # warmup ends at (almost) the peak
+    assert lr_at(5) == pytest.approx(1e-6 + 5 * (5e-4 - 1e-6) / 10)
+    assert lr_at(299) == pytest.approx(1e-5, rel=1e-2) and lr_at(309) == pytest.approx(1e-5)
+
+
+def test_lr_scales_with_the_global_batch():
+    cfg = dict(DEFAULTS, batch_size=64, lr=5e-4, accum_steps=2)
+    assert scaled_lr(cfg, world=8) == (1024, pytest.approx(1e-3))
+
+
+def test_mixup_cutmix_and_smoothing_are_on_by_default():
+    from timm.loss import SoftTargetCrossEntropy
+
+    criterion, mixup = build_criterion(DEFAULTS, num_classes=10)
+    assert isinstance(criterion, SoftTargetCrossEntropy)
+    assert (mixup.mixup_alpha, mixup.cutmix_alpha, mixup.switch_prob, mixup.label_smoothing) == (0.8, 1.0, 0.5, 0.1)
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 10
+    mixed, soft = mixup(x.clone(), y)
+    assert soft.shape == (8, 10) and (soft.max(1).values < 1).all() and not torch.equal(mixed, x)
+
+
+def test_paper_configs_hold_the_paper_numbers():
+    expected = {"t2t_vit_7": (1e-3, 0.03), "t2t_vit_10": (1e-3, 0.03), "t2t_vit_12": (1e-3, 0.03),
+                "t2t_vit_14": (5e-4, 0.05), "t2t_vit_t_14": (5e-4, 0.05), "t2t_vit_19": (5e-4, 0.065),
+                "t2t_vit_24": (5e-4, 0.065), "t2t_vit_t_19": (5e-4, 0.065), "t2t_vit_t_24": (5e-4, 0.065)}  # fmt: skip
+    for name, (lr, wd) in expected.items():
+        cfg = resolve_config(name)
+        assert (cfg["model"], cfg["lr"], cfg["weight_decay"], cfg["lr_base_batch"]) == (name, lr, wd, 512)
+        assert cfg["epochs"] + cfg["cooldown_epochs"] == 310 and cfg["model_ema_decay"] == 0.99996
+    assert resolve_config("t2t_vit_14_384")["img_size"] == 384
+
+
+def test_overrides_from_the_command_line():
+    cfg = resolve_config("digits", parse_overrides(["--batch-size", "32", "--lr=0.01", "model_ema=true", "--compile"]))
+    assert (cfg["batch_size"], cfg["lr"], cfg["model_ema"], cfg["compile"]) == (32, 0.01, True, True)
+    with pytest.raises(InputError, match=r"unknown config key 'batchsize'.*did you mean batch_size"):
+        resolve_config("digits", {"batchsize": 3})
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+
+def _weights(run_dir) -> dict:
+    return read_checkpoint(Path(run_dir) / "last.pth.tar")
+
+
+def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path):
+    aug = dict(scale=[0.6, 1.0], aa="rand-m5-mstd0.5", mixup=0.2, cutmix=0.2, model_ema=True, model_ema_decay=0.9)
+    straight = train(tiny_train_config(tmp_path / "a", **aug), progress=False)
+    first = train(tiny_train_config(tmp_path / "b", stop_after_epochs=1, **aug), progress=False)
+    assert first["epoch"] == 1 and _weights(first["run_dir"])["epoch"] == 1
+    resumed = train(tiny_train_config(tmp_path / "b", **aug), resume="auto", progress=False)
+    a, b = _weights(straight["run_dir"]), _weights(resumed["run_dir"])
+    assert a["epoch"] == b["epoch"] == 2
+    for key in ("model", "model_ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    rows = (Path(resumed["run_dir"]) / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and (Path(resumed["run_dir"]) / "curves.png").is_file()
+    assert (Path(resumed["run_dir"]) / "config.yaml").is_file() and (Path(resumed["run_dir"]) / "best.pth.tar").is_file()
+
+
+def _torchrun_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+    common = ["--config", "digits", "--no-progress", "--output", str(tmp_path), "--epochs", "1",
+              "--warmup-epochs", "0", "--scale", "[1.0, 1.0]", "--ratio", "[1.0, 1.0]",
+              "--model-kwargs", "{embed_dim: 32, depth: 1, num_heads: 2, token_dim: 16, t2t_mixer: transformer, "
+              "soft_splits: [[3, 1, 1], [3, 1, 1], [3, 2, 1]]}"]  # no dropout anywhere: ranks draw no randomness
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                "-m", "t2t_vit.train", *common, "--batch-size", "32", "--name", "ddp"]  # fmt: skip
+    single = [sys.executable, "-m", "t2t_vit.train", *common, "--batch-size", "64", "--name", "single"]
+    for cmd in (torchrun, single):
+        subprocess.run(cmd, check=True, env=_torchrun_env(), cwd=tmp_path, capture_output=True, timeout=600)
+    ddp, one = _weights(tmp_path / "ddp")["model"], _weights(tmp_path / "single")["model"]
+    assert _weights(tmp_path / "ddp")["updates"] == 1437 // 64
+    assert max((ddp[k] - one[k]).abs().max().item() for k in one) <= 1e-5
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
+    cmd = [sys.executable, "-m", "t2t_vit.train", "--config", "digits", "--no-progress", "--output", str(tmp_path),
+           "--name", "sig", "--epochs", "30", "--model-kwargs",
+           "{embed_dim: 32, depth: 1, num_heads: 2, token_dim: 16, soft_splits: [[3, 1, 1], [3, 1, 1], [3, 2, 1]]}"]
+    proc = subprocess.Popen(cmd, env=_torchrun_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (tmp_path / "sig" / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 0, out
+    assert "SIGTERM received" in out and "resume with --resume auto" in out
+    state = _weights(tmp_path / "sig")
+    assert state["epoch"] >= 1 and state["epoch"] < 30
+    cfg = tiny_train_config(tmp_path, name="sig", epochs=30, stop_after_epochs=1)
+    result = train(cfg, resume="auto", progress=False)
+    assert _weights(result["run_dir"])["epoch"] == state["epoch"] + 1 and result["epoch"] == state["epoch"] + 1
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def _image_folder(root: Path, classes=("cat", "dog", "owl"), per_class=4, corrupt: int = 0) -> Path:
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = (torch.rand(20, 20, 3, generator=g) * 255).byte().numpy()
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+    for i in range(corrupt):
+        (root / "train" / classes[0] / f"broken{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path, caplog):
+    data = _image_folder(tmp_path / "data", corrupt=1)
+    cfg = tiny_train_config(tmp_path, data=str(data), batch_size=4, epochs=1, warmup_epochs=0)
+    with caplog.at_level("WARNING"):
+        result = train(cfg, progress=False)
+    assert result["skipped"] == 1 and "skipping unreadable image" in caplog.text and "broken0.jpg" in caplog.text
+    assert ",1," in (Path(result["run_dir"]) / "metrics.csv").read_text().splitlines()[1]
+
+
+def test_missing_or_empty_data_dirs(tmp_path):
+    with pytest.raises(InputError, match=r"neither a known dataset.*nor an existing directory"):
+        create_dataset(str(tmp_path / "nowhere"), "train")
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(InputError, match=r"no images found under .*one sub-folder of images per class"):
+        create_dataset(str(tmp_path / "empty"), "train")
+    with pytest.raises(InputError, match=r"has no val/ folder"):
+        create_dataset(str(tmp_path / "empty"), "val")
+    with pytest.raises(InputError, match=r"data dir '/nowhere' for fashion-mnist does not exist"):
+        create_dataset("fashion-mnist:/nowhere", "train")
+    (tmp_path / "idx").mkdir()
+    with pytest.raises(InputError, match=r"train-images-idx3-ubyte\[.gz\] not found"):
+        create_dataset(f"mnist:{tmp_path / 'idx'}", "train")
+
+
+def test_class_count_mismatch_with_a_checkpoint(tmp_path):
+    result = train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)
+    data = _image_folder(tmp_path / "three")
+    ckpt = Path(result["run_dir"]) / "last.pth.tar"
+    with pytest.raises(InputError, match=r"head has 10 classes but .* has 3: .*fine-tune"):
+        evaluate_checkpoint(str(ckpt), str(data), progress=False)
+    with pytest.raises(InputError, match=r"10-class head but .* has 3 classes"):
+        train(tiny_train_config(tmp_path, data=str(data), batch_size=4), resume=str(ckpt), progress=False)
+    metrics = evaluate_checkpoint(str(ckpt), "digits", progress=False)  # our checkpoint needs no --model
+    assert metrics["n"] == 360 and metrics["model"] == "t2t_vit_7" and 0 <= metrics["top1"] <= 100
+
+
+def test_unknown_model_and_existing_run(tmp_path):
+    with pytest.raises(InputError, match=r"unknown model 't2t_vit_99'"):
+        train(tiny_train_config(tmp_path, model="t2t_vit_99"), progress=False)
+    train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)
+    with pytest.raises(InputError, match=r"already holds a run: pass --resume auto"):
+        train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import t2t_vit.train as train_mod
+
+    real = train_mod.build_criterion
+
+    def poisoned(cfg, num_classes):
+        criterion, mixup = real(cfg, num_classes)
+        calls = {"n": 0}
+
+        def loss(logits, target):
+            calls["n"] += 1
+            value = criterion(logits, target)
+            return value * float("nan") if calls["n"] > 30 else value  # epoch 1 has 22 steps
+
+        return loss, mixup
+
+    monkeypatch.setattr(train_mod, "build_criterion", poisoned)
+    with pytest.raises(InputError, match=r"non-finite loss at epoch 1.*last good checkpoint"):
+        train(tiny_train_config(tmp_path, epochs=3), progress=False)
+    state = read_checkpoint(tmp_path / "run" / "last.pth.tar")
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from t2t_vit.cli import main
+
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("t2t-vit train: error: --data") and "\n" not in err and "Traceback" not in err
