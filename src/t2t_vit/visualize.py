@@ -1,9 +1,20 @@
-"""Pictures people would rather look at than read: training curves (feature and attention maps to come)."""
+"""Pictures people would rather look at than read: token feature maps (the paper's Fig. 2), attention maps per
+head and as attention rollout, and training curves. `add_parser` registers the `t2t-vit visualize` sub-command.
+"""
+import argparse
 import csv
+import logging
+import math
+from functools import partial
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
 
 from .errors import InputError
+
+_logger = logging.getLogger(__name__)
 
 # Columns of a run directory's metrics.csv, one row per epoch (empty where not measured).
 METRICS_COLUMNS = (
@@ -24,11 +35,7 @@ def read_metrics(run_dir: Path) -> Dict[str, List[float]]:
 
 def plot_curves(run_dirs: Sequence[Path], out: Path) -> Path:
     """Loss (train and held-out) and held-out top-1 per epoch of one or more runs, side by side, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, (ax_loss, ax_top1) = plt.subplots(1, 2, figsize=(11, 4))
     for run_dir in run_dirs:
         m = read_metrics(run_dir)
@@ -52,3 +59,280 @@ def plot_curves(run_dirs: Sequence[Path], out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    _pyplot().close(fig)
+    return out
+
+
+def load_image(path: Path, model: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """An image file as the model's eval input (1, C, H, W) and as the (H, W, C) picture in [0, 1] it shows.
+
+    Preprocessing is the model's pretrained cfg (resize to img_size / crop_pct, center crop to img_size, normalize).
+    """
+    from PIL import Image, UnidentifiedImageError
+    from timm.data import create_transform
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image {str(path)!r} does not exist or is not a file: check the path")
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB" if model.in_chans == 3 else "L")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise InputError(f"image {str(path)!r} could not be read ({e}): pass a PNG or JPEG file") from None
+    cfg = model.pretrained_cfg
+    mean, std = cfg["mean"], cfg["std"]
+    if len(mean) != model.in_chans:  # e.g. a grayscale model: one channel at the average statistics
+        mean, std = (sum(mean) / len(mean),) * model.in_chans, (sum(std) / len(std),) * model.in_chans
+    transform = create_transform(
+        input_size=(model.in_chans, *model.img_size), interpolation=cfg["interpolation"], mean=mean, std=std,
+        crop_pct=cfg["crop_pct"],
+    )  # fmt: skip
+    x = transform(img).unsqueeze(0)
+    picture = x[0] * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    return x, picture.clamp(0, 1).permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
+
+
+def _block_index(model: nn.Module, block: int, name: str) -> int:
+    """A block index (negative counts from the end) checked against the model's depth."""
+    depth = len(model.blocks)
+    if not -depth <= block < depth:
+        raise InputError(
+            f"block {block} is out of range: {name} has blocks 0..{depth - 1} (negative indices count from the end)"
+        )
+    return block % depth
+
+
+@torch.no_grad()
+def token_feature_maps(model: nn.Module, x: torch.Tensor, block: int = 0) -> torch.Tensor:
+    """The patch tokens after block `block` of the first image, as channel maps (C, H, W) over the token grid."""
+    block = _block_index(model, block, type(model).__name__)
+    (maps,) = model.forward_intermediates(x, indices=[block], stop_early=True, intermediates_only=True)
+    return maps[0]
+
+
+def _softmax_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities (B, heads, N, N) of an attention layer on its input x, by the eager math."""
+    B, N, _ = x.shape
+    # (B, N, 3C) -> (3, B, heads, N, head_dim)
+    q, k, _ = attn.qkv(x).reshape(B, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+
+
+@torch.no_grad()
+def attention_weights(model: nn.Module, x: torch.Tensor, blocks: Sequence[int]) -> Dict[int, torch.Tensor]:
+    """Attention probabilities (B, heads, N, N) of the backbone blocks `blocks`, class token first in N.
+
+    Forward hooks take each block's attention input and recompute the softmax with the eager math; the model's
+    own forward (fused attention) runs unchanged and stops after the last block asked for.
+    """
+    name = type(model).__name__
+    blocks = sorted({_block_index(model, b, name) for b in blocks})
+    captured: Dict[int, torch.Tensor] = {}
+
+    def capture(i: int, module: nn.Module, args: Tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        captured[i] = _softmax_attention(module, args[0])
+
+    hooks = []
+    try:
+        for i in blocks:
+            attn = getattr(model.blocks[i], "attn", None)
+            if attn is None:
+                raise InputError(f"block {i} of {name} has no attention (a transition layer): pick another block")
+            hooks.append(attn.register_forward_hook(partial(capture, i)))
+        model.forward_intermediates(x, indices=[blocks[-1]], stop_early=True, intermediates_only=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+def attention_rollout(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020) through consecutive layers, first to last: each layer's head-mean
+    attention plus the identity for the residual path, rows renormalised, multiplied up. (B, N, N)."""
+    rollout = None
+    for attn in attentions:
+        a = attn.mean(dim=1)  # (B, heads, N, N) -> (B, N, N)
+        a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype)
+        a = a / a.sum(dim=-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout
+    if rollout is None:
+        raise InputError("attention rollout needs at least one attention layer")
+    return rollout
+
+
+def _class_token_map(attn: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """The class token's attention to the patch tokens of the first image, as a grid: (B, N, N) -> (H, W)."""
+    return attn[0, 0, 1:].reshape(grid)
+
+
+def _tile(maps: torch.Tensor) -> torch.Tensor:
+    """Channel maps (C, h, w), each scaled to [0, 1], tiled into a near-square mosaic with NaN gutters."""
+    C, h, w = maps.shape
+    lo = maps.flatten(1).min(1).values[:, None, None]
+    hi = maps.flatten(1).max(1).values[:, None, None]
+    maps = (maps - lo) / (hi - lo).clamp_min(1e-12)
+    cols = math.ceil(math.sqrt(C))
+    rows = math.ceil(C / cols)
+    mosaic = torch.full((rows * (h + 1) - 1, cols * (w + 1) - 1), float("nan"))
+    for c in range(C):
+        r, q = divmod(c, cols)
+        mosaic[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = maps[c]
+    return mosaic
+
+
+def _show(ax: Any, picture: torch.Tensor) -> None:
+    """An (H, W, C) picture in [0, 1] on a matplotlib axis, grayscale if one channel."""
+    ax.imshow(picture.squeeze(-1).numpy(), cmap="gray" if picture.shape[-1] == 1 else None)
+
+
+def plot_feature_maps(
+    image: Path, models: Sequence[Tuple[str, nn.Module]], out: Path, block: int = 0, channels: int = 36
+) -> Path:
+    """The paper's Fig. 2 style: the input and, per (label, model), its first `channels` token channels after
+    block `block` reshaped to maps and tiled (each map scaled to its own range), as a PNG."""
+    if not models:
+        raise InputError("no models to show: pass at least one --model")
+    if channels < 1:
+        raise InputError(f"channels={channels}: show at least one channel map")
+    inputs = [load_image(image, model) for _, model in models]
+    plt = _pyplot()
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")  # white gutters between the maps
+    fig, axes = plt.subplots(1, 1 + len(models), figsize=(4 * (1 + len(models)), 4.4), squeeze=False)
+    axes = axes[0]
+    _show(axes[0], inputs[0][1])
+    axes[0].set_title(Path(image).name, fontsize=9)
+    for ax, (label, model), (x, _) in zip(axes[1:], models, inputs):
+        maps = token_feature_maps(model, x, block)
+        C, H, W = maps.shape
+        shown = min(channels, C)
+        ax.imshow(_tile(maps[:shown]).numpy(), cmap=cmap, interpolation="nearest")
+        ax.set_title(f"{label}\nblock {block % len(model.blocks)}: {shown} of {C} channels, {H}x{W}", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_attention(
+    image: Path,
+    model: nn.Module,
+    out: Path,
+    blocks: Sequence[int] = (0, -1),
+    heads: Optional[int] = None,
+    label: str = "",
+) -> Path:
+    """Per chosen block (one row): the input, the class token's attention to the patches for each head, and the
+    attention rollout from block 0 through that block, each upsampled over the image, as a PNG."""
+    name = label or type(model).__name__
+    chosen = sorted({_block_index(model, b, name) for b in blocks})
+    x, picture = load_image(image, model)
+    with_attn = [i for i in range(chosen[-1] + 1) if getattr(model.blocks[i], "attn", None) is not None]
+    for b in chosen:
+        if b not in with_attn:
+            raise InputError(f"block {b} of {name} has no attention (a transition layer): pick another block")
+    attn = attention_weights(model, x, with_attn)
+    num_heads = attn[chosen[0]].shape[1]
+    shown = num_heads if heads is None else max(1, min(heads, num_heads))
+    grid = tuple(model.grid_size)  # load_image gives the model's img_size
+
+    def overlay(ax: Any, amap: torch.Tensor, title: str) -> None:
+        up = torch.nn.functional.interpolate(amap[None, None], size=picture.shape[:2], mode="bilinear")[0, 0]
+        _show(ax, picture)
+        ax.imshow((up / up.max().clamp_min(1e-12)).numpy(), cmap="inferno", alpha=0.6)
+        ax.set_title(title, fontsize=8)
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(chosen), shown + 2, figsize=(1.8 * (shown + 2), 1.9 * len(chosen)), squeeze=False)
+    for row, b in zip(axes, chosen):
+        _show(row[0], picture)
+        row[0].set_title(f"{name}\nblock {b}", fontsize=8)
+        for h in range(shown):
+            overlay(row[1 + h], _class_token_map(attn[b][:, h], grid), f"head {h}")
+        rollout = attention_rollout([attn[i] for i in with_attn if i <= b])
+        overlay(row[-1], _class_token_map(rollout, grid), f"rollout 0..{b}")
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _load_model(name: str, checkpoint: Optional[str], img_size: Optional[int]) -> Tuple[str, nn.Module]:
+    from . import create_model
+
+    kwargs = {} if img_size is None else dict(img_size=img_size)
+    model = create_model(name, checkpoint_path=checkpoint, **kwargs).eval()
+    if checkpoint is None:
+        _logger.info("%s has random weights (no --checkpoint): the maps show an untrained model", name)
+    return (f"{name} ({Path(checkpoint).name})" if checkpoint else f"{name} (random init)"), model
+
+
+def _features(args: argparse.Namespace) -> None:
+    checkpoints = args.checkpoint or ["-"] * len(args.model)
+    if len(checkpoints) != len(args.model):
+        raise InputError(
+            f"{len(args.model)} models but {len(checkpoints)} checkpoints: give one --checkpoint per --model, "
+            "in order, with - for a model without one"
+        )
+    models = [_load_model(m, None if c == "-" else c, args.img_size) for m, c in zip(args.model, checkpoints)]
+    _logger.info("wrote %s", plot_feature_maps(args.image, models, args.out, args.block, args.channels))
+
+
+def _attention(args: argparse.Namespace) -> None:
+    label, model = _load_model(args.model, args.checkpoint, args.img_size)
+    _logger.info("wrote %s", plot_attention(args.image, model, args.out, args.blocks, args.heads, label))
+
+
+def _curves(args: argparse.Namespace) -> None:
+    _logger.info("wrote %s", plot_curves(args.run_dirs, args.out))
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `visualize` with its modes (features, attention, curves) on an argparse sub-parsers object."""
+    parser = subparsers.add_parser("visualize", help="feature maps, attention maps, training curves as PNGs")
+    modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
+
+    def image_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("image", type=Path, help="an image file (PNG, JPEG, ...)")
+        p.add_argument("--img-size", type=int, default=None, help="model input size (default: the model's)")
+
+    p = modes.add_parser("features", help="token features of a block as channel maps, per model (paper Fig. 2)")
+    image_args(p)
+    p.add_argument("--model", nargs="+", default=["t2t_vit_14", "t2t_vit_14_wo_t2t"], metavar="NAME",
+                   help="models to compare (default: T2T-ViT-14 and its hard-split ViT twin)")  # fmt: skip
+    p.add_argument("--checkpoint", nargs="+", default=None, metavar="PATH",
+                   help="one per --model, in order; - for none (random weights)")  # fmt: skip
+    p.add_argument("--block", type=int, default=0, help="block whose output tokens are shown (default: 0)")
+    p.add_argument("--channels", type=int, default=36, help="channel maps per model (default: 36)")
+    p.add_argument("--out", type=Path, default=Path("features.png"), help="PNG to write")
+    p.set_defaults(func=_features)
+
+    p = modes.add_parser("attention", help="class-token attention per head and attention rollout, over the image")
+    image_args(p)
+    p.add_argument("--model", default="t2t_vit_14", metavar="NAME", help="model (default: t2t_vit_14)")
+    p.add_argument("--checkpoint", default=None, metavar="PATH", help="weights (default: none, random)")
+    p.add_argument("--blocks", type=int, nargs="+", default=[0, -1], metavar="I",
+                   help="blocks to show, negative from the end (default: 0 -1)")  # fmt: skip
+    p.add_argument("--heads", type=int, default=None, help="heads shown per block (default: all)")
+    p.add_argument("--out", type=Path, default=Path("attention.png"), help="PNG to write")
+    p.set_defaults(func=_attention)
+
+    p = modes.add_parser("curves", help="loss and top-1 per epoch of one or more run directories")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="directories written by `t2t-vit train`")
+    p.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
+    p.set_defaults(func=_curves)

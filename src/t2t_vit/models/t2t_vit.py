@@ -16,7 +16,8 @@ from torch import nn
 
 from ..errors import InputError
 from .layers import ATTN_IMPLS, Block, sinusoid_table
-from .tokens_to_token import DEFAULT_SOFT_SPLITS, T2TModule, grid_size
+from .tokens import make_tokens
+from .tokens_to_token import DEFAULT_SOFT_SPLITS, grid_size
 
 _logger = logging.getLogger(__name__)
 
@@ -66,9 +67,15 @@ class T2TViT(nn.Module):
         drop_rate, attn_drop_rate, drop_path_rate: dropout after the position table / in attention, drop path.
         t2t_mixer: "performer" or "transformer", the token mixer of the T2T module.
         token_dim: token width inside the T2T module.
-        soft_splits: three (kernel, stride, padding) triples for the unfolds of the T2T module.
+        soft_splits: three (kernel, stride, padding) triples for the unfolds of the T2T module (the convolutions
+            of tokens="convolution").
         dynamic_img_size: accept any image size the soft splits tile, resampling the position table.
         attn_impl: "sdpa" (fused kernels, default) or "eager" (the explicit math of the authors' code).
+        norm_layer: the norm of the blocks and the final norm.
+        tokens: "t2t" (the T2T module, default), "patch" (ViT's hard split into `patch_size` squares) or
+            "convolution" (the soft splits replaced by convolutions of the same kernel, stride and padding).
+        patch_size: side of the hard split's squares (tokens="patch" only).
+        block_fn: the backbone block class, called as Block is (see models/ablations.py for others).
     """
 
     def __init__(
@@ -92,6 +99,9 @@ class T2TViT(nn.Module):
         dynamic_img_size: bool = False,
         attn_impl: str = "sdpa",
         norm_layer: type = nn.LayerNorm,
+        tokens: str = "t2t",
+        patch_size: int = 16,
+        block_fn: type = Block,
     ) -> None:
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
@@ -106,7 +116,8 @@ class T2TViT(nn.Module):
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
 
-        self.tokens_to_token = T2TModule(t2t_mixer, in_chans, embed_dim, token_dim, soft_splits)
+        # named for the T2T module (the authors' keys) whichever tokenizer `tokens` picks
+        self.tokens_to_token = make_tokens(tokens, t2t_mixer, in_chans, embed_dim, token_dim, soft_splits, patch_size)
         self.soft_splits = self.tokens_to_token.soft_splits
         self.img_size = to_2tuple(img_size)
         self.grid_size = grid_size(self.img_size, self.soft_splits)
@@ -118,11 +129,14 @@ class T2TViT(nn.Module):
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear decay rule
         self.blocks = nn.Sequential(
             *[
-                Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i], norm_layer)
+                block_fn(
+                    embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i], norm_layer
+                )
                 for i in range(depth)
             ]
         )
-        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=16) for i in range(depth)]
+        reduction = math.prod(s for _, s, _ in self.soft_splits)
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)]
         self.norm = norm_layer(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -160,7 +174,7 @@ class T2TViT(nn.Module):
                 raise InputError(f"global_pool={global_pool!r} is not one of {GLOBAL_POOLS}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def _tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Images -> (tokens with class token and positions (B, 1 + N, C), token grid)."""
@@ -328,10 +342,10 @@ def checkpoint_filter_fn(
     return sd
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> T2TViT:
+def _create(variant: str, pretrained: bool = False, model_cls: type = T2TViT, **kwargs: Any) -> T2TViT:
     out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(
-        T2TViT,
+        model_cls,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,

@@ -1,0 +1,200 @@
+"""The paper's design-space models: the same model contract as the release variants, and their defining math."""
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import t2t_vit
+from t2t_vit.benchmark import model_cost
+from t2t_vit.errors import InputError
+from t2t_vit.models import ABLATIONS, T2TViT
+from t2t_vit.models.ablations import DenseLayer, GhostLinear, SqueezeExcite
+from t2t_vit.models.tokens import ConvTokens, HardSplit
+from t2t_vit.models.tokens_to_token import soft_split
+
+# fast stand-ins at 64 px (a 4 x 4 token grid) with the real tokenizers and block types
+SMALL = {name: dict(img_size=64, depth=2) for name in ABLATIONS}
+SMALL["t2t_vit_dense"] = dict(img_size=64, block_config=(2, 1))  # 128 -> 192 -> 256, transition -> 128 -> 192
+NAMES = sorted(ABLATIONS)
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def _small(name: str, **kwargs) -> T2TViT:
+    return timm.create_model(name, **SMALL[name], **kwargs)
+
+
+def test_registered_and_listed():
+    assert set(ABLATIONS) <= set(t2t_vit.list_models())
+    for name in NAMES:
+        assert isinstance(t2t_vit.create_model(name, **SMALL[name]), T2TViT)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_timm_model_contract(name):
+    torch.manual_seed(0)
+    model = _small(name, num_classes=10).eval()
+    C = model.num_features
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, 1 + 16, C)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, C)
+        assert torch.equal(model.forward_head(feats), model(x))
+        assert model.get_classifier() is model.head and model.no_weight_decay() >= {"cls_token", "pos_embed"}
+        model.reset_classifier(5)
+        assert model(x).shape == (2, 5)
+        model.reset_classifier(0, "avg")
+        assert torch.allclose(model(x), feats[:, 1:].mean(1))
+        final, inter = model.forward_intermediates(x)
+        assert [t.shape for t in inter] == [(2, f["num_chs"], 4, 4) for f in model.feature_info]
+        assert len(inter) == len(model.blocks) and torch.equal(final, feats)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_features_only_through_timm(name):
+    model = _small(name, features_only=True, out_indices=(0, 1))
+    maps = model(torch.randn(1, 3, 64, 64))
+    assert [m.shape[1:] for m in maps] == [(c, 4, 4) for c in model.feature_info.channels()]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sdpa_equals_eager(name):
+    torch.manual_seed(0)
+    model = _small(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fused = model(x)
+        eager = _small(name, attn_impl="eager").eval()
+        eager.load_state_dict(model.state_dict())
+        assert _max_diff(fused, eager(x)) <= 1e-5
+        model.set_attn_impl("eager")
+        assert all(not m.fused for m in model.modules() if hasattr(m, "fused"))
+        assert _max_diff(fused, model(x)) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", NAMES)
+def test_autocast_forward_backward_finite(name, dtype):
+    torch.manual_seed(0)
+    model = _small(name).train()
+    with torch.autocast("cpu", dtype=dtype):
+        loss = model(torch.randn(4, 3, 64, 64)).float().logsumexp(-1).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_checkpointing_gives_the_same_gradients(name):
+    torch.manual_seed(0)
+    model = _small(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    plain = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for a, b in zip(plain, [p.grad for p in model.parameters() if p.grad is not None]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torchscript_and_fx(name):
+    model = _small(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        assert _max_diff(torch.jit.script(model)(x), ref) <= 1e-6
+        assert _max_diff(torch.fx.symbolic_trace(model)(x), ref) <= 1e-6
+
+
+def _params(name: str, **kwargs) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in timm.create_model(name, **kwargs).parameters())
+
+
+def test_hard_split_is_unfold_then_linear():
+    torch.manual_seed(0)
+    split = HardSplit(3, 32, 16)
+    x = torch.randn(2, 3, 64, 48)
+    linear = soft_split(x, 16, 16, 0) @ split.proj.weight.reshape(32, -1).t() + split.proj.bias
+    assert split(x).shape == (2, 12, 32) and _max_diff(split(x), linear) <= 1e-5
+    assert split.feat_size(64, 48) == (4, 3)
+
+
+def test_hard_split_model_is_t2t_vit_14_with_a_patch_stem():
+    """Same backbone and position table as T2T-ViT-14; only the stem differs: 3 * 16^2 * 384 weights + 384 biases."""
+    with torch.device("meta"):
+        t2t = timm.create_model("t2t_vit_14")
+    stem = sum(p.numel() for p in t2t.tokens_to_token.parameters())
+    assert _params("t2t_vit_14_wo_t2t") == _params("t2t_vit_14") - stem + 3 * 16 * 16 * 384 + 384
+    # MACs of the stem: 14 x 14 tokens, each a 768 -> 384 projection; the head 384 -> 1000
+    _, stem_and_head = model_cost("t2t_vit_14_wo_t2t", depth=0)
+    assert stem_and_head == 196 * 768 * 384 + 384 * 1000
+
+
+def test_convolution_tokens_keep_the_soft_split_geometry():
+    tokens = timm.create_model("t2t_vit_c_14", depth=0).tokens_to_token
+    assert isinstance(tokens, ConvTokens)
+    convs = [tokens.conv1, tokens.conv2, tokens.project]
+    assert [(c.kernel_size[0], c.stride[0], c.padding[0]) for c in convs] == [(7, 4, 2), (3, 2, 1), (3, 2, 1)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 64), (64, 64), (64, 384)]
+    assert tokens(torch.randn(1, 3, 224, 224)).shape == (1, 196, 384)
+
+
+def test_squeeze_excite_formula_and_se_param_count():
+    torch.manual_seed(0)
+    se = SqueezeExcite(32, 16)
+    x = torch.randn(2, 5, 32)
+    gate = torch.sigmoid(F.relu(x.mean(1) @ se.fc1.weight.t()) @ se.fc2.weight.t())
+    assert _max_diff(se(x), x * gate[:, None]) <= 1e-6
+    # two bias-free 384 <-> 24 maps in each of the 14 blocks
+    assert _params("t2t_vit_14_se") == _params("t2t_vit_14") + 14 * 2 * 384 * 24
+
+
+def test_ghost_half_is_a_depthwise_conv_of_the_primary_half():
+    torch.manual_seed(0)
+    ghost = GhostLinear(16, 12, bias=True, kernel_size=3)
+    x = torch.randn(2, 7, 16)
+    y = ghost(x)
+    primary = ghost.primary(x)
+    cheap = F.conv1d(primary.transpose(1, 2), ghost.cheap.weight, ghost.cheap.bias, padding=1, groups=6)
+    assert y.shape == (2, 7, 12) and torch.equal(y[..., 0::2], primary)
+    assert _max_diff(y[..., 1::2], cheap.transpose(1, 2)) <= 1e-6
+    # qkv (384 -> 1152) and fc1 (384 -> 1152) of each of the 16 blocks: half the weights, plus 576 3-tap filters
+    plain = 2 * (384 * 1152) + 1152  # qkv has no bias, fc1 has
+    ghost_maps = 2 * (384 * 576 + 576 * 3 + 576) + 576
+    assert _params("t2t_vit_16_ghost") == _params("t2t_vit_14", depth=16) - 16 * plain + 16 * ghost_maps
+
+
+def test_dense_widths_grow_and_halve():
+    with torch.device("meta"):
+        model = timm.create_model("t2t_vit_dense")
+    widths = [f["num_chs"] for f in model.feature_info]
+    stage = lambda start, n: [start + 64 * (i + 1) for i in range(n)]  # noqa: E731
+    expected = stage(128, 3) + [160] + stage(160, 6) + [272] + stage(272, 6) + [328] + stage(328, 4)
+    assert widths == expected and model.num_features == 584 and model.head.in_features == 584
+    layer = DenseLayer(32, 16, num_heads=4)
+    x = torch.randn(2, 5, 32)
+    y = layer(x)
+    assert y.shape == (2, 5, 48) and torch.equal(y[..., :32], x)  # the input passes on unchanged
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cost_is_counted(name):
+    params, macs = model_cost(name)
+    assert 15e6 < params < 23e6 and 3.5e9 < macs < 5e9  # the paper's ~T2T-ViT-14 budget
+
+
+def test_bad_arguments_name_the_fix():
+    with pytest.raises(InputError, match="tokens="):
+        T2TViT(img_size=64, depth=1, tokens="pixels")
+    with pytest.raises(InputError, match="image height 72"):
+        timm.create_model("t2t_vit_14_wo_t2t", img_size=72, depth=1)
+    with pytest.raises(InputError, match="block_config"):
+        timm.create_model("t2t_vit_dense", depth=4)
+    with pytest.raises(InputError, match="norm=False"):
+        _small("t2t_vit_dense").forward_intermediates(torch.randn(1, 3, 64, 64), norm=True)

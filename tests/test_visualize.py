@@ -1,0 +1,124 @@
+"""`t2t-vit visualize`: feature maps, attention maps and rollout, training curves; each a non-blank PNG."""
+import argparse
+import csv
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from t2t_vit import visualize
+from t2t_vit.errors import InputError
+from t2t_vit.visualize import METRICS_COLUMNS, attention_rollout, attention_weights, token_feature_maps
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """A 90 x 80 RGB picture of stripes and a gradient (not square: the crop is exercised)."""
+    yy, xx = np.mgrid[0:90, 0:80]
+    pixels = np.stack([(xx % 16 < 8) * 255, (yy % 12 < 6) * 200, (xx + yy) * 1.4], -1).astype(np.uint8)
+    path = tmp_path_factory.mktemp("img") / "stripes.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    t2t = timm.create_model("t2t_vit_7", img_size=64, depth=2).eval()
+    vit = timm.create_model("t2t_vit_14_wo_t2t", img_size=64, depth=2).eval()
+    return t2t, vit
+
+
+def _pixel_variance(path) -> float:
+    return float(np.asarray(Image.open(path).convert("RGB"), dtype=np.float64).var())
+
+
+def _run(argv) -> None:
+    parser = argparse.ArgumentParser()
+    visualize.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+def test_feature_maps_png(image, models, tmp_path):
+    t2t, vit = models
+    x, picture = visualize.load_image(image, t2t)
+    assert x.shape == (1, 3, 64, 64) and picture.shape == (64, 64, 3) and 0 <= picture.min() < picture.max() <= 1
+    maps = token_feature_maps(t2t, x, block=0)
+    assert maps.shape == (256, 4, 4) and (maps.flatten(1).std(1) > 0).all()
+    out = visualize.plot_feature_maps(image, [("T2T", t2t), ("ViT", vit)], tmp_path / "f.png", channels=9)
+    assert out.is_file() and _pixel_variance(out) > 0
+
+
+def test_attention_weights_are_the_softmax_of_the_block_input(image, models):
+    t2t, _ = models
+    x, _ = visualize.load_image(image, t2t)
+    attn = attention_weights(t2t, x, [0, -1])
+    assert sorted(attn) == [0, 1] and attn[1].shape == (1, 4, 17, 17)
+    torch.testing.assert_close(attn[1].sum(-1), torch.ones(1, 4, 17))
+    with torch.no_grad():
+        block = t2t.blocks[0]
+        tokens = block.norm1(t2t._tokens(x)[0])  # the input of block 0's attention
+        q, k, _ = block.attn.qkv(tokens).reshape(1, 17, 3, 4, 64).permute(2, 0, 3, 1, 4)
+        expected = (q @ k.transpose(-2, -1) * 64**-0.5).softmax(-1)
+    torch.testing.assert_close(attn[0], expected)
+    assert not block.attn._forward_hooks  # hooks are removed
+
+
+def test_attention_rollout_adds_the_residual_and_multiplies():
+    torch.manual_seed(0)
+    a1, a2 = torch.randn(2, 1, 3, 5, 5).softmax(-1).unbind(0)
+    step = lambda a: 0.5 * a.mean(1) + 0.5 * torch.eye(5)  # noqa: E731 (rows already sum to 1)
+    torch.testing.assert_close(attention_rollout([a1]), step(a1))
+    torch.testing.assert_close(attention_rollout([a1, a2]), step(a2) @ step(a1))
+
+
+def test_attention_png(image, models, tmp_path):
+    t2t, _ = models
+    out = visualize.plot_attention(image, t2t, tmp_path / "a.png", blocks=[0, 1], heads=2, label="t2t")
+    assert out.is_file() and _pixel_variance(out) > 0
+    dense = timm.create_model("t2t_vit_dense", img_size=64, block_config=(1, 1)).eval()  # dense, transition, dense
+    out = visualize.plot_attention(image, dense, tmp_path / "dense.png", blocks=[0, 2])  # rollout skips block 1
+    assert out.is_file() and _pixel_variance(out) > 0
+
+
+def test_cli_features_and_attention(image, tmp_path):
+    _run(["visualize", "features", str(image), "--model", "t2t_vit_7", "--img-size", "64", "--channels", "4",
+          "--out", str(tmp_path / "f.png")])  # fmt: skip
+    _run(["visualize", "attention", str(image), "--model", "t2t_vit_7", "--img-size", "64", "--blocks", "0", "-1",
+          "--heads", "2", "--out", str(tmp_path / "a.png")])  # fmt: skip
+    assert _pixel_variance(tmp_path / "f.png") > 0 and _pixel_variance(tmp_path / "a.png") > 0
+
+
+def test_cli_curves_of_two_runs(tmp_path):
+    for run, offset in (("a", 0.0), ("b", 0.5)):
+        (tmp_path / run).mkdir()
+        with open(tmp_path / run / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS)
+            writer.writeheader()
+            for epoch in range(4):
+                writer.writerow(dict(epoch=epoch, train_loss=2 - 0.3 * epoch + offset, val_loss=2.1 - 0.2 * epoch,
+                                     val_top1=10 + 5 * epoch))  # fmt: skip
+    out = tmp_path / "curves.png"
+    _run(["visualize", "curves", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)])
+    assert _pixel_variance(out) > 0
+
+
+def test_bad_inputs_name_the_fix(image, models, tmp_path):
+    t2t, _ = models
+    with pytest.raises(InputError, match="missing.png.*does not exist"):
+        visualize.load_image(tmp_path / "missing.png", t2t)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(InputError, match="broken.png.*could not be read"):
+        visualize.load_image(tmp_path / "broken.png", t2t)
+    with pytest.raises(InputError, match="block 7 is out of range.*0..1"):
+        visualize.plot_attention(image, t2t, tmp_path / "a.png", blocks=[7])
+    dense = timm.create_model("t2t_vit_dense", img_size=64, block_config=(1, 1)).eval()
+    with pytest.raises(InputError, match="block 1 .*no attention"):
+        visualize.plot_attention(image, dense, tmp_path / "a.png", blocks=[1])
+    with pytest.raises(InputError, match="one --checkpoint per --model"):
+        _run(["visualize", "features", str(image), "--model", "t2t_vit_7", "--checkpoint", "a", "b"])
+    with pytest.raises(InputError, match="no metrics.csv"):
+        _run(["visualize", "curves", str(tmp_path), "--out", str(tmp_path / "c.png")])
