@@ -1,4 +1,5 @@
 """Safe checkpoint reading (weights only), layout detection and loading into a model."""
+import json
 import logging
 import os
 import pickle
@@ -26,13 +27,7 @@ def read_checkpoint(path: PathLike) -> Any:
     if not path.is_file():
         raise InputError(f"checkpoint {str(path)!r} does not exist or is not a file: check the path")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise InputError(f"checkpoint {str(path)!r} is not a readable safetensors file ({e})") from None
+        return _read_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -48,6 +43,22 @@ def read_checkpoint(path: PathLike) -> Any:
             f"checkpoint {str(path)!r} could not be read: truncated, corrupt or not a checkpoint ({e}). "
             "Download or copy it again"
         ) from None
+
+
+def _read_safetensors(path: Path) -> Dict[str, Any]:
+    """A safetensors file as {"state_dict": tensors} plus "meta" if our export wrote it into the header."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InputError(f"checkpoint {str(path)!r} is not a readable safetensors file ({e})") from None
+    out: Dict[str, Any] = {"state_dict": state}
+    if "t2t_vit" in header:
+        out["meta"] = json.loads(header["t2t_vit"])
+    return out
 
 
 def extract_state_dict(checkpoint: Any, use_ema: bool = True, source: str = "checkpoint") -> Dict[str, torch.Tensor]:

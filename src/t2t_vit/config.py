@@ -19,7 +19,7 @@ DEFAULTS: Dict[str, Any] = {
     "num_classes": None,  # None: the dataset's class count
     "drop": 0.0,
     "drop_path": 0.1,
-    "init_checkpoint": None,  # weights to start from (the head is dropped if the class count differs)
+    "init_checkpoint": None,  # weights to start from: ours, or the authors' (then `model` names it)
     # data
     "data": None,
     "download": False,
@@ -31,6 +31,8 @@ DEFAULTS: Dict[str, Any] = {
     "interpolation": "bicubic",  # evaluation resize
     "crop_pct": 0.9,
     # augmentation and mixing
+    "train_crop": "random_resized",  # or "pad": resize to img_size, random crop with crop_padding, flip
+    "crop_padding": 28,
     "scale": [0.08, 1.0],
     "ratio": [0.75, 1.3333333333333333],
     "hflip": 0.5,
@@ -55,6 +57,9 @@ DEFAULTS: Dict[str, Any] = {
     "weight_decay": 0.05,
     "clip_grad": None,
     "accum_steps": 1,
+    "backbone_lr_ratio": 1.0,  # lr of everything but the head, relative to the head's (fine-tuning: 0.01)
+    "layer_decay": None,  # layer-wise lr decay: block i of L gets layer_decay ** (L + 1 - i)
+    "freeze_backbone": False,  # train the head only (linear probe)
     "sched": "cosine",
     "epochs": 300,  # of the cosine; cooldown_epochs follow at min_lr
     "warmup_epochs": 10,

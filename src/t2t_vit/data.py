@@ -184,6 +184,20 @@ def create_transform(cfg: Dict[str, Any], data_config: Dict[str, Any], training:
     )
     if not training:
         return timm_transform(**common, interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"])
+    if cfg["train_crop"] == "pad":  # the authors' CIFAR fine-tuning: resize, padded random crop, flip
+        from torchvision import transforms as T
+        from timm.data.transforms import str_to_interp_mode
+
+        size = tuple(data_config["input_size"][1:])
+        return T.Compose([
+            T.Resize(size, interpolation=str_to_interp_mode(data_config["interpolation"])),
+            T.RandomCrop(size, padding=cfg["crop_padding"]),
+            T.RandomHorizontalFlip(cfg["hflip"]),
+            T.ToTensor(),
+            T.Normalize(data_config["mean"], data_config["std"]),
+        ])  # fmt: skip
+    if cfg["train_crop"] != "random_resized":
+        raise InputError(f"train_crop {cfg['train_crop']!r} must be random_resized or pad")
     return timm_transform(
         **common,
         is_training=True,

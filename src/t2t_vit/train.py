@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -190,7 +191,8 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 
 def run_dir_of(cfg: Dict[str, Any]) -> Path:
-    name = cfg["name"] or f"{cfg['model']}-{str(cfg['data']).split(':')[0].replace('/', '_')}"
+    model = cfg["model"] or Path(str(cfg["init_checkpoint"])).name.split(".")[0]
+    name = cfg["name"] or f"{model}-{str(cfg['data']).split(':')[0].replace('/', '_')}"
     return Path(cfg["output"]) / name
 
 
@@ -200,12 +202,43 @@ def scaled_lr(cfg: Dict[str, Any], world: int) -> Tuple[int, float]:
     return global_batch, cfg["lr"] * global_batch / cfg["lr_base_batch"]
 
 
+def param_groups(model: nn.Module, cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Parameter groups: no weight decay on norms, biases, the class token and the position table (fixed tensors
+    are left out); lr_scale = backbone_lr_ratio off the head, times layer_decay ** depth-from-top if set.
+
+    With freeze_backbone only the head trains (the rest stops requiring gradients).
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    block_of = {n: int(m.group(1)) for n, _ in model.named_parameters() if (m := re.match(r"blocks\.(\d+)\.", n))}
+    top = max(block_of.values(), default=-1) + 2  # layers: 0 the stem (T2T module, tokens), then blocks, then norm
+
+    def layer_of(name: str) -> int:
+        if name in block_of:
+            return block_of[name] + 1
+        return 0 if name.split(".")[0] in ("cls_token", "pos_embed", "tokens_to_token") else top
+
+    groups: Dict[Tuple[float, float], Dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        head = name.startswith("head.")
+        if cfg["freeze_backbone"] and not head:
+            p.requires_grad_(False)
+        if not p.requires_grad:
+            continue
+        decay = 0.0 if p.ndim <= 1 or name in skip else cfg["weight_decay"]
+        scale = 1.0 if head else cfg["backbone_lr_ratio"]
+        if cfg["layer_decay"] is not None:
+            scale *= cfg["layer_decay"] ** (top - layer_of(name))
+        group = groups.setdefault((decay, scale), dict(params=[], weight_decay=decay, lr_scale=scale))
+        group["params"].append(p)
+    return list(groups.values())
+
+
 def build_optimizer(model: nn.Module, cfg: Dict[str, Any], lr: float) -> torch.optim.Optimizer:
-    """AdamW (or cfg opt) with no weight decay on norms, biases, the class token and the position table."""
+    """AdamW (or cfg opt, e.g. sgd) over `param_groups`."""
     from timm.optim import create_optimizer_v2
 
     kwargs = dict(eps=cfg["opt_eps"]) if cfg["opt"] in ("adamw", "adam", "lamb") else dict(momentum=cfg["momentum"])
-    return create_optimizer_v2(model, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"], **kwargs)
+    return create_optimizer_v2(param_groups(model, cfg), opt=cfg["opt"], lr=lr, weight_decay=0.0, **kwargs)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], updates_per_epoch: int) -> Tuple[Any, int]:
@@ -297,7 +330,14 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = Tr
         num_classes=num_classes, img_size=cfg["img_size"], in_chans=cfg["in_chans"],
         drop_rate=cfg["drop"], drop_path_rate=cfg["drop_path"], **cfg["model_kwargs"],
     )  # fmt: skip
-    model = create_model(cfg["model"], checkpoint_path=cfg["init_checkpoint"], **model_kwargs).to(device)
+    if cfg["init_checkpoint"]:  # fine-tuning: a new head and position table where the sizes differ
+        model, init_meta = load_model(cfg["init_checkpoint"], cfg["model"], **model_kwargs)
+        arch, model_kwargs = init_meta["arch"], init_meta["model_kwargs"]
+    elif cfg["model"] is None:
+        raise InputError("no model: pass --model NAME, or --init-checkpoint PATH to start from weights")
+    else:
+        arch, model = cfg["model"], create_model(cfg["model"], **model_kwargs)
+    model = model.to(device)
     ema = None
     if cfg["model_ema"]:
         from timm.utils import ModelEmaV3
@@ -349,10 +389,10 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = Tr
         save_config(cfg, run.path / "config.yaml")
         _logger.info(
             "%s on %s: %d train / %d held-out images, %d classes, %s x %d process(es), global batch %d, lr %.2e",
-            cfg["model"], cfg["data"], len(train_set), len(val_set), num_classes, device, world, global_batch, lr,
+            arch, cfg["data"], len(train_set), len(val_set), num_classes, device, world, global_batch, lr,
         )  # fmt: skip
 
-    meta = dict(arch=cfg["model"], model_kwargs=model_kwargs, class_names=classes, data_config=data_config,
+    meta = dict(arch=arch, model_kwargs=model_kwargs, class_names=classes, data_config=data_config,
                 grid_size=list(unwrap(model).grid_size) if hasattr(unwrap(model), "grid_size") else None)  # fmt: skip
     ctx = StepContext(
         optimizer=optimizer, criterion=criterion, device=device, scheduler=scheduler,
@@ -501,6 +541,20 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=_train_command, takes_overrides=True)
 
+    f = subparsers.add_parser(
+        "finetune",
+        help="fine-tune our or the authors' weights on a dataset (new head, new resolution, backbone lr ratio)",
+        description="Fine-tune with DEFAULTS < --config (default: the authors' CIFAR recipe) < --key value "
+        "overrides, e.g. --data cifar10:DIR --img-size 384 --backbone-lr-ratio 0.1 --layer-decay 0.75 "
+        "--freeze-backbone true.",
+    )
+    f.add_argument("--checkpoint", required=True, help="weights to start from: ours, or an authors' file with --model")
+    f.add_argument("--model", help="model name (only for the authors' files)")
+    f.add_argument("--config", default="finetune_cifar", help="YAML file or configs/ name (default: finetune_cifar)")
+    f.add_argument("--resume", help="'auto' (continue the run directory's last.pth.tar) or a checkpoint path")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    f.set_defaults(func=_train_command, takes_overrides=True)
+
     e = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, loss, img/s")
     e.add_argument("--checkpoint", required=True, help="our checkpoint, or an authors' release file with --model")
     e.add_argument("--data", required=True, help="dataset spec; its held-out split is used")
@@ -515,6 +569,9 @@ def add_parser(subparsers: Any) -> None:
 
 def _train_command(args: argparse.Namespace, overrides: List[str]) -> None:
     cfg = resolve_config(args.config, parse_overrides(overrides))
+    if args.command == "finetune":
+        cfg["init_checkpoint"] = args.checkpoint
+        cfg["model"] = args.model
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     if "val_top1" in result and int(os.environ.get("RANK", "0")) == 0:
         print(f"held-out top-1: {result['val_top1']:.2f}%  (run directory: {result['run_dir']})")

@@ -1,0 +1,92 @@
+"""Export a checkpoint for other runtimes: ONNX (dynamic batch), TorchScript, safetensors (with metadata)."""
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .factory import load_model
+
+_logger = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+META_KEY = "t2t_vit"  # safetensors / ONNX metadata entry holding the model name, sizes, classes, preprocessing
+
+
+def export_onnx(model: nn.Module, path: Path, meta: Dict[str, Any], opset: int = 17) -> None:
+    """ONNX with input `images` (batch, C, H, W) and output `logits`, the batch axis dynamic."""
+    import onnx
+
+    model = model.eval()
+    x = torch.zeros(2, *meta["data_config"]["input_size"])
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+    )
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+    onnx.save(proto, str(path))
+
+
+def export_torchscript(model: nn.Module, path: Path, meta: Dict[str, Any]) -> None:
+    """A scripted model (fixed input size) with the metadata as an extra file `t2t_vit.json`."""
+    scripted = torch.jit.script(model.eval())
+    torch.jit.save(scripted, str(path), _extra_files={f"{META_KEY}.json": json.dumps(meta)})
+
+
+def export_safetensors(model: nn.Module, path: Path, meta: Dict[str, Any]) -> None:
+    """The weights as safetensors, the metadata as JSON in its header: `create_model(..., checkpoint_path=)` and
+    `load_model(path)` read it back."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={META_KEY: json.dumps(meta)})
+
+
+def export(checkpoint: str, fmt: str, output: str, model_name: Optional[str] = None, use_ema: bool = True) -> Path:
+    """Load a checkpoint (ours, or the authors' with `model_name`) and write it in `fmt` to `output`."""
+    if fmt not in FORMATS:
+        raise InputError(f"--format {fmt!r} is not one of {FORMATS}")
+    model, meta = load_model(checkpoint, model_name, use_ema=use_ema)
+    meta = {k: meta[k] for k in ("arch", "model_kwargs", "class_names", "data_config", "grid_size") if k in meta}
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise InputError("ONNX export needs the onnx extra: pip install 't2t-vit[onnx]'") from None
+        export_onnx(model, out, meta)
+    elif fmt == "torchscript":
+        export_torchscript(model, out, meta)
+    else:
+        export_safetensors(model, out, meta)
+    _logger.info("wrote %s (%s)", out, fmt)
+    return out
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `export` on the `t2t-vit` command."""
+    p = subparsers.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors")
+    p.add_argument("--checkpoint", required=True, help="our checkpoint, or an authors' release file with --model")
+    p.add_argument("--model", help="model name (only for the authors' files)")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--output", required=True, help="file to write")
+    p.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA ones")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    out = export(args.checkpoint, args.format, args.output, args.model, not args.no_ema)
+    print(f"wrote {out} ({args.format})")

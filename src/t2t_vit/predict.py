@@ -1,0 +1,112 @@
+"""Classify image files with a checkpoint: top-k classes with names and probabilities."""
+import argparse
+import glob
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from PIL import Image
+
+from .errors import InputError
+from .factory import load_model
+
+_logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def expand_inputs(inputs: Sequence[str]) -> List[Path]:
+    """Files as given, folders searched recursively for images, globs expanded; InputError if nothing matches."""
+    paths: List[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            paths.append(path)
+        elif glob.has_magic(item):
+            paths += sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+        else:
+            raise InputError(f"{item!r} is not a file, a folder or a glob that matches anything")
+    if not paths:
+        raise InputError(f"no images found in {', '.join(inputs)}")
+    return paths
+
+
+def class_names(num_classes: int, stored: Optional[Sequence[str]]) -> List[str]:
+    """Names stored in the checkpoint, ImageNet's for a 1000-class head, else the indices."""
+    if stored is not None and len(stored) == num_classes:
+        return list(stored)
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return [info.index_to_description(i) for i in range(num_classes)]
+    return [str(i) for i in range(num_classes)]
+
+
+@torch.no_grad()
+def predict(
+    inputs: Sequence[str],
+    checkpoint: str,
+    model_name: Optional[str] = None,
+    top_k: int = 5,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> List[Dict[str, Any]]:
+    """One record per image: {"file", "top_k": [{"class", "index", "prob"}]} or {"file", "error"} if unreadable."""
+    from .data import create_transform
+
+    model, meta = load_model(checkpoint, model_name)
+    model = model.to(device).eval()
+    data_config = meta["data_config"]
+    transform = create_transform({}, data_config, training=False)
+    names = class_names(model.num_classes, meta.get("class_names"))
+    mode = "L" if data_config["input_size"][0] == 1 else "RGB"
+    results: List[Dict[str, Any]] = []
+    paths = expand_inputs(inputs)
+    for start in range(0, len(paths), batch_size):
+        batch, ok = [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                with Image.open(path) as img:
+                    batch.append(transform(img.convert(mode)))
+                ok.append(path)
+            except Exception as e:  # a user's file: report it, go on with the others
+                _logger.warning("skipping %s: %s", path, e)
+                results.append(dict(file=str(path), error=f"unreadable image ({e})"))
+        if not batch:
+            continue
+        probs = model(torch.stack(batch).to(device)).float().softmax(dim=-1)
+        top = probs.topk(min(top_k, probs.shape[1]), dim=-1)
+        for path, p, idx in zip(ok, top.values.tolist(), top.indices.tolist()):
+            results.append(dict(file=str(path), top_k=[dict(index=i, **{"class": names[i]}, prob=v) for i, v in zip(idx, p)]))
+    order = {str(p): i for i, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r["file"]])
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `predict` on the `t2t-vit` command."""
+    p = subparsers.add_parser("predict", help="classify image files, folders or globs with a checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="files, folders (searched recursively) or globs")
+    p.add_argument("--checkpoint", required=True, help="our checkpoint, or an authors' release file with --model")
+    p.add_argument("--model", help="model name (only for the authors' files)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="one JSON list on stdout, for machines")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    results = predict(args.images, args.checkpoint, args.model, args.top_k, args.batch_size, args.device)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return
+    for r in results:
+        if "error" in r:
+            print(f"{r['file']}: skipped, {r['error']}")
+        else:
+            print(f"{r['file']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top_k"]))

@@ -1,0 +1,176 @@
+"""Fine-tuning from the authors' layout and ours, param groups, predict on files, export and read back."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import t2t_vit
+from t2t_vit import InputError, create_model, load_model
+from t2t_vit.checkpoint import read_checkpoint
+from t2t_vit.config import resolve_config
+from t2t_vit.export import export
+from t2t_vit.predict import predict
+from t2t_vit.train import build_optimizer, train
+
+from .conftest import tiny_train_config
+
+TINY = dict(embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0, token_dim=64)  # the reference tiny model's sizes
+
+
+@pytest.fixture(scope="module")
+def authors_tiny_checkpoint(tmp_path_factory) -> Path:
+    """The authors' tiny Performer model (64 px, 10 classes), in their release layout."""
+    return Path(__file__).parent / "data" / "reference" / "tiny" / "tiny_performer.pth.tar"
+
+
+def test_finetune_from_the_authors_layout_to_new_classes_and_resolution(tmp_path, authors_tiny_checkpoint):
+    """64 px / 10-class authors' checkpoint -> digits at 32 px: new head, resampled positions, loss falls."""
+    cfg = resolve_config("finetune_cifar", dict(
+        data="digits", img_size=32, batch_size=32, workers=0, epochs=2, lr=0.05, lr_base_batch=32,
+        backbone_lr_ratio=0.1, drop_path=0.0, device="cpu", output=str(tmp_path), name="ft", crop_padding=4,
+        hflip=0.0, model_kwargs=dict(TINY, soft_splits=[[7, 4, 2], [3, 2, 1], [3, 1, 1]]),
+    ))  # fmt: skip
+    cfg.update(init_checkpoint=str(authors_tiny_checkpoint), model="t2t_vit_7")
+    result = train(cfg, progress=False)
+    rows = (Path(result["run_dir"]) / "metrics.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[2]) for r in rows]
+    assert losses[-1] < losses[0] - 0.2 and result["val_top1"] > 30  # 10% is chance
+    state = read_checkpoint(Path(result["run_dir"]) / "last.pth.tar")
+    assert state["model"]["pos_embed"].shape == (1, 1 + 16, 64)  # 32 px with these splits: 4x4 tokens
+    authors = read_checkpoint(authors_tiny_checkpoint)["state_dict_ema"]
+    moved = (state["model"]["blocks.0.attn.qkv.weight"] - authors["blocks.0.attn.qkv.weight"]).abs().max()
+    assert 0 < moved < 0.5  # the backbone trained, gently
+    assert state["meta"]["arch"] == "t2t_vit_7" and state["meta"]["class_names"] == [str(i) for i in range(10)]
+
+
+def test_finetune_our_checkpoint_needs_only_its_path(tmp_path):
+    first = train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)
+    ckpt = Path(first["run_dir"]) / "last.pth.tar"
+    cfg = tiny_train_config(tmp_path, name="ft", epochs=1, warmup_epochs=0, img_size=24, model=None,
+                            init_checkpoint=str(ckpt), freeze_backbone=True, model_kwargs={})  # fmt: skip
+    result = train(cfg, progress=False)
+    before, after = read_checkpoint(ckpt)["model"], read_checkpoint(Path(result["run_dir"]) / "last.pth.tar")["model"]
+    assert torch.equal(before["blocks.0.mlp.fc1.weight"], after["blocks.0.mlp.fc1.weight"])  # linear probe
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert after["pos_embed"].shape[1] == 1 + (24 // 2) ** 2  # 16 px -> 8x8 tokens; 24 px -> 12x12
+
+
+def test_param_groups_backbone_ratio_and_layer_decay():
+    model = create_model("t2t_vit_7", img_size=64, depth=2, num_classes=10)
+    cfg = dict(resolve_config("finetune_cifar"), backbone_lr_ratio=0.01, layer_decay=0.5)
+    opt = build_optimizer(model, cfg, lr=0.05)
+    scale = {n: g["lr_scale"] for g in opt.param_groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    assert scale["head.weight"] == 1.0
+    assert scale["norm.weight"] == pytest.approx(0.01)  # top layer: ratio only
+    assert scale["blocks.1.attn.qkv.weight"] == pytest.approx(0.01 * 0.5)
+    assert scale["blocks.0.attn.qkv.weight"] == pytest.approx(0.01 * 0.25)
+    assert scale["tokens_to_token.project.weight"] == pytest.approx(0.01 * 0.125)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+
+
+@pytest.fixture(scope="module")
+def our_checkpoint(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("run")
+    result = train(tiny_train_config(tmp, epochs=1, warmup_epochs=0), progress=False)
+    return Path(result["run_dir"]) / "last.pth.tar"
+
+
+def _digit_files(folder: Path, n: int = 4) -> list:
+    from sklearn.datasets import load_digits
+
+    folder.mkdir(parents=True, exist_ok=True)
+    digits = load_digits()
+    paths = []
+    for i in range(n):
+        path = folder / f"digit_{digits.target[i]}_{i}.png"
+        Image.fromarray(np.uint8(digits.images[i] * 255 / 16)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_predict_files_folders_globs_and_unreadable(tmp_path, our_checkpoint):
+    files = _digit_files(tmp_path / "imgs")
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png")
+    results = predict([str(files[0]), str(tmp_path / "imgs"), str(tmp_path / "imgs" / "*.png")], str(our_checkpoint), top_k=3)
+    good = [r for r in results if "top_k" in r]
+    bad = [r for r in results if "error" in r]
+    assert len(good) == 1 + 4 + 4 and len(bad) == 2 and bad[0]["file"].endswith("broken.png")
+    top = good[0]["top_k"]
+    assert len(top) == 3 and top[0]["class"] in [str(i) for i in range(10)] and top[0]["prob"] >= top[1]["prob"]
+    assert abs(sum(t["prob"] for t in top)) <= 1.0 + 1e-6
+    with pytest.raises(InputError, match=r"not a file, a folder or a glob"):
+        predict([str(tmp_path / "missing.png")], str(our_checkpoint))
+
+
+def test_predict_cli_json(tmp_path, our_checkpoint, capsys):
+    from t2t_vit.cli import main
+
+    files = _digit_files(tmp_path / "imgs", 2)
+    assert main(["predict", *map(str, files), "--checkpoint", str(our_checkpoint), "--json", "--top-k", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [Path(r["file"]).name for r in out] == [f.name for f in files] and len(out[0]["top_k"]) == 2
+
+
+def test_predict_names_imagenet_classes_for_authors_checkpoints(tmp_path, official_keys):
+    from .conftest import official_state_dict
+
+    path = tmp_path / "71.7_T2T_ViT_7.pth.tar"
+    torch.save({"state_dict_ema": official_state_dict(official_keys, "t2t_vit_7")}, path)
+    img = tmp_path / "x.png"
+    Image.fromarray(np.uint8(np.random.default_rng(0).integers(0, 255, (240, 260, 3)))).save(img)
+    with pytest.raises(InputError, match=r"pass --model NAME"):
+        predict([str(img)], str(path))
+    (result,) = predict([str(img)], str(path), model_name="t2t_vit_7", top_k=1)
+    from timm.data import ImageNetInfo
+
+    assert result["top_k"][0]["class"] == ImageNetInfo().index_to_description(result["top_k"][0]["index"])
+
+
+def test_safetensors_round_trip(tmp_path, our_checkpoint):
+    out = export(str(our_checkpoint), "safetensors", str(tmp_path / "model.safetensors"))
+    model, meta = load_model(out)
+    ref, _ = load_model(our_checkpoint)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), ref.eval()(x))
+    assert meta["class_names"] == [str(i) for i in range(10)]
+    again = create_model("t2t_vit_7", checkpoint_path=out, **meta["model_kwargs"])
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+
+
+def test_torchscript_export(tmp_path, our_checkpoint):
+    out = export(str(our_checkpoint), "torchscript", str(tmp_path / "model.pt"))
+    extra = {"t2t_vit.json": ""}
+    scripted = torch.jit.load(str(out), _extra_files=extra)
+    ref, _ = load_model(our_checkpoint)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert (scripted(x) - ref.eval()(x)).abs().max() <= 1e-6
+    assert json.loads(extra["t2t_vit.json"])["arch"] == "t2t_vit_7"
+
+
+@pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14"])
+def test_onnx_parity_at_224_with_batch_1_and_3(tmp_path, official_keys, name):
+    ort = pytest.importorskip("onnxruntime")
+    from .conftest import official_state_dict
+
+    ckpt = tmp_path / "release.pth.tar"
+    torch.save({"state_dict_ema": official_state_dict(official_keys, name)}, ckpt)
+    out = export(str(ckpt), "onnx", str(tmp_path / "model.onnx"), model_name=name)
+    model = create_model(name, checkpoint_path=ckpt).eval()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            expected = model(x).numpy()
+        (logits,) = session.run(None, {"images": x.numpy()})
+        assert logits.shape == (batch, 1000) and np.abs(logits - expected).max() <= 1e-4
+    meta = {p.key: p.value for p in __import__("onnx").load(str(out)).metadata_props}
+    assert json.loads(meta["t2t_vit"])["arch"] == name
+
+
+def test_public_api_covers_the_tools():
+    assert {"create_model", "load_model"} <= set(t2t_vit.__all__)
