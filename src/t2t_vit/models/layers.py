@@ -33,15 +33,22 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        # (B, N, 3C) -> (3, B, heads, N, head_dim)
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        qkv = self.qkv(x)
         if self.fused:
+            # (B, N, 3C) -> 3 x (B, N, heads, head_dim) views, transposed for SDPA: their gradients stack
+            # straight into qkv's layout (the eager permute costs one more copy in the backward)
+            q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).unbind(2)
             x = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                dropout_p=self.attn_drop.p if self.training else 0.0,
+                scale=self.scale,
             )
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
+        else:  # the authors' arithmetic
+            # (B, N, 3C) -> (3, B, heads, N, head_dim)
+            q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            attn = (q @ k.transpose(-2, -1)) * self.scale
             attn = self.attn_drop(attn.softmax(dim=-1))
             x = attn @ v
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, heads, N, head_dim) -> (B, N, C)

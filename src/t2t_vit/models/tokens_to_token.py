@@ -2,9 +2,15 @@
 
 Key names follow the authors' release (`attention1`, `attention2`, `project`, `kqv`, `w`, `mlp.0`, ...), so
 their checkpoints load as they are.
+
+Two paths compute the same function. The eager one is the authors' code op for op: `nn.Unfold` + transpose,
+tokens transposed back to (B, C, H, W) between splits, the Performer with einsums and `.repeat`, softmax
+attention by hand. The fused one (default) keeps tokens channels-last: each soft split is one strided copy
+with the patch features ordered (kh, kw, C) instead of (C, kh, kw) (the weights that read them are reordered
+to match), the last split and its projection are one convolution, and attention runs on fused kernels.
 """
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +20,7 @@ from torch import nn
 from ..errors import InputError
 
 SoftSplit = Tuple[int, int, int]  # (kernel, stride, padding) of one unfold
+CPU_SLICE_TOKENS = 8192  # fused path on CPU: images per slice chosen so the first split gives about this many tokens
 DEFAULT_SOFT_SPLITS: Tuple[SoftSplit, ...] = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
 T2T_MIXERS = ("performer", "transformer")
 
@@ -21,6 +28,22 @@ T2T_MIXERS = ("performer", "transformer")
 def soft_split(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
     """Overlapping patches as tokens: (B, C, H, W) -> (B, L, C * kernel^2)."""
     return F.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2)
+
+
+def soft_split_channels_last(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+    """The patches of `soft_split` from channels-last data, features ordered (kh, kw, C): one copy.
+
+    (B, H, W, C) -> (B, L, kernel^2 * C); `patch_major` reorders weights that read unfold's (C, kh, kw) order.
+    """
+    B, _, _, C = x.shape
+    x = F.pad(x, (0, 0, padding, padding, padding, padding))  # contiguous (B, H + 2p, W + 2p, C)
+    x = x.unfold(1, kernel, stride).unfold(2, kernel, stride)  # view (B, H', W', C, kh, kw)
+    return x.permute(0, 1, 2, 4, 5, 3).reshape(B, -1, kernel * kernel * C)
+
+
+def patch_major(w: torch.Tensor, channels: int) -> torch.Tensor:
+    """A weight's last dim reordered from unfold's (C, kh, kw) to `soft_split_channels_last`'s (kh, kw, C)."""
+    return w.reshape(-1, channels, w.shape[-1] // channels).transpose(1, 2).reshape(w.shape)
 
 
 def split_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -74,16 +97,26 @@ def _performer_kernel_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w
 
 
 def _phi(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Positive random features exp(w x - |x|^2 / 2) / sqrt(m): (B, T, emb) -> (B, T, m)."""
-    return torch.exp(x @ w.t() - (0.5 * x.pow(2).sum(-1, keepdim=True) + 0.5 * math.log(w.shape[0])))
+    """Positive random features exp(w x - |x|^2 / 2) / sqrt(m): (B, T, emb) -> (B, T, m).
+
+    One GEMM that takes the shift as its bias term, then exp in place: no temporary the size of x or of the result.
+    """
+    B, T, e = x.shape
+    x = x.reshape(B * T, e)  # a view for the column slices of one projection
+    shift = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square().mul(-0.5).sub(0.5 * math.log(w.shape[0]))
+    return torch.addmm(shift, x, w.t()).exp_().reshape(B, T, -1)
 
 
 def _performer_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, eps: float):
-    """Linear attention with positive random features: phi(q) (phi(k)^T v) / (phi(q) . sum_t phi(k_t) + eps)."""
-    kp, qp = _phi(k, w), _phi(q, w)
-    D = qp @ kp.sum(dim=1).unsqueeze(-1)  # (B, T, m) @ (B, m, 1) -> (B, T, 1)
-    kptv = kp.transpose(1, 2) @ v  # (B, m, T) @ (B, T, emb) -> (B, m, emb)
-    return (qp @ kptv) / (D + eps)
+    """Linear attention with positive random features: phi(q) (phi(k)^T v) / (phi(q) . sum_t phi(k_t) + eps).
+
+    The normaliser rides along as one more column: phi(q) @ [phi(k)^T v | sum_t phi(k_t)] is one batched GEMM.
+    """
+    kp, qp = _phi(k, w), _phi(q, w)  # (B, T, m)
+    e = v.shape[-1]
+    kv = torch.cat((kp.transpose(1, 2) @ v, kp.sum(dim=1).unsqueeze(-1)), dim=-1)  # (B, m, emb + 1)
+    y = qp @ kv  # (B, T, emb + 1)
+    return y[..., :e] / (y[..., e:] + eps)
 
 
 @torch.fx.wrap
@@ -96,6 +129,26 @@ def performer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: to
         device = q.device.type if torch.amp.is_autocast_available(q.device.type) else "cpu"
         with torch.autocast(device, enabled=False):
             return _performer_kernel(q, k, v, w, eps) if fused else _performer_kernel_eager(q, k, v, w, eps)
+
+
+def patch_norm_linear(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    channels: int,
+) -> torch.Tensor:
+    """linear(layer_norm(x)) for patches in `soft_split_channels_last`'s (kh, kw, C) order, C = `channels`.
+
+    The weights are reordered to that order and the norm's affine is folded into the linear:
+    (x_hat * g + b_n) W^T + b = x_hat (W g)^T + (W b_n + b). That spares an elementwise pass and, where x needs no
+    gradient (the image's patches), the backward GEMM that g and b_n would need.
+    """
+    norm_weight, norm_bias, weight = (patch_major(t, channels) for t in (norm_weight, norm_bias, weight))
+    folded_bias = weight @ norm_bias if bias is None else torch.addmv(bias, weight, norm_bias)
+    return F.linear(F.layer_norm(x, [x.shape[-1]], None, None, eps), weight * norm_weight, folded_bias)
 
 
 class TokenPerformer(nn.Module):
@@ -118,8 +171,14 @@ class TokenPerformer(nn.Module):
         # random features: orthogonal rows scaled by sqrt(m); saved with the weights, never trained
         self.w = nn.Parameter(nn.init.orthogonal_(torch.randn(m, token_dim)) * math.sqrt(m), requires_grad=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, q, v = self.kqv(self.norm1(x)).split(self.token_dim, dim=-1)
+    def forward(self, x: torch.Tensor, patch_channels: int = 0) -> torch.Tensor:
+        """(B, N, dim) -> (B, N, token_dim); `patch_channels` > 0: x holds (kh, kw, C) ordered patches."""
+        if patch_channels > 0:
+            w, b = self.kqv.weight, self.kqv.bias
+            kqv = patch_norm_linear(x, self.norm1.weight, self.norm1.bias, self.norm1.eps, w, b, patch_channels)
+        else:
+            kqv = self.kqv(self.norm1(x))
+        k, q, v = kqv.split(self.token_dim, dim=-1)
         y = performer_attention(q, k, v, self.w, self.eps, self.fused)
         x = v + self.dp(self.proj(y))  # v is the residual: the width changes from dim to token_dim
         return x + self.mlp(self.norm2(x))
@@ -139,17 +198,25 @@ class TokenAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, _ = x.shape
-        # (B, N, 3 * token_dim) -> 3 x (B, 1, N, token_dim)
-        q, k, v = self.qkv(x).reshape(B, N, 3, 1, self.token_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.attend(self.qkv(x))
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Attention from the projected (B, N, 3 * token_dim) q, k, v to (B, N, token_dim)."""
+        B, N, _ = qkv.shape
         if self.fused:
+            q, k, v = qkv.reshape(B, N, 3, 1, self.token_dim).unbind(2)  # 3 x (B, N, 1, token_dim) views
             y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                dropout_p=self.attn_drop.p if self.training else 0.0,
+                scale=self.scale,
             )
-        else:
-            attn = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
-            y = attn @ v
-        return v.squeeze(1) + self.proj_drop(self.proj(y.squeeze(1)))
+            return v.squeeze(2) + self.proj_drop(self.proj(y.squeeze(1)))
+        # the authors' arithmetic: (B, N, 3 * token_dim) -> 3 x (B, 1, N, token_dim)
+        q, k, v = qkv.reshape(B, N, 3, 1, self.token_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
+        return v.squeeze(1) + self.proj_drop(self.proj((attn @ v).squeeze(1)))
 
 
 class TokenTransformer(nn.Module):
@@ -162,8 +229,14 @@ class TokenTransformer(nn.Module):
         self.norm2 = nn.LayerNorm(token_dim)
         self.mlp = Mlp(token_dim, int(token_dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, patch_channels: int = 0) -> torch.Tensor:
+        """(B, N, dim) -> (B, N, token_dim); `patch_channels` > 0: x holds (kh, kw, C) ordered patches."""
+        if patch_channels > 0:
+            w = self.attn.qkv.weight
+            qkv = patch_norm_linear(x, self.norm1.weight, self.norm1.bias, self.norm1.eps, w, None, patch_channels)
+            x = self.attn.attend(qkv)
+        else:
+            x = self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
@@ -192,6 +265,9 @@ class T2TModule(nn.Module):
             raise InputError(f"t2t_mixer={t2t_mixer!r} is not one of {T2T_MIXERS}")
         mixer = TokenPerformer if t2t_mixer == "performer" else TokenTransformer
         (k0, _, _), (k1, _, _), (k2, _, _) = self.soft_splits
+        self.in_chans = in_chans
+        self.token_dim = token_dim
+        self.fused = True  # set by T2TViT.set_attn_impl: False runs the authors' layout op for op
         self.attention1 = mixer(in_chans * k0 * k0, token_dim)
         self.attention2 = mixer(token_dim * k1 * k1, token_dim)
         self.project = nn.Linear(token_dim * k2 * k2, embed_dim)
@@ -203,6 +279,38 @@ class T2TModule(nn.Module):
         return H, W
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, H2 * W2, embed_dim)."""
+        if not self.fused:
+            return self._forward_eager(x)
+        if torch.jit.is_scripting():
+            return self._forward_fused(x)
+        return self._forward_sliced(x)
+
+    @torch.jit.unused
+    def _forward_sliced(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused path over slices of the batch on CPU: each image is computed on its own anyway, and in slices
+        of about CPU_SLICE_TOKENS first-split tokens the first layers' tensors stay in cache.
+
+        Whole batches when traced, compiled or exported (a slice count would freeze the batch size), and the
+        unfold layout for ONNX, whose exporter cannot size the strided windows of a dynamic input.
+        """
+        if torch.onnx.is_in_onnx_export():
+            return self._forward_eager(x)
+        if (
+            isinstance(x, torch.fx.Proxy)
+            or torch.jit.is_tracing()
+            or torch.compiler.is_compiling()
+            or x.device.type != "cpu"
+        ):
+            return self._forward_fused(x)
+        k0, s0, p0 = self.soft_splits[0]
+        tokens = split_size(x.shape[2], k0, s0, p0) * split_size(x.shape[3], k0, s0, p0)
+        n = max(1, CPU_SLICE_TOKENS // max(tokens, 1))
+        if n >= x.shape[0]:
+            return self._forward_fused(x)
+        return torch.cat([self._forward_fused(c) for c in x.split(n)])
+
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
         (k0, s0, p0), (k1, s1, p1), (k2, s2, p2) = self.soft_splits
         x = self.attention1(soft_split(x, k0, s0, p0))  # (B, C, H, W) -> (B, H0 * W0, token_dim)
@@ -212,6 +320,20 @@ class T2TModule(nn.Module):
         H, W = split_size(H, k1, s1, p1), split_size(W, k1, s1, p1)
         x = x.transpose(1, 2).reshape(B, -1, H, W)
         return self.project(soft_split(x, k2, s2, p2))  # (B, H2 * W2, embed_dim)
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        (k0, s0, p0), (k1, s1, p1), (k2, s2, p2) = self.soft_splits
+        x = soft_split_channels_last(x.permute(0, 2, 3, 1), k0, s0, p0)  # (B, C, H, W) -> (B, H0 * W0, k0^2 C)
+        x = self.attention1(x, self.in_chans)  # (B, H0 * W0, token_dim): channels-last tokens, no transpose
+        H, W = split_size(H, k0, s0, p0), split_size(W, k0, s0, p0)
+        x = self.attention2(soft_split_channels_last(x.reshape(B, H, W, -1), k1, s1, p1), self.token_dim)
+        H, W = split_size(H, k1, s1, p1), split_size(W, k1, s1, p1)
+        # the last split and the projection are one convolution: (B, token_dim, H1, W1), channels-last memory
+        x = x.reshape(B, H, W, -1).permute(0, 3, 1, 2)
+        w = self.project.weight.reshape(self.project.out_features, -1, k2, k2)  # (E, C k^2) -> (E, C, k, k)
+        x = F.conv2d(x, w, self.project.bias, stride=s2, padding=p2)
+        return x.flatten(2).transpose(1, 2)  # (B, E, H2, W2) -> (B, H2 * W2, E)
 
 
 def _check_soft_splits(soft_splits: Sequence[Sequence[int]]) -> List[Tuple[int, int, int]]:
