@@ -181,3 +181,13 @@ def test_other_size_without_dynamic_img_size():
 def test_public_api():
     assert {"create_model", "list_models", "load_checkpoint", "InputError"} <= set(t2t_vit.__all__)
     assert {"t2t_vit_7", "t2t_vit_14", "t2t_vit_t_24", "t2t_vit_14_wide"} <= set(t2t_vit.list_models())
+
+
+def test_authors_384_file_builds_a_384_model(tmp_path, official_keys):
+    from t2t_vit import load_model
+
+    path = tmp_path / "83.3_T2T_ViT_14.pth.tar"
+    torch.save({"state_dict_ema": official_state_dict(official_keys, "t2t_vit_14@384")}, path)
+    model, meta = load_model(path, "t2t_vit_14")
+    assert model.img_size == (384, 384) and meta["data_config"]["input_size"] == (3, 384, 384)
+    assert torch.equal(model.pos_embed, official_state_dict(official_keys, "t2t_vit_14@384")["pos_embed"])

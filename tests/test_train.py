@@ -112,6 +112,14 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path):
     assert (Path(resumed["run_dir"]) / "config.yaml").is_file() and (Path(resumed["run_dir"]) / "best.pth.tar").is_file()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _torchrun_env():
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
     env.pop("RANK", None)
@@ -124,11 +132,12 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
               "--warmup-epochs", "0", "--scale", "[1.0, 1.0]", "--ratio", "[1.0, 1.0]",
               "--model-kwargs", "{embed_dim: 32, depth: 1, num_heads: 2, token_dim: 16, t2t_mixer: transformer, "
               "soft_splits: [[3, 1, 1], [3, 1, 1], [3, 2, 1]]}"]  # no dropout anywhere: ranks draw no randomness
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
                 "-m", "t2t_vit.train", *common, "--batch-size", "32", "--name", "ddp"]  # fmt: skip
     single = [sys.executable, "-m", "t2t_vit.train", *common, "--batch-size", "64", "--name", "single"]
     for cmd in (torchrun, single):
-        subprocess.run(cmd, check=True, env=_torchrun_env(), cwd=tmp_path, capture_output=True, timeout=600)
+        done = subprocess.run(cmd, env=_torchrun_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ddp, one = _weights(tmp_path / "ddp")["model"], _weights(tmp_path / "single")["model"]
     assert _weights(tmp_path / "ddp")["updates"] == 1437 // 64
     assert max((ddp[k] - one[k]).abs().max().item() for k in one) <= 1e-5

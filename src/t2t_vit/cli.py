@@ -67,12 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="train a small T2T-ViT on the embedded digits (CPU) and report held-out top-1").set_defaults(
         func=_demo
     )
-    from . import export, predict, train, visualize
+    from . import benchmark, export, predict, reproduce, train, visualize
 
     train.add_parser(sub)
     predict.add_parser(sub)
     export.add_parser(sub)
+    benchmark.add_parser(sub)
     visualize.add_parser(sub)
+    reproduce.add_parser(sub)
     return parser
 
 

@@ -22,6 +22,7 @@ DEFAULTS: Dict[str, Any] = {
     "init_checkpoint": None,  # weights to start from: ours, or the authors' (then `model` names it)
     # data
     "data": None,
+    "train_subset": None,  # train on N images of the training split (a fixed stratified choice), e.g. for budgets
     "download": False,
     "workers": 8,
     "batch_size": 64,  # per process; the global batch is batch_size x processes x accum_steps

@@ -162,6 +162,23 @@ def create_dataset(spec: str, split: str, download: bool = False, in_chans: int 
     return ImageFiles(root / split, mode)
 
 
+def stratified_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
+    """A fixed subset of `n` samples keeping the class proportions (datasets with `labels` or `samples`)."""
+    from sklearn.model_selection import train_test_split
+
+    labels = getattr(dataset, "labels", None)
+    if labels is None and hasattr(dataset, "samples"):
+        labels = [label for _, label in dataset.samples]
+    if labels is None:
+        raise InputError("train_subset needs a dataset that lists its labels (not a timm dataset spec)")
+    if not 0 < n < len(labels):
+        raise InputError(f"train_subset {n} must be between 1 and the {len(labels)} training images")
+    idx, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=labels, random_state=seed)
+    subset = torch.utils.data.Subset(dataset, sorted(idx.tolist()))
+    subset.classes = dataset_classes(dataset)  # type: ignore[attr-defined]
+    return subset
+
+
 def dataset_classes(dataset: Dataset) -> List[str]:
     """Class names of a dataset (numbers as names when it has none)."""
     classes = getattr(dataset, "classes", None)

@@ -1,5 +1,6 @@
 """Making models: by registered name, optionally with weights, or from one of our checkpoints alone."""
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -23,8 +24,13 @@ def create_model(name: str, checkpoint_path: Optional[PathLike] = None, use_ema:
     """Build a registered model (`timm.create_model` kwargs apply) and load `checkpoint_path` if given.
 
     The checkpoint may be an authors' release file or one of ours; its head is dropped if `num_classes` differs
-    and its position table resampled if `img_size` differs.
+    and its position table resampled if `img_size` differs. `timm:NAME` builds any timm model instead (baselines
+    such as a ResNet beside the T2T-ViTs).
     """
+    if name.startswith("timm:"):
+        if name[5:] not in timm.list_models():
+            raise InputError(f"unknown timm model {name[5:]!r}: `timm.list_models()` lists them")
+        return timm.create_model(name[5:], **kwargs)
     if name.split(".")[0] not in list_models():
         close = difflib.get_close_matches(name, list_models(), n=3)
         hint = f"did you mean {' or '.join(close)}? " if close else ""
@@ -56,8 +62,13 @@ def load_model(
     elif model_name is not None and model_name.split(".")[0] != meta["arch"].split(".")[0]:
         raise InputError(f"{str(path)!r} holds a {meta['arch']}, not a {model_name}: drop --model or fix it")
     kwargs = {**meta["model_kwargs"], **overrides}
-    model = create_model(model_name or meta["arch"], **kwargs)
     state_dict = extract_state_dict(checkpoint, use_ema, source=f"checkpoint {str(path)!r}")
+    pos = state_dict.get("pos_embed", state_dict.get("module.pos_embed"))
+    if not meta["model_kwargs"] and "img_size" not in kwargs and pos is not None and "." not in str(model_name):
+        side = math.isqrt(pos.shape[1] - 1)  # an authors' file: its table tells its size (577 tokens: 384 px)
+        if side * side == pos.shape[1] - 1 and side != 14:
+            kwargs["img_size"] = side * 16
+    model = create_model(model_name or meta["arch"], **kwargs)
     old_grid = meta.get("grid_size")
     model.load_state_dict(checkpoint_filter_fn(state_dict, model, tuple(old_grid) if old_grid else None), strict=False)
     if meta["data_config"] is None:

@@ -314,6 +314,8 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = Tr
     num_classes = cfg["num_classes"] or len(classes)
     data_config = data_config_of(cfg)
     train_set.transform = data_lib.create_transform(cfg, data_config, training=True)
+    if cfg["train_subset"]:
+        train_set = data_lib.stratified_subset(train_set, int(cfg["train_subset"]))
     val_set.transform = data_lib.create_transform(cfg, data_config, training=False)
     pin = device.type == "cuda"
     train_loader = data_lib.create_loader(train_set, cfg["batch_size"], True, cfg["workers"], world, rank, cfg["seed"], pin)
@@ -330,6 +332,8 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = Tr
         num_classes=num_classes, img_size=cfg["img_size"], in_chans=cfg["in_chans"],
         drop_rate=cfg["drop"], drop_path_rate=cfg["drop_path"], **cfg["model_kwargs"],
     )  # fmt: skip
+    if str(cfg["model"]).startswith("timm:"):  # a timm baseline: CNNs take any input size
+        model_kwargs.pop("img_size")
     if cfg["init_checkpoint"]:  # fine-tuning: a new head and position table where the sizes differ
         model, init_meta = load_model(cfg["init_checkpoint"], cfg["model"], **model_kwargs)
         arch, model_kwargs = init_meta["arch"], init_meta["model_kwargs"]
