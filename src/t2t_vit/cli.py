@@ -32,7 +32,7 @@ def _models(args: argparse.Namespace) -> None:
     header = ("model", "params", "GMACs", "paper GMACs", "top-1", "release file")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for i, row in enumerate([header] + rows):
-        print("  ".join(c.ljust(w) if j in (0, 5) else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        print("  ".join(c.ljust(w) if j in (0, 5) else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
     print("\nGMACs: one 3x224x224 image (384x384 for _384), counted with torch.utils.flop_counter")
