@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -294,6 +295,55 @@ def _check_config(cfg: Dict[str, Any]) -> None:
         raise InputError(f"accum_steps {cfg['accum_steps']} must be >= 1")
 
 
+@dataclass
+class Data:
+    """The datasets and loaders of a run."""
+
+    train_set: Any
+    val_set: Any
+    classes: List[str]
+    config: Dict[str, Any]  # input_size, interpolation, mean, std, crop_pct
+    train_loader: Any
+    val_loader: Any
+
+
+def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
+    """Training and held-out splits with the recipe's transforms, each rank's share in its loader."""
+    train_set = data_lib.create_dataset(cfg["data"], "train", cfg["download"], cfg["in_chans"])
+    val_set = data_lib.create_dataset(cfg["data"], "val", cfg["download"], cfg["in_chans"])
+    classes = data_lib.dataset_classes(train_set)
+    data_config = data_config_of(cfg)
+    train_set.transform = data_lib.create_transform(cfg, data_config, training=True)
+    val_set.transform = data_lib.create_transform(cfg, data_config, training=False)
+    if cfg["train_subset"]:
+        train_set = data_lib.stratified_subset(train_set, int(cfg["train_subset"]))
+    train_loader = data_lib.create_loader(train_set, cfg["batch_size"], True, cfg["workers"], world, rank, cfg["seed"], pin)
+    val_loader = data_lib.create_loader(val_set, cfg["val_batch_size"] or 2 * cfg["batch_size"], False,
+                                        cfg["workers"], world, rank, cfg["seed"], pin)  # fmt: skip
+    if len(train_loader) == 0:
+        raise InputError(
+            f"{len(train_set)} training images are fewer than one batch of {cfg['batch_size']} per process: "
+            "lower --batch-size"
+        )
+    return Data(train_set, val_set, classes, data_config, train_loader, val_loader)
+
+
+def build_model(cfg: Dict[str, Any], num_classes: int) -> Tuple[str, nn.Module, Dict[str, Any]]:
+    """(model name, model, its constructor kwargs): a new model, or `init_checkpoint`'s weights refitted."""
+    model_kwargs = dict(
+        num_classes=num_classes, img_size=cfg["img_size"], in_chans=cfg["in_chans"],
+        drop_rate=cfg["drop"], drop_path_rate=cfg["drop_path"], **cfg["model_kwargs"],
+    )  # fmt: skip
+    if str(cfg["model"]).startswith("timm:"):  # a timm baseline: CNNs take any input size
+        model_kwargs.pop("img_size")
+    if cfg["init_checkpoint"]:  # fine-tuning: a new head and position table where the sizes differ
+        model, meta = load_model(cfg["init_checkpoint"], cfg["model"], **model_kwargs)
+        return meta["arch"], model, meta["model_kwargs"]
+    if cfg["model"] is None:
+        raise InputError("no model: pass --model NAME, or --init-checkpoint PATH to start from weights")
+    return cfg["model"], create_model(cfg["model"], **model_kwargs), model_kwargs
+
+
 def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
     """Run (or continue, with `resume` "auto" or a checkpoint path) the training a resolved config describes.
 
@@ -306,41 +356,11 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = Tr
     random.seed(cfg["seed"] + rank)
     np.random.seed(cfg["seed"] + rank)
     torch.manual_seed(cfg["seed"] + rank)
-
-    # data
-    train_set = data_lib.create_dataset(cfg["data"], "train", cfg["download"], cfg["in_chans"])
-    val_set = data_lib.create_dataset(cfg["data"], "val", cfg["download"], cfg["in_chans"])
-    classes = data_lib.dataset_classes(train_set)
-    num_classes = cfg["num_classes"] or len(classes)
-    data_config = data_config_of(cfg)
-    train_set.transform = data_lib.create_transform(cfg, data_config, training=True)
-    if cfg["train_subset"]:
-        train_set = data_lib.stratified_subset(train_set, int(cfg["train_subset"]))
-    val_set.transform = data_lib.create_transform(cfg, data_config, training=False)
     pin = device.type == "cuda"
-    train_loader = data_lib.create_loader(train_set, cfg["batch_size"], True, cfg["workers"], world, rank, cfg["seed"], pin)
-    val_loader = data_lib.create_loader(val_set, cfg["val_batch_size"] or 2 * cfg["batch_size"], False,
-                                        cfg["workers"], world, rank, cfg["seed"], pin)  # fmt: skip
-    if len(train_loader) == 0:
-        raise InputError(
-            f"{len(train_set)} training images are fewer than one batch of {cfg['batch_size']} per process: "
-            "lower --batch-size"
-        )
-
-    # model
-    model_kwargs = dict(
-        num_classes=num_classes, img_size=cfg["img_size"], in_chans=cfg["in_chans"],
-        drop_rate=cfg["drop"], drop_path_rate=cfg["drop_path"], **cfg["model_kwargs"],
-    )  # fmt: skip
-    if str(cfg["model"]).startswith("timm:"):  # a timm baseline: CNNs take any input size
-        model_kwargs.pop("img_size")
-    if cfg["init_checkpoint"]:  # fine-tuning: a new head and position table where the sizes differ
-        model, init_meta = load_model(cfg["init_checkpoint"], cfg["model"], **model_kwargs)
-        arch, model_kwargs = init_meta["arch"], init_meta["model_kwargs"]
-    elif cfg["model"] is None:
-        raise InputError("no model: pass --model NAME, or --init-checkpoint PATH to start from weights")
-    else:
-        arch, model = cfg["model"], create_model(cfg["model"], **model_kwargs)
+    data = build_data(cfg, world, rank, pin)
+    train_loader, val_loader = data.train_loader, data.val_loader
+    num_classes = cfg["num_classes"] or len(data.classes)
+    arch, model, model_kwargs = build_model(cfg, num_classes)
     model = model.to(device)
     ema = None
     if cfg["model_ema"]:
@@ -349,14 +369,11 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = Tr
         ema = ModelEmaV3(model, decay=cfg["model_ema_decay"])
     global_batch, lr = scaled_lr(cfg, world)
     optimizer = build_optimizer(model, cfg, lr)
-    updates_per_epoch = len(train_loader) // cfg["accum_steps"]
-    scheduler, total_epochs = build_scheduler(optimizer, cfg, updates_per_epoch)
+    scheduler, total_epochs = build_scheduler(optimizer, cfg, len(train_loader) // cfg["accum_steps"])
     criterion, mixup = build_criterion(cfg, num_classes)
     amp_dtype = getattr(torch, cfg["amp_dtype"]) if cfg["amp"] and device.type == "cuda" else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    train_model = model
-    if cfg["compile"]:
-        train_model = torch.compile(train_model)
+    train_model = torch.compile(model) if cfg["compile"] else model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[local_rank] if pin else None)
 
@@ -380,7 +397,7 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = Tr
                 "classes: resume on the same data, or start a fine-tune with --init-checkpoint"
             )
         model.load_state_dict(state["model"])
-        if ema is not None and "model_ema" in state:
+        if ema is not None and state.get("model_ema") is not None:
             ema.module.load_state_dict(state["model_ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -393,10 +410,10 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = Tr
         save_config(cfg, run.path / "config.yaml")
         _logger.info(
             "%s on %s: %d train / %d held-out images, %d classes, %s x %d process(es), global batch %d, lr %.2e",
-            arch, cfg["data"], len(train_set), len(val_set), num_classes, device, world, global_batch, lr,
+            arch, cfg["data"], len(data.train_set), len(data.val_set), num_classes, device, world, global_batch, lr,
         )  # fmt: skip
 
-    meta = dict(arch=arch, model_kwargs=model_kwargs, class_names=classes, data_config=data_config,
+    meta = dict(arch=arch, model_kwargs=model_kwargs, class_names=data.classes, data_config=data.config,
                 grid_size=list(unwrap(model).grid_size) if hasattr(unwrap(model), "grid_size") else None)  # fmt: skip
     ctx = StepContext(
         optimizer=optimizer, criterion=criterion, device=device, scheduler=scheduler,
