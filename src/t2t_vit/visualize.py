@@ -273,10 +273,13 @@ def plot_attention(
 
 
 def _load_model(name: str, checkpoint: Optional[str], img_size: Optional[int]) -> Tuple[str, nn.Module]:
-    from . import create_model
+    from . import create_model, load_model
 
     kwargs = {} if img_size is None else dict(img_size=img_size)
-    model = create_model(name, checkpoint_path=checkpoint, **kwargs).eval()
+    if checkpoint is not None:  # ours carry their sizes; the authors' take `name`
+        model = load_model(checkpoint, name, **kwargs)[0].eval()
+    else:
+        model = create_model(name, **kwargs).eval()
     if checkpoint is None:
         _logger.info("%s has random weights (no --checkpoint): the maps show an untrained model", name)
     return (f"{name} ({Path(checkpoint).name})" if checkpoint else f"{name} (random init)"), model
