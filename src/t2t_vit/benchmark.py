@@ -66,6 +66,7 @@ class BenchConfig:
     img_size: int = 224
     warmup: int = 2
     repeats: int = 5
+    model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)  # constructor arguments beyond the name
 
     def check(self) -> None:
         """InputError naming the bad field; also checks that the model exists and tiles `img_size`."""
@@ -85,13 +86,15 @@ class BenchConfig:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device {self.device!r} asked for, but CUDA is not available here: use --device cpu")
         with torch.device("meta"):
-            _create(self.model, "sdpa", self.img_size)
+            _create(self.model, "sdpa", self.img_size, self.model_kwargs)
 
 
-def _create(name: str, attn_impl: str, img_size: int) -> torch.nn.Module:
+def _create(name: str, attn_impl: str, img_size: int, model_kwargs: Optional[Dict[str, Any]] = None) -> torch.nn.Module:
     from . import create_model
 
-    return create_model(name, attn_impl=attn_impl, img_size=img_size)
+    if name.startswith("timm:"):  # a timm baseline: no attention switch, any input size
+        return create_model(name, **(model_kwargs or {}))
+    return create_model(name, attn_impl=attn_impl, img_size=img_size, **(model_kwargs or {}))
 
 
 def _sync(device: torch.device) -> None:
@@ -183,7 +186,7 @@ def measure_memory_here(cfg_dict: Dict[str, Any], attn_impl: str) -> float:
     device = torch.device(cfg.device)
     torch.manual_seed(0)
     if device.type == "cuda":
-        model = _create(cfg.model, attn_impl, cfg.img_size).to(device)
+        model = _create(cfg.model, attn_impl, cfg.img_size, cfg.model_kwargs).to(device)
         step = make_step(model, cfg)
         for _ in range(cfg.warmup):
             step()
@@ -197,7 +200,7 @@ def measure_memory_here(cfg_dict: Dict[str, Any], attn_impl: str) -> float:
         return statistics.median(peaks)
     _release_free_memory()
     base = _rss_mib()
-    model = _create(cfg.model, attn_impl, cfg.img_size)
+    model = _create(cfg.model, attn_impl, cfg.img_size, cfg.model_kwargs)
     step = make_step(model, cfg)
     for _ in range(max(cfg.warmup, 1)):
         step()
@@ -274,7 +277,7 @@ def benchmark(
         peak_gflops = matmul_peak_gflops(cfg.device, cfg.dtype)
     device = torch.device(cfg.device)
     torch.manual_seed(0)
-    models = {impl: _create(cfg.model, impl, cfg.img_size).to(device) for impl in impls}
+    models = {impl: _create(cfg.model, impl, cfg.img_size, cfg.model_kwargs).to(device) for impl in impls}
     for model in list(models.values())[1:]:
         model.load_state_dict(models[impls[0]].state_dict())
     steps = {impl: make_step(m, cfg) for impl, m in models.items()}
