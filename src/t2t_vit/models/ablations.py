@@ -78,29 +78,13 @@ class GhostBlock(Block):
         self.mlp.fc1 = GhostLinear(dim, fc1.out_features, fc1.bias is not None, ghost_kernel)
 
 
-class DenseLayer(nn.Module):
+class DenseLayer(Block):
     """A transformer block at the current width whose MLP emits `growth_rate` new channels, concatenated to the
     layer's input as in DenseNet: (B, N, dim) -> (B, N, dim + growth_rate)."""
 
-    def __init__(
-        self,
-        dim: int,
-        growth_rate: int,
-        num_heads: int,
-        mlp_ratio: float = 2.0,
-        qkv_bias: bool = False,
-        qk_scale: Optional[float] = None,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-        norm_layer: type = nn.LayerNorm,
-    ) -> None:
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), out_features=growth_rate, drop=drop)
+    def __init__(self, dim: int, growth_rate: int, num_heads: int, mlp_ratio: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(dim, num_heads, mlp_ratio, **kwargs)
+        self.mlp = Mlp(dim, self.mlp.fc1.out_features, out_features=growth_rate, drop=kwargs.get("drop", 0.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x + self.drop_path(self.attn(self.norm1(x)))
@@ -168,9 +152,10 @@ class T2TViTDense(T2TViT):
                         f"a dense layer of width {width} cannot be split into num_heads={num_heads} heads: pick "
                         "embed_dim, growth_rate and compression that keep every width a multiple of num_heads"
                     )
-                dense = DenseLayer(width, growth_rate, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate,
-                                   attn_drop_rate, next(dpr), norm_layer)  # fmt: skip
-                layers.append(dense)
+                layers.append(DenseLayer(
+                    width, growth_rate, num_heads, mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
+                    attn_drop=attn_drop_rate, drop_path=next(dpr), norm_layer=norm_layer,
+                ))  # fmt: skip
                 width += growth_rate
                 widths.append(width)
             if stage < len(block_config) - 1:
