@@ -35,3 +35,16 @@ def tiny_train_config(tmp_path, **overrides) -> dict:
     ))  # fmt: skip
     cfg.update(overrides)
     return cfg
+
+
+def assert_checkpointing_keeps_gradients(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Gradients with `set_grad_checkpointing(True)` equal the plain ones (the model must run without dropout)."""
+    model(x).sum().backward()
+    plain = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    checkpointed = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(checkpointed) == len(plain)
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(a, b)

@@ -12,6 +12,8 @@ from t2t_vit.models.ablations import DenseLayer, GhostLinear, SqueezeExcite
 from t2t_vit.models.tokens import ConvTokens, HardSplit
 from t2t_vit.models.tokens_to_token import soft_split
 
+from .conftest import assert_checkpointing_keeps_gradients
+
 # fast stand-ins at 64 px (a 4 x 4 token grid) with the real tokenizers and block types
 SMALL = {name: dict(img_size=64, depth=2) for name in ABLATIONS}
 SMALL["t2t_vit_dense"] = dict(img_size=64, block_config=(2, 1))  # 128 -> 192 -> 256, transition -> 128 -> 192
@@ -91,14 +93,7 @@ def test_autocast_forward_backward_finite(name, dtype):
 def test_grad_checkpointing_gives_the_same_gradients(name):
     torch.manual_seed(0)
     model = _small(name).eval()
-    x = torch.randn(2, 3, 64, 64)
-    model(x).sum().backward()
-    plain = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    model(x).sum().backward()
-    for a, b in zip(plain, [p.grad for p in model.parameters() if p.grad is not None]):
-        torch.testing.assert_close(a, b)
+    assert_checkpointing_keeps_gradients(model, torch.randn(2, 3, 64, 64))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -10,6 +10,8 @@ import t2t_vit
 from t2t_vit.models import VARIANTS, T2TViT, TokenPerformer, sinusoid_table
 from t2t_vit.models.tokens_to_token import _performer_kernel, _performer_kernel_eager
 
+from .conftest import assert_checkpointing_keeps_gradients
+
 SMALL = dict(img_size=64, depth=2)  # fast stand-ins with the real T2T module and block layout
 
 
@@ -127,14 +129,7 @@ def test_timm_model_contract():
 def test_grad_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     model = timm.create_model("t2t_vit_7", **SMALL).eval()  # no dropout: both passes compute the same
-    x = torch.randn(2, 3, 64, 64)
-    model(x).sum().backward()
-    plain = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    model(x).sum().backward()
-    for a, b in zip(plain, [p.grad for p in model.parameters() if p.grad is not None]):
-        torch.testing.assert_close(a, b)
+    assert_checkpointing_keeps_gradients(model, torch.randn(2, 3, 64, 64))
 
 
 def test_features_only_through_timm():
