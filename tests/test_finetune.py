@@ -114,6 +114,28 @@ def test_predict_cli_json(tmp_path, our_checkpoint, capsys):
     assert [Path(r["file"]).name for r in out] == [f.name for f in files] and len(out[0]["top_k"]) == 2
 
 
+def test_our_preprocessing_reaches_the_model_and_visualize(tmp_path, our_checkpoint):
+    """The checkpoint's stored mean/std/crop become the model's pretrained cfg: visualize sees what predict sees."""
+    from timm.data import IMAGENET_DEFAULT_MEAN
+
+    from t2t_vit.data import create_transform
+    from t2t_vit.visualize import load_image
+
+    stored = read_checkpoint(our_checkpoint)["meta"]["data_config"]
+    model, meta = load_model(our_checkpoint)
+    assert stored["mean"] != list(IMAGENET_DEFAULT_MEAN) and stored["crop_pct"] != 0.9  # not the release's
+    for cfg in (model.pretrained_cfg, model.default_cfg):
+        assert [list(np.atleast_1d(cfg[k])) for k in ("mean", "std", "crop_pct", "interpolation")] == [
+            list(np.atleast_1d(stored[k])) for k in ("mean", "std", "crop_pct", "interpolation")
+        ]
+    assert meta["data_config"]["input_size"] == tuple(stored["input_size"])
+    (img,) = _digit_files(tmp_path / "imgs", 1)
+    x, _ = load_image(img, model)
+    with Image.open(img) as pic:
+        expected = create_transform({}, meta["data_config"], training=False)(pic.convert("RGB"))
+    torch.testing.assert_close(x[0], expected)
+
+
 def test_predict_names_imagenet_classes_for_authors_checkpoints(tmp_path, official_keys):
     from .conftest import official_state_dict
 

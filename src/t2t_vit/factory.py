@@ -71,8 +71,9 @@ def load_model(
     model = create_model(model_name or meta["arch"], **kwargs)
     old_grid = meta.get("grid_size")
     model.load_state_dict(checkpoint_filter_fn(state_dict, model, tuple(old_grid) if old_grid else None), strict=False)
-    if meta["data_config"] is None:
-        cfg = model.pretrained_cfg
-        meta["data_config"] = {k: cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
-        meta["data_config"]["input_size"] = (model.in_chans, *model.img_size)
-    return model, {**meta, "model_kwargs": kwargs}
+    # the checkpoint's preprocessing becomes the model's pretrained cfg, where timm and `visualize` look for it
+    stored = {k: v for k, v in (meta["data_config"] or {}).items() if k != "input_size"}
+    cfg = {**model.pretrained_cfg, **stored, "input_size": (model.in_chans, *model.img_size)}
+    model.pretrained_cfg = model.default_cfg = cfg  # timm keeps both names
+    data_config = {k: cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
+    return model, {**meta, "model_kwargs": kwargs, "data_config": data_config}

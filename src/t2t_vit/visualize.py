@@ -82,7 +82,8 @@ def _save(fig: Any, out: Path) -> Path:
 def load_image(path: Path, model: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     """An image file as the model's eval input (1, C, H, W) and as the (H, W, C) picture in [0, 1] it shows.
 
-    Preprocessing is the model's pretrained cfg (resize to img_size / crop_pct, center crop to img_size, normalize).
+    Preprocessing is the model's pretrained cfg (resize to img_size / crop_pct, center crop to img_size, normalize):
+    the release's, or a checkpoint's own when the model came from `load_model`.
     """
     from PIL import Image, UnidentifiedImageError
     from timm.data import create_transform
