@@ -53,14 +53,14 @@ def train_one_epoch(
 
     `updates_done` counts optimizer updates before this epoch (for a per-update schedule). The epoch ends early
     with `stopped="signal"` when `ctx.should_stop()` turns true, or `stopped="nonfinite"` on a NaN/inf loss
-    (before that update is applied).
+    (before that update is applied). With `progress`, a bar shows on a terminal (tqdm leaves it out of logs).
     """
     model.train()
     device = ctx.device
     loss_sum = torch.zeros(2, device=device)  # (sum of losses x samples, samples)
     skipped, seen, stopped = 0, 0, None
     micro = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=None if progress else True, leave=False, dynamic_ncols=True)
     start = time.perf_counter()
     ctx.optimizer.zero_grad(set_to_none=True)
     batches = 0
@@ -95,7 +95,7 @@ def train_one_epoch(
             updates_done += 1
             if ctx.scheduler is not None and ctx.sched_on_updates:
                 ctx.scheduler.step_update(num_updates=updates_done)
-        if progress:
+        if not bar.disable:
             elapsed = time.perf_counter() - start
             bar.set_postfix(
                 loss=f"{loss.item():.4f}", lr=f"{ctx.optimizer.param_groups[0]['lr']:.2e}", img_s=f"{seen / elapsed:.0f}"
@@ -145,7 +145,8 @@ def evaluate(
     sums = torch.zeros(5, device=device)  # loss x n, top-1 hits, top-5 hits, n, skipped
     criterion = nn.CrossEntropyLoss(reduction="sum")
     start = time.perf_counter()
-    for images, targets, n_skipped in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+    bar = tqdm(loader, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
+    for images, targets, n_skipped in bar:
         sums[4] += n_skipped
         if len(images) == 0:
             continue

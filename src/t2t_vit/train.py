@@ -559,7 +559,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--config", help="YAML file, or a name from configs/ (e.g. t2t_vit_14)")
     p.add_argument("--resume", help="'auto' (continue the run directory's last.pth.tar) or a checkpoint path")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
     p.set_defaults(func=_train_command, takes_overrides=True)
 
     f = subparsers.add_parser(
@@ -573,7 +573,7 @@ def add_parser(subparsers: Any) -> None:
     f.add_argument("--model", help="model name (only for the authors' files)")
     f.add_argument("--config", default="finetune_cifar", help="YAML file or configs/ name (default: finetune_cifar)")
     f.add_argument("--resume", help="'auto' (continue the run directory's last.pth.tar) or a checkpoint path")
-    f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
     f.set_defaults(func=_train_command, takes_overrides=True)
 
     e = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, loss, img/s")
@@ -585,6 +585,7 @@ def add_parser(subparsers: Any) -> None:
     e.add_argument("--device", default="auto")
     e.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA ones")
     e.add_argument("--download", action="store_true")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_eval_command)
 
 
@@ -600,7 +601,7 @@ def _train_command(args: argparse.Namespace, overrides: List[str]) -> None:
 
 def _eval_command(args: argparse.Namespace) -> None:
     r = evaluate_checkpoint(args.checkpoint, args.data, args.model, args.batch_size, args.workers,
-                            not args.no_ema, args.device, args.download)  # fmt: skip
+                            not args.no_ema, args.device, args.download, not args.no_progress)  # fmt: skip
     print(
         f"{r['model']} on {args.data} ({r['n']} images): top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  "
         f"loss {r['loss']:.4f}  {r['img_per_s']:.0f} img/s" + (f"  skipped {r['skipped']}" if r["skipped"] else "")
