@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from .tokens_to_token import DEFAULT_SOFT_SPLITS, T2TModule, _check_soft_splits, split_size
+from .tokens_to_token import DEFAULT_SOFT_SPLITS, T2TModule, _check_soft_splits, split_grid
 
 TOKENS = ("t2t", "patch", "convolution")
 
@@ -57,9 +57,7 @@ class ConvTokens(nn.Module):
 
     def feat_size(self, H: int, W: int) -> Tuple[int, int]:
         """The token grid for an H x W input (no tiling check)."""
-        for kernel, stride, padding in self.soft_splits:
-            H, W = split_size(H, kernel, stride, padding), split_size(W, kernel, stride, padding)
-        return H, W
+        return split_grid(H, W, self.soft_splits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.gelu(self.conv2(F.gelu(self.conv1(x))))

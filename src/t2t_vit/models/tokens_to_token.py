@@ -62,7 +62,6 @@ def tiles(size: int, soft_splits: Sequence[SoftSplit]) -> bool:
 
 def grid_size(img_size: Tuple[int, int], soft_splits: Sequence[SoftSplit]) -> Tuple[int, int]:
     """The token grid (rows, cols) that an image of `img_size` gives; InputError if the splits cannot tile it."""
-    grid = []
     for name, size in zip(("height", "width"), img_size):
         if not tiles(size, soft_splits):
             step = math.prod(s for _, s, _ in soft_splits)
@@ -75,10 +74,14 @@ def grid_size(img_size: Tuple[int, int], soft_splits: Sequence[SoftSplit]) -> Tu
                 f"(kernel, stride, padding): use a size such as {hint} (a multiple of {step}), "
                 "or resize the input"
             )
-        for kernel, stride, padding in soft_splits:
-            size = split_size(size, kernel, stride, padding)
-        grid.append(size)
-    return grid[0], grid[1]
+    return split_grid(img_size[0], img_size[1], list(soft_splits))
+
+
+def split_grid(H: int, W: int, soft_splits: List[SoftSplit]) -> Tuple[int, int]:
+    """The token grid after the unfolds, with no tiling check (scriptable)."""
+    for kernel, stride, padding in soft_splits:
+        H, W = split_size(H, kernel, stride, padding), split_size(W, kernel, stride, padding)
+    return H, W
 
 
 def _prm_exp_eager(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -274,9 +277,7 @@ class T2TModule(nn.Module):
 
     def feat_size(self, H: int, W: int) -> Tuple[int, int]:
         """The token grid for an H x W input (no tiling check)."""
-        for kernel, stride, padding in self.soft_splits:
-            H, W = split_size(H, kernel, stride, padding), split_size(W, kernel, stride, padding)
-        return H, W
+        return split_grid(H, W, self.soft_splits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H2 * W2, embed_dim)."""
