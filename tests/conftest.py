@@ -48,3 +48,20 @@ def assert_checkpointing_keeps_gradients(model: torch.nn.Module, x: torch.Tensor
     assert len(checkpointed) == len(plain)
     for a, b in zip(plain, checkpointed):
         torch.testing.assert_close(a, b)
+
+
+def assert_timm_head_contract(model: torch.nn.Module, x: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """timm's features/head API on a 2-image batch: forward_features, forward_head, get/reset_classifier,
+    no_weight_decay; leaves the model with an avg-pool head of no classes and returns the features."""
+    C = model.num_features
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, 1 + num_tokens, C)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, C)
+        assert torch.equal(model.forward_head(feats), model(x))
+        assert model.get_classifier() is model.head and model.no_weight_decay() >= {"cls_token", "pos_embed"}
+        model.reset_classifier(5)
+        assert model(x).shape == (2, 5)
+        model.reset_classifier(0, "avg")
+        assert torch.allclose(model(x), feats[:, 1:].mean(1))
+    return feats

@@ -12,7 +12,7 @@ from t2t_vit.models.ablations import DenseLayer, GhostLinear, SqueezeExcite
 from t2t_vit.models.tokens import ConvTokens, HardSplit
 from t2t_vit.models.tokens_to_token import soft_split
 
-from .conftest import assert_checkpointing_keeps_gradients
+from .conftest import assert_checkpointing_keeps_gradients, assert_timm_head_contract
 
 # fast stand-ins at 64 px (a 4 x 4 token grid) with the real tokenizers and block types
 SMALL = {name: dict(img_size=64, depth=2) for name in ABLATIONS}
@@ -38,18 +38,9 @@ def test_registered_and_listed():
 def test_timm_model_contract(name):
     torch.manual_seed(0)
     model = _small(name, num_classes=10).eval()
-    C = model.num_features
     x = torch.randn(2, 3, 64, 64)
+    feats = assert_timm_head_contract(model, x, num_tokens=16)
     with torch.no_grad():
-        feats = model.forward_features(x)
-        assert feats.shape == (2, 1 + 16, C)
-        assert model.forward_head(feats, pre_logits=True).shape == (2, C)
-        assert torch.equal(model.forward_head(feats), model(x))
-        assert model.get_classifier() is model.head and model.no_weight_decay() >= {"cls_token", "pos_embed"}
-        model.reset_classifier(5)
-        assert model(x).shape == (2, 5)
-        model.reset_classifier(0, "avg")
-        assert torch.allclose(model(x), feats[:, 1:].mean(1))
         final, inter = model.forward_intermediates(x)
         assert [t.shape for t in inter] == [(2, f["num_chs"], 4, 4) for f in model.feature_info]
         assert len(inter) == len(model.blocks) and torch.equal(final, feats)

@@ -10,7 +10,7 @@ import t2t_vit
 from t2t_vit.models import VARIANTS, T2TViT, TokenPerformer, sinusoid_table
 from t2t_vit.models.tokens_to_token import _performer_kernel, _performer_kernel_eager
 
-from .conftest import assert_checkpointing_keeps_gradients
+from .conftest import assert_checkpointing_keeps_gradients, assert_timm_head_contract
 
 SMALL = dict(img_size=64, depth=2)  # fast stand-ins with the real T2T module and block layout
 
@@ -109,16 +109,9 @@ def test_performer_kernel_stays_fp32_under_half_autocast():
 def test_timm_model_contract():
     model = timm.create_model("t2t_vit_7", **SMALL, num_classes=10).eval()
     x = torch.randn(2, 3, 64, 64)
+    feats = assert_timm_head_contract(model, x, num_tokens=16)
+    assert model.num_features == 256
     with torch.no_grad():
-        feats = model.forward_features(x)
-        assert feats.shape == (2, 1 + 16, 256)
-        assert model.forward_head(feats, pre_logits=True).shape == (2, 256)
-        assert torch.equal(model.forward_head(feats), model(x))
-        assert model.get_classifier() is model.head and model.no_weight_decay() >= {"cls_token", "pos_embed"}
-        model.reset_classifier(5)
-        assert model(x).shape == (2, 5)
-        model.reset_classifier(0, "avg")
-        assert torch.allclose(model(x), feats[:, 1:].mean(1))
         final, inter = model.forward_intermediates(x, indices=2)
         assert [t.shape for t in inter] == [(2, 256, 4, 4)] * 2 and torch.equal(final, feats)
         nlc = model.forward_intermediates(x, indices=[0], output_fmt="NLC", intermediates_only=True)
