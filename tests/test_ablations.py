@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import t2t_vit
-from t2t_vit.benchmark import model_cost
+from t2t_vit.benchmark import count_params, model_cost
 from t2t_vit.errors import InputError
 from t2t_vit.models import ABLATIONS, T2TViT
 from t2t_vit.models.ablations import DenseLayer, GhostLinear, SqueezeExcite
@@ -99,7 +99,7 @@ def test_torchscript_and_fx(name):
 
 def _params(name: str, **kwargs) -> int:
     with torch.device("meta"):
-        return sum(p.numel() for p in timm.create_model(name, **kwargs).parameters())
+        return count_params(timm.create_model(name, **kwargs))
 
 
 def test_hard_split_is_unfold_then_linear():
@@ -115,7 +115,7 @@ def test_hard_split_model_is_t2t_vit_14_with_a_patch_stem():
     """Same backbone and position table as T2T-ViT-14; only the stem differs: 3 * 16^2 * 384 weights + 384 biases."""
     with torch.device("meta"):
         t2t = timm.create_model("t2t_vit_14")
-    stem = sum(p.numel() for p in t2t.tokens_to_token.parameters())
+    stem = count_params(t2t.tokens_to_token)
     assert _params("t2t_vit_14_wo_t2t") == _params("t2t_vit_14") - stem + 3 * 16 * 16 * 384 + 384
     # MACs of the stem: 14 x 14 tokens, each a 768 -> 384 projection; the head 384 -> 1000
     _, stem_and_head = model_cost("t2t_vit_14_wo_t2t", depth=0)

@@ -143,12 +143,16 @@ def test_predict_names_imagenet_classes_for_authors_checkpoints(tmp_path, offici
     torch.save({"state_dict_ema": official_state_dict(official_keys, "t2t_vit_7")}, path)
     img = tmp_path / "x.png"
     Image.fromarray(np.uint8(np.random.default_rng(0).integers(0, 255, (240, 260, 3)))).save(img)
+    renamed = tmp_path / "weights.pth.tar"  # a release file's name says its model; another name does not
+    path.rename(renamed)
     with pytest.raises(InputError, match=r"pass --model NAME"):
-        predict([str(img)], str(path))
-    (result,) = predict([str(img)], str(path), model_name="t2t_vit_7", top_k=1)
+        predict([str(img)], str(renamed))
+    (result,) = predict([str(img)], str(renamed), model_name="t2t_vit_7", top_k=1)
     from timm.data import ImageNetInfo
 
     assert result["top_k"][0]["class"] == ImageNetInfo().index_to_description(result["top_k"][0]["index"])
+    renamed.rename(path)
+    assert predict([str(img)], str(path), top_k=1) == [result]
 
 
 def test_safetensors_round_trip(tmp_path, our_checkpoint):

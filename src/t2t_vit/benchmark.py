@@ -35,8 +35,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def count_params(model: torch.nn.Module) -> int:
-    """Every tensor of the model's parameters, the fixed ones (position table, random features) included."""
-    return sum(p.numel() for p in model.parameters())
+    """Parameters as the authors' release counts them: every tensor of the state dict, so the fixed position table
+    and the Performer's random features (buffers here, as timm keeps such tensors; parameters in their code) count."""
+    return sum(t.numel() for t in model.state_dict().values())
 
 
 def model_cost(name: str, batch_size: int = 1, **model_kwargs: Any) -> Tuple[int, int]:

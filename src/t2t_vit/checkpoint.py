@@ -1,4 +1,14 @@
-"""Safe checkpoint reading (weights only), layout detection and loading into a model."""
+"""Safe checkpoint reading (weights only), layout detection and loading into a model.
+
+Layouts accepted, as the authors' tools and ours write them:
+
+    bare state dict                     tensors by name (our safetensors and exports too)
+    timm CheckpointSaver (main.py)      {epoch, arch, state_dict, optimizer, version, args: Namespace, amp_scaler,
+                                         state_dict_ema, metric}
+    transfer_learning.py (CIFAR)        {net: DataParallel state dict ("module." keys), acc, epoch}
+    ours                                {model, model_ema, optimizer, ..., meta}
+"""
+import argparse
 import json
 import logging
 import os
@@ -15,7 +25,10 @@ from .models.t2t_vit import checkpoint_filter_fn
 _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
-STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "net")
+# The one class besides tensors and plain containers that a checkpoint may hold: the argparse.Namespace that
+# timm's CheckpointSaver stores as `args`. Anything else is refused unread.
+SAFE_GLOBALS = [argparse.Namespace]
 
 
 def read_checkpoint(path: PathLike) -> Any:
@@ -29,11 +42,13 @@ def read_checkpoint(path: PathLike) -> Any:
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             raise InputError(
-                f"checkpoint {str(path)!r} holds pickled objects other than tensors and plain containers; "
+                f"checkpoint {str(path)!r} holds pickled objects other than tensors, plain containers and "
+                "argparse.Namespace; "
                 "it was refused unread (weights_only=True) because unpickling could run code. If you trust "
                 "its source, re-save only its state dict: torch.save(obj['state_dict'], 'clean.pth')"
             ) from None
@@ -62,10 +77,12 @@ def _read_safetensors(path: Path) -> Dict[str, Any]:
 
 
 def extract_state_dict(checkpoint: Any, use_ema: bool = True, source: str = "checkpoint") -> Dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint: bare, or under `state_dict(_ema)` / `model(_ema)` (EMA first if asked)."""
+    """The state dict inside a checkpoint: bare, or under `state_dict(_ema)` / `model(_ema)` / `net` (EMA first if
+    asked)."""
     if not isinstance(checkpoint, dict):
         raise InputError(f"{source} holds a {type(checkpoint).__name__}, not a state dict or checkpoint dict")
-    order = ("state_dict_ema", "model_ema", "state_dict", "model") if use_ema else ("state_dict", "model")
+    plain = ("state_dict", "model", "net")
+    order = ("state_dict_ema", "model_ema", *plain) if use_ema else plain
     for key in order:
         if isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
@@ -77,6 +94,12 @@ def extract_state_dict(checkpoint: Any, use_ema: bool = True, source: str = "che
             f"found keys: {keys or 'none'}"
         )
     return checkpoint
+
+
+def authors_arch(checkpoint: Any) -> Optional[str]:
+    """The model name an authors' training checkpoint records (`arch`, e.g. "T2t_vit_14"), lower-cased, if any."""
+    arch = checkpoint.get("arch") if isinstance(checkpoint, dict) else None
+    return arch.lower() if isinstance(arch, str) else None
 
 
 def load_checkpoint(

@@ -16,26 +16,46 @@ def _models(args: argparse.Namespace) -> None:
     for arch in list_models():
         tags = [t for t in RELEASES if t.split(".")[0] == arch] or [arch]
         for tag in tags:
-            file, top1, paper_gmacs = RELEASES.get(tag, ("-", None, None))
-            img = 384 if tag.endswith("_384") else 224
-            params, macs = model_cost(arch, img_size=img)
+            rel = RELEASES.get(tag)
+            img = rel.img_size if rel else 224
+            params, macs = model_cost(arch, img_size=img, num_classes=rel.num_classes if rel else 1000)
             rows.append(
                 (
                     tag,
                     f"{params:,}",
                     f"{macs / 1e9:.2f}",
-                    "-" if paper_gmacs is None else f"{paper_gmacs}",
-                    "-" if top1 is None else f"{top1}",
-                    file,
+                    "-" if rel is None or rel.paper_gmacs is None else f"{rel.paper_gmacs}",
+                    "-" if rel is None else f"{rel.top1}",
+                    "-" if rel is None else rel.dataset,
+                    "-" if rel is None else rel.file,
                 )
             )
-    header = ("model", "params", "GMACs", "paper GMACs", "top-1", "release file")
+    header = ("model", "params", "GMACs", "paper GMACs", "top-1", "data", "release file")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for i, row in enumerate([header] + rows):
-        print("  ".join(c.ljust(w) if j in (0, 5) else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))).rstrip())
+        print("  ".join(c.ljust(w) if j in (0, 5, 6) else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    print("\nGMACs: one 3x224x224 image (384x384 for _384), counted with torch.utils.flop_counter")
+    print(
+        "\nparams: every tensor of the state dict, as the release counts them (the fixed position table and "
+        "Performer features included)\nGMACs: one 3x224x224 image (384x384 for _384), counted with "
+        "torch.utils.flop_counter; top-1 on the data named, the authors' figures"
+    )
+
+
+def _download(args: argparse.Namespace) -> None:
+    from .hub import download, release_of
+
+    tag, release = release_of(args.name)
+    path = download(args.url or release.url, args.dir, progress=True)
+    print(f"{tag}: {path}")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from .hub import convert
+
+    out = convert(args.checkpoint, args.out, args.model, args.push_to_hub)
+    print(f"wrote {out} (model.safetensors, config.json, README.md): timm.create_model('local-dir:{out}', pretrained=True)")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -67,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="train a small T2T-ViT on the embedded digits (CPU) and report held-out top-1").set_defaults(
         func=_demo
     )
+    d = sub.add_parser("download", help="fetch the authors' released weights into torch's hub cache (or --dir)")
+    d.add_argument("name", metavar="NAME", help="a release tag (t2t_vit_14.in1k_ft_cifar10) or a model (its first tag)")
+    d.add_argument("--dir", default=None, help="folder to put the file in (default: torch's hub cache)")
+    d.add_argument("--url", default=None, help="fetch from this address instead (a mirror)")
+    d.set_defaults(func=_download)
+    c = sub.add_parser("convert", help="write a checkpoint as a folder timm's hub loader reads (local-dir:, the Hub)")
+    c.add_argument("checkpoint", metavar="FILE", help="our checkpoint, or an authors' release file")
+    c.add_argument("--model", default=None, help="model name or release tag (the authors' files without `arch`)")
+    c.add_argument("--out", required=True, help="folder to write model.safetensors, config.json, README.md into")
+    c.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload it (needs a Hub login)")
+    c.set_defaults(func=_convert)
     from . import benchmark, export, predict, reproduce, train, visualize
 
     train.add_parser(sub)

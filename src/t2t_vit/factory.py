@@ -7,9 +7,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import timm
 from torch import nn
 
-from .checkpoint import extract_state_dict, load_checkpoint, read_checkpoint
+from .checkpoint import authors_arch, extract_state_dict, load_checkpoint, read_checkpoint
 from .errors import InputError
-from .models.t2t_vit import checkpoint_filter_fn
+from .models.t2t_vit import RELEASES, checkpoint_filter_fn
 
 PathLike = Union[str, Path]
 
@@ -51,24 +51,17 @@ def load_model(
     interpolation, mean, std, crop_pct).
     """
     checkpoint = read_checkpoint(path)
+    state_dict = extract_state_dict(checkpoint, use_ema, source=f"checkpoint {str(path)!r}")
     meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
     if meta is None:
-        if model_name is None:
-            raise InputError(
-                f"{str(path)!r} does not say which model it holds (an authors' release or a bare state dict): "
-                "pass --model NAME, e.g. --model t2t_vit_14"
-            )
+        model_name, sizes = _authors_model(Path(path), checkpoint, state_dict, model_name)
         meta = dict(arch=model_name, model_kwargs={}, class_names=None, data_config=None)
-    elif model_name is not None and model_name.split(".")[0] != meta["arch"].split(".")[0]:
-        raise InputError(f"{str(path)!r} holds a {meta['arch']}, not a {model_name}: drop --model or fix it")
-    kwargs = {**meta["model_kwargs"], **overrides}
-    state_dict = extract_state_dict(checkpoint, use_ema, source=f"checkpoint {str(path)!r}")
-    pos = state_dict.get("pos_embed", state_dict.get("module.pos_embed"))
-    if not meta["model_kwargs"] and "img_size" not in kwargs and pos is not None and "." not in str(model_name):
-        side = math.isqrt(pos.shape[1] - 1)  # an authors' file: its table tells its size (577 tokens: 384 px)
-        if side * side == pos.shape[1] - 1 and side != 14:
-            kwargs["img_size"] = side * 16
-    model = create_model(model_name or meta["arch"], **kwargs)
+        kwargs = {**sizes, **overrides}
+    else:
+        if model_name is not None and model_name.split(".")[0] != meta["arch"].split(".")[0]:
+            raise InputError(f"{str(path)!r} holds a {meta['arch']}, not a {model_name}: drop --model or fix it")
+        kwargs = {**meta["model_kwargs"], **overrides}
+    model = create_model(meta["arch"], **kwargs)
     old_grid = meta.get("grid_size")
     model.load_state_dict(checkpoint_filter_fn(state_dict, model, tuple(old_grid) if old_grid else None), strict=False)
     # the checkpoint's preprocessing becomes the model's pretrained cfg, where timm and `visualize` look for it
@@ -77,3 +70,34 @@ def load_model(
     model.pretrained_cfg = model.default_cfg = cfg  # timm keeps both names
     data_config = {k: cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
     return model, {**meta, "model_kwargs": kwargs, "data_config": data_config}
+
+
+def _authors_model(
+    path: Path, checkpoint: Any, state_dict: Dict[str, Any], model_name: Optional[str]
+) -> Tuple[str, Dict[str, Any]]:
+    """(model name or release tag, sizes) of an authors' file: `model_name`, else the release tag whose file name it
+    bears, else the `arch` their training script recorded; where no tag is named, the sizes its tensors show (a
+    384 px position table, the head's class count)."""
+    tag = next((t for t, release in RELEASES.items() if release.file == path.name), None)
+    if model_name is None:
+        arch = authors_arch(checkpoint)  # timm's CheckpointSaver records it, e.g. "T2t_vit_14"
+        model_name = tag or (arch if arch in list_models() else None)
+    elif tag is not None and tag.split(".")[0] == model_name:
+        model_name = tag
+    if model_name is None:
+        raise InputError(
+            f"{str(path)!r} does not say which model it holds (an authors' release or a bare state dict): "
+            "pass --model NAME, e.g. --model t2t_vit_14 (or a release tag such as t2t_vit_14.in1k_ft_cifar10)"
+        )
+    if "." in model_name:  # a release tag: its cfg gives classes and size
+        return model_name, {}
+    sizes: Dict[str, Any] = {}
+    pos = state_dict.get("pos_embed", state_dict.get("module.pos_embed"))
+    if pos is not None:
+        side = math.isqrt(pos.shape[1] - 1)  # its table tells its size (577 tokens: 384 px)
+        if side * side == pos.shape[1] - 1 and side != 14:
+            sizes["img_size"] = side * 16
+    head = state_dict.get("head.weight", state_dict.get("module.head.weight"))
+    if head is not None and head.dim() == 2:
+        sizes["num_classes"] = int(head.shape[0])
+    return model_name, sizes

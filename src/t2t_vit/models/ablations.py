@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import InputError
 from .layers import Attention, Block
-from .t2t_vit import T2TViT, _cfg, _create, _init_weights
+from .t2t_vit import FIRST_LAYER, T2TViT, _cfg, _create, _init_weights
 
 
 class SqueezeExcite(nn.Module):
@@ -190,7 +190,8 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
     "t2t_vit_16_ghost": dict(embed_dim=384, depth=16, num_heads=6, mlp_ratio=3.0, block_fn=GhostBlock),
 }
 
-default_cfgs = generate_default_cfgs({name: _cfg() for name in ABLATIONS})
+FIRST_LAYERS = {"t2t_vit_14_wo_t2t": "tokens_to_token.proj", "t2t_vit_c_14": "tokens_to_token.conv1"}
+default_cfgs = generate_default_cfgs({name: _cfg(first_conv=FIRST_LAYERS.get(name, FIRST_LAYER)) for name in ABLATIONS})
 
 
 @register_model

@@ -4,12 +4,14 @@ Paper: "Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageN
 """
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.layers._fx import register_notrace_function
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import adapt_input_conv, build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models import register_model
 from torch import nn
@@ -17,7 +19,7 @@ from torch import nn
 from ..errors import InputError
 from .layers import ATTN_IMPLS, Block, sinusoid_table
 from .tokens import make_tokens
-from .tokens_to_token import DEFAULT_SOFT_SPLITS, grid_size
+from .tokens_to_token import DEFAULT_SOFT_SPLITS, grid_size, split_grid
 
 _logger = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ GLOBAL_POOLS = ("token", "avg", "")
 @register_notrace_function
 def check_image(x: torch.Tensor, in_chans: int, soft_splits: List[Tuple[int, int, int]]) -> Tuple[int, int]:
     """The token grid of a batch of images; InputError naming the problem if the batch is not one."""
+    if torch.jit.is_scripting():  # scripted (e.g. after fx tracing): the grid without the checks' messages
+        return split_grid(x.shape[2], x.shape[3], soft_splits)
     if x.dim() != 4:
         raise InputError(f"expected a batch of images (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
     if x.shape[1] != in_chans:
@@ -40,15 +44,17 @@ def check_image(x: torch.Tensor, in_chans: int, soft_splits: List[Tuple[int, int
 
 @torch.fx.wrap
 @register_notrace_function
-def fit_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int], base_grid: Tuple[int, int], dynamic: bool):
+def fit_pos_embed(
+    pos_embed: torch.Tensor, grid: Tuple[int, int], base_grid: Tuple[int, int], dynamic: bool
+) -> torch.Tensor:
     """The position table for a token grid: as stored, or resampled (bicubic) when `dynamic` and sizes differ."""
-    if tuple(grid) == tuple(base_grid):
+    if grid[0] == base_grid[0] and grid[1] == base_grid[1]:
         return pos_embed
-    if not dynamic:
+    if torch.jit.is_scripting() or not dynamic:  # scripted models take their own img_size only
         raise InputError(
-            f"the input gives a {grid[0]}x{grid[1]} token grid but the position table is for "
-            f"{base_grid[0]}x{base_grid[1]}: feed images of the model's img_size, create the model with "
-            "that img_size, or pass dynamic_img_size=True"
+            "the input gives a " + str(grid[0]) + "x" + str(grid[1]) + " token grid but the position table is for "
+            + str(base_grid[0]) + "x" + str(base_grid[1]) + ": feed images of the model's img_size, create the "
+            "model with that img_size, or pass dynamic_img_size=True"
         )
     return resample_abs_pos_embed(pos_embed, list(grid), list(base_grid), num_prefix_tokens=1)
 
@@ -76,6 +82,8 @@ class T2TViT(nn.Module):
             "convolution" (the soft splits replaced by convolutions of the same kernel, stride and padding).
         patch_size: side of the hard split's squares (tokens="patch" only).
         block_fn: the backbone block class, called as Block is (see models/ablations.py for others).
+        aux_head: add Token Labeling's auxiliary head over the patch tokens; the logits become
+            head(class token) + 0.5 * max over tokens of aux_head(token), as Token Labeling evaluates.
     """
 
     def __init__(
@@ -102,6 +110,7 @@ class T2TViT(nn.Module):
         tokens: str = "t2t",
         patch_size: int = 16,
         block_fn: type = Block,
+        aux_head: bool = False,
     ) -> None:
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
@@ -124,7 +133,8 @@ class T2TViT(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(sinusoid_table(self.num_patches + 1, embed_dim), requires_grad=False)
+        # fixed, never trained: a buffer (timm's habit), saved under the authors' key
+        self.register_buffer("pos_embed", sinusoid_table(self.num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear decay rule
         self.blocks = nn.Sequential(
@@ -139,6 +149,7 @@ class T2TViT(nn.Module):
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)]
         self.norm = norm_layer(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.aux_head = nn.Linear(embed_dim, num_classes) if aux_head and num_classes > 0 else None
 
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
@@ -175,6 +186,8 @@ class T2TViT(nn.Module):
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if self.aux_head is not None:
+            self.aux_head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else None
 
     def _tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Images -> (tokens with class token and positions (B, 1 + N, C), token grid)."""
@@ -197,11 +210,24 @@ class T2TViT(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        tokens = x[:, self.num_prefix_tokens :]
         if self.global_pool == "token":
             x = x[:, 0]
         elif self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens :].mean(dim=1)
-        return x if pre_logits else self.head(x)
+            x = tokens.mean(dim=1)
+        if pre_logits:
+            return x
+        if self.aux_head is not None:  # Token Labeling's evaluation: class logits + 0.5 x each class's best token
+            return self.head(x) + 0.5 * self.aux_head(tokens).max(dim=1)[0]
+        return self.head(x)
+
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """timm's `custom_load` hook: read a file through the project's safe reader (every layout of the
+        authors' tools, weights_only), fit head and position table, load."""
+        from ..checkpoint import load_checkpoint
+
+        load_checkpoint(self, checkpoint_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -292,7 +318,8 @@ def checkpoint_filter_fn(
     """Fit a checkpoint's state dict (the authors' or ours) to `model`, or raise InputError saying why not.
 
     Strips `module.` / `_orig_mod.` prefixes, resamples the position table to the model's token grid (from
-    `old_grid`, or a square grid), drops a head of another class count with a logged note.
+    `old_grid`, or a square grid), drops a head of another class count with a logged note, and Token Labeling's
+    auxiliary head unless the model has one.
     """
     sd = {_strip_prefixes(k): v for k, v in state_dict.items()}
     own = model.state_dict()
@@ -306,18 +333,10 @@ def checkpoint_filter_fn(
             old_grid = (side, side)
         sd["pos_embed"] = resample_abs_pos_embed(pos, list(model.grid_size), list(old_grid), num_prefix_tokens=1)
         _logger.info("resampled the position table from %s to %s tokens", tuple(old_grid), model.grid_size)
-    head_keys = [k for k in ("head.weight", "head.bias") if k in sd]
-    if head_keys and (not isinstance(model.head, nn.Linear) or sd["head.weight"].shape != own["head.weight"].shape):
-        classes = sd["head.weight"].shape[0]
-        _logger.warning(
-            "checkpoint head has %d classes, the model %d: the head is left at its initialisation",
-            classes,
-            model.num_classes,
-        )
-        for k in head_keys:
-            del sd[k]
+    _fit_heads(sd, model, own)
+    _fit_in_chans(sd, model)
     mismatched = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-    missing = [k for k in own if k not in sd and not k.startswith("head.")]
+    missing = [k for k in own if k not in sd and not k.startswith(("head.", "aux_head."))]
     unexpected = [k for k in sd if k not in own]
     if mismatched or missing or unexpected:
         arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
@@ -342,8 +361,67 @@ def checkpoint_filter_fn(
     return sd
 
 
+def _fit_heads(sd: Dict[str, torch.Tensor], model: nn.Module, own: Dict[str, torch.Tensor]) -> None:
+    """Drop from `sd`, with one logged line each, the heads the model cannot take: another class count, or an
+    auxiliary token head (Token Labeling's `aux_head`) where the model was built without one."""
+    for name in ("head", "aux_head"):
+        keys = [k for k in (f"{name}.weight", f"{name}.bias") if k in sd]
+        if not keys:
+            continue
+        classes = sd[keys[0]].shape[0]
+        if name == "aux_head" and getattr(model, "aux_head", None) is None:
+            _logger.info(
+                "the checkpoint's auxiliary token head (aux_head, %d classes, from Token Labeling) is dropped: "
+                "create the model with aux_head=True to keep it", classes
+            )
+        elif not isinstance(getattr(model, name), nn.Linear) or sd[keys[0]].shape != own[f"{name}.weight"].shape:
+            _logger.warning(
+                "checkpoint %s has %d classes, the model %d: the %s is left at its initialisation",
+                name, classes, model.num_classes, name,
+            )  # fmt: skip
+        else:
+            continue
+        for k in keys:
+            del sd[k]
+
+
+def _fit_in_chans(sd: Dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Fit the layer that reads the image (`first_conv`) to the model's input channels, as timm adapts a first
+    convolution: summed over the channels for one, repeated and rescaled for others. The T2T module's first layer
+    is a linear map over (C, kh, kw)-ordered patches: it is adapted as that convolution, and the LayerNorm before
+    it averaged (one channel) or repeated over the channels."""
+    first = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    weight = sd.get(f"{first}.weight")
+    if weight is None:
+        return
+    norm = "tokens_to_token.attention1.norm1"  # before a linear first layer: the T2T module's
+    if weight.dim() == 4:
+        chans = weight.shape[1]
+    else:
+        kk = model.soft_splits[0][0] ** 2
+        chans = weight.shape[1] // kk
+    if chans == model.in_chans:
+        return
+    if weight.dim() == 4:
+        sd[f"{first}.weight"] = adapt_input_conv(model.in_chans, weight, base_chans=chans)
+    else:  # (O, C kk) -> (O, C, kk, 1): the patch features as a convolution's input channels
+        w = adapt_input_conv(model.in_chans, weight.reshape(weight.shape[0], chans, kk, 1), base_chans=chans)
+        sd[f"{first}.weight"] = w.reshape(weight.shape[0], -1)
+        for k in (f"{norm}.weight", f"{norm}.bias"):
+            t = sd[k].reshape(chans, kk)
+            t = t.mean(0, keepdim=True) if model.in_chans == 1 else t.repeat(math.ceil(model.in_chans / chans), 1)
+            sd[k] = t[: model.in_chans].reshape(-1)
+    _logger.info("adapted %s from %d to %d input channels", first, chans, model.in_chans)
+
+
 def _create(variant: str, pretrained: bool = False, model_cls: type = T2TViT, **kwargs: Any) -> T2TViT:
     out_indices = kwargs.pop("out_indices", 3)
+    if pretrained:  # weights from a release address, a file or a local-dir go through load_pretrained
+        from ..hub import pretrained_overlay
+
+        kwargs["pretrained_cfg_overlay"] = pretrained_overlay(
+            variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")
+        )
     return build_model_with_cfg(
         model_cls,
         variant,
@@ -369,33 +447,62 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "t2t_vit_14_wide": dict(t2t_mixer="performer", embed_dim=768, depth=4, num_heads=12, mlp_ratio=3.0),
 }
 
-# The authors' released ImageNet-1k weights: (file, top-1, paper GMACs at 224 px) per `arch.tag`.
-RELEASES: Dict[str, Tuple[str, float, Optional[float]]] = {
-    "t2t_vit_7.in1k": ("71.7_T2T_ViT_7.pth.tar", 71.7, 1.1),
-    "t2t_vit_10.in1k": ("75.2_T2T_ViT_10.pth.tar", 75.2, 1.5),
-    "t2t_vit_12.in1k": ("76.5_T2T_ViT_12.pth.tar", 76.5, 1.8),
-    "t2t_vit_14.in1k": ("81.5_T2T_ViT_14.pth.tar", 81.5, 4.8),
-    "t2t_vit_14.in1k_384": ("83.3_T2T_ViT_14.pth.tar", 83.3, None),
-    "t2t_vit_19.in1k": ("81.9_T2T_ViT_19.pth.tar", 81.9, 8.5),
-    "t2t_vit_24.in1k": ("82.3_T2T_ViT_24.pth.tar", 82.3, 13.8),
-    "t2t_vit_24.tl_in1k": ("84.2_T2T_ViT_24.pth.tar", 84.2, None),
-    "t2t_vit_t_14.in1k": ("81.7_T2T_ViTt_14.pth.tar", 81.7, 6.1),
-    "t2t_vit_t_19.in1k": ("82.4_T2T_ViTt_19.pth.tar", 82.4, 9.8),
-    "t2t_vit_t_24.in1k": ("82.6_T2T_ViTt_24.pth.tar", 82.6, 15.0),
+RELEASE_URL = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main/"
+IMAGENET_EVAL = dict(crop_pct=0.9, interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+# the authors' transfer_learning.py: Resize(224) (bilinear), no crop, CIFAR's statistics
+CIFAR_EVAL = dict(crop_pct=1.0, interpolation="bilinear", mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))
+
+
+@dataclass(frozen=True)
+class Release:
+    """One weight file of the authors' release: what it holds and the top-1 they report for it."""
+
+    file: str
+    top1: float
+    dataset: str = "imagenet-1k"
+    num_classes: int = 1000
+    img_size: int = 224
+    paper_gmacs: Optional[float] = None  # the paper's GMACs at 224 px, where it prints one
+    note: str = ""
+
+    @property
+    def url(self) -> str:
+        return RELEASE_URL + self.file
+
+
+# The authors' released weights per `arch.tag`: ImageNet-1k, and the CIFAR fine-tunes of transfer_learning.py.
+RELEASES: Dict[str, Release] = {
+    "t2t_vit_7.in1k": Release("71.7_T2T_ViT_7.pth.tar", 71.7, paper_gmacs=1.1),
+    "t2t_vit_10.in1k": Release("75.2_T2T_ViT_10.pth.tar", 75.2, paper_gmacs=1.5),
+    "t2t_vit_12.in1k": Release("76.5_T2T_ViT_12.pth.tar", 76.5, paper_gmacs=1.8),
+    "t2t_vit_14.in1k": Release("81.5_T2T_ViT_14.pth.tar", 81.5, paper_gmacs=4.8),
+    "t2t_vit_14.in1k_384": Release("83.3_T2T_ViT_14.pth.tar", 83.3, img_size=384),
+    "t2t_vit_14.in1k_ft_cifar10": Release("cifar10_t2t-vit_14_98.3.pth", 98.3, "cifar10", 10),
+    "t2t_vit_14.in1k_ft_cifar100": Release("cirfar100_t2t-vit-14_88.4.pth", 88.4, "cifar100", 100),
+    "t2t_vit_19.in1k": Release("81.9_T2T_ViT_19.pth.tar", 81.9, paper_gmacs=8.5),
+    "t2t_vit_19.in1k_ft_cifar10": Release("cifar10_t2t-vit_19_98.4.pth", 98.4, "cifar10", 10),
+    "t2t_vit_19.in1k_ft_cifar100": Release("cifar100_t2t-vit-19_89.0.pth", 89.0, "cifar100", 100),
+    "t2t_vit_24.in1k": Release("82.3_T2T_ViT_24.pth.tar", 82.3, paper_gmacs=13.8),
+    "t2t_vit_24.tl_in1k": Release("84.2_T2T_ViT_24.pth.tar", 84.2, note="Token Labeling"),
+    "t2t_vit_t_14.in1k": Release("81.7_T2T_ViTt_14.pth.tar", 81.7, paper_gmacs=6.1),
+    "t2t_vit_t_19.in1k": Release("82.4_T2T_ViTt_19.pth.tar", 82.4, paper_gmacs=9.8),
+    "t2t_vit_t_24.in1k": Release("82.6_T2T_ViTt_24.pth.tar", 82.6, paper_gmacs=15.0),
 }
 
+# The layer that reads the image first, per tokenizer and mixer (timm's `first_conv`).
+FIRST_LAYER = "tokens_to_token.attention1.kqv"
+FIRST_LAYER_T = "tokens_to_token.attention1.attn.qkv"
 
-def _cfg(release: Optional[Tuple[str, float, Optional[float]]] = None, img_size: int = 224) -> Dict[str, Any]:
+
+def _cfg(release: Optional[Release] = None, first_conv: str = FIRST_LAYER) -> Dict[str, Any]:
+    size = release.img_size if release else 224
     cfg = dict(
-        num_classes=1000,
-        input_size=(3, img_size, img_size),
+        num_classes=release.num_classes if release else 1000,
+        input_size=(3, size, size),
         fixed_input_size=True,
         pool_size=None,
-        crop_pct=0.9,
-        interpolation="bicubic",
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        first_conv=None,
+        **(CIFAR_EVAL if release and release.dataset.startswith("cifar") else IMAGENET_EVAL),
+        first_conv=first_conv,
         classifier="head",
         license="other",
         paper_name="Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet",
@@ -403,13 +510,14 @@ def _cfg(release: Optional[Tuple[str, float, Optional[float]]] = None, img_size:
         origin_url="https://github.com/yitu-opensource/T2T-ViT",
     )
     if release is not None:
-        cfg["description"] = f"authors' release {release[0]}, ImageNet-1k top-1 {release[1]}"
+        cfg.update(url=release.url, custom_load=True)  # read by T2TViT.load_pretrained: every release layout
+        cfg["description"] = f"authors' release {release.file}, {release.dataset} top-1 {release.top1}"
     return cfg
 
 
 default_cfgs = generate_default_cfgs(
     {
-        **{tag: _cfg(rel, 384 if tag.endswith("_384") else 224) for tag, rel in RELEASES.items()},
+        **{tag: _cfg(rel, FIRST_LAYER_T if tag.startswith("t2t_vit_t_") else FIRST_LAYER) for tag, rel in RELEASES.items()},
         "t2t_vit_14_resnext": _cfg(),
         "t2t_vit_14_wide": _cfg(),
     }

@@ -171,8 +171,8 @@ class TokenPerformer(nn.Module):
             nn.Linear(token_dim, token_dim), nn.GELU(), nn.Linear(token_dim, token_dim), nn.Dropout(drop)
         )
         m = int(token_dim * kernel_ratio)
-        # random features: orthogonal rows scaled by sqrt(m); saved with the weights, never trained
-        self.w = nn.Parameter(nn.init.orthogonal_(torch.randn(m, token_dim)) * math.sqrt(m), requires_grad=False)
+        # random features: orthogonal rows scaled by sqrt(m); a buffer saved with the weights, never trained
+        self.register_buffer("w", nn.init.orthogonal_(torch.randn(m, token_dim)) * math.sqrt(m))
 
     def forward(self, x: torch.Tensor, patch_channels: int = 0) -> torch.Tensor:
         """(B, N, dim) -> (B, N, token_dim); `patch_channels` > 0: x holds (kh, kw, C) ordered patches."""
