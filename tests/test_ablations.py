@@ -1,100 +1,22 @@
-"""The paper's design-space models: the same model contract as the release variants, and their defining math."""
+"""The paper's design-space models: their defining math, sizes and cost. The model contract they share with the
+release variants is in tests/test_model_contract.py."""
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
 
-import t2t_vit
-from t2t_vit.benchmark import count_params, model_cost
+from t2t_vit.cost import count_params, model_cost
 from t2t_vit.errors import InputError
 from t2t_vit.models import ABLATIONS, T2TViT
 from t2t_vit.models.ablations import DenseLayer, GhostLinear, SqueezeExcite
-from t2t_vit.models.tokens import ConvTokens, HardSplit
+from t2t_vit.models.stems import ConvolutionStem, HardSplitStem
 from t2t_vit.models.tokens_to_token import soft_split
 
-from .conftest import assert_checkpointing_keeps_gradients, assert_timm_head_contract
-
-# fast stand-ins at 64 px (a 4 x 4 token grid) with the real tokenizers and block types
-SMALL = {name: dict(img_size=64, depth=2) for name in ABLATIONS}
-SMALL["t2t_vit_dense"] = dict(img_size=64, block_config=(2, 1))  # 128 -> 192 -> 256, transition -> 128 -> 192
 NAMES = sorted(ABLATIONS)
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
-
-
-def _small(name: str, **kwargs) -> T2TViT:
-    return timm.create_model(name, **SMALL[name], **kwargs)
-
-
-def test_registered_and_listed():
-    assert set(ABLATIONS) <= set(t2t_vit.list_models())
-    for name in NAMES:
-        assert isinstance(t2t_vit.create_model(name, **SMALL[name]), T2TViT)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_timm_model_contract(name):
-    torch.manual_seed(0)
-    model = _small(name, num_classes=10).eval()
-    x = torch.randn(2, 3, 64, 64)
-    feats = assert_timm_head_contract(model, x, num_tokens=16)
-    with torch.no_grad():
-        final, inter = model.forward_intermediates(x)
-        assert [t.shape for t in inter] == [(2, f["num_chs"], 4, 4) for f in model.feature_info]
-        assert len(inter) == len(model.blocks) and torch.equal(final, feats)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_features_only_through_timm(name):
-    model = _small(name, features_only=True, out_indices=(0, 1))
-    maps = model(torch.randn(1, 3, 64, 64))
-    assert [m.shape[1:] for m in maps] == [(c, 4, 4) for c in model.feature_info.channels()]
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_sdpa_equals_eager(name):
-    torch.manual_seed(0)
-    model = _small(name).eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        fused = model(x)
-        eager = _small(name, attn_impl="eager").eval()
-        eager.load_state_dict(model.state_dict())
-        assert _max_diff(fused, eager(x)) <= 1e-5
-        model.set_attn_impl("eager")
-        assert all(not m.fused for m in model.modules() if hasattr(m, "fused"))
-        assert _max_diff(fused, model(x)) <= 1e-5
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", NAMES)
-def test_autocast_forward_backward_finite(name, dtype):
-    torch.manual_seed(0)
-    model = _small(name).train()
-    with torch.autocast("cpu", dtype=dtype):
-        loss = model(torch.randn(4, 3, 64, 64)).float().logsumexp(-1).mean()
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_grad_checkpointing_gives_the_same_gradients(name):
-    torch.manual_seed(0)
-    model = _small(name).eval()
-    assert_checkpointing_keeps_gradients(model, torch.randn(2, 3, 64, 64))
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_torchscript_and_fx(name):
-    model = _small(name).eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        ref = model(x)
-        assert _max_diff(torch.jit.script(model)(x), ref) <= 1e-6
-        assert _max_diff(torch.fx.symbolic_trace(model)(x), ref) <= 1e-6
 
 
 def _params(name: str, **kwargs) -> int:
@@ -104,7 +26,7 @@ def _params(name: str, **kwargs) -> int:
 
 def test_hard_split_is_unfold_then_linear():
     torch.manual_seed(0)
-    split = HardSplit(3, 32, 16)
+    split = HardSplitStem(3, 32, 16)
     x = torch.randn(2, 3, 64, 48)
     linear = soft_split(x, 16, 16, 0) @ split.proj.weight.reshape(32, -1).t() + split.proj.bias
     assert split(x).shape == (2, 12, 32) and _max_diff(split(x), linear) <= 1e-5
@@ -124,7 +46,7 @@ def test_hard_split_model_is_t2t_vit_14_with_a_patch_stem():
 
 def test_convolution_tokens_keep_the_soft_split_geometry():
     tokens = timm.create_model("t2t_vit_c_14", depth=0).tokens_to_token
-    assert isinstance(tokens, ConvTokens)
+    assert isinstance(tokens, ConvolutionStem)
     convs = [tokens.conv1, tokens.conv2, tokens.project]
     assert [(c.kernel_size[0], c.stride[0], c.padding[0]) for c in convs] == [(7, 4, 2), (3, 2, 1), (3, 2, 1)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 64), (64, 64), (64, 384)]
@@ -183,4 +105,5 @@ def test_bad_arguments_name_the_fix():
     with pytest.raises(InputError, match="block_config"):
         timm.create_model("t2t_vit_dense", depth=4)
     with pytest.raises(InputError, match="norm=False"):
-        _small("t2t_vit_dense").forward_intermediates(torch.randn(1, 3, 64, 64), norm=True)
+        dense = timm.create_model("t2t_vit_dense", img_size=64, block_config=(2, 1))
+        dense.forward_intermediates(torch.randn(1, 3, 64, 64), norm=True)

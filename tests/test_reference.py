@@ -5,8 +5,8 @@ import pytest
 import timm
 import torch
 
-from t2t_vit.benchmark import count_params, model_cost
 from t2t_vit.checkpoint import load_checkpoint
+from t2t_vit.cost import count_params, model_cost
 from t2t_vit.models import T2TViT
 
 from .conftest import REFERENCE

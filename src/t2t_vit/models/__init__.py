@@ -2,5 +2,5 @@
 from .ablations import ABLATIONS, T2TViTDense
 from .layers import Attention, Block, sinusoid_table
 from .t2t_vit import RELEASES, VARIANTS, T2TViT, checkpoint_filter_fn
-from .tokens_to_token import T2TModule, TokenPerformer, TokenTransformer, soft_split
-from .tokens import ConvTokens, HardSplit
+from .tokens_to_token import T2TModule, TokenAttention, TokenPerformer, TokenTransformer, soft_split
+from .stems import ConvolutionStem, HardSplitStem, make_stem

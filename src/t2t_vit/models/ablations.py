@@ -10,12 +10,12 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import Mlp
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from ..errors import InputError
-from .layers import Attention, Block
+from .layers import Block
 from .t2t_vit import FIRST_LAYER, T2TViT, _cfg, _create, _init_weights
 
 

@@ -5,12 +5,16 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
+from torch.jit import Final
 
 ATTN_IMPLS = ("sdpa", "eager")
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; `fused` picks `F.scaled_dot_product_attention` over the explicit math."""
+    """Multi-head self-attention; `fused_attn` picks `F.scaled_dot_product_attention` over the explicit math
+    (False: the authors' arithmetic op for op), as timm's Attention does. Set by `T2TViT.set_attn_impl`."""
+
+    fused_attn: Final[bool]
 
     def __init__(
         self,
@@ -25,7 +29,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
-        self.fused = True
+        self.fused_attn = True
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
@@ -34,7 +38,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x)
-        if self.fused:
+        if self.fused_attn:
             # (B, N, 3C) -> 3 x (B, N, heads, head_dim) views, transposed for SDPA: their gradients stack
             # straight into qkv's layout (the eager permute costs one more copy in the backward)
             q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).unbind(2)

@@ -9,17 +9,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.layers._fx import register_notrace_function
+from timm.layers import register_notrace_function, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import adapt_input_conv, build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models import register_model
 from torch import nn
 
 from ..errors import InputError
-from .layers import ATTN_IMPLS, Block, sinusoid_table
-from .tokens import make_tokens
-from .tokens_to_token import DEFAULT_SOFT_SPLITS, grid_size, split_grid
+from .layers import ATTN_IMPLS, Attention, Block, sinusoid_table
+from .stems import make_stem
+from .tokens_to_token import DEFAULT_SOFT_SPLITS, T2TModule, TokenAttention, TokenPerformer, grid_size, split_grid
 
 _logger = logging.getLogger(__name__)
 
@@ -76,10 +75,12 @@ class T2TViT(nn.Module):
         soft_splits: three (kernel, stride, padding) triples for the unfolds of the T2T module (the convolutions
             of tokens="convolution").
         dynamic_img_size: accept any image size the soft splits tile, resampling the position table.
-        attn_impl: "sdpa" (fused kernels, default) or "eager" (the explicit math of the authors' code).
+        attn_impl: "sdpa" (the fast paths, default) or "eager" (the authors' arithmetic op for op): see
+            `set_attn_impl`.
         norm_layer: the norm of the blocks and the final norm.
-        tokens: "t2t" (the T2T module, default), "patch" (ViT's hard split into `patch_size` squares) or
-            "convolution" (the soft splits replaced by convolutions of the same kernel, stride and padding).
+        tokens: the stem (models/stems.py): "t2t" (the T2T module, default), "patch" (ViT's hard split into
+            `patch_size` squares) or "convolution" (the soft splits replaced by convolutions of the same kernel,
+            stride and padding).
         patch_size: side of the hard split's squares (tokens="patch" only).
         block_fn: the backbone block class, called as Block is (see models/ablations.py for others).
         aux_head: add Token Labeling's auxiliary head over the patch tokens; the logits become
@@ -125,8 +126,8 @@ class T2TViT(nn.Module):
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
 
-        # named for the T2T module (the authors' keys) whichever tokenizer `tokens` picks
-        self.tokens_to_token = make_tokens(tokens, t2t_mixer, in_chans, embed_dim, token_dim, soft_splits, patch_size)
+        # the stem, named for the T2T module (the authors' keys) whichever one `tokens` picks
+        self.tokens_to_token = make_stem(tokens, t2t_mixer, in_chans, embed_dim, token_dim, soft_splits, patch_size)
         self.soft_splits = self.tokens_to_token.soft_splits
         self.img_size = to_2tuple(img_size)
         self.grid_size = grid_size(self.img_size, self.soft_splits)
@@ -156,12 +157,23 @@ class T2TViT(nn.Module):
         self.set_attn_impl(attn_impl)
 
     def set_attn_impl(self, attn_impl: str) -> None:
-        """Switch every attention to "sdpa" (fused) or "eager" (the authors' explicit math)."""
+        """Switch every fast path on ("sdpa") or run the authors' arithmetic op for op ("eager").
+
+        Sets, by module type: `fused_attn` of the backbone's and the T2T module's softmax attention (SDPA or the
+        explicit math), `fused_kernel` of the Performer (the fast kernel or the authors' einsums) and
+        `channels_last` of the T2T module (channels-last soft splits or the authors' unfold layout). The switches
+        are TorchScript constants: script the model after choosing.
+        """
         if attn_impl not in ATTN_IMPLS:
             raise InputError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}")
+        fast = attn_impl == "sdpa"
         for m in self.modules():
-            if hasattr(m, "fused"):  # every attention layer with a fused and an eager path
-                m.fused = attn_impl == "sdpa"
+            if isinstance(m, (Attention, TokenAttention)):
+                m.fused_attn = fast
+            elif isinstance(m, TokenPerformer):
+                m.fused_kernel = fast
+            elif isinstance(m, T2TModule):
+                m.channels_last = fast
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:

@@ -8,6 +8,10 @@ tokens transposed back to (B, C, H, W) between splits, the Performer with einsum
 attention by hand. The fused one (default) keeps tokens channels-last: each soft split is one strided copy
 with the patch features ordered (kh, kw, C) instead of (C, kh, kw) (the weights that read them are reordered
 to match), the last split and its projection are one convolution, and attention runs on fused kernels.
+
+Three switches pick the path, each a TorchScript constant set by `T2TViT.set_attn_impl` ("sdpa": all True,
+"eager": all False): `T2TModule.channels_last` (the layout of the soft splits), `TokenPerformer.fused_kernel`
+(the Performer's arithmetic) and `TokenAttention.fused_attn` (SDPA or softmax by hand, as timm names it).
 """
 import math
 from typing import List, Optional, Sequence, Tuple
@@ -16,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
+from torch.jit import Final
 
 from ..errors import InputError
 
@@ -123,15 +128,22 @@ def _performer_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torc
 
 
 @torch.fx.wrap
-def performer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, eps: float, fused: bool):
-    """The Performer kernel in fp32 whatever the autocast state: half precision overflows exp(.) here."""
+def performer_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, eps: float, fused_kernel: bool
+) -> torch.Tensor:
+    """The Performer kernel in fp32 whatever the autocast state: half precision overflows exp(.) here.
+
+    `fused_kernel`: the fast arithmetic (`_performer_kernel`); False: the authors' einsums (`_performer_kernel_eager`).
+    """
     q, k, v = q.float(), k.float(), v.float()
     if torch.jit.is_scripting():
-        return _performer_kernel(q, k, v, w, eps) if fused else _performer_kernel_eager(q, k, v, w, eps)
+        return _performer_kernel(q, k, v, w, eps) if fused_kernel else _performer_kernel_eager(q, k, v, w, eps)
     else:
         device = q.device.type if torch.amp.is_autocast_available(q.device.type) else "cpu"
         with torch.autocast(device, enabled=False):
-            return _performer_kernel(q, k, v, w, eps) if fused else _performer_kernel_eager(q, k, v, w, eps)
+            if fused_kernel:
+                return _performer_kernel(q, k, v, w, eps)
+            return _performer_kernel_eager(q, k, v, w, eps)
 
 
 def patch_norm_linear(
@@ -155,13 +167,18 @@ def patch_norm_linear(
 
 
 class TokenPerformer(nn.Module):
-    """A T2T layer with Performer attention: one head, width `dim` -> `token_dim`, v as the residual."""
+    """A T2T layer with Performer attention: one head, width `dim` -> `token_dim`, v as the residual.
+
+    `fused_kernel` picks the fast kernel over the authors' einsum arithmetic (set by `T2TViT.set_attn_impl`).
+    """
+
+    fused_kernel: Final[bool]
 
     def __init__(self, dim: int, token_dim: int = 64, kernel_ratio: float = 0.5, drop: float = 0.1) -> None:
         super().__init__()
         self.token_dim = token_dim
         self.eps = 1e-8
-        self.fused = True
+        self.fused_kernel = True
         self.kqv = nn.Linear(dim, 3 * token_dim)
         self.dp = nn.Dropout(drop)
         self.proj = nn.Linear(token_dim, token_dim)
@@ -182,19 +199,25 @@ class TokenPerformer(nn.Module):
         else:
             kqv = self.kqv(self.norm1(x))
         k, q, v = kqv.split(self.token_dim, dim=-1)
-        y = performer_attention(q, k, v, self.w, self.eps, self.fused)
+        y = performer_attention(q, k, v, self.w, self.eps, self.fused_kernel)
         x = v + self.dp(self.proj(y))  # v is the residual: the width changes from dim to token_dim
         return x + self.mlp(self.norm2(x))
 
 
 class TokenAttention(nn.Module):
-    """One-head softmax attention from width `dim` to `token_dim`, scaled by dim^-0.5, v as the residual."""
+    """One-head softmax attention from width `dim` to `token_dim`, scaled by dim^-0.5, v as the residual.
+
+    `fused_attn` picks `F.scaled_dot_product_attention` over the authors' explicit math, as in timm's Attention
+    (set by `T2TViT.set_attn_impl`).
+    """
+
+    fused_attn: Final[bool]
 
     def __init__(self, dim: int, token_dim: int = 64, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
         self.token_dim = token_dim
         self.scale = dim**-0.5
-        self.fused = True
+        self.fused_attn = True
         self.qkv = nn.Linear(dim, 3 * token_dim, bias=False)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(token_dim, token_dim)
@@ -206,7 +229,7 @@ class TokenAttention(nn.Module):
     def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """Attention from the projected (B, N, 3 * token_dim) q, k, v to (B, N, token_dim)."""
         B, N, _ = qkv.shape
-        if self.fused:
+        if self.fused_attn:
             q, k, v = qkv.reshape(B, N, 3, 1, self.token_dim).unbind(2)  # 3 x (B, N, 1, token_dim) views
             y = F.scaled_dot_product_attention(
                 q.transpose(1, 2),
@@ -246,6 +269,9 @@ class TokenTransformer(nn.Module):
 class T2TModule(nn.Module):
     """Image -> tokens: soft split, re-structurize, soft split, re-structurize, soft split, project.
 
+    `channels_last` (set by `T2TViT.set_attn_impl`) picks the channels-last soft splits, with the last split and
+    the projection as one convolution; False runs the authors' unfold layout op for op. Both give the same tokens.
+
     Args:
         t2t_mixer: "performer" or "transformer", the token mixer between soft splits.
         in_chans: input channels.
@@ -253,6 +279,8 @@ class T2TModule(nn.Module):
         token_dim: width of the tokens inside the module (64 in the paper).
         soft_splits: three (kernel, stride, padding) triples, one per unfold.
     """
+
+    channels_last: Final[bool]
 
     def __init__(
         self,
@@ -270,7 +298,7 @@ class T2TModule(nn.Module):
         (k0, _, _), (k1, _, _), (k2, _, _) = self.soft_splits
         self.in_chans = in_chans
         self.token_dim = token_dim
-        self.fused = True  # set by T2TViT.set_attn_impl: False runs the authors' layout op for op
+        self.channels_last = True
         self.attention1 = mixer(in_chans * k0 * k0, token_dim)
         self.attention2 = mixer(token_dim * k1 * k1, token_dim)
         self.project = nn.Linear(token_dim * k2 * k2, embed_dim)
@@ -281,7 +309,7 @@ class T2TModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H2 * W2, embed_dim)."""
-        if not self.fused:
+        if not self.channels_last:
             return self._forward_eager(x)
         if torch.jit.is_scripting():
             return self._forward_fused(x)
@@ -312,26 +340,43 @@ class T2TModule(nn.Module):
         return torch.cat([self._forward_fused(c) for c in x.split(n)])
 
     def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """The authors' layout, step for step: unfold, tokens back to (B, C, H, W) between the splits."""
         B, _, H, W = x.shape
         (k0, s0, p0), (k1, s1, p1), (k2, s2, p2) = self.soft_splits
-        x = self.attention1(soft_split(x, k0, s0, p0))  # (B, C, H, W) -> (B, H0 * W0, token_dim)
+        # step 0: soft split, (B, C, H, W) -> (B, H0 * W0, C k0^2)
+        x = soft_split(x, k0, s0, p0)
         H, W = split_size(H, k0, s0, p0), split_size(W, k0, s0, p0)
-        x = x.transpose(1, 2).reshape(B, -1, H, W)  # tokens -> (B, token_dim, H0, W0)
-        x = self.attention2(soft_split(x, k1, s1, p1))
+        # iteration 1: re-structurization, a T2T layer over the tokens, then the tokens reshaped into an image
+        x = self.attention1(x)  # (B, H0 * W0, token_dim)
+        x = x.transpose(1, 2).reshape(B, -1, H, W)  # (B, token_dim, H0, W0)
+        # iteration 1: soft split
+        x = soft_split(x, k1, s1, p1)  # (B, H1 * W1, token_dim k1^2)
         H, W = split_size(H, k1, s1, p1), split_size(W, k1, s1, p1)
-        x = x.transpose(1, 2).reshape(B, -1, H, W)
-        return self.project(soft_split(x, k2, s2, p2))  # (B, H2 * W2, embed_dim)
+        # iteration 2: re-structurization
+        x = self.attention2(x)
+        x = x.transpose(1, 2).reshape(B, -1, H, W)  # (B, token_dim, H1, W1)
+        # iteration 2: soft split
+        x = soft_split(x, k2, s2, p2)  # (B, H2 * W2, token_dim k2^2)
+        # final tokens: project to the backbone width
+        return self.project(x)  # (B, H2 * W2, embed_dim)
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The same steps channels-last: patch features ordered (kh, kw, C), no transposes between the splits."""
         B, _, H, W = x.shape
         (k0, s0, p0), (k1, s1, p1), (k2, s2, p2) = self.soft_splits
-        x = soft_split_channels_last(x.permute(0, 2, 3, 1), k0, s0, p0)  # (B, C, H, W) -> (B, H0 * W0, k0^2 C)
-        x = self.attention1(x, self.in_chans)  # (B, H0 * W0, token_dim): channels-last tokens, no transpose
+        # step 0: soft split, (B, C, H, W) -> (B, H0 * W0, k0^2 C), one strided copy
+        x = soft_split_channels_last(x.permute(0, 2, 3, 1), k0, s0, p0)
         H, W = split_size(H, k0, s0, p0), split_size(W, k0, s0, p0)
-        x = self.attention2(soft_split_channels_last(x.reshape(B, H, W, -1), k1, s1, p1), self.token_dim)
+        # iteration 1: re-structurization; the tokens (B, H0 * W0, token_dim) are already the channels-last image
+        x = self.attention1(x, self.in_chans)
+        x = x.reshape(B, H, W, -1)  # (B, H0, W0, token_dim), a view
+        # iteration 1: soft split
+        x = soft_split_channels_last(x, k1, s1, p1)  # (B, H1 * W1, k1^2 token_dim)
         H, W = split_size(H, k1, s1, p1), split_size(W, k1, s1, p1)
-        # the last split and the projection are one convolution: (B, token_dim, H1, W1), channels-last memory
-        x = x.reshape(B, H, W, -1).permute(0, 3, 1, 2)
+        # iteration 2: re-structurization
+        x = self.attention2(x, self.token_dim)
+        x = x.reshape(B, H, W, -1).permute(0, 3, 1, 2)  # (B, token_dim, H1, W1), channels-last memory
+        # iteration 2: soft split and final tokens: project, as one convolution with the projection's weights
         w = self.project.weight.reshape(self.project.out_features, -1, k2, k2)  # (E, C k^2) -> (E, C, k, k)
         x = F.conv2d(x, w, self.project.bias, stride=s2, padding=p2)
         return x.flatten(2).transpose(1, 2)  # (B, E, H2, W2) -> (B, H2 * W2, E)

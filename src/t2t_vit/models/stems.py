@@ -1,7 +1,11 @@
-"""Image-to-token modules of the paper's T2T ablation: the T2T module, ViT's hard split, convolution tokens.
+"""The stems of the paper's T2T ablation, the modules that turn images into tokens: the T2T module
+(tokens_to_token.py, the paper's), ViT's hard patch split (`HardSplitStem`) and the convolution tokens of
+T2T-ViT_c (`ConvolutionStem`). `make_stem` picks one for T2TViT's `tokens=` argument.
 
-Each exposes what T2TViT reads off its tokenizer: `soft_splits` (the (kernel, stride, padding) steps that set the
-token grid and the tiling check) and `feat_size(H, W)` (the grid, for TorchScript).
+Each exposes what T2TViT reads off its stem: `soft_splits` (the (kernel, stride, padding) steps that set the
+token grid and the tiling check) and `feat_size(H, W)` (the grid, for TorchScript). T2TViT keeps the stem under
+the authors' key `tokens_to_token` whichever it is, so the state-dict keys are `tokens_to_token.proj.*` (hard
+split) and `tokens_to_token.conv1.*`, `conv2.*`, `project.*` (convolutions).
 """
 from typing import List, Sequence, Tuple
 
@@ -12,10 +16,10 @@ from torch import nn
 from ..errors import InputError
 from .tokens_to_token import DEFAULT_SOFT_SPLITS, T2TModule, _check_soft_splits, split_grid
 
-TOKENS = ("t2t", "patch", "convolution")
+TOKENS = ("t2t", "patch", "convolution")  # the values of T2TViT's `tokens=`
 
 
-class HardSplit(nn.Module):
+class HardSplitStem(nn.Module):
     """ViT's tokens: the image cut into non-overlapping `patch_size` squares, each projected linearly.
 
     The projection is a convolution with kernel = stride = `patch_size`: the same map as unfold + linear.
@@ -37,7 +41,7 @@ class HardSplit(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, embed_dim, H', W') -> (B, N, embed_dim)
 
 
-class ConvTokens(nn.Module):
+class ConvolutionStem(nn.Module):
     """T2T-ViT_c's tokens: each soft split and re-structurization replaced by a convolution of the same kernel,
     stride and padding (GELU between): in_chans -> token_dim -> token_dim -> embed_dim."""
 
@@ -64,7 +68,7 @@ class ConvTokens(nn.Module):
         return self.project(x).flatten(2).transpose(1, 2)  # (B, embed_dim, H', W') -> (B, N, embed_dim)
 
 
-def make_tokens(
+def make_stem(
     tokens: str,
     t2t_mixer: str = "performer",
     in_chans: int = 3,
@@ -73,11 +77,11 @@ def make_tokens(
     soft_splits: Sequence[Sequence[int]] = DEFAULT_SOFT_SPLITS,
     patch_size: int = 16,
 ) -> nn.Module:
-    """The module that turns images into tokens: "t2t" (the paper's), "patch" (ViT) or "convolution" (T2T-ViT_c)."""
+    """The stem for `tokens`: "t2t" (the paper's T2T module), "patch" (ViT's hard split), "convolution" (T2T-ViT_c)."""
     if tokens == "t2t":
         return T2TModule(t2t_mixer, in_chans, embed_dim, token_dim, soft_splits)
     if tokens == "patch":
-        return HardSplit(in_chans, embed_dim, patch_size)
+        return HardSplitStem(in_chans, embed_dim, patch_size)
     if tokens == "convolution":
-        return ConvTokens(in_chans, embed_dim, token_dim, soft_splits)
+        return ConvolutionStem(in_chans, embed_dim, token_dim, soft_splits)
     raise InputError(f"tokens={tokens!r} is not one of {TOKENS}")
