@@ -1,5 +1,4 @@
 """The fast path against the authors' eager one: same outputs and gradients; the benchmark command's contract."""
-import argparse
 import json
 
 import pytest
@@ -8,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from t2t_vit import benchmark
+from t2t_vit.cost import model_cost
 from t2t_vit.errors import InputError
 from t2t_vit.models import tokens_to_token
 from t2t_vit.models.tokens_to_token import patch_major, soft_split, soft_split_channels_last
@@ -79,9 +79,9 @@ def test_fast_path_under_bf16_autocast_tracks_fp32():
 
 
 def _run_cli(argv, capsys):
-    parser = argparse.ArgumentParser()
-    benchmark.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["benchmark", *argv])
+    from t2t_vit.cli import build_parser  # the `benchmark` sub-command lives in the CLI package
+
+    args = build_parser().parse_args(["benchmark", *argv])
     args.func(args)
     return capsys.readouterr().out
 
@@ -95,7 +95,7 @@ def test_benchmark_command_compares_with_eager(capsys, monkeypatch):
     )
     res = json.loads(out)
     assert set(res["results"]) == {"sdpa", "eager"} and res["ratios"]["speed"] > 0
-    assert res["params"] == benchmark.model_cost("t2t_vit_7", img_size=64)[0] and res["gmacs_per_image"] > 0
+    assert res["params"] == model_cost("t2t_vit_7", img_size=64)[0] and res["gmacs_per_image"] > 0
     for r in res["results"].values():
         assert len(r["step_ms_all"]) == 2 and r["img_per_s"] == pytest.approx(2e3 / r["step_ms"])
         assert r["peak_fraction"] == pytest.approx(r["achieved_gflops"] / 100.0) and r["achieved_gflops"] > 0
@@ -107,7 +107,7 @@ def test_benchmark_command_compares_with_eager(capsys, monkeypatch):
 def test_training_step_peak_memory_in_a_fresh_process():
     cfg = benchmark.BenchConfig("t2t_vit_7", mode="train", batch_size=2, img_size=64, warmup=1, repeats=1)
     mib = benchmark.measure_memory(cfg, "sdpa")
-    weights_and_adam = 4 * 4 * benchmark.model_cost("t2t_vit_7", img_size=64)[0] / 2**20  # w, grad, 2 moments
+    weights_and_adam = 4 * 4 * model_cost("t2t_vit_7", img_size=64)[0] / 2**20  # w, grad, 2 moments
     assert weights_and_adam * 0.9 < mib < weights_and_adam + 1024
 
 

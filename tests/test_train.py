@@ -133,8 +133,8 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
               "--model-kwargs", "{embed_dim: 32, depth: 1, num_heads: 2, token_dim: 16, t2t_mixer: transformer, "
               "soft_splits: [[3, 1, 1], [3, 1, 1], [3, 2, 1]]}"]  # no dropout anywhere: ranks draw no randomness
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-                "-m", "t2t_vit.train", *common, "--batch-size", "32", "--name", "ddp"]  # fmt: skip
-    single = [sys.executable, "-m", "t2t_vit.train", *common, "--batch-size", "64", "--name", "single"]
+                "-m", "t2t_vit", "train", *common, "--batch-size", "32", "--name", "ddp"]  # fmt: skip
+    single = [sys.executable, "-m", "t2t_vit", "train", *common, "--batch-size", "64", "--name", "single"]
     for cmd in (torchrun, single):
         done = subprocess.run(cmd, env=_torchrun_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -145,7 +145,7 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
-    cmd = [sys.executable, "-m", "t2t_vit.train", "--config", "digits", "--no-progress", "--output", str(tmp_path),
+    cmd = [sys.executable, "-m", "t2t_vit", "train", "--config", "digits", "--no-progress", "--output", str(tmp_path),
            "--name", "sig", "--epochs", "30", "--model-kwargs",
            "{embed_dim: 32, depth: 1, num_heads: 2, token_dim: 16, soft_splits: [[3, 1, 1], [3, 1, 1], [3, 2, 1]]}"]
     proc = subprocess.Popen(cmd, env=_torchrun_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,5 +1,4 @@
 """`t2t-vit visualize`: feature maps, attention maps and rollout, training curves; each a non-blank PNG."""
-import argparse
 import csv
 
 import numpy as np
@@ -10,7 +9,9 @@ from PIL import Image
 
 from t2t_vit import visualize
 from t2t_vit.errors import InputError
-from t2t_vit.visualize import METRICS_COLUMNS, attention_rollout, attention_weights, token_feature_maps
+from t2t_vit.cli import build_parser
+from t2t_vit.train_metrics import METRICS_COLUMNS
+from t2t_vit.visualize import attention_rollout, attention_weights, token_feature_maps
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +37,8 @@ def _pixel_variance(path) -> float:
 
 
 def _run(argv) -> None:
-    parser = argparse.ArgumentParser()
-    visualize.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    """A `t2t-vit` command, letting its InputError through (main turns it into one line and exit code 2)."""
+    args = build_parser().parse_args(argv)
     args.func(args)
 
 
@@ -90,6 +90,22 @@ def test_cli_features_and_attention(image, tmp_path):
     _run(["visualize", "attention", str(image), "--model", "t2t_vit_7", "--img-size", "64", "--blocks", "0", "-1",
           "--heads", "2", "--out", str(tmp_path / "a.png")])  # fmt: skip
     assert _pixel_variance(tmp_path / "f.png") > 0 and _pixel_variance(tmp_path / "a.png") > 0
+
+
+def test_cli_takes_the_model_from_our_checkpoints(image, models, tmp_path, capsys):
+    from t2t_vit.export import export_safetensors
+
+    t2t, _ = models
+    meta = dict(arch="t2t_vit_7", model_kwargs=dict(img_size=64, depth=2), class_names=None,
+                data_config=dict(input_size=[3, 64, 64], interpolation="bicubic", mean=[0.5] * 3, std=[0.5] * 3,
+                                 crop_pct=1.0))  # fmt: skip
+    ours = tmp_path / "ours.safetensors"
+    export_safetensors(t2t, ours, meta)
+    _run(["visualize", "features", str(image), "--checkpoint", str(ours), str(ours), "--channels", "4",
+          "--out", str(tmp_path / "f.png")])  # fmt: skip
+    _run(["visualize", "attention", str(image), "--checkpoint", str(ours), "--out", str(tmp_path / "a.png")])
+    assert _pixel_variance(tmp_path / "f.png") > 0 and _pixel_variance(tmp_path / "a.png") > 0
+    assert capsys.readouterr().out.count("wrote ") == 2
 
 
 def test_cli_curves_of_two_runs(tmp_path):

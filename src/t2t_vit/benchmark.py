@@ -6,7 +6,6 @@ a fresh subprocess per model, so nothing else lives in it: on CPU the peak resid
 kernel's high-water mark, reset before the step) less the process's size before the model was built; on CUDA the
 peak bytes allocated. Both count weights, gradients, optimizer state, activations and workspace.
 """
-import argparse
 import ctypes
 import dataclasses
 import gc
@@ -20,38 +19,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
-import timm
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from .cost import model_cost
 from .errors import InputError
 
 _logger = logging.getLogger(__name__)
 
 MODES = ("infer", "train")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def count_params(model: torch.nn.Module) -> int:
-    """Parameters as the authors' release counts them: every tensor of the state dict, so the fixed position table
-    and the Performer's random features (buffers here, as timm keeps such tensors; parameters in their code) count."""
-    return sum(t.numel() for t in model.state_dict().values())
-
-
-def model_cost(name: str, batch_size: int = 1, **model_kwargs: Any) -> Tuple[int, int]:
-    """(parameters, multiply-accumulates of one forward pass of `batch_size` images, attention matmuls included).
-
-    The model is built on the meta device (no memory, no compute) with the eager attention, whose matmuls the
-    flop counter sees; the fused kernels do the same arithmetic.
-    """
-    with torch.device("meta"):
-        model = timm.create_model(name, attn_impl="eager", **model_kwargs).eval()
-        x = torch.empty(batch_size, model.in_chans, *model.img_size)
-        with FlopCounterMode(display=False) as counter:
-            model(x)
-    return count_params(model), counter.get_total_flops() // 2
 
 
 @dataclasses.dataclass
@@ -350,36 +328,3 @@ def format_result(res: Dict[str, Any]) -> str:
         if r["memory"] is not None:
             text += f", peak memory {r['memory']:.2f}x"
     return text
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register the `benchmark` sub-command."""
-    p = subparsers.add_parser(
-        "benchmark",
-        help="params, MACs, img/s and peak memory of a model (fast path, or against the authors' eager one)",
-        description="Median of repeated steps after warm-up. Peak memory comes from a fresh process per model.",
-    )
-    p.add_argument("--model", required=True, help="a registered model name, e.g. t2t_vit_14")
-    p.add_argument("--mode", choices=MODES, default="infer", help="infer: forward; train: forward, backward, AdamW")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="autocast dtype (fp32: no autocast)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--repeats", type=int, default=5, help="timed steps (the median is reported)")
-    p.add_argument("--attn-impl", choices=("sdpa", "eager"), default="sdpa", help="the implementation to measure")
-    p.add_argument("--compare-eager", action="store_true", help="also measure attn_impl='eager'; print ratios")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak memory measurement")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> None:
-    """The `benchmark` command: measure and print."""
-    cfg = BenchConfig(
-        model=args.model, mode=args.mode, device=args.device, dtype=args.dtype, compile=args.compile,
-        batch_size=args.batch_size, img_size=args.img_size, warmup=args.warmup, repeats=args.repeats,
-    )
-    res = benchmark(cfg, compare_eager=args.compare_eager, attn_impl=args.attn_impl, memory=not args.no_memory)
-    print(json.dumps(res, indent=2) if args.json else format_result(res))

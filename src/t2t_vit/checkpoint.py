@@ -8,11 +8,11 @@ Layouts accepted, as the authors' tools and ours write them:
     transfer_learning.py (CIFAR)        {net: DataParallel state dict ("module." keys), acc, epoch}
     ours                                {model, model_ema, optimizer, ..., meta}
 """
-import argparse
 import json
 import logging
 import os
 import pickle
+import types
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -27,8 +27,8 @@ _logger = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "net")
 # The one class besides tensors and plain containers that a checkpoint may hold: the argparse.Namespace that
-# timm's CheckpointSaver stores as `args`. Anything else is refused unread.
-SAFE_GLOBALS = [argparse.Namespace]
+# timm's CheckpointSaver stores as `args`, read back as a plain SimpleNamespace. Anything else is refused unread.
+SAFE_GLOBALS = [(types.SimpleNamespace, "argparse.Namespace")]
 
 
 def read_checkpoint(path: PathLike) -> Any:

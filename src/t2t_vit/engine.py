@@ -1,5 +1,6 @@
 """The loops: one training epoch and one evaluation pass. No argument parsing, no file I/O."""
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -9,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,6 +30,8 @@ class StepContext:
     accum_steps: int = 1
     clip_grad: Optional[float] = None
     should_stop: Callable[[], bool] = field(default=lambda: False)  # e.g. SIGTERM received
+    epochs: int = 0  # of the whole run, for "epoch 3/25" (0: not shown)
+    log_interval: int = 0  # without a progress bar, log a line every this many updates (0: never)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -46,21 +51,36 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def train_one_epoch(
-    model: nn.Module, loader: Any, ctx: StepContext, epoch: int, updates_done: int = 0, progress: bool = True
-) -> Dict[str, Any]:
-    """Train over `loader` (from its sampler's start): loss, img/s, skipped images, updates, batches, why it ended.
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
-    `updates_done` counts optimizer updates before this epoch (for a per-update schedule). The epoch ends early
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Any,
+    ctx: StepContext,
+    epoch: int,
+    updates_done: int = 0,
+    progress: bool = True,
+    start_step: int = 0,
+) -> Dict[str, Any]:
+    """Train epoch `epoch` (counted from 1) over `loader`, from its sampler's start (batch `start_step` of the epoch
+    when resumed): loss, img/s, skipped images, updates, batches this call, why it ended.
+
+    `updates_done` counts optimizer updates before this call (for a per-update schedule). The epoch ends early
     with `stopped="signal"` when `ctx.should_stop()` turns true, or `stopped="nonfinite"` on a NaN/inf loss
-    (before that update is applied). With `progress`, a bar shows on a terminal (tqdm leaves it out of logs).
+    (before that update is applied). With `progress`, a bar shows on a terminal (tqdm leaves it out of logs);
+    without a bar, every `ctx.log_interval` updates log a line: the epoch's mean loss so far (this process), lr and
+    img/s (all processes).
     """
     model.train()
     device = ctx.device
     loss_sum = torch.zeros(2, device=device)  # (sum of losses x samples, samples)
     skipped, seen, stopped = 0, 0, None
     micro = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=None if progress else True, leave=False, dynamic_ncols=True)
+    name = f"epoch {epoch}/{ctx.epochs}" if ctx.epochs else f"epoch {epoch}"
+    bar = tqdm(loader, desc=name, disable=None if progress else True, leave=False, dynamic_ncols=True)
+    steps = start_step + len(loader)
     start = time.perf_counter()
     ctx.optimizer.zero_grad(set_to_none=True)
     batches = 0
@@ -95,6 +115,12 @@ def train_one_epoch(
             updates_done += 1
             if ctx.scheduler is not None and ctx.sched_on_updates:
                 ctx.scheduler.step_update(num_updates=updates_done)
+            if bar.disable and ctx.log_interval and updates_done % ctx.log_interval == 0:
+                _logger.info(
+                    "%s step %d/%d  loss %.4f  lr %.2e  %.0f img/s", name, start_step + batches, steps,
+                    (loss_sum[0] / loss_sum[1]).item(), ctx.optimizer.param_groups[0]["lr"],
+                    seen * _world() / (time.perf_counter() - start),
+                )  # fmt: skip
         if not bar.disable:
             elapsed = time.perf_counter() - start
             bar.set_postfix(

@@ -1,7 +1,5 @@
 """Export a checkpoint for other runtimes: ONNX (dynamic batch), TorchScript, safetensors (with metadata)."""
-import argparse
 import json
-import logging
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -10,8 +8,6 @@ from torch import nn
 
 from .errors import InputError
 from .factory import load_model
-
-_logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 META_KEY = "t2t_vit"  # safetensors / ONNX metadata entry holding the model name, sizes, classes, preprocessing
@@ -72,21 +68,4 @@ def export(checkpoint: str, fmt: str, output: str, model_name: Optional[str] = N
         export_torchscript(model, out, meta)
     else:
         export_safetensors(model, out, meta)
-    _logger.info("wrote %s (%s)", out, fmt)
     return out
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register `export` on the `t2t-vit` command."""
-    p = subparsers.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors")
-    p.add_argument("--checkpoint", required=True, help="our checkpoint, or an authors' release file with --model")
-    p.add_argument("--model", help="model name (only for the authors' files)")
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--output", required=True, help="file to write")
-    p.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA ones")
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> None:
-    out = export(args.checkpoint, args.format, args.output, args.model, not args.no_ema)
-    print(f"wrote {out} ({args.format})")

@@ -1,7 +1,5 @@
 """Classify image files with a checkpoint: top-k classes with names and probabilities."""
-import argparse
 import glob
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -85,28 +83,3 @@ def predict(
             results.append(dict(file=str(path), top_k=[dict(index=i, **{"class": names[i]}, prob=v) for i, v in zip(idx, p)]))
     order = {str(p): i for i, p in enumerate(paths)}
     return sorted(results, key=lambda r: order[r["file"]])
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register `predict` on the `t2t-vit` command."""
-    p = subparsers.add_parser("predict", help="classify image files, folders or globs with a checkpoint")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="files, folders (searched recursively) or globs")
-    p.add_argument("--checkpoint", required=True, help="our checkpoint, or an authors' release file with --model")
-    p.add_argument("--model", help="model name (only for the authors' files)")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true", help="one JSON list on stdout, for machines")
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> None:
-    results = predict(args.images, args.checkpoint, args.model, args.top_k, args.batch_size, args.device)
-    if args.json:
-        print(json.dumps(results, indent=1))
-        return
-    for r in results:
-        if "error" in r:
-            print(f"{r['file']}: skipped, {r['error']}")
-        else:
-            print(f"{r['file']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top_k"]))

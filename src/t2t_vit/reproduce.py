@@ -7,15 +7,15 @@
 Each writes docs/results/<experiment>.md (table, budget, seeds, command), .png (held-out top-1 per epoch) and
 .json (every run's numbers); the runs themselves go to runs/reproduce/<experiment>/<arm>-s<seed>/.
 """
-import argparse
 import json
 import logging
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .benchmark import BenchConfig, measure_memory, model_cost
+from .benchmark import BenchConfig, measure_memory
 from .config import resolve_config
+from .cost import model_cost
 from .errors import InputError
 from .visualize import read_metrics
 
@@ -216,22 +216,3 @@ def write_report(name: str, runs: Dict[str, List[Path]], budget: Dict[str, Any],
     path = out_dir / f"{name}.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register `reproduce` on the `t2t-vit` command."""
-    p = subparsers.add_parser("reproduce", help="re-check a claim of the paper at small scale (Fashion-MNIST, CPU)")
-    p.add_argument("experiment", choices=sorted(EXPERIMENTS))
-    p.add_argument("--data", default=FASHION, help=f"dataset spec (default {FASHION})")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--train-subset", type=int, default=10000, help="training images (0: all)")
-    p.add_argument("--output", default="runs/reproduce", help="where the runs go")
-    p.add_argument("--results", default="docs/results", help="where the table, plot and JSON go")
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> None:
-    path = run_experiment(args.experiment, args.data, args.seeds, args.epochs, args.train_subset or None,
-                          args.output, args.results, progress=True)  # fmt: skip
-    print(path.read_text())

@@ -1,9 +1,7 @@
 """Pictures people would rather look at than read: token feature maps (the paper's Fig. 2), attention maps per
-head and as attention rollout, and training curves. `add_parser` registers the `t2t-vit visualize` sub-command.
+head and as attention rollout, and training curves, as `t2t-vit visualize` draws them.
 """
-import argparse
 import csv
-import logging
 import math
 from functools import partial
 from pathlib import Path
@@ -13,14 +11,6 @@ import torch
 from torch import nn
 
 from .errors import InputError
-
-_logger = logging.getLogger(__name__)
-
-# Columns of a run directory's metrics.csv, one row per epoch (empty where not measured).
-METRICS_COLUMNS = (
-    "epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5",
-    "ema_val_loss", "ema_val_top1", "ema_val_top5", "img_per_s", "skipped", "epoch_time_s",
-)  # fmt: skip
 
 
 def read_metrics(run_dir: Path) -> Dict[str, List[float]]:
@@ -271,72 +261,3 @@ def plot_attention(
             ax.axis("off")
     fig.tight_layout()
     return _save(fig, out)
-
-
-def _load_model(name: str, checkpoint: Optional[str], img_size: Optional[int]) -> Tuple[str, nn.Module]:
-    from . import create_model, load_model
-
-    kwargs = {} if img_size is None else dict(img_size=img_size)
-    if checkpoint is not None:  # ours carry their sizes; the authors' take `name`
-        model = load_model(checkpoint, name, **kwargs)[0].eval()
-    else:
-        model = create_model(name, **kwargs).eval()
-    if checkpoint is None:
-        _logger.info("%s has random weights (no --checkpoint): the maps show an untrained model", name)
-    return (f"{name} ({Path(checkpoint).name})" if checkpoint else f"{name} (random init)"), model
-
-
-def _features(args: argparse.Namespace) -> None:
-    checkpoints = args.checkpoint or ["-"] * len(args.model)
-    if len(checkpoints) != len(args.model):
-        raise InputError(
-            f"{len(args.model)} models but {len(checkpoints)} checkpoints: give one --checkpoint per --model, "
-            "in order, with - for a model without one"
-        )
-    models = [_load_model(m, None if c == "-" else c, args.img_size) for m, c in zip(args.model, checkpoints)]
-    _logger.info("wrote %s", plot_feature_maps(args.image, models, args.out, args.block, args.channels))
-
-
-def _attention(args: argparse.Namespace) -> None:
-    label, model = _load_model(args.model, args.checkpoint, args.img_size)
-    _logger.info("wrote %s", plot_attention(args.image, model, args.out, args.blocks, args.heads, label))
-
-
-def _curves(args: argparse.Namespace) -> None:
-    _logger.info("wrote %s", plot_curves(args.run_dirs, args.out))
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register `visualize` with its modes (features, attention, curves) on an argparse sub-parsers object."""
-    parser = subparsers.add_parser("visualize", help="feature maps, attention maps, training curves as PNGs")
-    modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
-
-    def image_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("image", type=Path, help="an image file (PNG, JPEG, ...)")
-        p.add_argument("--img-size", type=int, default=None, help="model input size (default: the model's)")
-
-    p = modes.add_parser("features", help="token features of a block as channel maps, per model (paper Fig. 2)")
-    image_args(p)
-    p.add_argument("--model", nargs="+", default=["t2t_vit_14", "t2t_vit_14_wo_t2t"], metavar="NAME",
-                   help="models to compare (default: T2T-ViT-14 and its hard-split ViT twin)")  # fmt: skip
-    p.add_argument("--checkpoint", nargs="+", default=None, metavar="PATH",
-                   help="one per --model, in order; - for none (random weights)")  # fmt: skip
-    p.add_argument("--block", type=int, default=0, help="block whose output tokens are shown (default: 0)")
-    p.add_argument("--channels", type=int, default=36, help="channel maps per model (default: 36)")
-    p.add_argument("--out", type=Path, default=Path("features.png"), help="PNG to write")
-    p.set_defaults(func=_features)
-
-    p = modes.add_parser("attention", help="class-token attention per head and attention rollout, over the image")
-    image_args(p)
-    p.add_argument("--model", default="t2t_vit_14", metavar="NAME", help="model (default: t2t_vit_14)")
-    p.add_argument("--checkpoint", default=None, metavar="PATH", help="weights (default: none, random)")
-    p.add_argument("--blocks", type=int, nargs="+", default=[0, -1], metavar="I",
-                   help="blocks to show, negative from the end (default: 0 -1)")  # fmt: skip
-    p.add_argument("--heads", type=int, default=None, help="heads shown per block (default: all)")
-    p.add_argument("--out", type=Path, default=Path("attention.png"), help="PNG to write")
-    p.set_defaults(func=_attention)
-
-    p = modes.add_parser("curves", help="loss and top-1 per epoch of one or more run directories")
-    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="directories written by `t2t-vit train`")
-    p.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
-    p.set_defaults(func=_curves)

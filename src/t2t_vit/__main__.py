@@ -1,0 +1,6 @@
+"""`python -m t2t_vit COMMAND ...`, the same as the `t2t-vit` command (and what torchrun runs: `torchrun -m t2t_vit`)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

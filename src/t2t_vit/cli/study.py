@@ -1,0 +1,104 @@
+"""`t2t-vit visualize` and `reproduce`: pictures of a model and its training, the paper's claims at small scale."""
+import argparse
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+from ..errors import InputError
+
+FASHION = "fashion-mnist:/usr/share/datasets/fashion-mnist"
+EXPERIMENTS = ("depth", "mixer", "tokens")  # reproduce.EXPERIMENTS, named here so that --help loads no torch
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("visualize", help="feature maps, attention maps, training curves as PNGs")
+    modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
+
+    def image_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("image", type=Path, help="an image file (PNG, JPEG, ...)")
+        p.add_argument("--img-size", type=int, default=None, help="model input size (default: the model's)")
+
+    p = modes.add_parser("features", help="token features of a block as channel maps, per model (paper Fig. 2)")
+    image_args(p)
+    p.add_argument("--model", nargs="+", default=None, metavar="NAME",
+                   help="models to compare (default: those the checkpoints hold; without checkpoints T2T-ViT-14 "
+                        "and its hard-split ViT twin)")  # fmt: skip
+    p.add_argument("--checkpoint", nargs="+", default=None, metavar="PATH",
+                   help="one per model, in order; - for a model without one (random weights)")  # fmt: skip
+    p.add_argument("--block", type=int, default=0, help="block whose output tokens are shown (default: 0)")
+    p.add_argument("--channels", type=int, default=36, help="channel maps per model (default: 36)")
+    p.add_argument("--out", type=Path, default=Path("features.png"), help="PNG to write")
+    p.set_defaults(func=_features)
+
+    p = modes.add_parser("attention", help="class-token attention per head and attention rollout, over the image")
+    image_args(p)
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="model (default: the checkpoint's; without a checkpoint t2t_vit_14)")  # fmt: skip
+    p.add_argument("--checkpoint", default=None, metavar="PATH", help="weights (default: none, random)")
+    p.add_argument("--blocks", type=int, nargs="+", default=[0, -1], metavar="I",
+                   help="blocks to show, negative from the end (default: 0 -1)")  # fmt: skip
+    p.add_argument("--heads", type=int, default=None, help="heads shown per block (default: all)")
+    p.add_argument("--out", type=Path, default=Path("attention.png"), help="PNG to write")
+    p.set_defaults(func=_attention)
+
+    p = modes.add_parser("curves", help="loss and top-1 per epoch of one or more run directories")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="directories written by `t2t-vit train`")
+    p.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
+    p.set_defaults(func=_curves)
+
+    r = sub.add_parser("reproduce", help="re-check a claim of the paper at small scale (Fashion-MNIST, CPU)")
+    r.add_argument("experiment", choices=EXPERIMENTS)
+    r.add_argument("--data", default=FASHION, help=f"dataset spec (default {FASHION})")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    r.add_argument("--epochs", type=int, default=6)
+    r.add_argument("--train-subset", type=int, default=10000, help="training images (0: all)")
+    r.add_argument("--output", default="runs/reproduce", help="where the runs go")
+    r.add_argument("--results", default="docs/results", help="where the table, plot and JSON go")
+    r.set_defaults(func=_reproduce)
+
+
+def _load(name: Optional[str], checkpoint: Optional[str], img_size: Optional[int]) -> Tuple[str, Any]:
+    """(label, model in eval mode): a checkpoint's model (ours name it; the authors' need `name`) or a random one."""
+    from ..factory import create_model, load_model
+
+    kwargs = {} if img_size is None else dict(img_size=img_size)
+    if checkpoint is not None:
+        model, meta = load_model(checkpoint, name, **kwargs)
+        return f"{meta['arch']} ({Path(checkpoint).name})", model.eval()
+    name = name or "t2t_vit_14"
+    return f"{name} (random init)", create_model(name, **kwargs).eval()
+
+
+def _features(args: argparse.Namespace) -> None:
+    from ..visualize import plot_feature_maps
+
+    checkpoints = [None if c == "-" else c for c in (args.checkpoint or [])]
+    names = args.model or ([None] * len(checkpoints) if checkpoints else ["t2t_vit_14", "t2t_vit_14_wo_t2t"])
+    checkpoints = checkpoints or [None] * len(names)
+    if len(checkpoints) != len(names):
+        raise InputError(
+            f"{len(names)} models but {len(checkpoints)} checkpoints: give one --checkpoint per --model, in order, "
+            "with - for a model without one (or leave out --model: our checkpoints name their model)"
+        )
+    models = [_load(n, c, args.img_size) for n, c in zip(names, checkpoints)]
+    print(f"wrote {plot_feature_maps(args.image, models, args.out, args.block, args.channels)}")
+
+
+def _attention(args: argparse.Namespace) -> None:
+    from ..visualize import plot_attention
+
+    label, model = _load(args.model, args.checkpoint, args.img_size)
+    print(f"wrote {plot_attention(args.image, model, args.out, args.blocks, args.heads, label)}")
+
+
+def _curves(args: argparse.Namespace) -> None:
+    from ..visualize import plot_curves
+
+    print(f"wrote {plot_curves(args.run_dirs, args.out)}")
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    from ..reproduce import run_experiment
+
+    path = run_experiment(args.experiment, args.data, args.seeds, args.epochs, args.train_subset or None,
+                          args.output, args.results, progress=True)  # fmt: skip
+    print(path.read_text())

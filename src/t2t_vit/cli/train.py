@@ -1,0 +1,107 @@
+"""`t2t-vit train`, `finetune`, `eval`, `demo`: runs over a resolved config, and held-out evaluation."""
+import argparse
+import os
+from pathlib import Path
+from typing import Any, List
+
+from ..config import data_tag, describe_keys, parse_overrides, resolve_config
+
+
+def register(sub: Any) -> None:
+    keys = "config keys (--key value, dashes or underscores; values are YAML), with their defaults:\n" + describe_keys()
+    p = sub.add_parser(
+        "train",
+        help="train a model (the paper's recipe by default)",
+        description="Train with the defaults < --config YAML < --key value overrides, e.g. --data digits --epochs 30 "
+        "--batch-size 64 --model-kwargs '{embed_dim: 128}'. Many processes: torchrun --nproc_per_node=8 -m t2t_vit "
+        "train ...",
+        epilog=keys,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML file, or a config shipped with the package (e.g. t2t_vit_14, digits)")
+    _run_args(p)
+
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune our or the authors' weights on a dataset (new head, new resolution, backbone lr ratio)",
+        description="Fine-tune with the defaults < --config (default: the authors' CIFAR recipe) < --key value "
+        "overrides, e.g. --data cifar10:DIR --img-size 384 --backbone-lr-ratio 0.1 --layer-decay 0.75 "
+        "--freeze-backbone true.",
+        epilog=keys,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    f.add_argument("--checkpoint", required=True, help="weights to start from: ours, or an authors' file")
+    f.add_argument("--model", help="model name or release tag (the authors' files whose name does not say it)")
+    f.add_argument("--config", default="finetune_cifar", help="YAML file or shipped config (default: finetune_cifar)")
+    _run_args(f)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's held-out split: top-1, top-5, loss, img/s")
+    e.add_argument("--checkpoint", required=True, help="our checkpoint, or an authors' release file")
+    e.add_argument("--data", required=True, help="dataset spec; its held-out split is used")
+    e.add_argument("--model", help="model name or release tag (the authors' files whose name does not say it)")
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--workers", type=int, default=4)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA ones")
+    e.add_argument("--download", action="store_true", help="fetch the dataset where the source can (CIFAR)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=_eval)
+
+    sub.add_parser(
+        "demo", help="train a small T2T-ViT on the embedded digits (CPU) and report held-out top-1"
+    ).set_defaults(func=_demo)
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", help="'auto' (continue the run directory's last.pth.tar) or a checkpoint path")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
+    p.set_defaults(func=_train, takes_overrides=True)
+
+
+def _train(args: argparse.Namespace, overrides: List[str]) -> None:
+    from ..train import train
+
+    values = parse_overrides(overrides)
+    cfg = resolve_config(args.config, values)
+    if args.command == "finetune":
+        cfg["init_checkpoint"], cfg["model"] = args.checkpoint, args.model
+        if "name" not in values:  # named for where it starts and the data it learns
+            cfg["name"] = f"{_checkpoint_stem(args.checkpoint)}-ft-{data_tag(cfg['data'])}"
+    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    if "val_top1" in result and int(os.environ.get("RANK", "0")) == 0:
+        print(f"held-out top-1: {result['val_top1']:.2f}%  (run directory: {result['run_dir']})")
+
+
+def _checkpoint_stem(path: str) -> str:
+    """A run's name for its last/best checkpoint, else the file's name without suffixes."""
+    p = Path(path)
+    stem = p.name.split(".pth")[0].split(".safetensors")[0]
+    return p.parent.name if stem in ("last", "best") or stem.startswith("epoch_") else stem
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from ..train import evaluate_checkpoint
+
+    r = evaluate_checkpoint(args.checkpoint, args.data, args.model, args.batch_size, args.workers,
+                            not args.no_ema, args.device, args.download, not args.no_progress)  # fmt: skip
+    print(
+        f"{r['model']} on {args.data} ({r['n']} images): top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  "
+        f"loss {r['loss']:.4f}  {r['img_per_s']:.0f} img/s" + (f"  skipped {r['skipped']}" if r["skipped"] else "")
+    )
+
+
+def _demo(args: argparse.Namespace) -> None:
+    import shutil
+    import time
+
+    from ..train import evaluate_checkpoint, train
+
+    cfg = resolve_config("digits", {"name": "demo"})
+    run_dir = Path(cfg["output"]) / cfg["name"]
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # each demo starts afresh
+    start = time.perf_counter()
+    train(cfg)
+    metrics = evaluate_checkpoint(str(run_dir / "last.pth.tar"), cfg["data"], workers=0, progress=False)
+    print(f"run directory: {run_dir} (last.pth.tar, metrics.csv, curves.png); {time.perf_counter() - start:.0f} s")
+    print(f"held-out top-1: {metrics['top1']:.1f}%")

@@ -1,0 +1,190 @@
+"""The builders of a run, each from the resolved config: data, model, optimizer with its parameter groups, schedule,
+loss with mixup/cutmix; plus the config checks and the run directory."""
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from . import data as data_lib
+from .errors import InputError
+from .factory import create_model, load_model
+from .train_state import BEST_METRICS
+
+
+def check_config(cfg: Dict[str, Any]) -> None:
+    """InputError for a config no run can start from, before anything is built."""
+    if cfg["data"] is None:
+        raise InputError("no data: pass --data (digits, fashion-mnist:DIR, an ImageFolder root, ...)")
+    if cfg["best_metric"] not in BEST_METRICS:
+        raise InputError(f"best_metric {cfg['best_metric']!r} is not one of {sorted(BEST_METRICS)}")
+    if cfg["best_metric"].startswith("ema") and not cfg["model_ema"]:
+        raise InputError(f"best_metric {cfg['best_metric']!r} needs model_ema: true")
+    if (cfg["mixup"] > 0 or cfg["cutmix"] > 0) and cfg["batch_size"] % 2:
+        raise InputError(f"batch_size {cfg['batch_size']} must be even with mixup/cutmix on")
+    if cfg["amp_dtype"] not in ("bfloat16", "float16"):
+        raise InputError(f"amp_dtype {cfg['amp_dtype']!r} must be bfloat16 or float16")
+    if int(cfg["accum_steps"]) < 1:
+        raise InputError(f"accum_steps {cfg['accum_steps']} must be >= 1")
+
+
+def data_config_of(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The evaluation preprocessing a checkpoint stores (timm's data config keys)."""
+    size = cfg["img_size"] if isinstance(cfg["img_size"], (list, tuple)) else (cfg["img_size"], cfg["img_size"])
+    return dict(
+        input_size=[cfg["in_chans"], *size],
+        interpolation=cfg["interpolation"],
+        mean=list(cfg["mean"]),
+        std=list(cfg["std"]),
+        crop_pct=cfg["crop_pct"],
+    )
+
+
+def run_dir_of(cfg: Dict[str, Any]) -> Path:
+    """output/name; name defaults to model-data."""
+    model = cfg["model"] or Path(str(cfg["init_checkpoint"])).name.split(".")[0]
+    name = cfg["name"] or f"{model}-{str(cfg['data']).split(':')[0].replace('/', '_')}"
+    return Path(cfg["output"]) / name
+
+
+def scaled_lr(cfg: Dict[str, Any], world: int) -> Tuple[int, float]:
+    """(global batch, lr): cfg lr is stated for a global batch of lr_base_batch and scaled linearly."""
+    global_batch = cfg["batch_size"] * world * cfg["accum_steps"]
+    return global_batch, cfg["lr"] * global_batch / cfg["lr_base_batch"]
+
+
+def param_groups(model: nn.Module, cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Parameter groups: no weight decay on norms, biases, the class token and the position table (fixed tensors
+    are left out); lr_scale = backbone_lr_ratio off the head, times layer_decay ** depth-from-top if set.
+
+    With freeze_backbone only the head trains (the rest stops requiring gradients).
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    block_of = {n: int(m.group(1)) for n, _ in model.named_parameters() if (m := re.match(r"blocks\.(\d+)\.", n))}
+    top = max(block_of.values(), default=-1) + 2  # layers: 0 the stem (T2T module, tokens), then blocks, then norm
+
+    def layer_of(name: str) -> int:
+        if name in block_of:
+            return block_of[name] + 1
+        return 0 if name.split(".")[0] in ("cls_token", "pos_embed", "tokens_to_token") else top
+
+    groups: Dict[Tuple[float, float], Dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        head = name.startswith("head.")
+        if cfg["freeze_backbone"] and not head:
+            p.requires_grad_(False)
+        if not p.requires_grad:
+            continue
+        decay = 0.0 if p.ndim <= 1 or name in skip else cfg["weight_decay"]
+        scale = 1.0 if head else cfg["backbone_lr_ratio"]
+        if cfg["layer_decay"] is not None:
+            scale *= cfg["layer_decay"] ** (top - layer_of(name))
+        group = groups.setdefault((decay, scale), dict(params=[], weight_decay=decay, lr_scale=scale))
+        group["params"].append(p)
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, cfg: Dict[str, Any], lr: float) -> torch.optim.Optimizer:
+    """AdamW (or cfg opt, e.g. sgd) over `param_groups`."""
+    from timm.optim import create_optimizer_v2
+
+    kwargs = dict(eps=cfg["opt_eps"]) if cfg["opt"] in ("adamw", "adam", "lamb") else dict(momentum=cfg["momentum"])
+    return create_optimizer_v2(param_groups(model, cfg), opt=cfg["opt"], lr=lr, weight_decay=0.0, **kwargs)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], updates_per_epoch: int) -> Tuple[Any, int]:
+    """The cosine schedule with warmup from warmup_lr and cooldown at min_lr; returns it and the total epochs."""
+    from timm.scheduler import create_scheduler_v2
+
+    return create_scheduler_v2(
+        optimizer,
+        sched=cfg["sched"],
+        num_epochs=cfg["epochs"],
+        warmup_epochs=cfg["warmup_epochs"],
+        warmup_lr=cfg["warmup_lr"],
+        min_lr=cfg["min_lr"],
+        cooldown_epochs=cfg["cooldown_epochs"],
+        step_on_epochs=not cfg["sched_on_updates"],
+        updates_per_epoch=updates_per_epoch,
+    )
+
+
+def build_criterion(cfg: Dict[str, Any], num_classes: int) -> Tuple[nn.Module, Any]:
+    """The training loss and the mixup/cutmix function (None when off); label smoothing lives in either."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if cfg["mixup"] > 0 or cfg["cutmix"] > 0:
+        mixup = Mixup(
+            mixup_alpha=cfg["mixup"],
+            cutmix_alpha=cfg["cutmix"],
+            prob=cfg["mixup_prob"],
+            switch_prob=cfg["mixup_switch_prob"],
+            mode=cfg["mixup_mode"],
+            label_smoothing=cfg["smoothing"],
+            num_classes=num_classes,
+        )
+        return SoftTargetCrossEntropy(), mixup
+    if cfg["smoothing"] > 0:
+        return LabelSmoothingCrossEntropy(cfg["smoothing"]), None
+    return nn.CrossEntropyLoss(), None
+
+
+@dataclass
+class Data:
+    """The datasets and loaders of a run."""
+
+    train_set: Any
+    val_set: Any
+    classes: List[str]
+    config: Dict[str, Any]  # input_size, interpolation, mean, std, crop_pct
+    train_loader: Any
+    val_loader: Any
+
+
+def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
+    """Training and held-out splits with the recipe's transforms, each rank's share in its loader."""
+    train_set = data_lib.create_dataset(cfg["data"], "train", cfg["download"], cfg["in_chans"])
+    val_set = data_lib.create_dataset(cfg["data"], "val", cfg["download"], cfg["in_chans"])
+    classes = data_lib.dataset_classes(train_set)
+    data_config = data_config_of(cfg)
+    train_set.transform = data_lib.create_transform(cfg, data_config, training=True)
+    val_set.transform = data_lib.create_transform(cfg, data_config, training=False)
+    if cfg["train_subset"]:
+        train_set = data_lib.stratified_subset(train_set, int(cfg["train_subset"]))
+    train_loader = data_lib.create_loader(train_set, cfg["batch_size"], True, cfg["workers"], world, rank, cfg["seed"], pin)
+    val_loader = data_lib.create_loader(val_set, cfg["val_batch_size"] or 2 * cfg["batch_size"], False,
+                                        cfg["workers"], world, rank, cfg["seed"], pin)  # fmt: skip
+    if len(train_loader) == 0:
+        raise InputError(
+            f"{len(train_set)} training images are fewer than one batch of {cfg['batch_size']} per process: "
+            "lower --batch-size"
+        )
+    return Data(train_set, val_set, classes, data_config, train_loader, val_loader)
+
+
+def build_model(cfg: Dict[str, Any], num_classes: int) -> Tuple[str, nn.Module, Dict[str, Any]]:
+    """(model name, model, its constructor kwargs): a new model, or `init_checkpoint`'s weights refitted."""
+    model_kwargs = dict(
+        num_classes=num_classes, img_size=cfg["img_size"], in_chans=cfg["in_chans"],
+        drop_rate=cfg["drop"], drop_path_rate=cfg["drop_path"], **cfg["model_kwargs"],
+    )  # fmt: skip
+    if str(cfg["model"]).startswith("timm:"):  # a timm baseline: CNNs take any input size
+        model_kwargs.pop("img_size")
+    if cfg["init_checkpoint"]:  # fine-tuning: a new head and position table where the sizes differ
+        model, meta = load_model(cfg["init_checkpoint"], cfg["model"], **model_kwargs)
+        return meta["arch"], model, meta["model_kwargs"]
+    if cfg["model"] is None:
+        raise InputError("no model: pass --model NAME, or --init-checkpoint PATH to start from weights")
+    return cfg["model"], create_model(cfg["model"], **model_kwargs), model_kwargs
+
+
+def build_ema(cfg: Dict[str, Any], model: nn.Module) -> Optional[nn.Module]:
+    """timm's EMA of the weights (updated after every optimizer update), or None when model_ema is off."""
+    if not cfg["model_ema"]:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg["model_ema_decay"])

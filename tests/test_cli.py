@@ -1,0 +1,123 @@
+"""The command line apart from the library: no cycles, no argparse outside it, `--help` without torch, the models
+table current, and the package working from a built wheel outside the repository."""
+import ast
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import t2t_vit
+from t2t_vit.cli import main
+from t2t_vit.cli.models import TABLE, compute_rows
+
+SRC = Path(t2t_vit.__file__).parent
+LIBRARY = sorted(
+    m.name for m in pkgutil.walk_packages([str(SRC)], "t2t_vit.") if not m.name.startswith(("t2t_vit.cli", "t2t_vit.__main__"))
+)
+
+
+def test_every_library_module_imports_alone_without_the_cli():
+    """Each module in a fresh interpreter (an import cycle fails in some order), two at a time."""
+    code = "import importlib, sys; importlib.import_module(sys.argv[1]); print(sorted(m for m in sys.modules if m.startswith('t2t_vit.cli')))"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for i in range(0, len(LIBRARY), 2):
+        procs = [(m, subprocess.Popen([sys.executable, "-c", code, m], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=env)) for m in LIBRARY[i : i + 2]]  # fmt: skip
+        for module, proc in procs:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, f"{module}: {err[-2000:]}"
+            assert out.strip() == "[]", f"{module} imported {out.strip()}"
+    assert {"t2t_vit.train", "t2t_vit.engine", "t2t_vit.models.t2t_vit", "t2t_vit.hub"} <= set(LIBRARY)
+
+
+def test_argparse_only_in_the_cli():
+    for path in SRC.rglob("*.py"):
+        if "cli" in path.relative_to(SRC).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            assert "argparse" not in names and module != "argparse", f"{path} imports argparse"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["finetune", "--help"], ["predict", "--help"],
+                                  ["visualize", "features", "--help"], ["models"]])  # fmt: skip
+def test_help_and_models_load_no_torch(argv):
+    code = ("import sys\nfrom t2t_vit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'torch was imported'\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout
+
+
+def test_train_help_lists_the_config_keys_with_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--batch-size           64" in text and "per process; the global batch" in text
+    assert "--model-ema-decay      0.99996" in text and "--log-interval" in text
+
+
+def test_models_table_is_current():
+    """`t2t-vit models` prints a stored table; it must equal the one counted from the models now.
+    After adding a model or a release: python -c 'from t2t_vit.cli.models import write_table; write_table()'."""
+    assert json.loads(TABLE.read_text()) == compute_rows()
+
+
+def test_cli_choices_name_what_the_library_has():
+    from t2t_vit import benchmark, export, reproduce
+    from t2t_vit.cli import deploy, study
+
+    assert set(study.EXPERIMENTS) == set(reproduce.EXPERIMENTS) and deploy.FORMATS == export.FORMATS
+    parser = main.__globals__["build_parser"]()
+    bench = parser._subparsers._group_actions[0].choices["benchmark"]
+    choices = {a.dest: a.choices for a in bench._actions if a.choices}
+    assert tuple(choices["mode"]) == benchmark.MODES and tuple(choices["dtype"]) == tuple(benchmark.DTYPES)
+
+
+def test_python_m_t2t_vit_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "t2t_vit", "models"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "t2t_vit_14.in1k_ft_cifar10" in done.stdout, done.stderr[-2000:]
+
+
+def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
+    """Build the wheel, install it into a fresh venv (dependencies reached through the project's environment),
+    and run `t2t-vit models` and a one-epoch digits training from a folder outside the repository."""
+    import site
+    import sysconfig
+
+    import shutil
+
+    root, project = SRC.parents[1], tmp_path / "project"  # built from a copy: no build/ left in the tree, none read
+    shutil.copytree(SRC, project / "src" / "t2t_vit", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, project / name)
+    wheels = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+                    str(project)], check=True, capture_output=True, timeout=600)  # fmt: skip
+    (wheel,) = wheels.glob("t2t_vit-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                  capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+    deps = [p for p in [sysconfig.get_path("purelib"), *site.getsitepackages()] if Path(p).is_dir()]
+    (purelib / "project_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")  # plain paths: no editable hooks
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "-q",
+                    str(wheel)], check=True, capture_output=True, timeout=600)  # fmt: skip
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import t2t_vit; print(t2t_vit.__file__)"],
+                           cwd=work, env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    assert where.stdout.startswith(str(purelib)), where.stdout
+    models = subprocess.run([str(venv / "bin" / "t2t-vit"), "models"], cwd=work, env=env, capture_output=True, text=True)
+    assert models.returncode == 0 and "t2t_vit_24.tl_in1k" in models.stdout, models.stderr[-2000:]
+    train = subprocess.run([str(venv / "bin" / "t2t-vit"), "train", "--config", "digits", "--epochs", "1",
+                            "--warmup-epochs", "0", "--no-progress"], cwd=work, env=env, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
+    assert "held-out top-1" in train.stdout and (work / "runs" / "digits" / "last.pth.tar").is_file()
