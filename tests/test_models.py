@@ -8,7 +8,7 @@ import timm
 import torch
 
 from t2t_vit.models import T2TViT, TokenPerformer, sinusoid_table
-from t2t_vit.models.tokens_to_token import _performer_kernel, _performer_kernel_eager
+from t2t_vit.models.kernels import _performer_kernel, _performer_kernel_eager
 
 SMALL = dict(img_size=64, depth=2)  # fast stand-ins with the real T2T module and block layout
 

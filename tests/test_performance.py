@@ -10,7 +10,8 @@ from t2t_vit import benchmark
 from t2t_vit.cost import model_cost
 from t2t_vit.errors import InputError
 from t2t_vit.models import tokens_to_token
-from t2t_vit.models.tokens_to_token import patch_major, soft_split, soft_split_channels_last
+from t2t_vit.models.kernels import patch_major, soft_split_channels_last
+from t2t_vit.models.tokens_to_token import soft_split
 
 SMALL = dict(img_size=64, depth=2)
 

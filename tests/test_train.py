@@ -252,3 +252,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("t2t-vit train: error: --data") and "\n" not in err and "Traceback" not in err
+
+
+def test_log_interval_gives_a_line_where_no_bar_shows(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="t2t_vit.engine"):
+        train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0, log_interval=10), progress=False)
+    lines = [r.message for r in caplog.records if r.name == "t2t_vit.engine"]
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1/1 step 10/22", "epoch 1/1 step 20/22"]
+    assert all("loss " in line and "lr " in line and "img/s" in line for line in lines)

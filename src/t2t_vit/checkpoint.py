@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .models.t2t_vit import checkpoint_filter_fn
+from .models.checkpoint_filter import checkpoint_filter_fn
 
 _logger = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ from torch import nn
 
 from .checkpoint import authors_arch, extract_state_dict, load_checkpoint, read_checkpoint
 from .errors import InputError
-from .models.t2t_vit import RELEASES, checkpoint_filter_fn
+from .models.checkpoint_filter import checkpoint_filter_fn
+from .models.variants import RELEASES
 
 PathLike = Union[str, Path]
 

@@ -15,7 +15,7 @@ import torch
 
 from .checkpoint import read_checkpoint
 from .errors import InputError
-from .models.t2t_vit import RELEASES, Release
+from .models.variants import RELEASES, Release
 
 _logger = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from ..errors import InputError
 from .layers import Block
-from .t2t_vit import FIRST_LAYER, T2TViT, _cfg, _create, _init_weights
+from .t2t_vit import T2TViT, _create, _init_weights
+from .variants import FIRST_LAYER, _cfg
 
 
 class SqueezeExcite(nn.Module):

@@ -1,26 +1,24 @@
 """T2T-ViT: the Tokens-to-Token module in front of a deep-narrow ViT backbone, registered in timm.
 
 Paper: "Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet" (Yuan et al., ICCV 2021).
+The variants' sizes and the authors' releases are in variants.py; checkpoint_filter.py fits their state dicts.
 """
-import logging
 import math
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_function, resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import adapt_input_conv, build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models import register_model
 from torch import nn
 
 from ..errors import InputError
+from .checkpoint_filter import checkpoint_filter_fn
 from .layers import ATTN_IMPLS, Attention, Block, sinusoid_table
 from .stems import make_stem
 from .tokens_to_token import DEFAULT_SOFT_SPLITS, T2TModule, TokenAttention, TokenPerformer, grid_size, split_grid
-
-_logger = logging.getLogger(__name__)
+from .variants import FIRST_LAYER, FIRST_LAYER_T, RELEASES, VARIANTS, _cfg
 
 GLOBAL_POOLS = ("token", "avg", "")
 
@@ -303,129 +301,6 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def _strip_prefixes(key: str) -> str:
-    for prefix in ("module.", "_orig_mod."):  # DDP and torch.compile wrappers, in either order
-        while key.startswith(prefix):
-            key = key[len(prefix) :]
-    return key
-
-
-def describe_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[str, int, int]:
-    """(t2t_mixer, width, depth) read off a T2T-ViT state dict."""
-    mixer = "performer" if any(k.endswith("attention1.kqv.weight") for k in state_dict) else "transformer"
-    width = int(state_dict["cls_token"].shape[-1]) if "cls_token" in state_dict else 0
-    depth = len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")})
-    return mixer, width, depth
-
-
-def variants_like(state_dict: Dict[str, torch.Tensor]) -> List[str]:
-    """Registered variants whose sizes match a state dict's."""
-    mixer, width, depth = describe_state_dict(state_dict)
-    return [n for n, a in VARIANTS.items() if (a["t2t_mixer"], a["embed_dim"], a["depth"]) == (mixer, width, depth)]
-
-
-def checkpoint_filter_fn(
-    state_dict: Dict[str, torch.Tensor], model: T2TViT, old_grid: Optional[Tuple[int, int]] = None
-) -> Dict[str, torch.Tensor]:
-    """Fit a checkpoint's state dict (the authors' or ours) to `model`, or raise InputError saying why not.
-
-    Strips `module.` / `_orig_mod.` prefixes, resamples the position table to the model's token grid (from
-    `old_grid`, or a square grid), drops a head of another class count with a logged note, and Token Labeling's
-    auxiliary head unless the model has one.
-    """
-    sd = {_strip_prefixes(k): v for k, v in state_dict.items()}
-    own = model.state_dict()
-    pos = sd.get("pos_embed")
-    if pos is not None and pos.shape != own["pos_embed"].shape and pos.shape[-1] == own["pos_embed"].shape[-1]:
-        n = pos.shape[1] - 1
-        if old_grid is None:
-            side = math.isqrt(n)
-            if side * side != n:
-                raise InputError(f"the checkpoint's position table has {n} tokens, not a square grid: pass old_grid")
-            old_grid = (side, side)
-        sd["pos_embed"] = resample_abs_pos_embed(pos, list(model.grid_size), list(old_grid), num_prefix_tokens=1)
-        _logger.info("resampled the position table from %s to %s tokens", tuple(old_grid), model.grid_size)
-    _fit_heads(sd, model, own)
-    _fit_in_chans(sd, model)
-    mismatched = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-    missing = [k for k in own if k not in sd and not k.startswith(("head.", "aux_head."))]
-    unexpected = [k for k in sd if k not in own]
-    if mismatched or missing or unexpected:
-        arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-        problems = []
-        if mismatched:
-            k = mismatched[0]
-            problems.append(
-                f"{len(mismatched)} tensors differ in shape (e.g. {k}: checkpoint {tuple(sd[k].shape)}, "
-                f"model {tuple(own[k].shape)})"
-            )
-        if missing:
-            problems.append(f"{len(missing)} tensors are missing (e.g. {missing[0]})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} tensors are not in the model (e.g. {unexpected[0]})")
-        mixer, width, depth = describe_state_dict(sd)
-        like = variants_like(sd)
-        fix = f"create {' or '.join(like)} instead" if like else "create a model with these sizes"
-        raise InputError(
-            f"checkpoint does not fit {arch}: {'; '.join(problems)}. It holds a {mixer} T2T module, width "
-            f"{width}, depth {depth}: {fix}"
-        )
-    return sd
-
-
-def _fit_heads(sd: Dict[str, torch.Tensor], model: nn.Module, own: Dict[str, torch.Tensor]) -> None:
-    """Drop from `sd`, with one logged line each, the heads the model cannot take: another class count, or an
-    auxiliary token head (Token Labeling's `aux_head`) where the model was built without one."""
-    for name in ("head", "aux_head"):
-        keys = [k for k in (f"{name}.weight", f"{name}.bias") if k in sd]
-        if not keys:
-            continue
-        classes = sd[keys[0]].shape[0]
-        if name == "aux_head" and getattr(model, "aux_head", None) is None:
-            _logger.info(
-                "the checkpoint's auxiliary token head (aux_head, %d classes, from Token Labeling) is dropped: "
-                "create the model with aux_head=True to keep it", classes
-            )
-        elif not isinstance(getattr(model, name), nn.Linear) or sd[keys[0]].shape != own[f"{name}.weight"].shape:
-            _logger.warning(
-                "checkpoint %s has %d classes, the model %d: the %s is left at its initialisation",
-                name, classes, model.num_classes, name,
-            )  # fmt: skip
-        else:
-            continue
-        for k in keys:
-            del sd[k]
-
-
-def _fit_in_chans(sd: Dict[str, torch.Tensor], model: nn.Module) -> None:
-    """Fit the layer that reads the image (`first_conv`) to the model's input channels, as timm adapts a first
-    convolution: summed over the channels for one, repeated and rescaled for others. The T2T module's first layer
-    is a linear map over (C, kh, kw)-ordered patches: it is adapted as that convolution, and the LayerNorm before
-    it averaged (one channel) or repeated over the channels."""
-    first = getattr(model, "pretrained_cfg", {}).get("first_conv")
-    weight = sd.get(f"{first}.weight")
-    if weight is None:
-        return
-    norm = "tokens_to_token.attention1.norm1"  # before a linear first layer: the T2T module's
-    if weight.dim() == 4:
-        chans = weight.shape[1]
-    else:
-        kk = model.soft_splits[0][0] ** 2
-        chans = weight.shape[1] // kk
-    if chans == model.in_chans:
-        return
-    if weight.dim() == 4:
-        sd[f"{first}.weight"] = adapt_input_conv(model.in_chans, weight, base_chans=chans)
-    else:  # (O, C kk) -> (O, C, kk, 1): the patch features as a convolution's input channels
-        w = adapt_input_conv(model.in_chans, weight.reshape(weight.shape[0], chans, kk, 1), base_chans=chans)
-        sd[f"{first}.weight"] = w.reshape(weight.shape[0], -1)
-        for k in (f"{norm}.weight", f"{norm}.bias"):
-            t = sd[k].reshape(chans, kk)
-            t = t.mean(0, keepdim=True) if model.in_chans == 1 else t.repeat(math.ceil(model.in_chans / chans), 1)
-            sd[k] = t[: model.in_chans].reshape(-1)
-    _logger.info("adapted %s from %d to %d input channels", first, chans, model.in_chans)
-
-
 def _create(variant: str, pretrained: bool = False, model_cls: type = T2TViT, **kwargs: Any) -> T2TViT:
     out_indices = kwargs.pop("out_indices", 3)
     if pretrained:  # weights from a release address, a file or a local-dir go through load_pretrained
@@ -442,89 +317,6 @@ def _create(variant: str, pretrained: bool = False, model_cls: type = T2TViT, **
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **kwargs,
     )
-
-
-# Sizes of each registered variant (the paper's Table 1 and the authors' release).
-VARIANTS: Dict[str, Dict[str, Any]] = {
-    "t2t_vit_7": dict(t2t_mixer="performer", embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.0),
-    "t2t_vit_10": dict(t2t_mixer="performer", embed_dim=256, depth=10, num_heads=4, mlp_ratio=2.0),
-    "t2t_vit_12": dict(t2t_mixer="performer", embed_dim=256, depth=12, num_heads=4, mlp_ratio=2.0),
-    "t2t_vit_14": dict(t2t_mixer="performer", embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0),
-    "t2t_vit_19": dict(t2t_mixer="performer", embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.0),
-    "t2t_vit_24": dict(t2t_mixer="performer", embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.0),
-    "t2t_vit_t_14": dict(t2t_mixer="transformer", embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0),
-    "t2t_vit_t_19": dict(t2t_mixer="transformer", embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.0),
-    "t2t_vit_t_24": dict(t2t_mixer="transformer", embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.0),
-    "t2t_vit_14_resnext": dict(t2t_mixer="performer", embed_dim=384, depth=14, num_heads=32, mlp_ratio=3.0),
-    "t2t_vit_14_wide": dict(t2t_mixer="performer", embed_dim=768, depth=4, num_heads=12, mlp_ratio=3.0),
-}
-
-RELEASE_URL = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main/"
-IMAGENET_EVAL = dict(crop_pct=0.9, interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
-# the authors' transfer_learning.py: Resize(224) (bilinear), no crop, CIFAR's statistics
-CIFAR_EVAL = dict(crop_pct=1.0, interpolation="bilinear", mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))
-
-
-@dataclass(frozen=True)
-class Release:
-    """One weight file of the authors' release: what it holds and the top-1 they report for it."""
-
-    file: str
-    top1: float
-    dataset: str = "imagenet-1k"
-    num_classes: int = 1000
-    img_size: int = 224
-    paper_gmacs: Optional[float] = None  # the paper's GMACs at 224 px, where it prints one
-    note: str = ""
-
-    @property
-    def url(self) -> str:
-        return RELEASE_URL + self.file
-
-
-# The authors' released weights per `arch.tag`: ImageNet-1k, and the CIFAR fine-tunes of transfer_learning.py.
-RELEASES: Dict[str, Release] = {
-    "t2t_vit_7.in1k": Release("71.7_T2T_ViT_7.pth.tar", 71.7, paper_gmacs=1.1),
-    "t2t_vit_10.in1k": Release("75.2_T2T_ViT_10.pth.tar", 75.2, paper_gmacs=1.5),
-    "t2t_vit_12.in1k": Release("76.5_T2T_ViT_12.pth.tar", 76.5, paper_gmacs=1.8),
-    "t2t_vit_14.in1k": Release("81.5_T2T_ViT_14.pth.tar", 81.5, paper_gmacs=4.8),
-    "t2t_vit_14.in1k_384": Release("83.3_T2T_ViT_14.pth.tar", 83.3, img_size=384),
-    "t2t_vit_14.in1k_ft_cifar10": Release("cifar10_t2t-vit_14_98.3.pth", 98.3, "cifar10", 10),
-    "t2t_vit_14.in1k_ft_cifar100": Release("cirfar100_t2t-vit-14_88.4.pth", 88.4, "cifar100", 100),
-    "t2t_vit_19.in1k": Release("81.9_T2T_ViT_19.pth.tar", 81.9, paper_gmacs=8.5),
-    "t2t_vit_19.in1k_ft_cifar10": Release("cifar10_t2t-vit_19_98.4.pth", 98.4, "cifar10", 10),
-    "t2t_vit_19.in1k_ft_cifar100": Release("cifar100_t2t-vit-19_89.0.pth", 89.0, "cifar100", 100),
-    "t2t_vit_24.in1k": Release("82.3_T2T_ViT_24.pth.tar", 82.3, paper_gmacs=13.8),
-    "t2t_vit_24.tl_in1k": Release("84.2_T2T_ViT_24.pth.tar", 84.2, note="Token Labeling"),
-    "t2t_vit_t_14.in1k": Release("81.7_T2T_ViTt_14.pth.tar", 81.7, paper_gmacs=6.1),
-    "t2t_vit_t_19.in1k": Release("82.4_T2T_ViTt_19.pth.tar", 82.4, paper_gmacs=9.8),
-    "t2t_vit_t_24.in1k": Release("82.6_T2T_ViTt_24.pth.tar", 82.6, paper_gmacs=15.0),
-}
-
-# The layer that reads the image first, per tokenizer and mixer (timm's `first_conv`).
-FIRST_LAYER = "tokens_to_token.attention1.kqv"
-FIRST_LAYER_T = "tokens_to_token.attention1.attn.qkv"
-
-
-def _cfg(release: Optional[Release] = None, first_conv: str = FIRST_LAYER) -> Dict[str, Any]:
-    size = release.img_size if release else 224
-    cfg = dict(
-        num_classes=release.num_classes if release else 1000,
-        input_size=(3, size, size),
-        fixed_input_size=True,
-        pool_size=None,
-        **(CIFAR_EVAL if release and release.dataset.startswith("cifar") else IMAGENET_EVAL),
-        first_conv=first_conv,
-        classifier="head",
-        license="other",
-        paper_name="Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet",
-        paper_ids="arXiv:2101.11986",
-        origin_url="https://github.com/yitu-opensource/T2T-ViT",
-    )
-    if release is not None:
-        cfg.update(url=release.url, custom_load=True)  # read by T2TViT.load_pretrained: every release layout
-        cfg["description"] = f"authors' release {release.file}, {release.dataset} top-1 {release.top1}"
-    return cfg
 
 
 default_cfgs = generate_default_cfgs(

@@ -7,14 +7,15 @@ Two paths compute the same function. The eager one is the authors' code op for o
 tokens transposed back to (B, C, H, W) between splits, the Performer with einsums and `.repeat`, softmax
 attention by hand. The fused one (default) keeps tokens channels-last: each soft split is one strided copy
 with the patch features ordered (kh, kw, C) instead of (C, kh, kw) (the weights that read them are reordered
-to match), the last split and its projection are one convolution, and attention runs on fused kernels.
+to match), the last split and its projection are one convolution, and attention runs on fused kernels
+(kernels.py holds the channels-last splits and both Performer kernels).
 
 Three switches pick the path, each a TorchScript constant set by `T2TViT.set_attn_impl` ("sdpa": all True,
 "eager": all False): `T2TModule.channels_last` (the layout of the soft splits), `TokenPerformer.fused_kernel`
 (the Performer's arithmetic) and `TokenAttention.fused_attn` (SDPA or softmax by hand, as timm names it).
 """
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,10 @@ from torch import nn
 from torch.jit import Final
 
 from ..errors import InputError
+from .kernels import patch_norm_linear, performer_attention, soft_split_channels_last
+
+# a leaf for fx, not traced into: torch.fx.wrap patches the name in the calling module, so it is declared here
+torch.fx.wrap("performer_attention")
 
 SoftSplit = Tuple[int, int, int]  # (kernel, stride, padding) of one unfold
 CPU_SLICE_TOKENS = 8192  # fused path on CPU: images per slice chosen so the first split gives about this many tokens
@@ -33,22 +38,6 @@ T2T_MIXERS = ("performer", "transformer")
 def soft_split(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
     """Overlapping patches as tokens: (B, C, H, W) -> (B, L, C * kernel^2)."""
     return F.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2)
-
-
-def soft_split_channels_last(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
-    """The patches of `soft_split` from channels-last data, features ordered (kh, kw, C): one copy.
-
-    (B, H, W, C) -> (B, L, kernel^2 * C); `patch_major` reorders weights that read unfold's (C, kh, kw) order.
-    """
-    B, _, _, C = x.shape
-    x = F.pad(x, (0, 0, padding, padding, padding, padding))  # contiguous (B, H + 2p, W + 2p, C)
-    x = x.unfold(1, kernel, stride).unfold(2, kernel, stride)  # view (B, H', W', C, kh, kw)
-    return x.permute(0, 1, 2, 4, 5, 3).reshape(B, -1, kernel * kernel * C)
-
-
-def patch_major(w: torch.Tensor, channels: int) -> torch.Tensor:
-    """A weight's last dim reordered from unfold's (C, kh, kw) to `soft_split_channels_last`'s (kh, kw, C)."""
-    return w.reshape(-1, channels, w.shape[-1] // channels).transpose(1, 2).reshape(w.shape)
 
 
 def split_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -87,83 +76,6 @@ def split_grid(H: int, W: int, soft_splits: List[SoftSplit]) -> Tuple[int, int]:
     for kernel, stride, padding in soft_splits:
         H, W = split_size(H, kernel, stride, padding), split_size(W, kernel, stride, padding)
     return H, W
-
-
-def _prm_exp_eager(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    m = w.shape[0]
-    xd = ((x * x).sum(dim=-1, keepdim=True)).repeat(1, 1, m) / 2
-    wtx = torch.einsum("bti,mi->btm", x.float(), w)
-    return torch.exp(wtx - xd) / math.sqrt(m)
-
-
-def _performer_kernel_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, eps: float):
-    """The authors' arithmetic, op for op (einsums, `.repeat`), kept to check the fast path against."""
-    kp, qp = _prm_exp_eager(k, w), _prm_exp_eager(q, w)  # (B, T, m)
-    D = torch.einsum("bti,bi->bt", qp, kp.sum(dim=1)).unsqueeze(dim=2)  # (B, T, 1)
-    kptv = torch.einsum("bin,bim->bnm", v.float(), kp)  # (B, emb, m)
-    return torch.einsum("bti,bni->btn", qp, kptv) / (D.repeat(1, 1, v.shape[-1]) + eps)
-
-
-def _phi(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Positive random features exp(w x - |x|^2 / 2) / sqrt(m): (B, T, emb) -> (B, T, m).
-
-    One GEMM that takes the shift as its bias term, then exp in place: no temporary the size of x or of the result.
-    """
-    B, T, e = x.shape
-    x = x.reshape(B * T, e)  # a view for the column slices of one projection
-    shift = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square().mul(-0.5).sub(0.5 * math.log(w.shape[0]))
-    return torch.addmm(shift, x, w.t()).exp_().reshape(B, T, -1)
-
-
-def _performer_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, eps: float):
-    """Linear attention with positive random features: phi(q) (phi(k)^T v) / (phi(q) . sum_t phi(k_t) + eps).
-
-    The normaliser rides along as one more column: phi(q) @ [phi(k)^T v | sum_t phi(k_t)] is one batched GEMM.
-    """
-    kp, qp = _phi(k, w), _phi(q, w)  # (B, T, m)
-    e = v.shape[-1]
-    kv = torch.cat((kp.transpose(1, 2) @ v, kp.sum(dim=1).unsqueeze(-1)), dim=-1)  # (B, m, emb + 1)
-    y = qp @ kv  # (B, T, emb + 1)
-    return y[..., :e] / (y[..., e:] + eps)
-
-
-@torch.fx.wrap
-def performer_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, eps: float, fused_kernel: bool
-) -> torch.Tensor:
-    """The Performer kernel in fp32 whatever the autocast state: half precision overflows exp(.) here.
-
-    `fused_kernel`: the fast arithmetic (`_performer_kernel`); False: the authors' einsums (`_performer_kernel_eager`).
-    """
-    q, k, v = q.float(), k.float(), v.float()
-    if torch.jit.is_scripting():
-        return _performer_kernel(q, k, v, w, eps) if fused_kernel else _performer_kernel_eager(q, k, v, w, eps)
-    else:
-        device = q.device.type if torch.amp.is_autocast_available(q.device.type) else "cpu"
-        with torch.autocast(device, enabled=False):
-            if fused_kernel:
-                return _performer_kernel(q, k, v, w, eps)
-            return _performer_kernel_eager(q, k, v, w, eps)
-
-
-def patch_norm_linear(
-    x: torch.Tensor,
-    norm_weight: torch.Tensor,
-    norm_bias: torch.Tensor,
-    eps: float,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    channels: int,
-) -> torch.Tensor:
-    """linear(layer_norm(x)) for patches in `soft_split_channels_last`'s (kh, kw, C) order, C = `channels`.
-
-    The weights are reordered to that order and the norm's affine is folded into the linear:
-    (x_hat * g + b_n) W^T + b = x_hat (W g)^T + (W b_n + b). That spares an elementwise pass and, where x needs no
-    gradient (the image's patches), the backward GEMM that g and b_n would need.
-    """
-    norm_weight, norm_bias, weight = (patch_major(t, channels) for t in (norm_weight, norm_bias, weight))
-    folded_bias = weight @ norm_bias if bias is None else torch.addmv(bias, weight, norm_bias)
-    return F.linear(F.layer_norm(x, [x.shape[-1]], None, None, eps), weight * norm_weight, folded_bias)
 
 
 class TokenPerformer(nn.Module):
