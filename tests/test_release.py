@@ -220,6 +220,9 @@ def test_download_command(tmp_path, weights, server, capsys):
     assert capsys.readouterr().out.strip() == f"t2t_vit_14.in1k: {tmp_path / 'w' / '81.5_T2T_ViT_14.pth.tar'}"
     assert cli_main(["download", "t2t_vit_14_wide"]) == 2
     assert "has no released weights" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert cli_main(["download", "t2t_vit_14", "--url", url, "--dir", str(tmp_path / "a_file")]) == 2
+    assert "cannot put the download in" in capsys.readouterr().err
 
 
 def test_convert_gives_a_local_dir_timm_loads(tmp_path, weights, capsys):

@@ -46,12 +46,16 @@ def download(url: str, directory: Optional[PathLike] = None, progress: bool = Fa
     server announced) and reads as a checkpoint; otherwise nothing is left behind and InputError says why.
     """
     name = url.rstrip("/").rsplit("/", 1)[-1]
-    dst = Path(directory) if directory is not None else cache_dir()
-    dst = dst / name
+    folder = Path(directory) if directory is not None else cache_dir()
+    dst = folder / name
     if dst.is_file():
         _logger.info("using %s (already downloaded)", dst)
         return dst
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot put the download in {str(folder)!r} ({e.strerror}): give a writable folder") from None
     tmp = dst.with_name(f"{name}.{os.getpid()}.part")
     try:
         received, expected = _fetch(url, tmp, progress)
@@ -70,6 +74,8 @@ def download(url: str, directory: Optional[PathLike] = None, progress: bool = Fa
         ) from None
     finally:
         tmp.unlink(missing_ok=True)
+        if created and not dst.exists() and not any(folder.iterdir()):
+            folder.rmdir()  # a failed download leaves no empty folder behind
     _logger.info("downloaded %s to %s", url, dst)
     return dst
 
@@ -151,8 +157,14 @@ def convert(
     save_for_hf(model, str(out), model_config=config, model_args=model_args, safe_serialization=True, data_config=data)
     (out / "README.md").write_text(model_card(Path(checkpoint).name, meta, model))
     if push_to_hub:
-        push_to_hf_hub(model, push_to_hub, model_config=config, model_args=model_args, data_config=data,
-                       model_card=dict(details=dict(source=Path(checkpoint).name)))  # fmt: skip
+        try:
+            push_to_hf_hub(model, push_to_hub, model_config=config, model_args=model_args, data_config=data,
+                           model_card=dict(details=dict(source=Path(checkpoint).name)))  # fmt: skip
+        except Exception as e:  # the Hub's client raises its own types for login, network and permission
+            raise InputError(
+                f"{out} was written, but pushing it to {push_to_hub!r} failed ({type(e).__name__}: {e}): log in with "
+                "`huggingface-cli login` and check the repo id and your network"
+            ) from None
     return out
 
 

@@ -3,14 +3,15 @@ import argparse
 import json
 from typing import Any
 
+from .common import checkpoint_args
+
 FORMATS = ("onnx", "torchscript", "safetensors")
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("predict", help="classify image files, folders or globs with a checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="files, folders (searched recursively) or globs")
-    p.add_argument("--checkpoint", required=True, help="our checkpoint, or an authors' release file")
-    p.add_argument("--model", help="model name or release tag (the authors' files whose name does not say it)")
+    checkpoint_args(p)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
@@ -18,8 +19,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_predict)
 
     e = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors")
-    e.add_argument("--checkpoint", required=True, help="our checkpoint, or an authors' release file")
-    e.add_argument("--model", help="model name or release tag (the authors' files whose name does not say it)")
+    checkpoint_args(e)
     e.add_argument("--format", required=True, choices=FORMATS)
     e.add_argument("--output", required=True, help="file to write")
     e.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA ones")

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, List
 
 from ..config import data_tag, describe_keys, parse_overrides, resolve_config
+from .common import checkpoint_args
 
 
 def register(sub: Any) -> None:
@@ -36,9 +37,8 @@ def register(sub: Any) -> None:
     _run_args(f)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's held-out split: top-1, top-5, loss, img/s")
-    e.add_argument("--checkpoint", required=True, help="our checkpoint, or an authors' release file")
+    checkpoint_args(e)
     e.add_argument("--data", required=True, help="dataset spec; its held-out split is used")
-    e.add_argument("--model", help="model name or release tag (the authors' files whose name does not say it)")
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--workers", type=int, default=4)
     e.add_argument("--device", default="auto")
