@@ -170,10 +170,12 @@ def convert(
 
 def model_card(source: str, meta: Dict[str, Any], model: torch.nn.Module) -> str:
     """A README.md for the hub folder: what the weights are, where they came from, how to load and cite them."""
+    from .cost import count_params
+
     release = next((r for r in RELEASES.values() if r.file == source), None)
     arch = meta["arch"].split(".")[0]
     top1 = f"{release.top1}% top-1 on {release.dataset} (the authors' figure)" if release else "not measured here"
-    params = sum(t.numel() for t in model.state_dict().values())
+    params = count_params(model)
     size = "x".join(str(s) for s in meta["data_config"]["input_size"][1:])
     origin = f" (the authors' release, {release.url})" if release else ""
     return f"""---
