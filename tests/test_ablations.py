@@ -12,11 +12,9 @@ from t2t_vit.models.ablations import DenseLayer, GhostLinear, SqueezeExcite
 from t2t_vit.models.stems import ConvolutionStem, HardSplitStem
 from t2t_vit.models.tokens_to_token import soft_split
 
+from .conftest import UNIT_ROUNDOFF, assert_close_reordered, reordered_sum_tolerance
+
 NAMES = sorted(ABLATIONS)
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
 
 
 def _params(name: str, **kwargs) -> int:
@@ -28,8 +26,11 @@ def test_hard_split_is_unfold_then_linear():
     torch.manual_seed(0)
     split = HardSplitStem(3, 32, 16)
     x = torch.randn(2, 3, 64, 48)
-    linear = soft_split(x, 16, 16, 0) @ split.proj.weight.reshape(32, -1).t() + split.proj.bias
-    assert split(x).shape == (2, 12, 32) and _max_diff(split(x), linear) <= 1e-5
+    patches, weight, bias = soft_split(x, 16, 16, 0), split.proj.weight.reshape(32, -1), split.proj.bias
+    linear = patches @ weight.t() + bias
+    assert split(x).shape == (2, 12, 32)
+    bound = reordered_sum_tolerance(patches.abs() @ weight.abs().t() + bias.abs(), 3 * 16 * 16 + 1)  # + the bias
+    assert_close_reordered(split(x), linear, bound)
     assert split.feat_size(64, 48) == (4, 3)
 
 
@@ -57,8 +58,18 @@ def test_squeeze_excite_formula_and_se_param_count():
     torch.manual_seed(0)
     se = SqueezeExcite(32, 16)
     x = torch.randn(2, 5, 32)
-    gate = torch.sigmoid(F.relu(x.mean(1) @ se.fc1.weight.t()) @ se.fc2.weight.t())
-    assert _max_diff(se(x), x * gate[:, None]) <= 1e-6
+    w1, w2 = se.fc1.weight, se.fc2.weight
+    mean = x.mean(1)
+    hidden = F.relu(mean @ w1.t())
+    gate = torch.sigmoid(hidden @ w2.t())
+    # the bound on |se(x) - x * gate| through the chain (first order): the mean (5 terms and a division), fc1 (32
+    # terms; relu passes errors unchanged), fc2 (16), sigmoid (slope <= 1/4; each evaluation within 4 ulp), x * gate
+    err = reordered_sum_tolerance(x.abs().mean(1), 5 + 1)
+    err = reordered_sum_tolerance(mean.abs() @ w1.abs().t(), 32) + err @ w1.abs().t()
+    err = reordered_sum_tolerance(hidden @ w2.abs().t(), 16) + err @ w2.abs().t()
+    err = err / 4 + 2 * 8 * UNIT_ROUNDOFF * gate  # 4 ulp of a number in [2^k, 2^(k+1)) <= 8u of it
+    y = x * gate[:, None]
+    assert_close_reordered(se(x), y, x.abs() * err[:, None] + 2 * UNIT_ROUNDOFF * y.abs())
     # two bias-free 384 <-> 24 maps in each of the 14 blocks
     assert _params("t2t_vit_14_se") == _params("t2t_vit_14") + 14 * 2 * 384 * 24
 
@@ -71,7 +82,9 @@ def test_ghost_half_is_a_depthwise_conv_of_the_primary_half():
     primary = ghost.primary(x)
     cheap = F.conv1d(primary.transpose(1, 2), ghost.cheap.weight, ghost.cheap.bias, padding=1, groups=6)
     assert y.shape == (2, 7, 12) and torch.equal(y[..., 0::2], primary)
-    assert _max_diff(y[..., 1::2], cheap.transpose(1, 2)) <= 1e-6
+    w, b = ghost.cheap.weight, ghost.cheap.bias
+    abs_terms = F.conv1d(primary.abs().transpose(1, 2), w.abs(), b.abs(), padding=1, groups=6)  # 3 taps + the bias
+    assert_close_reordered(y[..., 1::2], cheap.transpose(1, 2), reordered_sum_tolerance(abs_terms, 4).transpose(1, 2))
     # qkv (384 -> 1152) and fc1 (384 -> 1152) of each of the 16 blocks: half the weights, plus 576 3-tap filters
     plain = 2 * (384 * 1152) + 1152  # qkv has no bias, fc1 has
     ghost_maps = 2 * (384 * 576 + 576 * 3 + 576) + 576

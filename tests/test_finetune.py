@@ -15,7 +15,7 @@ from t2t_vit.export import export
 from t2t_vit.predict import predict
 from t2t_vit.train import build_optimizer, train
 
-from .conftest import tiny_train_config
+from .conftest import assert_close_reordered, network_reorder_tolerance, tiny_train_config
 
 TINY = dict(embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0, token_dim=64)  # the reference tiny model's sizes
 
@@ -174,7 +174,8 @@ def test_torchscript_export(tmp_path, our_checkpoint):
     ref, _ = load_model(our_checkpoint)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        assert (scripted(x) - ref.eval()(x)).abs().max() <= 1e-6
+        expected = ref.eval()(x)
+        assert_close_reordered(scripted(x), expected, network_reorder_tolerance(ref, expected, 16))
     assert json.loads(extra["t2t_vit.json"])["arch"] == "t2t_vit_7"
 
 
@@ -193,7 +194,10 @@ def test_onnx_parity_at_224_with_batch_1_and_3(tmp_path, official_keys, name):
         with torch.no_grad():
             expected = model(x).numpy()
         (logits,) = session.run(None, {"images": x.numpy()})
-        assert logits.shape == (batch, 1000) and np.abs(logits - expected).max() <= 1e-4
+        # onnxruntime's own GEMMs sum in their order; its exp, erf and sqrt are within a few ulp, one more rounding
+        # in sums of up to 3136 terms (the 56 x 56 tokens at 224 px)
+        expected = torch.from_numpy(expected)
+        assert_close_reordered(torch.from_numpy(logits), expected, network_reorder_tolerance(model, expected, 224))
     meta = {p.key: p.value for p in __import__("onnx").load(str(out)).metadata_props}
     assert json.loads(meta["t2t_vit"])["arch"] == name
 

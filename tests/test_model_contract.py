@@ -7,7 +7,6 @@ to some models lives beside them: tests/test_models.py (the zoo, the Performer, 
 tests/test_reference.py (the authors' logits, keys and parameter counts).
 """
 import hashlib
-import math
 
 import pytest
 import timm
@@ -16,9 +15,13 @@ import torch
 import t2t_vit
 from t2t_vit.errors import InputError
 from t2t_vit.models import ABLATIONS, VARIANTS, Attention, T2TModule, T2TViT, TokenAttention, TokenPerformer
-from t2t_vit.models.tokens_to_token import split_size
 
-from .conftest import assert_checkpointing_keeps_gradients, assert_timm_head_contract
+from .conftest import (
+    assert_checkpointing_keeps_gradients,
+    assert_close_reordered,
+    assert_timm_head_contract,
+    network_reorder_tolerance,
+)
 
 NAMES = t2t_vit.list_models()
 IMG = 64  # every registered stem (strides 4 x 2 x 2, or 16 px patches) makes a 4 x 4 token grid of it
@@ -61,10 +64,6 @@ def _images(n: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, IMG, IMG, generator=torch.Generator().manual_seed(seed))
 
 
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
-
-
 def _state_dict_digest(model: torch.nn.Module) -> tuple:
     sd = model.state_dict()
     lines = "\n".join(f"{k} {tuple(v.shape)}" for k, v in sd.items())
@@ -73,27 +72,6 @@ def _state_dict_digest(model: torch.nn.Module) -> tuple:
 
 def _switches(model: torch.nn.Module) -> list:
     return [getattr(m, attr) for m in model.modules() for cls, attr in SWITCHES if isinstance(m, cls)]
-
-
-def reorder_tolerance(model: torch.nn.Module, out: torch.Tensor) -> float:
-    """How far two fp32 evaluations of the same function may drift when they differ only in the order of their
-    roundings (fused kernels, channels-last splits, the last split as a convolution, the folded norm affine).
-
-    A sum of K products rounded in another order moves by about sqrt(K) unit roundoffs of its magnitude (the
-    probabilistic rounding-error bound, Higham, Accuracy and Stability of Numerical Algorithms, 3.1); K is the
-    longest reduction of the model (the widest linear or convolution fan-in, or the longest attention sequence),
-    the magnitude the largest output.
-    """
-    fan_in = [m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    fan_in += [
-        m.in_channels // m.groups * math.prod(m.kernel_size)
-        for m in model.modules()
-        if isinstance(m, torch.nn.modules.conv._ConvNd)
-    ]
-    k, s, p = model.soft_splits[0]
-    longest = max(fan_in + [split_size(IMG, k, s, p) ** 2])
-    unit_roundoff = torch.finfo(torch.float32).eps / 2
-    return unit_roundoff * math.sqrt(longest) * out.abs().max().item()
 
 
 def test_every_registered_model_is_covered():
@@ -168,15 +146,15 @@ def test_sdpa_equals_eager(name):
     x = _images()
     with torch.no_grad():
         fast = model(x)
-        tol = reorder_tolerance(model, fast)
-        assert tol <= 1e-5  # never looser than the fixed 1e-5 this bound replaced
+        tol = network_reorder_tolerance(model, fast, IMG)
+        assert tol <= 1e-3 * fast.abs().max()  # a bound that still sees a wrong result 0.1% of the largest logit
         eager = _small(name, attn_impl="eager").eval()
         assert not any(_switches(eager))
         eager.load_state_dict(model.state_dict())
-        assert _max_diff(fast, eager(x)) <= tol
+        assert_close_reordered(eager(x), fast, tol)
         model.set_attn_impl("eager")
         assert not any(_switches(model))
-        assert _max_diff(fast, model(x)) <= tol
+        assert_close_reordered(model(x), fast, tol)
         model.set_attn_impl("sdpa")
         assert all(_switches(model)) and torch.equal(model(x), fast)
     with pytest.raises(InputError, match="attn_impl"):
@@ -210,8 +188,9 @@ def test_torchscript_and_fx(name, attn_impl):
     x = _images()
     with torch.no_grad():
         ref = model(x)
-        assert _max_diff(torch.jit.script(model)(x), ref) <= 1e-6
-        assert _max_diff(torch.fx.symbolic_trace(model)(x), ref) <= 1e-6
+        tol = network_reorder_tolerance(model, ref, IMG)  # the same arithmetic, but kernels are theirs to pick
+        assert_close_reordered(torch.jit.script(model)(x), ref, tol)
+        assert_close_reordered(torch.fx.symbolic_trace(model)(x), ref, tol)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -9,7 +9,7 @@ from t2t_vit.checkpoint import load_checkpoint
 from t2t_vit.cost import count_params, model_cost
 from t2t_vit.models import T2TViT
 
-from .conftest import REFERENCE
+from .conftest import REFERENCE, assert_close_reordered, network_reorder_tolerance
 
 TINY = json.loads((REFERENCE / "tiny" / "README.json").read_text())["models"]
 
@@ -20,11 +20,14 @@ def test_tiny_reference_logits(name, attn_impl):
     spec = TINY[name]
     model = T2TViT(**spec["constructor"], attn_impl=attn_impl).eval()
     assert count_params(model) == spec["params"]
+    # the authors' nn.LayerNorm default; timm's 1e-6 would move these logits by ~1.2e-5, inside the bound below
+    assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-5}
     load_checkpoint(model, REFERENCE / "tiny" / spec["checkpoint"])
     io = torch.load(REFERENCE / "tiny" / spec["io"], weights_only=True)
     with torch.no_grad():
         logits = model(io["x"])
-    assert (logits - io["logits"]).abs().max().item() <= 1e-5
+    # the authors' code, maybe on another CPU: the same sums, maybe in another order
+    assert_close_reordered(logits, io["logits"], network_reorder_tolerance(model, io["logits"], 64))
 
 
 def _arch(name: str) -> tuple:
