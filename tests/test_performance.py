@@ -13,6 +13,8 @@ from t2t_vit.models import tokens_to_token
 from t2t_vit.models.kernels import patch_major, soft_split_channels_last
 from t2t_vit.models.tokens_to_token import soft_split
 
+from .conftest import assert_close_reordered, network_reorder_tolerance, reordered_sum_tolerance
+
 SMALL = dict(img_size=64, depth=2)
 
 
@@ -41,11 +43,11 @@ def test_fast_equals_eager_outputs_and_gradients(name, slice_tokens, monkeypatch
     x = torch.randn(3, 3, 64, 64)
     out_f, dx_f, grads_f = _outputs_and_grads(fast, x)
     out_e, dx_e, grads_e = _outputs_and_grads(eager, x)
-    assert (out_f - out_e).abs().max().item() <= 1e-5
-    assert (dx_f - dx_e).abs().max().item() <= 1e-5
+    assert_close_reordered(out_f, out_e, network_reorder_tolerance(fast, out_f, 64))
+    assert_close_reordered(dx_f, dx_e, network_reorder_tolerance(fast, dx_f, 64, batch=3))
     assert grads_f.keys() == grads_e.keys() and len(grads_f) == sum(p.requires_grad for p in fast.parameters())
-    for key in grads_f:
-        assert (grads_f[key] - grads_e[key]).abs().max().item() <= 1e-5, key
+    for key in grads_f:  # each gradient at its own magnitude; weight gradients sum over the batch's tokens
+        assert_close_reordered(grads_f[key], grads_e[key], network_reorder_tolerance(fast, grads_f[key], 64, batch=3))
 
 
 @pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14"])
@@ -54,7 +56,8 @@ def test_fast_equals_eager_on_other_sizes(name):
     fast, eager = _pair(name, dynamic_img_size=True)
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
-        assert (fast(x) - eager(x)).abs().max().item() <= 1e-5
+        out = fast(x)
+        assert_close_reordered(out, eager(x), network_reorder_tolerance(fast, out, 96, 128))
 
 
 @pytest.mark.parametrize("kernel,stride,padding,channels", [(7, 4, 2, 3), (3, 2, 1, 64), (3, 1, 1, 5), (2, 2, 0, 4)])
@@ -66,7 +69,8 @@ def test_channels_last_split_is_unfold_with_reordered_features(kernel, stride, p
     index = patch_major(torch.arange(theirs.shape[-1]).float(), channels).long()
     assert torch.equal(ours, theirs[..., index])
     w = torch.randn(5, theirs.shape[-1])  # a linear layer reading either order gives the same map
-    torch.testing.assert_close(ours @ patch_major(w, channels).t(), theirs @ w.t(), atol=1e-5, rtol=1e-5)
+    bound = reordered_sum_tolerance(theirs.abs() @ w.abs().t(), theirs.shape[-1])  # the same sums, reordered
+    assert_close_reordered(ours @ patch_major(w, channels).t(), theirs @ w.t(), bound)
 
 
 def test_fast_path_under_bf16_autocast_tracks_fp32():
@@ -117,10 +121,12 @@ def test_training_step_peak_memory_in_a_fresh_process():
     [
         (["--model", "t2t_vit_77"], "unknown model"),
         (["--model", "t2t_vit_7", "--img-size", "100"], "cannot be tiled"),
-        (["--model", "t2t_vit_7", "--batch-size", "0"], "must be positive"),
         (["--model", "t2t_vit_7", "--device", "cuda:0" if not torch.cuda.is_available() else "bogus"], "device"),
     ],
 )
 def test_benchmark_command_rejects_bad_input(argv, message, capsys):
     with pytest.raises(InputError, match=message):
         _run_cli(argv, capsys)
+    with pytest.raises(SystemExit) as stop:  # counts are checked where they are parsed
+        _run_cli(["--model", "t2t_vit_7", "--batch-size", "0"], capsys)
+    assert stop.value.code == 2 and "a positive integer" in capsys.readouterr().err

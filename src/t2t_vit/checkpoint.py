@@ -8,10 +8,12 @@ Layouts accepted, as the authors' tools and ours write them:
     transfer_learning.py (CIFAR)        {net: DataParallel state dict ("module." keys), acc, epoch}
     ours                                {model, model_ema, optimizer, ..., meta}
 """
+import errno
 import json
 import logging
 import os
 import pickle
+import shutil
 import types
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -41,6 +43,7 @@ def read_checkpoint(path: PathLike) -> Any:
         raise InputError(f"checkpoint {str(path)!r} does not exist or is not a file: check the path")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
+    _check_torch_file(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -58,6 +61,25 @@ def read_checkpoint(path: PathLike) -> Any:
             f"checkpoint {str(path)!r} could not be read: truncated, corrupt or not a checkpoint ({e}). "
             "Download or copy it again"
         ) from None
+
+
+def _check_torch_file(path: Path) -> None:
+    """InputError unless the file starts as `torch.save` files do: a zip archive (torch >= 1.6), a pickle (the
+    legacy format) or a tar archive (the oldest one). Anything else (text, an image, random bytes) is named as such
+    rather than as an unsafe pickle."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(262)
+    except OSError as e:
+        raise InputError(f"checkpoint {str(path)!r} could not be read ({e.strerror or e})") from None
+    if head.startswith((b"PK\x03\x04", b"\x80")) or head[257:262] == b"ustar":
+        return
+    what = "is empty" if not head else f"starts with {head[:16]!r}"
+    hint = ", a safetensors file? name it .safetensors" if head[8:9] == b"{" else ""
+    raise InputError(
+        f"checkpoint {str(path)!r} is not a PyTorch checkpoint (it {what}{hint}): give a file torch.save wrote "
+        "(.pth, .pth.tar, .pt) or a .safetensors file"
+    )
 
 
 def _read_safetensors(path: Path) -> Dict[str, Any]:
@@ -124,8 +146,57 @@ def load_checkpoint(
 
 
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
-    """Write atomically: to a temporary file beside `path`, then rename, so a crash never leaves half a file."""
+    """Write `path` atomically and durably: a temporary file beside it, flushed to disk, then renamed over it, so a
+    crash leaves the old file or the new one, never half of one. On failure the temporary file is removed, `path`
+    is left as it was, and an InputError says why (disk full, or the OS's reason) and where."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except (OSError, RuntimeError) as e:  # torch reports some write failures as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"could not write checkpoint {str(path)!r}: {_why(e, path.parent)}") from None
+
+
+def link_or_copy(src: PathLike, dst: PathLike) -> None:
+    """Make `dst` the file `src` is now, atomically (a hard link where the file system has them, else a copy).
+    Checkpoints are only ever replaced by renames, never rewritten, so linked names stay valid."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"could not write checkpoint {str(dst)!r}: {_why(e, dst.parent)}") from None
+
+
+def _why(error: Exception, folder: Path) -> str:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return f"disk full ({error.strerror}) in {str(folder)!r}: free some space or point --output elsewhere"
+    free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free in {str(folder)!r}" if folder.is_dir() else ""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return f"{reason}" + (f" ({free})" if free else "")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (where the OS allows opening a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,6 +1,7 @@
 """One set of defaults (the paper's ImageNet recipe), overridden by a YAML file, then by the command line."""
 import copy
 import importlib.resources
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -8,7 +9,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from .errors import InputError
-
 
 
 class _Loader(yaml.SafeLoader):
@@ -23,90 +23,191 @@ _Loader.add_implicit_resolver(
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's IMAGENET_DEFAULT_MEAN/STD, written out: this module loads without torch
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Each key: (default, meaning). The defaults are the paper's recipe (T2T-ViT-14 on ImageNet-1k); the package's
-# configs/ hold each training command's overrides. `t2t-vit train --help` lists this table.
-SCHEMA: Dict[str, Dict[str, Tuple[Any, str]]] = {
+# Each key: (default, rule, meaning); `check_value` reads the rule. The defaults are the paper's recipe (T2T-ViT-14
+# on ImageNet-1k); the package's configs/ hold each training command's overrides. `t2t-vit train --help` lists this
+# table.
+SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
     "model": {
-        "model": ("t2t_vit_14", "registered model (`t2t-vit models`), or timm:NAME for a timm baseline"),
-        "model_kwargs": ({}, "extra constructor arguments, e.g. {soft_splits: [[3, 2, 1], [3, 2, 1], [3, 1, 1]]}"),
-        "img_size": (224, "input size in pixels"),
-        "in_chans": (3, "input channels"),
-        "num_classes": (None, "classes of the head; null: the dataset's class count"),
-        "drop": (0.0, "dropout after the position table and in the MLPs"),
-        "drop_path": (0.1, "stochastic depth rate of the last block (linear in depth)"),
-        "init_checkpoint": (None, "weights to start from: ours, or the authors' (then `model` names it)"),
+        "model": ("t2t_vit_14", "? text", "registered model (`t2t-vit models`), or timm:NAME for a timm baseline"),
+        "model_kwargs": ({}, "mapping",
+                         "extra constructor arguments, e.g. {soft_splits: [[3, 2, 1], [3, 2, 1], [3, 1, 1]]}"),
+        "img_size": (224, "size", "input size in pixels"),
+        "in_chans": (3, "int >= 1", "input channels"),
+        "num_classes": (None, "? int >= 1", "classes of the head; null: the dataset's class count"),
+        "drop": (0.0, "number in [0, 1)", "dropout after the position table and in the MLPs"),
+        "drop_path": (0.1, "number in [0, 1)", "stochastic depth rate of the last block (linear in depth)"),
+        "init_checkpoint": (None, "? text", "weights to start from: ours, or the authors' (then `model` names it)"),
     },
     "data": {
-        "data": (None, "digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, cifar100:DIR, hfds/..., or an "
-                 "ImageFolder root with train/ and val/"),
-        "train_subset": (None, "train on N images of the training split (a fixed stratified choice)"),
-        "download": (False, "fetch the dataset where the source can (CIFAR)"),
-        "workers": (8, "data loading processes per training process"),
-        "batch_size": (64, "per process; the global batch is batch_size x processes x accum_steps"),
-        "val_batch_size": (None, "held-out batch size; null: 2 x batch_size"),
-        "mean": (list(IMAGENET_MEAN), "normalisation mean per channel"),
-        "std": (list(IMAGENET_STD), "normalisation std per channel"),
-        "interpolation": ("bicubic", "evaluation resize interpolation"),
-        "crop_pct": (0.9, "evaluation centre crop fraction"),
+        "data": (None, "? text", "digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, cifar100:DIR, hfds/..., or an "
+                                 "ImageFolder root with train/ and val/"),
+        "train_subset": (None, "? int >= 1", "train on N images of the training split (a fixed stratified choice)"),
+        "download": (False, "bool", "fetch the dataset where the source can (CIFAR)"),
+        "workers": (8, "int >= 0", "data loading processes per training process"),
+        "batch_size": (64, "int >= 1", "per process; the global batch is batch_size x processes x accum_steps"),
+        "val_batch_size": (None, "? int >= 1", "held-out batch size; null: 2 x batch_size"),
+        "mean": (list(IMAGENET_MEAN), "numbers", "normalisation mean per channel"),
+        "std": (list(IMAGENET_STD), "numbers", "normalisation std per channel"),
+        "interpolation": ("bicubic", "text", "evaluation resize interpolation"),
+        "crop_pct": (0.9, "number in (0, 1]", "evaluation centre crop fraction"),
     },
     "augmentation": {
-        "train_crop": ("random_resized", "random_resized, or pad: resize, padded random crop, flip (CIFAR)"),
-        "crop_padding": (28, "padding of train_crop: pad"),
-        "scale": ([0.08, 1.0], "random resized crop area range"),
-        "ratio": ([0.75, 1.3333333333333333], "random resized crop aspect range"),
-        "hflip": (0.5, "horizontal flip probability"),
-        "color_jitter": (0.4, "colour jitter strength"),
-        "aa": ("rand-m9-mstd0.5-inc1", "timm auto-augment policy (RandAugment); null: none"),
-        "train_interpolation": ("random", "training resize interpolation"),
-        "reprob": (0.25, "random erasing probability"),
-        "remode": ("pixel", "random erasing mode"),
-        "recount": (1, "random erasing count"),
-        "mixup": (0.8, "mixup alpha (0: off)"),
-        "cutmix": (1.0, "cutmix alpha (0: off)"),
-        "mixup_prob": (1.0, "probability of mixing a batch"),
-        "mixup_switch_prob": (0.5, "probability of cutmix instead of mixup"),
-        "mixup_mode": ("batch", "batch, pair or elem"),
-        "smoothing": (0.1, "label smoothing"),
+        "train_crop": ("random_resized", "one of random_resized|pad", "random_resized, or pad: resize, padded "
+                                                                      "random crop, flip (CIFAR)"),
+        "crop_padding": (28, "int >= 0", "padding of train_crop: pad"),
+        "scale": ([0.08, 1.0], "numbers[2]", "random resized crop area range"),
+        "ratio": ([0.75, 1.3333333333333333], "numbers[2]", "random resized crop aspect range"),
+        "hflip": (0.5, "number in [0, 1]", "horizontal flip probability"),
+        "color_jitter": (0.4, "number >= 0", "colour jitter strength"),
+        "aa": ("rand-m9-mstd0.5-inc1", "? text", "timm auto-augment policy (RandAugment); null: none"),
+        "train_interpolation": ("random", "text", "training resize interpolation"),
+        "reprob": (0.25, "number in [0, 1]", "random erasing probability"),
+        "remode": ("pixel", "one of pixel|rand|const", "random erasing mode"),
+        "recount": (1, "int >= 1", "random erasing count"),
+        "mixup": (0.8, "number >= 0", "mixup alpha (0: off)"),
+        "cutmix": (1.0, "number >= 0", "cutmix alpha (0: off)"),
+        "mixup_prob": (1.0, "number in [0, 1]", "probability of mixing a batch"),
+        "mixup_switch_prob": (0.5, "number in [0, 1]", "probability of cutmix instead of mixup"),
+        "mixup_mode": ("batch", "one of batch|pair|elem", "batch, pair or elem"),
+        "smoothing": (0.1, "number in [0, 1)", "label smoothing"),
     },
     "optimisation": {
-        "opt": ("adamw", "optimizer (timm's names: adamw, sgd, lamb, ...)"),
-        "opt_eps": (1e-8, "optimizer epsilon (Adam family)"),
-        "momentum": (0.9, "momentum (SGD)"),
-        "lr": (5e-4, "learning rate for a global batch of lr_base_batch, scaled linearly to the actual one"),
-        "lr_base_batch": (512, "the global batch `lr` is stated for"),
-        "weight_decay": (0.05, "weight decay (not on norms, biases, class token, positions)"),
-        "clip_grad": (None, "clip the gradient norm to this value; null: off"),
-        "accum_steps": (1, "micro-batches per optimizer update"),
-        "backbone_lr_ratio": (1.0, "lr of everything but the head, relative to the head's (fine-tuning: 0.01)"),
-        "layer_decay": (None, "layer-wise lr decay: block i of L gets layer_decay ** (L + 1 - i)"),
-        "freeze_backbone": (False, "train the head only (linear probe)"),
-        "sched": ("cosine", "lr schedule (timm's names)"),
-        "epochs": (300, "epochs of the schedule; cooldown_epochs follow at min_lr"),
-        "warmup_epochs": (10, "linear warmup epochs from warmup_lr"),
-        "warmup_lr": (1e-6, "lr at the start of warmup"),
-        "min_lr": (1e-5, "lr at the end of the schedule and during cooldown"),
-        "cooldown_epochs": (10, "epochs at min_lr after the schedule"),
-        "sched_on_updates": (False, "step the schedule every update (true) or every epoch, as the authors (false)"),
-        "model_ema": (True, "keep an EMA of the weights and evaluate it"),
-        "model_ema_decay": (0.99996, "EMA decay per update"),
+        "opt": ("adamw", "text", "optimizer (timm's names: adamw, sgd, lamb, ...)"),
+        "opt_eps": (1e-8, "number > 0", "optimizer epsilon (Adam family)"),
+        "momentum": (0.9, "number in [0, 1]", "momentum (SGD)"),
+        "lr": (5e-4, "number > 0", "learning rate for a global batch of lr_base_batch, scaled linearly to the "
+                                     "actual one"),
+        "lr_base_batch": (512, "int >= 1", "the global batch `lr` is stated for"),
+        "weight_decay": (0.05, "number >= 0", "weight decay (not on norms, biases, class token, positions)"),
+        "clip_grad": (None, "? number > 0", "clip the gradient norm to this value; null: off"),
+        "accum_steps": (1, "int >= 1", "micro-batches per optimizer update"),
+        "backbone_lr_ratio": (1.0, "number >= 0", "lr of everything but the head, relative to the head's "
+                                                  "(fine-tuning: 0.01)"),
+        "layer_decay": (None, "? number in (0, 1]",
+                        "layer-wise lr decay: block i of L gets layer_decay ** (L + 1 - i)"),
+        "freeze_backbone": (False, "bool", "train the head only (linear probe)"),
+        "sched": ("cosine", "text", "lr schedule (timm's names)"),
+        "epochs": (300, "int >= 1", "epochs of the schedule; cooldown_epochs follow at min_lr"),
+        "warmup_epochs": (10, "int >= 0", "linear warmup epochs from warmup_lr"),
+        "warmup_lr": (1e-6, "number >= 0", "lr at the start of warmup"),
+        "min_lr": (1e-5, "number >= 0", "lr at the end of the schedule and during cooldown"),
+        "cooldown_epochs": (10, "int >= 0", "epochs at min_lr after the schedule"),
+        "sched_on_updates": (False, "bool", "step the schedule every update (true) or every epoch, as the authors "
+                                            "(false)"),
+        "model_ema": (True, "bool", "keep an EMA of the weights and evaluate it"),
+        "model_ema_decay": (0.99996, "number in [0, 1]", "EMA decay per update"),
+        "nonfinite": ("stop", "one of stop|skip|rollback", "on a NaN/inf loss: stop (saving the state before it), "
+                      "skip the update, or roll back to the last checkpoint at a lower lr"),
+        "nonfinite_limit": (10, "int >= 1", "skip/rollback: stop after this many non-finite steps in a row"),
+        "rollback_lr_factor": (0.5, "number in (0, 1)", "rollback: multiply the lr by this at each rollback"),
     },
     "runtime": {
-        "device": ("auto", "auto, cpu, cuda or cuda:N"),
-        "amp": (True, "mixed precision on CUDA"),
-        "amp_dtype": ("bfloat16", "bfloat16, or float16 (with a GradScaler)"),
-        "compile": (False, "torch.compile the model"),
-        "seed": (42, "seed of every random number generator"),
+        "device": ("auto", "text", "auto, cpu, cuda or cuda:N"),
+        "amp": (True, "bool", "mixed precision on CUDA"),
+        "amp_dtype": ("bfloat16", "one of bfloat16|float16", "bfloat16, or float16 (with a GradScaler)"),
+        "compile": (False, "bool", "torch.compile the model"),
+        "seed": (42, "int >= 0", "seed of every random number generator"),
     },
     "run directory and logs": {
-        "output": ("runs", "where run directories go"),
-        "name": (None, "run directory name; null: the config's name, else model-data"),
-        "checkpoint_every": (0, "also keep epoch_N.pth.tar every N epochs (0: only last and best)"),
-        "best_metric": ("top1", "what best.pth.tar keeps: top1, ema_top1, loss or ema_loss"),
-        "stop_after_epochs": (None, "end this process after N epochs (the schedule still spans all), e.g. time limits"),
-        "log_interval": (50, "updates between log lines when no progress bar is shown (redirected logs)"),
+        "output": ("runs", "text", "where run directories go"),
+        "name": (None, "? text", "run directory name; null: the config's name, else model-data"),
+        "checkpoint_every": (0, "int >= 0", "also keep epoch_N.pth.tar every N epochs (0: only last and best)"),
+        "best_metric": ("top1", "one of top1|ema_top1|loss|ema_loss", "what best.pth.tar keeps: top1, ema_top1, "
+                                                                      "loss or ema_loss"),
+        "stop_after_epochs": (None, "? int >= 1", "end this process after N epochs (the schedule still spans all), "
+                                                  "e.g. time limits"),
+        "log_interval": (50, "int >= 0", "updates between log lines when no progress bar is shown (redirected logs)"),
     },
 }
-DEFAULTS: Dict[str, Any] = {key: default for keys in SCHEMA.values() for key, (default, _) in keys.items()}
+DEFAULTS: Dict[str, Any] = {key: default for keys in SCHEMA.values() for key, (default, _, _) in keys.items()}
+RULES: Dict[str, str] = {key: rule for keys in SCHEMA.values() for key, (_, rule, _) in keys.items()}
+
+# What `--resume` may change (applied: the schedule is rebuilt at the resumed step, the data position kept); any
+# other key differing from the checkpoint's config is an error, since the run would no longer be the one it continues.
+RESUME_CHANGEABLE = frozenset((
+    "epochs", "cooldown_epochs", "warmup_epochs", "warmup_lr", "lr", "lr_base_batch", "min_lr", "batch_size",
+    "accum_steps", "val_batch_size", "workers", "clip_grad", "output", "name", "checkpoint_every", "best_metric",
+    "stop_after_epochs", "log_interval", "device", "amp", "amp_dtype", "compile", "download", "nonfinite",
+    "nonfinite_limit", "rollback_lr_factor",
+))  # fmt: skip
+HISTORY_KEY = "resumes"  # config.yaml's record of what each resume changed; not a config key
+
+_RANGE = re.compile(r"^(int|number)(?: (>=|>) (\S+)| in ([\[(])(\S+), (\S+)([\])]))?$")
+
+
+def check_value(key: str, value: Any, source: str = "") -> Any:
+    """`value` as config key `key`'s rule allows it (an int key takes 1e3 as 1000), else an InputError naming the
+    key, the value, where it came from and what is allowed."""
+    rule = RULES[key]
+    optional, rule = rule.startswith("? "), rule.removeprefix("? ")
+
+    def fail(allowed: str) -> InputError:
+        where = f" (from {source})" if source else ""
+        return InputError(f"config key {key} = {value!r}{where} is not allowed: expected {allowed}"
+                          + (" or null" if optional else ""))  # fmt: skip
+
+    if value is None:
+        if optional:
+            return None
+        raise fail("a value, not null")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if rule == "text":
+        if isinstance(value, str) or number:
+            return str(value)
+        raise fail("text")
+    if rule == "bool":
+        if isinstance(value, bool):
+            return value
+        raise fail("true or false")
+    if rule == "mapping":
+        if isinstance(value, dict):
+            return value
+        raise fail("a mapping, e.g. {embed_dim: 128}")
+    if rule.startswith("one of "):
+        choices = rule.removeprefix("one of ").split("|")
+        if value in choices:
+            return value
+        raise fail("one of " + ", ".join(choices))
+    if rule.startswith("numbers"):
+        n = int(rule[8:-1]) if rule != "numbers" else None
+        ok = isinstance(value, list) and value and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        )
+        if ok and (n is None or len(value) == n):
+            return value
+        raise fail(f"a list of {n or 'one or more'} numbers, e.g. [{', '.join(['0.5'] * (n or 3))}]")
+    if rule == "size":
+        sizes = value if isinstance(value, list) and len(value) == 2 else [value]
+        if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
+            return value
+        raise fail("a size in pixels >= 1, or [height, width]")
+    kind, op, bound, lo_br, lo, hi, hi_br = _RANGE.match(rule).groups()
+    allowed = "an integer" if kind == "int" else "a number"
+    allowed += f" {op} {bound}" if op else f" in {lo_br}{lo}, {hi}{hi_br}" if lo_br else ""
+    if not number or (kind == "int" and not float(value).is_integer()) or value != value:
+        raise fail(allowed)
+    value = int(value) if kind == "int" else value
+    if op and not (value >= float(bound) if op == ">=" else value > float(bound)):
+        raise fail(allowed)
+    if lo_br and not ((value >= float(lo) if lo_br == "[" else value > float(lo))
+                      and (value <= float(hi) if hi_br == "]" else value < float(hi))):  # fmt: skip
+        raise fail(allowed)
+    return value
+
+
+def check_values(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Every key of a config checked (and normalised) by `check_value`; unknown keys are an InputError."""
+    return {key: check_value(_known(key, "the config"), value) for key, value in cfg.items()}
+
+
+def _known(key: str, source: str) -> str:
+    if key not in DEFAULTS:
+        import difflib
+
+        close = difflib.get_close_matches(key, DEFAULTS, n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise InputError(f"unknown config key {key!r} in {source}{hint}")
+    return key
 
 
 def describe_keys() -> str:
@@ -114,7 +215,7 @@ def describe_keys() -> str:
     lines = []
     for section, keys in SCHEMA.items():
         lines.append(f"{section}:")
-        for key, (default, meaning) in keys.items():
+        for key, (default, _, meaning) in keys.items():
             value = yaml.safe_dump(default, default_flow_style=True, width=1000).strip().removesuffix("\n...")
             lines.append(f"  --{key.replace('_', '-'):<20} {value:<24} {meaning}")
     return "\n".join(lines)
@@ -171,26 +272,22 @@ def parse_overrides(args: Sequence[str]) -> Dict[str, Any]:
 
 
 def resolve_config(config_file: Optional[Path] = None, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """DEFAULTS, then the YAML file, then the overrides; unknown keys are an InputError naming close ones."""
+    """DEFAULTS, then the YAML file, then the overrides, each value checked against its key's rule; unknown keys are
+    an InputError naming close ones. A run's own config.yaml works as a config (its resume history is left out)."""
     cfg = copy.deepcopy(DEFAULTS)
     layers: List[tuple] = []
     overrides = overrides or {}
     if config_file is not None:
         stem = Path(config_file).stem
         own = load_yaml(Path(config_file))
+        own.pop(HISTORY_KEY, None)
         layers.append((f"config {str(config_file)!r}", own))
         moved = own.get("data") not in (None, overrides.get("data", own.get("data")))
         cfg["name"] = f"{stem}-{data_tag(overrides['data'])}" if moved else stem  # run names follow the data
     layers.append(("the command line", overrides))
     for source, layer in layers:
         for key, value in layer.items():
-            if key not in DEFAULTS:
-                import difflib
-
-                close = difflib.get_close_matches(key, DEFAULTS, n=2)
-                hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-                raise InputError(f"unknown config key {key!r} in {source}{hint}")
-            cfg[key] = value
+            cfg[key] = check_value(_known(key, source), value, source)
     return cfg
 
 
@@ -202,5 +299,18 @@ def data_tag(spec: Any) -> str:
     return Path(str(spec).rstrip("/")).name.replace(":", "_") or "data"
 
 
-def save_config(cfg: Dict[str, Any], path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+def save_config(cfg: Dict[str, Any], path: Path, history: Optional[List[Dict[str, Any]]] = None) -> None:
+    """Write the config in effect, with the resume history under `resumes` (each resume's position and changes)."""
+    out = dict(cfg, **({HISTORY_KEY: history} if history else {}))
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(yaml.safe_dump(out, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def read_history(path: Path) -> List[Dict[str, Any]]:
+    """The resume history a run directory's config.yaml holds (empty if none)."""
+    try:
+        data = yaml.load(Path(path).read_text(), _Loader) if Path(path).is_file() else None
+    except yaml.YAMLError:
+        return []
+    return list(data.get(HISTORY_KEY) or []) if isinstance(data, dict) else []

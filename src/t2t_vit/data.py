@@ -10,10 +10,13 @@ A `--data` spec names the source:
     hfds/..., wds/...   timm dataset specs, passed through (their root goes after a colon)
     DIR                 an ImageFolder root with train/ and val/ (ImageNet layout)
 """
+import contextlib
 import gzip
 import logging
 import math
 import os
+import random
+import signal
 import struct
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -53,7 +56,8 @@ class ArrayImages(Dataset):
 
 
 class ImageFiles(Dataset):
-    """An ImageFolder split; an unreadable or corrupt image is logged and yields None (the collate skips it)."""
+    """An ImageFolder split. An item is (image, label, 1 if it was scaled down from a high-depth mode else 0); an
+    unreadable or corrupt image is logged and yields None (training substitutes another, evaluation skips it)."""
 
     def __init__(self, root: Path, mode: str = "RGB") -> None:
         from torchvision.datasets import ImageFolder
@@ -70,34 +74,64 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> Optional[Tuple[Any, int]]:
+    def __getitem__(self, i: int) -> Optional[Tuple[Any, int, int]]:
         path, label = self.samples[i]
         try:
             with Image.open(path) as f:
-                img = f.convert(self.mode)
+                img, scaled = to_8_bits(f)
+                img = img.convert(self.mode)
         except Exception as e:  # truncated, corrupt, not an image: skip it, never stop a long run
             _logger.warning("skipping unreadable image %s (%s)", path, e)
             return None
-        return (self.transform(img) if self.transform else img), label
+        return (self.transform(img) if self.transform else img), label, int(scaled)
+
+
+# Pillow modes with more than 8 bits per sample, and the full-scale value of each (convert("RGB") clips them).
+HIGH_DEPTH_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def to_8_bits(img: Image.Image) -> Tuple[Image.Image, bool]:
+    """A high-depth image (16-bit PNG/TIFF, 32-bit int or float) scaled linearly to 8-bit grayscale, and whether it
+    was; other modes pass through. 32-bit int images are read as 16-bit data; float ones as 0..1 (0..65535 if any
+    value is above 1)."""
+    if img.mode not in HIGH_DEPTH_MODES:
+        return img, False
+    values = np.asarray(img, dtype=np.float64)
+    full = HIGH_DEPTH_MODES[img.mode]
+    if img.mode == "F" and values.size and values.max() > 1.0:
+        full = 65535
+    return Image.fromarray(np.clip(np.round(values * (255 / full)), 0, 255).astype(np.uint8), "L"), True
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format: big-endian header, dims, uint8 data), gzipped or not."""
+    """An IDX file (the MNIST format: big-endian header, dims, uint8 data), gzipped or not; InputError if it is
+    cut short or damaged."""
+    import zlib
+
     candidates = [path, path.with_name(path.name + ".gz")]
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         raise InputError(f"{path.name}[.gz] not found in {str(path.parent)!r}: the four IDX files must lie there")
+    damaged = f"{str(found)!r} is truncated or corrupt: download it again"
     opener = gzip.open if found.suffix == ".gz" else open
-    with opener(found, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(found, "rb") as f:
+            raw = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a cut or damaged gzip stream
+        raise InputError(f"{damaged} ({e})") from None
+    except OSError as e:
+        raise InputError(f"{str(found)!r} could not be read ({e.strerror or e})") from None
     try:
         zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
         dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
         if zero != 0 or dtype != 0x08:
             raise ValueError("not an unsigned-byte IDX file")
-        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
     except (struct.error, ValueError) as e:
         raise InputError(f"{str(found)!r} is not a valid IDX file ({e})") from None
+    offset, expected = 4 + 4 * ndim, math.prod(dims)
+    if len(raw) - offset != expected:
+        raise InputError(f"{damaged} (its header promises {expected} bytes of data, it holds {len(raw) - offset})")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
 def _idx_dataset(root: Path, split: str, classes: Sequence[str], mode: str) -> ArrayImages:
@@ -122,11 +156,29 @@ def _digits(split: str, mode: str) -> ArrayImages:
 def _cifar(name: str, root: Path, split: str, download: bool, mode: str) -> ArrayImages:
     from torchvision.datasets import CIFAR10, CIFAR100
 
+    import http.client
+    import shutil
+    import tarfile
+
     cls = CIFAR10 if name == "cifar10" else CIFAR100
+    if not download:
+        try:
+            ds = cls(str(root), train=split == "train", download=False)
+        except RuntimeError as e:
+            raise InputError(f"{name} not found in {str(root)!r} ({e}): pass --download to fetch it there") from None
+        return ArrayImages(ds.data, np.asarray(ds.targets), ds.classes, mode)
+    # torchvision makes the root (and its parents) before fetching: a failed download takes away what it made
+    created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
     try:
-        ds = cls(str(root), train=split == "train", download=download)
-    except RuntimeError as e:
-        raise InputError(f"{name} not found in {str(root)!r} ({e}): pass --download to fetch it there") from None
+        ds = cls(str(root), train=split == "train", download=True)
+    except (OSError, RuntimeError, EOFError, tarfile.TarError, http.client.HTTPException) as e:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        reason = " ".join(str(getattr(e, "reason", None) or e).split()) or type(e).__name__  # one line
+        raise InputError(
+            f"{name} could not be downloaded to {str(root)!r} ({reason}): check the network connection, or put "
+            f"torchvision's {name} files there by hand and leave out --download"
+        ) from None
     return ArrayImages(ds.data, np.asarray(ds.targets), ds.classes, mode)
 
 
@@ -230,11 +282,12 @@ def create_transform(cfg: Dict[str, Any], data_config: Dict[str, Any], training:
     )
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(Sampler):
     """This rank's share of a (seeded, per-epoch) permutation; resumable mid-epoch.
 
     Training: every rank takes len // world samples (the tail is dropped), so rank r of step s sees
-    perm[s * world * B + r :: world][:B] and the ranks together see what one process with the global batch sees.
+    perm[s * world * B + r :: world][:B] and the ranks together see what one process with the global batch sees;
+    each index comes with its epoch, `(index, epoch)`, which `TrainSamples` seeds the sample's augmentation from.
     Evaluation (shuffle=False): rank r takes r, r + world, ... with no padding, so nothing is counted twice.
     """
 
@@ -253,22 +306,93 @@ class EpochSampler(Sampler[int]):
         perm = torch.randperm(self.size, generator=g).tolist()
         return perm[self.rank : (self.size // self.world) * self.world : self.world]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices()[self.start :])
+    def __iter__(self) -> Iterator[Any]:
+        indices = self._indices()[self.start :]
+        return iter([(i, self.epoch) for i in indices] if self.shuffle else indices)
 
     def __len__(self) -> int:
         n = math.ceil((self.size - self.rank) / self.world) if not self.shuffle else self.size // self.world
         return max(n - self.start, 0)
 
 
-def collate_skipping_none(batch: List[Optional[Tuple[torch.Tensor, int]]]) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    """Stack a batch, leaving out the samples that failed to load: (images, targets, number skipped)."""
+MAX_SUBSTITUTES = 32  # unreadable images in a row before a training sample gives up
+
+
+class TrainSamples(Dataset):
+    """Training samples keyed by (index, epoch), each augmented under RNGs seeded from (seed, epoch, index).
+
+    A sample's augmentation is then the same whichever process loads it, with any number of workers, and a run
+    resumed mid-epoch redraws exactly what the uninterrupted one drew. In the main process (workers: 0) the global
+    RNG states are restored after each batch, so the training step's own draws do not depend on the loader. An
+    unreadable image is replaced by the next readable one (every batch stays full on every rank) and counted.
+    Items: (image, label, substituted, scaled).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Tuple[int, int]) -> Tuple[Any, int, int, int]:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: List[Tuple[int, int]]) -> List[Tuple[Any, int, int, int]]:
+        with _rngs_kept(torch.utils.data.get_worker_info() is None):
+            return [self._sample(index, epoch) for index, epoch in keys]
+
+    def _sample(self, index: int, epoch: int) -> Tuple[Any, int, int, int]:
+        seed = _mix(_mix(_mix(self.seed) ^ epoch) ^ index)
+        random.seed(seed)
+        np.random.seed(seed & 0xFFFFFFFF)
+        torch.default_generator.manual_seed(seed)
+        for substituted in range(MAX_SUBSTITUTES):
+            item = self.dataset[(index + substituted) % len(self)]
+            if item is not None:
+                return item[0], item[1], substituted, item[2] if len(item) > 2 else 0
+        raise InputError(
+            f"{MAX_SUBSTITUTES} unreadable images in a row from index {index}: check the data (the log names them)"
+        )
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: well-spread 64-bit seeds from small integers."""
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+@contextlib.contextmanager
+def _rngs_kept(keep: bool) -> Iterator[None]:
+    """Python's, NumPy's and torch's CPU RNG states restored on leaving, when `keep`."""
+    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if keep else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+
+def collate(batch: List[Optional[Tuple[Any, ...]]]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack a batch: (images, targets, counts), counts = (unreadable images skipped or substituted, high-depth
+    images scaled). Samples that failed to load (None) are left out and counted."""
     good = [b for b in batch if b is not None]
-    skipped = len(batch) - len(good)
+    counts = torch.tensor([len(batch) - len(good), 0])
     if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
-    images, targets = zip(*good)
-    return torch.stack(images), torch.as_tensor(targets), skipped
+        return torch.empty(0), torch.empty(0, dtype=torch.long), counts
+    for b in good:
+        counts[0] += b[2] if len(b) > 3 else 0
+        counts[1] += b[-1] if len(b) > 2 else 0
+    return torch.stack([b[0] for b in good]), torch.as_tensor([b[1] for b in good]), counts
+
+
+def _worker_init(worker_id: int) -> None:
+    """Loader workers leave SIGTERM and Ctrl-C to the main process, which finishes its step and checkpoints."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def create_loader(
@@ -281,16 +405,19 @@ def create_loader(
     seed: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A loader over this rank's share; training loaders drop the last partial batch."""
+    """A loader over this rank's share; training loaders drop the last partial batch and seed each sample's
+    augmentation from (seed, epoch, index) through `TrainSamples`."""
     workers = min(workers, os.cpu_count() or 1)
-    sampler = EpochSampler(len(dataset), world, rank, shuffle=training, seed=seed)
+    sampler = EpochSampler(len(dataset), world, rank, shuffle=training, seed=seed)  # type: ignore[arg-type]
     return DataLoader(
-        dataset,
+        TrainSamples(dataset, seed) if training else dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_skipping_none,
+        collate_fn=collate,
         pin_memory=pin_memory,
         drop_last=training,
         persistent_workers=workers > 0,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),  # the loader's own draws leave the global RNG alone
     )

@@ -1,5 +1,6 @@
 """Export a checkpoint for other runtimes: ONNX (dynamic batch), TorchScript, safetensors (with metadata)."""
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -50,13 +51,31 @@ def export_safetensors(model: nn.Module, path: Path, meta: Dict[str, Any]) -> No
     save_file(state, str(path), metadata={META_KEY: json.dumps(meta)})
 
 
+def check_output(out: Path, fmt: str) -> None:
+    """InputError unless `out` can become a file: not a directory, under a folder that is writable (or that can be
+    made: missing folders are created, where the nearest existing one is writable)."""
+    suffix = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}[fmt]
+    if out.is_dir():
+        example = str(out / f"model{suffix}")
+        raise InputError(f"--output {str(out)!r} is a directory: give a file name, e.g. {example!r}")
+    try:
+        folder = next((p for p in out.parents if p.exists()), Path("."))
+    except OSError as e:  # a folder on the way that may not be looked into
+        raise InputError(f"--output {str(out)!r} cannot be written ({e.strerror or e})") from None
+    if not folder.is_dir():
+        raise InputError(f"--output {str(out)!r} cannot be written: {str(folder)!r} is a file, not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"--output {str(out)!r} cannot be written: {str(folder)!r} is not writable")
+
+
 def export(checkpoint: str, fmt: str, output: str, model_name: Optional[str] = None, use_ema: bool = True) -> Path:
     """Load a checkpoint (ours, or the authors' with `model_name`) and write it in `fmt` to `output`."""
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r} is not one of {FORMATS}")
+    out = Path(output).expanduser()
+    check_output(out, fmt)
     model, meta = load_model(checkpoint, model_name, use_ema=use_ema)
     meta = {k: meta[k] for k in ("arch", "model_kwargs", "class_names", "data_config", "grid_size") if k in meta}
-    out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         try:

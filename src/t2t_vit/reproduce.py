@@ -97,9 +97,15 @@ def run_experiment(
             ))  # fmt: skip
             _logger.info("%s: %s, seed %d", name, arm, seed)
             result = train(cfg, resume="auto", progress=progress)
+            if result.get("stopped"):  # a signal: the same command continues the study from here
+                raise StudyStopped(result["stopped"], f"{name}: {arm}, seed {seed}, {result['at']}")
             runs.setdefault(arm, []).append(Path(result["run_dir"]))
     return write_report(name, runs, dict(data=data, seeds=list(seeds), epochs=epochs, train_subset=train_subset),
                         Path(results_dir))  # fmt: skip
+
+
+class StudyStopped(Exception):
+    """A study stopped by a signal, its last run checkpointed: (signal number, where)."""
 
 
 def _arm_summary(overrides: Dict[str, Any], run_dirs: List[Path]) -> Dict[str, Any]:

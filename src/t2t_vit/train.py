@@ -1,22 +1,25 @@
-"""Training and evaluation runs. `train` reads top to bottom: runtime, data, model, optimizer and schedule, state
-(new or resumed), then the epochs, each saved through the state and logged to the run directory.
+"""Training and evaluation runs. `train` reads top to bottom: runtime, run directory, data, model, optimizer and
+schedule, state (new or resumed), then the epochs, each saved through the state and logged to the run directory.
 
 The command line calls these: `t2t-vit train|finetune|eval`, and `torchrun --nproc_per_node=8 -m t2t_vit train`.
 """
 import logging
+import os
+import shutil
 import time
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from . import data as data_lib
-from .config import save_config
-from .engine import StepContext, evaluate, train_one_epoch, unwrap
+from .config import read_history, save_config
+from .engine import EpochTotals, StepContext, epoch_result, evaluate, train_one_epoch, unwrap
 from .errors import InputError
 from .factory import load_model
 from .train_metrics import MetricsLog
-from .train_runtime import StopSignal, pick_device, seed_everything, setup_distributed
+from .train_runtime import StopSignal, agree, pick_device, seed_everything, setup_distributed
 from .train_setup import (
     build_criterion,
     build_data,
@@ -25,10 +28,11 @@ from .train_setup import (
     build_optimizer,
     build_scheduler,
     check_config,
+    open_run_dir,
     run_dir_of,
     scaled_lr,
 )
-from .train_state import LAST, TrainState, checkpoint_to_resume
+from .train_state import BEST, LAST, PREVIOUS, TrainState, checkpoints_to_resume, read_first_good, resume_changes
 
 __all__ = ["build_criterion", "build_optimizer", "build_scheduler", "evaluate_checkpoint", "scaled_lr", "train"]
 
@@ -36,109 +40,187 @@ _logger = logging.getLogger(__name__)
 
 
 def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
-    """Run (or continue, with `resume` "auto" or a checkpoint path) the training a resolved config describes.
+    """Run (or continue, with `resume` "auto" or a checkpoint path) the training a config describes.
 
-    Returns the last epoch's metrics, the run directory and the best epoch.
+    Returns the last epoch's metrics, the run directory and the best epoch; or, stopped by a signal, `stopped`
+    (the signal's number) with the epoch and step it stopped at, all saved in last.pth.tar.
     """
-    # runtime: ranks, device, seeds
-    check_config(cfg)
-    rank, world, local_rank = setup_distributed()
+    # runtime: ranks, device; the same seed everywhere for the weights (and so the EMA) every rank starts from
+    cfg = check_config(cfg)
+    rank, world, device = setup_distributed(cfg["device"])
     is_main = rank == 0
-    device = pick_device(cfg["device"], local_rank)
-    seed_everything(cfg["seed"] + rank)
+    if resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        resume = "auto"  # torchrun restarted the workers: continue where they stopped
+        _logger.info("restart %s under torchrun: --resume auto", os.environ["TORCHELASTIC_RESTART_COUNT"])
 
+    # the run directory: one run at a time; nothing is left behind if the start fails
+    run_dir = run_dir_of(cfg)
+    lock, created, error = None, None, None
+    if is_main:
+        try:
+            lock, created = open_run_dir(run_dir)
+        except InputError as e:
+            error = str(e)
+    agree(error, world)
+    try:
+        paths = checkpoints_to_resume(run_dir, resume)
+        seed_everything(cfg["seed"])
+        result = _run(cfg, paths, progress, rank, world, device, run_dir)
+    except BaseException:
+        if created is not None and not any((run_dir / n).is_file() for n in (LAST, PREVIOUS, BEST)):
+            shutil.rmtree(created, ignore_errors=True)  # a failed start: nothing of it is worth keeping
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+    return result
+
+
+def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, world: int, device: torch.device,
+         run_dir: Path) -> Dict[str, Any]:  # fmt: skip
+    is_main = rank == 0
     # data
     pin = device.type == "cuda"
     data = build_data(cfg, world, rank, pin)
     num_classes = cfg["num_classes"] or len(data.classes)
     steps_per_epoch = len(data.train_loader)
+    updates_per_epoch = steps_per_epoch // cfg["accum_steps"]
 
-    # model, its EMA, and the wrappers the steps run through
+    # model, the wrappers the steps run through, its EMA (after DDP has given every rank rank 0's weights)
     arch, model, model_kwargs = build_model(cfg, num_classes)
     model = model.to(device)
-    ema = build_ema(cfg, model)
     train_model = torch.compile(model) if cfg["compile"] else model
     if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[local_rank] if pin else None)
+        train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if pin else None)
+    ema = build_ema(cfg, model)
+    seed_everything(cfg["seed"] + rank)  # each rank's own draws: dropout, drop path, mixup
 
     # optimizer, schedule, loss, mixed precision
     global_batch, lr = scaled_lr(cfg, world)
     optimizer = build_optimizer(model, cfg, lr)
-    scheduler, total_epochs = build_scheduler(optimizer, cfg, steps_per_epoch // cfg["accum_steps"])
+    scheduler, total_epochs = build_scheduler(optimizer, cfg, updates_per_epoch)
     criterion, mixup = build_criterion(cfg, num_classes)
     amp_dtype = getattr(torch, cfg["amp_dtype"]) if cfg["amp"] and device.type == "cuda" else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
-    # state: new, or resumed from a checkpoint
-    run_dir = run_dir_of(cfg)
+    # state: new, or resumed from a checkpoint with what the command line changes applied
     net = unwrap(model)
     meta = dict(arch=arch, model_kwargs=model_kwargs, class_names=data.classes, data_config=data.config,
                 grid_size=list(net.grid_size) if hasattr(net, "grid_size") else None)  # fmt: skip
-    state = TrainState(model, optimizer, scheduler, ema, scaler, rank=rank, world=world,
+    state = TrainState(model, optimizer, ema, scaler, device, cfg["batch_size"], rank=rank, world=world,
                        info=dict(config=cfg, meta=meta))  # fmt: skip
-    resume_path = checkpoint_to_resume(run_dir, resume)
-    if resume_path is not None:
-        state.load(resume_path, cfg["data"])
+    history = read_history(run_dir / "config.yaml")
+    if paths:
+        path, saved = read_first_good(paths)
+        changes = resume_changes(saved.get("config"), cfg, path)
+        state.load_state_dict(saved)
+        state.updates = state.epoch * updates_per_epoch + state.totals.batches // cfg["accum_steps"]
+        _schedule_at(scheduler, optimizer, lr, cfg, state)
+        _logger.info("resumed from %s at epoch %d, step %d", path, state.epoch, state.totals.batches)
+        for key, (old, new) in changes.items():
+            _logger.info("resume changes %s: %r -> %r", key, old, new)
+        if changes:
+            history.append(dict(epoch=state.epoch, step=state.totals.batches, time=time.strftime("%Y-%m-%d %H:%M:%S"),
+                                changed={k: dict(was=old, now=new) for k, (old, new) in changes.items()}))  # fmt: skip
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / "config.yaml", history)
         _logger.info(
             "%s on %s: %d train / %d held-out images, %d classes, %s x %d process(es), global batch %d, lr %.2e",
             arch, cfg["data"], len(data.train_set), len(data.val_set), num_classes, device, world, global_batch, lr,
         )  # fmt: skip
+    if cfg["nonfinite"] == "rollback" and not paths:
+        state.save(run_dir)  # a state to roll back to before the first epoch ends
     metrics = MetricsLog(run_dir, is_main)
 
     # the epochs
     ctx = StepContext(
         optimizer=optimizer, criterion=criterion, device=device, scheduler=scheduler,
         sched_on_updates=cfg["sched_on_updates"], mixup=mixup, ema=ema, scaler=scaler, amp_dtype=amp_dtype,
-        accum_steps=cfg["accum_steps"], clip_grad=cfg["clip_grad"], epochs=total_epochs,
-        log_interval=cfg["log_interval"] if is_main else 0,
+        accum_steps=cfg["accum_steps"], clip_grad=cfg["clip_grad"], nonfinite=cfg["nonfinite"],
+        nonfinite_limit=cfg["nonfinite_limit"], epochs=total_epochs, log_interval=cfg["log_interval"] if is_main else 0,
     )  # fmt: skip
     row: Dict[str, Any] = {}
     first_epoch, stop_after = state.epoch, cfg["stop_after_epochs"]
-    with StopSignal() as stop:
-        ctx.should_stop = lambda: stop.received is not None
-        for epoch in range(state.epoch, total_epochs):  # counted from 0 here; from 1 in everything a user reads
-            if not cfg["sched_on_updates"]:
-                scheduler.step(epoch)
-            data.train_loader.sampler.set_epoch(epoch, start=state.step_in_epoch * cfg["batch_size"])
-            t0 = time.perf_counter()
-            stats = train_one_epoch(
-                train_model, data.train_loader, ctx, epoch + 1, state.updates, progress and is_main, state.step_in_epoch
-            )
-            state.updates, state.step_in_epoch = stats["updates"], state.step_in_epoch + stats["batches"]
-            if stats["stopped"] == "nonfinite":
-                metrics.close()
-                raise InputError(
-                    f"non-finite loss at epoch {epoch + state.step_in_epoch / steps_per_epoch:.2f} (epoch "
-                    f"{epoch + 1}/{total_epochs}, step {state.step_in_epoch}/{steps_per_epoch}): the run stopped; the "
-                    f"last good checkpoint is {str(run_dir / LAST)!r}. Lower lr, set clip_grad, or check the data"
-                )
-            if stats["stopped"] == "signal":
-                state.save(run_dir)
-                metrics.close()
-                _logger.warning("stopped by signal in epoch %d/%d at step %d/%d; resume with --resume auto",
-                                epoch + 1, total_epochs, state.step_in_epoch, steps_per_epoch)  # fmt: skip
-                return dict(row, run_dir=str(run_dir), stopped="signal")
-            val = evaluate(model, data.val_loader, device, amp_dtype, desc="held-out")
-            ema_val = evaluate(ema.module, data.val_loader, device, amp_dtype, desc="held-out EMA") if ema else {}
-            state.epoch, state.step_in_epoch = epoch + 1, 0
-            is_best = state.update_best(cfg["best_metric"], dict(val=val, ema=ema_val))
-            state.save(run_dir, is_best, cfg["checkpoint_every"])
-            row = dict(
-                epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], train_loss=stats["loss"],
-                val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"],
-                ema_val_loss=ema_val.get("loss"), ema_val_top1=ema_val.get("top1"), ema_val_top5=ema_val.get("top5"),
-                img_per_s=stats["img_per_s"], skipped=stats["skipped"] + val["skipped"],
-                epoch_time_s=time.perf_counter() - t0,
-            )  # fmt: skip
-            metrics.log(row, total_epochs)
-            if stop_after and state.epoch - first_epoch >= stop_after and state.epoch < total_epochs:
-                _logger.info("stop_after_epochs=%d reached; resume with --resume auto", stop_after)
-                break
-    metrics.close()
+    try:
+        with StopSignal() as stop:
+            ctx.should_stop = lambda: stop.received is not None
+            while state.epoch < total_epochs:
+                epoch = state.epoch  # counted from 0 here; from 1 in everything a user reads
+                if not cfg["sched_on_updates"]:
+                    scheduler.step(epoch)
+                data.train_loader.sampler.set_epoch(epoch, start=state.totals.batches * cfg["batch_size"])
+                out = train_one_epoch(train_model, data.train_loader, ctx, epoch + 1, state.totals, state.updates,
+                                      progress and is_main)  # fmt: skip
+                state.updates = out["updates"]
+                where = f"epoch {epoch + 1} step {state.totals.batches} (of {total_epochs} x {steps_per_epoch})"
+                if out["stopped"] == "rollback":
+                    _rollback(state, run_dir, scheduler, lr, cfg, where)
+                    continue
+                if out["stopped"] == "nonfinite":
+                    state.save(run_dir)
+                    limit = f"{cfg['nonfinite_limit']} failures in a row; " if cfg["nonfinite"] == "skip" else ""
+                    raise InputError(_nonfinite_message(where, run_dir, limit))
+                if out["stopped"] == "signal":
+                    state.save(run_dir)
+                    _logger.warning("stopped at %s; saved %s", where, run_dir / LAST)
+                    return dict(row, run_dir=str(run_dir), stopped=stop.received, at=where)
+                train_stats, t0 = epoch_result(state.totals, device), time.perf_counter()
+                val = evaluate(model, data.val_loader, device, amp_dtype, desc="held-out")
+                ema_val = evaluate(ema.module, data.val_loader, device, amp_dtype, desc="held-out EMA") if ema else {}
+                state.epoch, state.totals = epoch + 1, EpochTotals()
+                is_best = state.update_best(cfg["best_metric"], dict(val=val, ema=ema_val))
+                state.save(run_dir, is_best, cfg["checkpoint_every"])
+                row = dict(
+                    epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], train_loss=train_stats["loss"],
+                    val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"],
+                    ema_val_loss=ema_val.get("loss"), ema_val_top1=ema_val.get("top1"),
+                    ema_val_top5=ema_val.get("top5"), img_per_s=train_stats["img_per_s"],
+                    skipped=train_stats["skipped"] + val["skipped"], scaled=train_stats["scaled"],
+                    nonfinite=train_stats["nonfinite"], rollbacks=train_stats["rollbacks"],
+                    epoch_time_s=train_stats["seconds"] + time.perf_counter() - t0,  # training and evaluation
+                )  # fmt: skip
+                metrics.log(row, total_epochs)
+                if stop_after and state.epoch - first_epoch >= stop_after and state.epoch < total_epochs:
+                    _logger.info("stop_after_epochs=%d reached; resume with --resume auto", stop_after)
+                    break
+    finally:
+        metrics.close()
     return dict(row, run_dir=str(run_dir), best=state.best)
+
+
+def _schedule_at(scheduler: Any, optimizer: torch.optim.Optimizer, lr: float, cfg: Dict[str, Any],
+                 state: TrainState) -> None:  # fmt: skip
+    """Set the lr the (rebuilt) schedule gives at the state's position, over what the optimizer state loaded."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+    if cfg["sched_on_updates"]:
+        scheduler.step_update(num_updates=state.updates)
+    else:
+        scheduler.step(state.epoch)
+
+
+def _rollback(state: TrainState, run_dir: Path, scheduler: Any, lr: float, cfg: Dict[str, Any], where: str) -> None:
+    """Reload the weights and optimizer of the last good checkpoint at a lower lr and go on past the failing batch;
+    InputError after nonfinite_limit failures with no good update between."""
+    if state.totals.nonfinite_in_a_row >= cfg["nonfinite_limit"]:
+        raise InputError(_nonfinite_message(where, run_dir, f"{cfg['nonfinite_limit']} failures in a row; "))
+    path, saved = read_first_good([p for p in (run_dir / n for n in (LAST, PREVIOUS, BEST)) if p.is_file()])
+    scales = [group["lr_scale"] for group in state.optimizer.param_groups]
+    state.load_weights(saved)
+    for group, scale in zip(state.optimizer.param_groups, scales):
+        group["lr_scale"] = scale * cfg["rollback_lr_factor"]
+    _schedule_at(scheduler, state.optimizer, lr, cfg, state)
+    state.totals.rollbacks += 1
+    _logger.warning("non-finite loss at %s: rolled back to %s (epoch %d), lr x %g from here (now %.2e)", where, path,
+                    saved["epoch"], cfg["rollback_lr_factor"], state.optimizer.param_groups[0]["lr"])  # fmt: skip
+
+
+def _nonfinite_message(where: str, run_dir: Path, why: str = "") -> str:
+    return (
+        f"non-finite loss after {where}: {why}the run stopped and {str(run_dir / LAST)!r} holds the state without the "
+        "failing steps. Continue with --resume auto and a lower --lr, --clip-grad 1.0, or --nonfinite skip|rollback; "
+        "or check the data"
+    )
 
 
 def evaluate_checkpoint(

@@ -11,8 +11,12 @@ _logger = logging.getLogger(__name__)
 # Columns of a run directory's metrics.csv, one row per epoch (empty where not measured).
 METRICS_COLUMNS = (
     "epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5",
-    "ema_val_loss", "ema_val_top1", "ema_val_top5", "img_per_s", "skipped", "epoch_time_s",
+    "ema_val_loss", "ema_val_top1", "ema_val_top5", "img_per_s", "skipped", "scaled", "nonfinite", "rollbacks",
+    "epoch_time_s",
 )  # fmt: skip
+# skipped: unreadable images (substituted in training, left out of evaluation); scaled: high-depth images (16-bit
+# PNGs, ...) scaled to 8 bits; nonfinite: steps with a NaN/inf loss (skipped or rolled back); rollbacks: reloads of the
+# last good checkpoint (--nonfinite rollback).
 
 
 class MetricsLog:
@@ -71,4 +75,8 @@ def summary(row: Dict[str, Any], total_epochs: int) -> str:
     )
     if row["ema_val_top1"] is not None:
         text += f"  EMA top-1 {row['ema_val_top1']:.2f}%"
-    return text + f"  {row['img_per_s']:.0f} img/s  skipped {row['skipped']}  {row['epoch_time_s']:.1f} s"
+    text += f"  {row['img_per_s']:.0f} img/s  skipped {row['skipped']}"
+    for key in ("scaled", "nonfinite", "rollbacks"):
+        if row.get(key):
+            text += f"  {key} {row[key]}"
+    return text + f"  {row['epoch_time_s']:.1f} s"

@@ -1,8 +1,13 @@
-"""The process a run lives in: torchrun ranks, the device, seeds and RNG states, stop signals."""
+"""The process a run lives in: torchrun ranks, the device, seeds and RNG states, stop signals, the run lock."""
+import json
 import logging
 import os
 import random
 import signal
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -14,18 +19,35 @@ from .errors import InputError
 _logger = logging.getLogger(__name__)
 
 
-def setup_distributed() -> Tuple[int, int, int]:
-    """(rank, world size, local rank); initialises the process group under torchrun (nccl on GPU, gloo on CPU)."""
+def setup_distributed(device_name: str = "auto") -> Tuple[int, int, torch.device]:
+    """(rank, world size, this rank's device); under torchrun, initialises the process group with the backend of
+    the device the run uses (nccl for CUDA, gloo for the CPU, also on a machine that has GPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name, local_rank)
     if world == 1:
-        return 0, 1, 0
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        return 0, 1, device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
+        _init_process_group("nccl" if device.type == "cuda" else "gloo", int(os.environ["RANK"]), world)
+    return int(os.environ["RANK"]), world, device
+
+
+def _init_process_group(backend: str, rank: int, world: int) -> None:
+    """The default process group. Under a torchrun restart on one node, its keys get a space of their own: torchrun
+    keeps one store across restarts, which still holds the previous workers' addresses, and a new worker reading
+    one dials a dead process ("Connection refused", pytorch/pytorch#135712). One node's workers share the restart
+    count; across nodes it can differ, so there the README asks for TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("GROUP_WORLD_SIZE") == "1"
+    if not shared or restart == "0":
         dist.init_process_group(backend)
-    return rank, world, local_rank
+        return
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(minutes=10))  # fmt: skip
+    dist.init_process_group(backend, store=dist.PrefixStore(f"t2t_vit/restart_{restart}", store), rank=rank,
+                            world_size=world)  # fmt: skip
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -38,6 +60,8 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         raise InputError(f"device {name!r} is not a torch device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {name!r} asked for but CUDA is not available here: use --device cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
     return device
 
 
@@ -48,8 +72,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> Dict[str, Any]:
-    """Every RNG the run draws from, as plain types (loadable with weights_only=True)."""
+def rng_state(device: Optional[torch.device] = None) -> Dict[str, Any]:
+    """Every RNG the run draws from, as plain types (loadable with weights_only=True): Python, NumPy, torch's CPU
+    generator and, on a CUDA `device`, that device's generator only (a resume may see other GPUs)."""
     np_state = np.random.get_state()
     state = dict(
         python=random.getstate(),
@@ -57,29 +82,40 @@ def rng_state() -> Dict[str, Any]:
                    has_gauss=np_state[3], cached_gaussian=np_state[4]),  # fmt: skip
         torch=torch.get_rng_state(),
     )
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore what `rng_state` captured."""
+def set_rng_state(state: Dict[str, Any], device: Optional[torch.device] = None) -> None:
+    """Restore what `rng_state` captured (its CUDA generator onto `device`, when both have one)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):  # written by earlier versions: one state per visible GPU
+        cuda = cuda[device.index or 0] if device is not None and (device.index or 0) < len(cuda) else None
+    if cuda is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
-def all_rng_states(world: int) -> List[Dict[str, Any]]:
-    """Every rank's `rng_state`, by rank (a collective when world > 1: every rank must call it)."""
+def gather(obj: Any, world: int) -> List[Any]:
+    """Every rank's `obj`, by rank (a collective when world > 1: every rank must call it)."""
     if world == 1:
-        return [rng_state()]
-    states: List[Any] = [None] * world
-    dist.all_gather_object(states, rng_state())
-    return states
+        return [obj]
+    objects: List[Any] = [None] * world
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
+def agree(error: Optional[str], world: int) -> None:
+    """Raise InputError(error) on every rank if any rank has one (a collective when world > 1), so that a check
+    made by one rank (the run directory's lock) stops all of them instead of leaving the others waiting."""
+    errors = [e for e in gather(error, world) if e]
+    if errors:
+        raise InputError(errors[0])
 
 
 class StopSignal:
@@ -103,3 +139,68 @@ class StopSignal:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class RunLock:
+    """One run per run directory: `.lock` holds the owner's pid, host and torchrun run id.
+
+    A lock whose owner is gone (same host, pid not running), or that a torchrun restart of the same run left
+    behind, is taken over with a warning; a live owner is an InputError naming it.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.held = False
+
+    def acquire(self) -> None:
+        me = dict(pid=os.getpid(), host=socket.gethostname(), run_id=os.environ.get("TORCHELASTIC_RUN_ID"),
+                  since=time.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale(me)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+        raise InputError(f"could not take the lock {str(self.path)!r}: another run keeps taking it")
+
+    def _take_over_if_stale(self, me: Dict[str, Any]) -> None:
+        try:
+            owner = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            owner = {}
+        if not owner:  # unreadable or half-written: an owner dying while writing it
+            _logger.warning("taking over the unreadable lock %s", self.path)
+        elif owner.get("run_id") and owner.get("run_id") == me["run_id"]:
+            _logger.warning("taking over %s from pid %s on %s: a torchrun restart of the same run",
+                            self.path, owner.get("pid"), owner.get("host"))  # fmt: skip
+        elif owner.get("host") == me["host"] and not _alive(int(owner.get("pid", 0))):
+            _logger.warning("taking over the stale lock %s of pid %s (no longer running) on %s",
+                            self.path, owner.get("pid"), owner.get("host"))  # fmt: skip
+        else:
+            raise InputError(
+                f"run directory {str(self.path.parent)!r} is in use by pid {owner.get('pid')} on "
+                f"{owner.get('host')} (since {owner.get('since')}): wait for that run, stop it, or pass --name NAME "
+                f"for a separate run (if that run is gone, delete {str(self.path)!r})"
+            )
+        self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -1,6 +1,8 @@
 """The builders of a run, each from the resolved config: data, model, optimizer with its parameter groups, schedule,
-loss with mixup/cutmix; plus the config checks and the run directory."""
+loss with mixup/cutmix; plus the config checks and the run directory with its lock."""
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -9,25 +11,48 @@ import torch
 from torch import nn
 
 from . import data as data_lib
+from .config import check_values, data_tag
 from .errors import InputError
 from .factory import create_model, load_model
-from .train_state import BEST_METRICS
+from .train_runtime import RunLock
 
 
-def check_config(cfg: Dict[str, Any]) -> None:
-    """InputError for a config no run can start from, before anything is built."""
+def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The config with every value checked against its key's rule (and normalised, 1e3 -> 1000 for an int), or an
+    InputError for a config no run can start from; before anything is built or written."""
+    cfg = check_values(cfg)
     if cfg["data"] is None:
         raise InputError("no data: pass --data (digits, fashion-mnist:DIR, an ImageFolder root, ...)")
-    if cfg["best_metric"] not in BEST_METRICS:
-        raise InputError(f"best_metric {cfg['best_metric']!r} is not one of {sorted(BEST_METRICS)}")
     if cfg["best_metric"].startswith("ema") and not cfg["model_ema"]:
         raise InputError(f"best_metric {cfg['best_metric']!r} needs model_ema: true")
     if (cfg["mixup"] > 0 or cfg["cutmix"] > 0) and cfg["batch_size"] % 2:
         raise InputError(f"batch_size {cfg['batch_size']} must be even with mixup/cutmix on")
-    if cfg["amp_dtype"] not in ("bfloat16", "float16"):
-        raise InputError(f"amp_dtype {cfg['amp_dtype']!r} must be bfloat16 or float16")
-    if int(cfg["accum_steps"]) < 1:
-        raise InputError(f"accum_steps {cfg['accum_steps']} must be >= 1")
+    if cfg["init_checkpoint"] and not Path(cfg["init_checkpoint"]).expanduser().is_file():
+        raise InputError(f"checkpoint {cfg['init_checkpoint']!r} to start from does not exist: check the path")
+    return cfg
+
+
+def open_run_dir(run_dir: Path) -> Tuple[RunLock, Optional[Path]]:
+    """Create `run_dir` (if needed) and take its lock: (the lock, the topmost directory this created, if any).
+    InputError if the output path is a file, not writable, or the directory is in use by another run."""
+    missing = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    existing = run_dir.parents[len(missing) - 1] if missing else run_dir
+    if not existing.is_dir():
+        raise InputError(f"output {str(existing)!r} is a file, not a directory: choose another --output or --name")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"output {str(existing)!r} is not writable: choose another --output")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create run directory {str(run_dir)!r} ({e.strerror}): choose another --output")
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except BaseException:
+        if missing:
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        raise
+    return lock, missing[-1] if missing else None
 
 
 def data_config_of(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -45,8 +70,7 @@ def data_config_of(cfg: Dict[str, Any]) -> Dict[str, Any]:
 def run_dir_of(cfg: Dict[str, Any]) -> Path:
     """output/name; name defaults to model-data."""
     model = cfg["model"] or Path(str(cfg["init_checkpoint"])).name.split(".")[0]
-    name = cfg["name"] or f"{model}-{str(cfg['data']).split(':')[0].replace('/', '_')}"
-    return Path(cfg["output"]) / name
+    return Path(cfg["output"]).expanduser() / (cfg["name"] or f"{model}-{data_tag(cfg['data'])}")
 
 
 def scaled_lr(cfg: Dict[str, Any], world: int) -> Tuple[int, float]:

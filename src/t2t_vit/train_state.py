@@ -1,27 +1,28 @@
 """The training state: what a checkpoint saves and a resume loads back, through one `state_dict` pair.
 
-A checkpoint holds model, model_ema, optimizer, scheduler, scaler, epoch (epochs done), step_in_epoch (batches done
-in the next one), updates, best, rng (one state per rank), and, for readers such as `load_model`, config and meta.
+A checkpoint holds model, model_ema, optimizer, scaler, epoch (epochs done), step_in_epoch (batches done by each
+rank in the next one), samples_in_epoch (the same over all ranks), updates, best, ranks (each rank's RNG states and
+running epoch totals), and, for readers such as `load_model` and for resuming, config and meta. The schedule is not
+saved: it is a function of the config and the step, rebuilt on resume (so a resume can change it).
 """
 import logging
 import math
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .checkpoint import read_checkpoint, save_checkpoint
-from .engine import unwrap
+from .checkpoint import link_or_copy, read_checkpoint, save_checkpoint
+from .config import RESUME_CHANGEABLE
+from .engine import EpochTotals, unwrap
 from .errors import InputError
-from .train_runtime import all_rng_states, set_rng_state
+from .train_runtime import gather, rng_state, set_rng_state
 
 _logger = logging.getLogger(__name__)
 
-LAST, BEST = "last.pth.tar", "best.pth.tar"
+LAST, PREVIOUS, BEST = "last.pth.tar", "previous.pth.tar", "best.pth.tar"
 
 # best_metric -> (which evaluation, which number, +1 if higher is better else -1)
 BEST_METRICS = {"top1": ("val", "top1", 1), "ema_top1": ("ema", "top1", 1),
@@ -30,73 +31,90 @@ BEST_METRICS = {"top1": ("val", "top1", 1), "ema_top1": ("ema", "top1", 1),
 
 @dataclass
 class TrainState:
-    """Model, EMA, optimizer, schedule, scaler and the run's position, saved and resumed as one."""
+    """Model, EMA, optimizer, scaler and the run's position, saved and resumed as one."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any  # timm scheduler
     ema: Optional[nn.Module] = None  # timm ModelEmaV3
     scaler: Optional[torch.amp.GradScaler] = None
+    device: torch.device = torch.device("cpu")
+    batch_size: int = 1  # per rank, to turn the position in batches into samples
     epoch: int = 0  # epochs done
-    step_in_epoch: int = 0  # batches done in epoch `epoch` + 1 (0 between epochs)
+    totals: EpochTotals = field(default_factory=EpochTotals)  # this rank's part of epoch `epoch` + 1 so far
     updates: int = 0  # optimizer updates done
     best: Optional[Dict[str, Any]] = None  # {metric, value, epoch}
     rank: int = 0
     world: int = 1
-    info: Dict[str, Any] = field(default_factory=dict)  # config and meta: written for readers, not read back
+    info: Dict[str, Any] = field(default_factory=dict)  # config and meta, for readers and for resuming
 
     def state_dict(self) -> Dict[str, Any]:
-        """Everything, every rank's RNG included (a collective when world > 1: every rank must call it)."""
+        """Everything, every rank's RNG and totals included (a collective when world > 1: every rank calls it)."""
+        ranks = gather(dict(rng=rng_state(self.device), totals=self.totals.state_dict()), self.world)
         return dict(
             model=unwrap(self.model).state_dict(),
             model_ema=self.ema.module.state_dict() if self.ema is not None else None,
             optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
-            epoch=self.epoch, step_in_epoch=self.step_in_epoch, updates=self.updates, best=self.best,
-            rng=all_rng_states(self.world), **self.info,
+            epoch=self.epoch, step_in_epoch=self.totals.batches,
+            samples_in_epoch=self.totals.batches * self.batch_size * self.world, updates=self.updates,
+            best=self.best, ranks=ranks, **self.info,
         )  # fmt: skip
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """The inverse of `state_dict`; this rank takes its own RNG state (rank 0's if the run had fewer ranks)."""
-        unwrap(self.model).load_state_dict(state["model"])
-        if self.ema is not None and state.get("model_ema") is not None:
-            self.ema.module.load_state_dict(state["model_ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+    def load_weights(self, state: Dict[str, Any]) -> None:
+        """Model, EMA, optimizer and scaler from a checkpoint; the position, RNGs and totals stay (a rollback)."""
+        try:
+            unwrap(self.model).load_state_dict(state["model"])
+            if self.ema is not None and state.get("model_ema") is not None:
+                self.ema.module.load_state_dict(state["model_ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[-1].strip()
+            raise InputError(
+                f"the checkpoint does not fit this model and optimizer ({first}): resume with the config it was "
+                "trained with, or start a new run with --init-checkpoint"
+            ) from None
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step_in_epoch, self.updates = state["epoch"], state["step_in_epoch"], state["updates"]
-        self.best = state["best"]
-        rngs = state["rng"]
-        set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """The inverse of `state_dict`. This rank takes its own RNG state and totals; when the number of ranks or
+        the batch size changed, the position carries over in samples and the totals go to rank 0."""
+        self.load_weights(state)
+        self.epoch, self.updates, self.best = state["epoch"], state["updates"], state["best"]
+        ranks = state.get("ranks") or [dict(rng=r) for r in state["rng"]]  # "rng": written by earlier versions
+        mine = ranks[self.rank] if self.rank < len(ranks) else ranks[0]
+        set_rng_state(mine["rng"], self.device)
+        samples = state.get("samples_in_epoch", state["step_in_epoch"] * self.batch_size * len(ranks))
+        if len(ranks) == self.world and samples == state["step_in_epoch"] * self.batch_size * self.world:
+            self.totals = EpochTotals.from_state_dict(mine.get("totals"), self.device)
+            self.totals.batches = state["step_in_epoch"]
+            return
+        self.totals = EpochTotals(batches=samples // (self.batch_size * self.world))
+        if self.rank == 0:  # the epoch's totals so far, summed, so the epoch's row still counts them
+            for r in ranks:
+                t = EpochTotals.from_state_dict(r.get("totals"), self.device)
+                self.totals.loss = t.loss if self.totals.loss is None else self.totals.loss + t.loss
+                for key in ("skipped", "scaled", "nonfinite", "rollbacks"):
+                    setattr(self.totals, key, getattr(self.totals, key) + getattr(t, key))
+                self.totals.seconds = max(self.totals.seconds, t.seconds)
+        _logger.info("the position in epoch %d carries over as %d samples (batch %d x %d ranks now)",
+                     self.epoch + 1, samples, self.batch_size, self.world)  # fmt: skip
 
     def save(self, run_dir: Path, is_best: bool = False, keep_every: int = 0) -> None:
-        """Write `run_dir`/last.pth.tar, copied to best.pth.tar and, at the end of every `keep_every`-th epoch, to
-        epoch_N.pth.tar; all atomically. Every rank calls it; rank 0 writes."""
+        """Write `run_dir`/last.pth.tar (the one it replaces stays as previous.pth.tar), and link it as
+        best.pth.tar and, at the end of every `keep_every`-th epoch, epoch_N.pth.tar; all atomic and flushed to
+        disk. Every rank calls it; rank 0 writes."""
         state = self.state_dict()
         if self.rank != 0:
             return
         last = Path(run_dir) / LAST
+        if last.is_file():
+            link_or_copy(last, last.with_name(PREVIOUS))
         save_checkpoint(state, last)
         if is_best:
-            _copy_atomic(last, last.with_name(BEST))
-        if keep_every and self.epoch % keep_every == 0 and self.step_in_epoch == 0:
-            _copy_atomic(last, last.with_name(f"epoch_{self.epoch}.pth.tar"))
-
-    def load(self, path: Path, data: str) -> None:
-        """Continue from our training checkpoint `path`; InputError if it is not one or its head does not fit `data`."""
-        state = read_checkpoint(path)
-        if not isinstance(state, dict) or "optimizer" not in state:
-            raise InputError(f"{str(path)!r} is not a training checkpoint of ours (no optimizer state)")
-        head, own = state["model"].get("head.weight"), unwrap(self.model).state_dict().get("head.weight")
-        if head is not None and own is not None and head.shape[0] != own.shape[0]:
-            raise InputError(
-                f"{str(path)!r} has a {head.shape[0]}-class head but {data} has {own.shape[0]} "
-                "classes: resume on the same data, or start a fine-tune with --init-checkpoint"
-            )
-        self.load_state_dict(state)
-        _logger.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step_in_epoch)
+            link_or_copy(last, last.with_name(BEST))
+        if keep_every and self.epoch % keep_every == 0 and self.totals.batches == 0:
+            link_or_copy(last, last.with_name(f"epoch_{self.epoch}.pth.tar"))
 
     def update_best(self, metric: str, evals: Dict[str, Dict[str, float]]) -> bool:
         """Record epoch `self.epoch`'s `metric` (a BEST_METRICS name, read from evals["val"] or evals["ema"]) if it
@@ -109,29 +127,55 @@ class TrainState:
         return True
 
 
-def checkpoint_to_resume(run_dir: Path, resume: Optional[str]) -> Optional[Path]:
-    """The checkpoint `resume` names ("auto": `run_dir`'s last, if any; or a path); None to start afresh, which
-    a run directory already holding a run refuses."""
-    last = Path(run_dir) / LAST
+def checkpoints_to_resume(run_dir: Path, resume: Optional[str]) -> List[Path]:
+    """The checkpoints `resume` names, best first ("auto": `run_dir`'s last, then previous, then best; or a path);
+    empty to start afresh, which a run directory already holding a run refuses."""
+    found = [p for p in (Path(run_dir) / n for n in (LAST, PREVIOUS, BEST)) if p.is_file()]
     if resume is None:
-        if last.is_file():
+        if found:
             raise InputError(
                 f"run directory {str(run_dir)!r} already holds a run: pass --resume auto to continue it, or "
                 "--name NAME to start another"
             )
-        return None
+        return []
     if resume == "auto":
-        if last.is_file():
-            return last
-        _logger.info("--resume auto: no checkpoint in %s yet, starting fresh", run_dir)
-        return None
+        if not found:
+            _logger.info("--resume auto: no checkpoint in %s yet, starting fresh", run_dir)
+        return found
     path = Path(resume)
     if not path.is_file():
         raise InputError(f"--resume {resume!r}: no such checkpoint file (or use --resume auto)")
-    return path
+    return [path]
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+def read_first_good(paths: List[Path]) -> Tuple[Path, Dict[str, Any]]:
+    """The first of `paths` that reads as a training checkpoint of ours, warning for each one passed over."""
+    errors = []
+    for path in paths:
+        try:
+            state = read_checkpoint(path)
+            if not isinstance(state, dict) or "optimizer" not in state or "epoch" not in state:
+                raise InputError(f"{str(path)!r} is not a training checkpoint of ours (no optimizer state)")
+        except InputError as e:
+            errors.append(str(e))
+            continue
+        if errors:
+            _logger.warning("%s; resuming from %s instead", "; ".join(errors), path)
+        return path, state
+    raise InputError("; ".join(errors) + ": no checkpoint to resume from")
+
+
+def resume_changes(saved: Optional[Dict[str, Any]], cfg: Dict[str, Any], path: Path) -> Dict[str, Tuple[Any, Any]]:
+    """The config keys a resume changes, {key: (checkpoint's value, new value)}; InputError if one of them may not
+    change (the model, the data, the image size, the recipe's other keys: RESUME_CHANGEABLE lists those that may)."""
+    if not saved:
+        return {}
+    changed = {k: (saved[k], v) for k, v in cfg.items() if k in saved and saved[k] != v}
+    fixed = {k: c for k, c in changed.items() if k not in RESUME_CHANGEABLE}
+    if fixed:
+        what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in fixed.items())
+        raise InputError(
+            f"cannot resume {str(path)!r} with {what}: a resume may change only {', '.join(sorted(RESUME_CHANGEABLE))}."
+            " Start a new run (--name NAME) from these weights with --init-checkpoint instead"
+        )
+    return changed

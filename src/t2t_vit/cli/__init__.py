@@ -22,17 +22,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run one command; 0 on success, 2 with one line on stderr for a user mistake (InputError)."""
+    """Run one command; 0 on success, 2 with one line on stderr for a user mistake (InputError), 128 + the signal's
+    number for a run stopped by SIGTERM (143) or Ctrl-C (130) after saving its checkpoint."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, rest = parser.parse_known_args(argv)
+    args.argv = argv
     if rest and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        args.func(args, rest) if getattr(args, "takes_overrides", False) else args.func(args)
+        code = args.func(args, rest) if getattr(args, "takes_overrides", False) else args.func(args)
     except InputError as e:
         print(f"t2t-vit {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0

@@ -1,5 +1,25 @@
-"""Arguments several commands share."""
+"""Arguments several commands share, and argument types that refuse nonsense with argparse's own usage error."""
 import argparse
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (batch sizes, image sizes, counts)."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (worker processes, warm-up steps: 0 means none)."""
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
+def _int_at_least(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is not {what}")
+    return value
 
 
 def checkpoint_args(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,8 @@ import argparse
 import json
 from typing import Any
 
-from .common import checkpoint_args
+from ..errors import InputError
+from .common import checkpoint_args, non_negative_int, positive_int
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 
@@ -12,8 +13,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("predict", help="classify image files, folders or globs with a checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="files, folders (searched recursively) or globs")
     checkpoint_args(p)
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--top-k", type=positive_int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="one JSON list on stdout, for machines")
     p.set_defaults(func=_predict)
@@ -36,10 +37,10 @@ def register(sub: Any) -> None:
     b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     b.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype (fp32: none)")
     b.add_argument("--compile", action="store_true", help="torch.compile the model")
-    b.add_argument("--batch-size", type=int, default=16)
-    b.add_argument("--img-size", type=int, default=224)
-    b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    b.add_argument("--repeats", type=int, default=5, help="timed steps (the median is reported)")
+    b.add_argument("--batch-size", type=positive_int, default=16)
+    b.add_argument("--img-size", type=positive_int, default=224)
+    b.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps first")
+    b.add_argument("--repeats", type=positive_int, default=5, help="timed steps (the median is reported)")
     b.add_argument("--attn-impl", choices=("sdpa", "eager"), default="sdpa", help="the implementation to measure")
     b.add_argument("--compare-eager", action="store_true", help="also measure attn_impl='eager'; print ratios")
     b.add_argument("--no-memory", action="store_true", help="skip the peak memory measurement")
@@ -53,12 +54,14 @@ def _predict(args: argparse.Namespace) -> None:
     results = predict(args.images, args.checkpoint, args.model, args.top_k, args.batch_size, args.device)
     if args.json:
         print(json.dumps(results, indent=1))
-        return
-    for r in results:
-        if "error" in r:
-            print(f"{r['file']}: skipped, {r['error']}")
-        else:
-            print(f"{r['file']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top_k"]))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['file']}: skipped, {r['error']}")
+            else:
+                print(f"{r['file']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top_k"]))
+    if all("error" in r for r in results):  # some readable: exit 0, the skipped ones are listed above
+        raise InputError(f"none of the {len(results)} inputs could be read: give image files (PNG, JPEG, ...)")
 
 
 def _export(args: argparse.Namespace) -> None:

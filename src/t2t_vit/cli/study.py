@@ -1,5 +1,6 @@
 """`t2t-vit visualize` and `reproduce`: pictures of a model and its training, the paper's claims at small scale."""
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
@@ -96,9 +97,15 @@ def _curves(args: argparse.Namespace) -> None:
     print(f"wrote {plot_curves(args.run_dirs, args.out)}")
 
 
-def _reproduce(args: argparse.Namespace) -> None:
-    from ..reproduce import run_experiment
+def _reproduce(args: argparse.Namespace) -> int:
+    from ..reproduce import StudyStopped, run_experiment
 
-    path = run_experiment(args.experiment, args.data, args.seeds, args.epochs, args.train_subset or None,
-                          args.output, args.results, progress=True)  # fmt: skip
+    try:
+        path = run_experiment(args.experiment, args.data, args.seeds, args.epochs, args.train_subset or None,
+                              args.output, args.results, progress=True)  # fmt: skip
+    except StudyStopped as e:
+        signum, where = e.args
+        print(f"t2t-vit reproduce: stopped at {where}; the same command continues it", file=sys.stderr)
+        return 128 + signum
     print(path.read_text())
+    return 0

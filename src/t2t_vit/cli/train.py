@@ -1,11 +1,14 @@
 """`t2t-vit train`, `finetune`, `eval`, `demo`: runs over a resolved config, and held-out evaluation."""
 import argparse
 import os
+import shlex
+import signal
+import sys
 from pathlib import Path
 from typing import Any, List
 
 from ..config import data_tag, describe_keys, parse_overrides, resolve_config
-from .common import checkpoint_args
+from .common import checkpoint_args, non_negative_int, positive_int
 
 
 def register(sub: Any) -> None:
@@ -39,8 +42,8 @@ def register(sub: Any) -> None:
     e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's held-out split: top-1, top-5, loss, img/s")
     checkpoint_args(e)
     e.add_argument("--data", required=True, help="dataset spec; its held-out split is used")
-    e.add_argument("--batch-size", type=int, default=128)
-    e.add_argument("--workers", type=int, default=4)
+    e.add_argument("--batch-size", type=positive_int, default=128)
+    e.add_argument("--workers", type=non_negative_int, default=4)
     e.add_argument("--device", default="auto")
     e.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA ones")
     e.add_argument("--download", action="store_true", help="fetch the dataset where the source can (CIFAR)")
@@ -58,7 +61,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_train, takes_overrides=True)
 
 
-def _train(args: argparse.Namespace, overrides: List[str]) -> None:
+def _train(args: argparse.Namespace, overrides: List[str]) -> int:
     from ..train import train
 
     values = parse_overrides(overrides)
@@ -68,8 +71,30 @@ def _train(args: argparse.Namespace, overrides: List[str]) -> None:
         if "name" not in values:  # named for where it starts and the data it learns
             cfg["name"] = f"{_checkpoint_stem(args.checkpoint)}-ft-{data_tag(cfg['data'])}"
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
-    if "val_top1" in result and int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 128 + result["stopped"] if result.get("stopped") else 0
+    if result.get("stopped"):  # a signal: the run is not finished, and says so to the shell and the scheduler
+        print(f"t2t-vit {args.command}: stopped at {result['at']} by {signal.Signals(result['stopped']).name}; "
+              f"continue with: {_continue_command(args.argv)}", file=sys.stderr)  # fmt: skip
+        return 128 + result["stopped"]
+    if "val_top1" in result:
         print(f"held-out top-1: {result['val_top1']:.2f}%  (run directory: {result['run_dir']})")
+    return 0
+
+
+def _continue_command(argv: List[str]) -> str:
+    """The command that continues a stopped run: this one with --resume auto (torchrun's own line under torchrun)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--resume="):
+            skip = False
+            continue
+        skip = arg == "--resume"
+        if not skip:
+            kept.append(arg)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return "the same torchrun command with --resume auto"
+    return shlex.join(["t2t-vit", *kept, "--resume", "auto"])
 
 
 def _checkpoint_stem(path: str) -> str:
@@ -90,7 +115,7 @@ def _eval(args: argparse.Namespace) -> None:
     )
 
 
-def _demo(args: argparse.Namespace) -> None:
+def _demo(args: argparse.Namespace) -> int:
     import shutil
     import time
 
@@ -101,7 +126,10 @@ def _demo(args: argparse.Namespace) -> None:
     if run_dir.exists():
         shutil.rmtree(run_dir)  # each demo starts afresh
     start = time.perf_counter()
-    train(cfg)
+    if train(cfg).get("stopped"):
+        print("t2t-vit demo: stopped; run `make demo` again to start over", file=sys.stderr)
+        return 130
     metrics = evaluate_checkpoint(str(run_dir / "last.pth.tar"), cfg["data"], workers=0, progress=False)
     print(f"run directory: {run_dir} (last.pth.tar, metrics.csv, curves.png); {time.perf_counter() - start:.0f} s")
     print(f"held-out top-1: {metrics['top1']:.1f}%")
+    return 0

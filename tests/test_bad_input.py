@@ -1,0 +1,201 @@
+"""User mistakes end in one line on stderr and a non-zero exit, never a traceback: damaged data files, an offline
+download, files that are not checkpoints, bad output paths, unreadable images, and nonsense integer arguments."""
+import gzip
+import os
+import pickle
+import struct
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from t2t_vit import InputError, create_model
+from t2t_vit.checkpoint import read_checkpoint
+from t2t_vit.cli import main
+from t2t_vit.data import _read_idx, create_dataset
+
+TINY = dict(img_size=16, num_classes=3, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0, token_dim=16,
+            soft_splits=[[3, 1, 1], [3, 1, 1], [3, 2, 1]])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """Our layout (weights and meta), a one-block model at 16 px: built, not trained."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth.tar"
+    model = create_model("t2t_vit_7", **TINY)
+    meta = dict(arch="t2t_vit_7", model_kwargs=TINY, class_names=["a", "b", "c"], data_config=None, grid_size=None)
+    torch.save({"model": model.state_dict(), "meta": meta}, path)
+    return path
+
+
+def _one_line_error(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _idx_bytes(n: int = 20) -> bytes:
+    """An IDX images file: n images of 4x4 uint8."""
+    return struct.pack(">HBB3I", 0, 8, 3, n, 4, 4) + np.arange(n * 16, dtype=np.uint8).tobytes()
+
+
+# 1. damaged IDX files
+
+
+def test_truncated_gz_idx_file_names_the_file(tmp_path):
+    whole = gzip.compress(_idx_bytes(200))
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=r"train-images-idx3-ubyte\.gz.*truncated or corrupt: download it again"):
+        _read_idx(tmp_path / "train-images-idx3-ubyte")
+
+
+def test_uncompressed_idx_shorter_than_its_header_says(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(_idx_bytes()[:-10])
+    with pytest.raises(InputError, match=r"train-images-idx3-ubyte'.*truncated or corrupt: download it again"):
+        _read_idx(path)
+
+
+# 2. CIFAR download offline; eval checks its checkpoint first
+
+
+@pytest.fixture
+def offline(monkeypatch) -> list:
+    """No network: every urlopen fails as it does without a connection; the calls are recorded."""
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return calls
+
+
+def test_cifar_download_offline_is_one_error_and_leaves_no_directory(tmp_path, offline):
+    root = tmp_path / "new" / "cifar"
+    with pytest.raises(InputError) as info:
+        create_dataset(f"cifar10:{root}", "val", download=True)
+    message = str(info.value)
+    assert "cifar10" in message and str(root) in message and "name resolution" in message
+    assert "\n" not in message and offline
+    assert not (tmp_path / "new").exists()  # torchvision made it; we took it away again
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(InputError, match="cifar100"):
+        create_dataset(f"cifar100:{existing}", "val", download=True)
+    assert existing.is_dir()  # the user's own directory stays
+
+
+def test_eval_checks_the_checkpoint_before_the_data_and_network(tmp_path, offline, capsys):
+    data_dir = tmp_path / "cifar"
+    argv = ["eval", "--checkpoint", str(tmp_path / "missing.pth"), "--data", f"cifar10:{data_dir}", "--download"]
+    assert main(argv) == 2
+    _one_line_error(capsys, "t2t-vit eval: error:", "missing.pth")
+    assert not data_dir.exists() and not offline
+
+
+# 3. files that are not checkpoints
+
+
+@pytest.mark.parametrize("content", [b"hello, this is a text file\n", bytes(range(7, 64)), b""])
+def test_not_a_checkpoint_says_so(tmp_path, content):
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=r"is not a PyTorch checkpoint \(it (starts with|is empty)") as info:
+        read_checkpoint(path)
+    assert "pickled objects" not in str(info.value)
+
+
+def test_pickle_with_disallowed_globals_is_still_refused_as_unsafe(tmp_path):
+    path = tmp_path / "unsafe.pth"
+    torch.save({"state_dict": {}, "fn": os.getcwd}, path)
+    with pytest.raises(InputError, match="pickled objects other than tensors"):
+        read_checkpoint(path)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(2), "fn": os.getcwd}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(InputError, match="pickled objects other than tensors"):
+        read_checkpoint(legacy)
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"a": os.getcwd}, protocol=2))
+    with pytest.raises(InputError, match="could not be read|pickled objects"):
+        read_checkpoint(plain)
+
+
+# 4. export to a path it cannot write
+
+
+def test_export_output_that_is_a_directory_or_unwritable(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    import t2t_vit.factory
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the output was checked")
+
+    monkeypatch.setattr(t2t_vit.factory, "load_model", no_work)
+    monkeypatch.setattr("t2t_vit.export.load_model", no_work, raising=False)
+    base = ["export", "--checkpoint", str(tiny_checkpoint), "--format", "safetensors", "--output"]
+    assert main([*base, str(tmp_path)]) == 2
+    _one_line_error(capsys, "t2t-vit export: error:", "is a directory")
+    (tmp_path / "file").write_text("x")
+    assert main([*base, str(tmp_path / "file" / "sub" / "model.safetensors")]) == 2
+    _one_line_error(capsys, "t2t-vit export: error:", "not a directory")
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        assert main([*base, str(ro / "model.safetensors")]) == 2
+        _one_line_error(capsys, "t2t-vit export: error:", "not writable")
+
+
+# 5. predict where no image could be read
+
+
+def test_predict_fails_when_no_input_could_be_read(tmp_path, tiny_checkpoint, capsys):
+    from PIL import Image
+
+    bad = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path in bad:
+        path.write_bytes(b"not a png")
+    assert main(["predict", *map(str, bad), "--checkpoint", str(tiny_checkpoint)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("skipped") == 2
+    assert "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert "none of the 2 inputs could be read" in captured.err
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "good.png")
+    assert main(["predict", *map(str, bad), str(tmp_path / "good.png"), "--checkpoint", str(tiny_checkpoint)]) == 0
+
+
+# 6. integer arguments
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--checkpoint", "c.pth", "--data", "digits", "--batch-size", "0"],
+    ["eval", "--checkpoint", "c.pth", "--data", "digits", "--workers", "-1"],
+    ["eval", "--checkpoint", "c.pth", "--data", "digits", "--batch-size", "two"],
+    ["predict", "x.png", "--checkpoint", "c.pth", "--top-k", "0"],
+    ["predict", "x.png", "--checkpoint", "c.pth", "--batch-size", "-3"],
+    ["benchmark", "--model", "t2t_vit_7", "--batch-size", "0"],
+    ["benchmark", "--model", "t2t_vit_7", "--img-size", "-224"],
+    ["benchmark", "--model", "t2t_vit_7", "--repeats", "0"],
+    ["benchmark", "--model", "t2t_vit_7", "--warmup", "-1"],
+])  # fmt: skip
+def test_integer_arguments_out_of_range_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"argument {argv[-2]}: " in err.splitlines()[-1], err
+
+
+def test_zero_is_fine_where_it_means_none(capsys):
+    from t2t_vit.cli import build_parser
+
+    args = build_parser().parse_args(["benchmark", "--model", "t2t_vit_7", "--warmup", "0"])
+    assert args.warmup == 0
+    args = build_parser().parse_args(["eval", "--checkpoint", "c", "--data", "digits", "--workers", "0"])
+    assert args.workers == 0

@@ -1,0 +1,104 @@
+"""What the ranks of a multi-process run share, checked with 2 gloo processes (a defect shows as a mismatch, an
+error or a hang, which the timeouts turn into a failure)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+
+from t2t_vit.train_runtime import rng_state, set_rng_state
+
+from .conftest import tiny_train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"), **extra)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT"):
+        env.pop(key, None)
+    return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ranks_share_one_ema_and_no_batch_is_ever_empty(tmp_path):
+    # 8 training images, one unreadable: with a batch of 1 a rank, one rank meets it alone in its batch
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(4):
+                pixels = (torch.rand(12, 12, 3, generator=torch.Generator().manual_seed(i)) * 255).byte().numpy()
+                Image.fromarray(pixels).save(tmp_path / "data" / split / c / f"{i}.png")
+    (tmp_path / "data" / "train" / "a" / "3.png").write_bytes(b"not a png")
+    cfg = tiny_train_config(tmp_path, data=str(tmp_path / "data"), batch_size=1, mixup=0.0, cutmix=0.0, drop_path=0.1,
+                            model_ema=True, model_ema_decay=0.5, epochs=2, warmup_epochs=0)  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "tests.ddp_probe", json.dumps(cfg), str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for key in ("model", "ema"):  # identical, bitwise: the EMA starts from the weights DDP gave every rank
+        assert all(torch.equal(r0[key][k], r1[key][k]) for k in r0[key]), key
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[10] for r in rows[1:]] == ["1", "1"]  # skipped: the unreadable image, each epoch
+
+
+def _backend_of_a_cpu_run(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from t2t_vit.train_runtime import setup_distributed
+
+    torch.cuda.is_available = lambda: True  # a machine with GPUs, where the user asked for the CPU
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
+    _, _, device = setup_distributed("cpu")
+    Path(out, f"{rank}.txt").write_text(f"{dist.get_backend()} {device}")
+    dist.destroy_process_group()
+
+
+def test_device_cpu_uses_gloo_on_a_machine_with_gpus(tmp_path):
+    ctx, port = mp.get_context("spawn"), _free_port()
+    procs = [ctx.Process(target=_backend_of_a_cpu_run, args=(r, port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        if p.is_alive():
+            p.kill()
+    assert [(tmp_path / f"{r}.txt").read_text() for r in range(2) if (tmp_path / f"{r}.txt").exists()] == [
+        "gloo cpu", "gloo cpu"
+    ]
+
+
+def test_resuming_on_fewer_gpus_takes_this_devices_cuda_rng_only(monkeypatch):
+    """A checkpoint from 8 GPUs (earlier versions saved every visible GPU's CUDA RNG) resumes on a machine with one;
+    a new checkpoint holds the CUDA RNG of its rank's device only."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: torch.tensor([7, int(device.index)]))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: calls.append((state, device)))
+
+    def set_all(states):
+        if len(states) > torch.cuda.device_count():
+            raise IndexError("list index out of range")
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([i]) for i in range(8)])
+    old = dict(rng_state(), cuda=[torch.tensor([i]) for i in range(8)])
+    set_rng_state(old, torch.device("cuda:0"))
+    assert len(calls) == 1 and torch.equal(calls[0][0], torch.tensor([0]))
+    new = rng_state(torch.device("cuda:0"))
+    assert torch.equal(new["cuda"], torch.tensor([7, 0]))
+    assert "cuda" not in rng_state(torch.device("cpu"))

@@ -1,0 +1,307 @@
+"""Runs that resume exactly from any stop, restart on their own, and never lose or hide work."""
+import csv
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import t2t_vit.train as train_mod
+from t2t_vit import InputError
+from t2t_vit.checkpoint import read_checkpoint
+from t2t_vit.cli import main
+from t2t_vit.config import parse_overrides, resolve_config
+from t2t_vit.data import create_dataset
+from t2t_vit.train import build_scheduler, train
+
+from .conftest import tiny_train_config
+
+TIMING = ("img_per_s", "epoch_time_s")  # the only columns a resumed run may differ in
+
+
+def _state(run_dir) -> dict:
+    return read_checkpoint(Path(run_dir) / "last.pth.tar")
+
+
+def _rows(run_dir) -> list:
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+
+
+def _assert_same_run(a, b) -> None:
+    """Weights, EMA, optimizer position and metrics.csv (timings aside) bitwise equal."""
+    sa, sb = _state(a), _state(b)
+    assert (sa["epoch"], sa["updates"]) == (sb["epoch"], sb["updates"])
+    for key in ("model", "model_ema"):
+        for name, value in (sa[key] or {}).items():
+            assert torch.equal(value, sb[key][name]), (key, name)
+    assert _rows(a) == _rows(b)
+
+
+def _hook_criterion(monkeypatch, at_call: dict) -> None:
+    """Make the training loss do something at chosen calls: {n: "nan" | signal number}."""
+    real = train_mod.build_criterion
+
+    def hooked(cfg, num_classes):
+        criterion, mixup = real(cfg, num_classes)
+        calls = {"n": 0}
+
+        def loss(logits, target):
+            calls["n"] += 1
+            value = criterion(logits, target)
+            action = at_call.get(calls["n"])
+            if action == "nan":
+                return value * float("nan")
+            if action is not None:
+                os.kill(os.getpid(), action)
+            return value
+
+        return loss, mixup
+
+    monkeypatch.setattr(train_mod, "build_criterion", hooked)
+
+
+# Every source of randomness on: augmentation, mixup/cutmix, drop path, dropout, EMA; 11 steps an epoch.
+RANDOM = dict(scale=[0.6, 1.0], aa="rand-m5-mstd0.5", reprob=0.25, mixup=0.2, cutmix=0.2, drop_path=0.1, drop=0.1,
+              model_ema=True, model_ema_decay=0.9, train_subset=704)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The uninterrupted run every interrupted one must end equal to (with workers 0; per-sample augmentation
+    seeds make the worker count irrelevant)."""
+    return Path(train(tiny_train_config(tmp_path_factory.mktemp("straight"), **RANDOM), progress=False)["run_dir"])
+
+
+# ----------------------------------------------------------------------------------------------- config values
+
+
+def test_config_values_parse_as_users_write_them():
+    assert parse_overrides(["--lr", "2e-3", "--epochs", "1e3", "--batch-size", "1_000", "--min-lr=1E-5"]) == dict(
+        lr=2e-3, epochs=1000.0, batch_size=1000, min_lr=1e-5
+    )
+    cfg = resolve_config("digits", parse_overrides(["--lr", "2e-3", "--epochs", "1e3", "--workers", "1_0"]))
+    assert (cfg["lr"], cfg["epochs"], cfg["workers"]) == (2e-3, 1000, 10) and isinstance(cfg["epochs"], int)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "batch_size = 0 (from the command line) is not allowed: expected an integer >= 1"),
+    (["--batch-size", "-4"], "batch_size = -4"),
+    (["--lr", "-1"], "lr = -1 (from the command line) is not allowed: expected a number > 0"),
+    (["--lr", "abc"], "lr = 'abc'"),
+    (["--epochs", "abc"], "epochs = 'abc'"),
+    (["--epochs", "0"], "epochs = 0"),
+    (["--epochs", "1.5"], "epochs = 1.5 (from the command line) is not allowed: expected an integer >= 1"),
+    (["--workers", "-1"], "workers = -1"),
+    (["--nonfinite", "ignore"], "expected one of stop, skip, rollback"),
+    (["--scale", "[0.5]"], "expected a list of 2 numbers"),
+])  # fmt: skip
+def test_bad_config_values_are_one_line_and_leave_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "runs"
+    assert main(["train", "--config", "digits", "--output", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("t2t-vit train: error: config key ") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_output_that_is_a_file_or_read_only_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["train", "--config", "digits", "--output", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert "output " in err and "is a file, not a directory" in err and err.count("\n") == 1
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o555)
+        assert main(["train", "--config", "digits", "--output", str(tmp_path / "ro" / "runs")]) == 2
+        assert "is not writable" in capsys.readouterr().err
+
+
+def test_a_failed_start_leaves_no_run_directory(tmp_path):
+    with pytest.raises(InputError, match="unknown model"):
+        train(tiny_train_config(tmp_path, model="t2t_vit_99"), progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(InputError, match=r"checkpoint '.*nowhere.pth' to start from does not exist"):
+        train(tiny_train_config(tmp_path, init_checkpoint=str(tmp_path / "nowhere.pth")), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------- resume
+
+
+def test_resume_applies_the_keys_that_may_change_and_refuses_the_others(tmp_path, caplog):
+    first = train(tiny_train_config(tmp_path, epochs=3, stop_after_epochs=1), progress=False)
+    with pytest.raises(InputError, match=r"cannot resume .* with img_size 16 -> 24: .*--init-checkpoint"):
+        train(tiny_train_config(tmp_path, epochs=3, img_size=24), resume="auto", progress=False)
+    kwargs = dict(tiny_train_config(tmp_path)["model_kwargs"], depth=2)
+    with pytest.raises(InputError, match=r"cannot resume .* with model_kwargs"):
+        train(tiny_train_config(tmp_path, epochs=3, model_kwargs=kwargs), resume="auto", progress=False)
+    new = tiny_train_config(tmp_path, epochs=4, lr=5e-4, clip_grad=1.0, stop_after_epochs=1)
+    with caplog.at_level("INFO", logger="t2t_vit.train"):
+        train(new, resume="auto", progress=False)
+    assert "resume changes lr: 0.001 -> 0.0005" in caplog.text and "resume changes epochs: 3 -> 4" in caplog.text
+    # the lr of epoch 2 is the new schedule's at 2 x 22 updates, not the old one's
+    opt = torch.optim.AdamW(torch.nn.Linear(1, 1).parameters(), lr=5e-4 * 64 / 64)
+    sched, _ = build_scheduler(opt, new, updates_per_epoch=22)
+    sched.step_update(num_updates=44)
+    assert float(_rows(first["run_dir"])[1]["lr"]) == opt.param_groups[0]["lr"]
+    history = json.loads(json.dumps(__import__("yaml").safe_load((tmp_path / "run" / "config.yaml").read_text())))
+    assert history["lr"] == 5e-4 and history["epochs"] == 4
+    assert history["resumes"][0]["epoch"] == 1 and history["resumes"][0]["changed"]["lr"] == dict(was=1e-3, now=5e-4)
+    assert resolve_config(tmp_path / "run" / "config.yaml")["lr"] == 5e-4  # a run's config.yaml is a config
+
+
+def test_resume_from_another_variant_is_one_line(tmp_path):
+    train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)
+    with pytest.raises(InputError, match=r"cannot resume .* with model 't2t_vit_7' -> 't2t_vit_t_14'"):
+        train(tiny_train_config(tmp_path, model="t2t_vit_t_14", name="other"), resume=str(tmp_path / "run" /
+              "last.pth.tar"), progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_signal_mid_epoch_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, straight, workers):
+    _hook_criterion(monkeypatch, {15: signal.SIGTERM})  # epoch 2, step 4 of 11
+    stopped = train(tiny_train_config(tmp_path, **RANDOM, workers=workers), progress=False)
+    assert stopped["stopped"] == signal.SIGTERM and stopped["at"].startswith("epoch 2 step 4 ")
+    assert (_state(stopped["run_dir"])["epoch"], _state(stopped["run_dir"])["step_in_epoch"]) == (1, 4)
+    monkeypatch.undo()
+    train(tiny_train_config(tmp_path, **RANDOM, workers=workers), resume="auto", progress=False)
+    _assert_same_run(straight, tmp_path / "run")
+
+
+def test_a_nonfinite_stop_saves_the_state_before_it_and_resumes_exactly(tmp_path, monkeypatch, straight):
+    _hook_criterion(monkeypatch, {5: "nan"})  # epoch 1: no checkpoint existed yet
+    with pytest.raises(InputError, match=r"non-finite loss after epoch 1 step 4 .*--resume auto and a lower --lr"):
+        train(tiny_train_config(tmp_path, **RANDOM), progress=False)
+    assert (_state(tmp_path / "run")["epoch"], _state(tmp_path / "run")["step_in_epoch"]) == (0, 4)
+    monkeypatch.undo()
+    train(tiny_train_config(tmp_path, **RANDOM), resume="auto", progress=False)
+    _assert_same_run(straight, tmp_path / "run")
+
+
+def test_kill_after_a_save_resumes_to_the_uninterrupted_run(tmp_path, straight):
+    """What a SIGKILL leaves: the last checkpoint of a finished epoch (the process never saw the signal)."""
+    train(tiny_train_config(tmp_path, **RANDOM, workers=2, stop_after_epochs=1), progress=False)
+    train(tiny_train_config(tmp_path, **RANDOM, workers=2), resume="auto", progress=False)
+    _assert_same_run(straight, tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------------------------- non-finite steps
+
+
+def test_nonfinite_skip_drops_the_update_counts_it_and_stops_after_the_limit(tmp_path, monkeypatch):
+    _hook_criterion(monkeypatch, {3: "nan", 4: "nan", 25: "nan"})
+    result = train(tiny_train_config(tmp_path, nonfinite="skip"), progress=False)
+    rows = _rows(result["run_dir"])
+    assert [r["nonfinite"] for r in rows] == ["2", "1"] and result["epoch"] == 2
+    assert all(torch.isfinite(v).all() for v in _state(result["run_dir"])["model"].values())
+    monkeypatch.undo()
+    _hook_criterion(monkeypatch, {n: "nan" for n in range(5, 100)})
+    with pytest.raises(InputError, match=r"3 failures in a row"):
+        train(tiny_train_config(tmp_path, name="limit", nonfinite="skip", nonfinite_limit=3), progress=False)
+
+
+def test_nonfinite_rollback_reloads_the_last_checkpoint_at_a_lower_lr(tmp_path, monkeypatch, caplog):
+    plain = train(tiny_train_config(tmp_path, name="plain"), progress=False)
+    _hook_criterion(monkeypatch, {30: "nan"})  # epoch 2, step 8
+    with caplog.at_level("WARNING", logger="t2t_vit.train"):
+        result = train(tiny_train_config(tmp_path, nonfinite="rollback", rollback_lr_factor=0.5), progress=False)
+    assert "rolled back to" in caplog.text and "last.pth.tar (epoch 1), lr x 0.5" in caplog.text
+    rows, plain_rows = _rows(result["run_dir"]), _rows(plain["run_dir"])
+    assert rows[0] == plain_rows[0]  # epoch 1 untouched
+    assert (rows[1]["nonfinite"], rows[1]["rollbacks"]) == ("1", "1")
+    assert float(rows[1]["lr"]) == pytest.approx(0.5 * float(plain_rows[1]["lr"]), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------- one run per directory
+
+
+def test_a_busy_run_directory_is_refused_and_a_stale_lock_taken_over(tmp_path, caplog):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / ".lock").write_text(json.dumps(dict(pid=holder.pid, host=socket.gethostname(),
+                                                                 since="2026-11-25 10:00:00")))  # fmt: skip
+        with pytest.raises(InputError, match=rf"in use by pid {holder.pid} on {socket.gethostname()} .*--name NAME"):
+            train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)
+        assert (tmp_path / "run" / ".lock").exists() and not (tmp_path / "run" / "config.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with caplog.at_level("WARNING"):
+        train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)  # the holder is gone
+    assert f"taking over the stale lock {tmp_path / 'run' / '.lock'} of pid {holder.pid}" in caplog.text
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_a_torchrun_restart_resumes_without_being_asked(tmp_path, monkeypatch):
+    train(tiny_train_config(tmp_path, stop_after_epochs=1), progress=False)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    result = train(tiny_train_config(tmp_path), progress=False)
+    assert result["epoch"] == 2 and len(_rows(result["run_dir"])) == 2
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints in trouble
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+    import t2t_vit.checkpoint as ckpt
+
+    train(tiny_train_config(tmp_path, epochs=2, stop_after_epochs=1), progress=False)
+    last = tmp_path / "run" / "last.pth.tar"
+    before = last.read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    with pytest.raises(InputError, match=r"could not write checkpoint '.*last.pth.tar': disk full .* in '.*run'"):
+        train(tiny_train_config(tmp_path, epochs=2), resume="auto", progress=False)
+    assert last.read_bytes() == before and not list((tmp_path / "run").glob("*.tmp"))
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    train(tiny_train_config(tmp_path, epochs=3, stop_after_epochs=2), progress=False)
+    last = tmp_path / "run" / "last.pth.tar"
+    last.write_bytes(last.read_bytes()[: len(last.read_bytes()) // 2])
+    with caplog.at_level("WARNING"):
+        result = train(tiny_train_config(tmp_path, epochs=3, stop_after_epochs=1), resume="auto", progress=False)
+    assert "last.pth.tar' could not be read" in caplog.text and "resuming from" in caplog.text
+    assert "previous.pth.tar" in caplog.text and result["epoch"] == 2  # epoch 2 again, from epoch 1's checkpoint
+
+
+# ----------------------------------------------------------------------------------------------- images as they are
+
+
+def test_16_bit_images_are_scaled_not_clipped_and_counted(tmp_path):
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(4):
+                ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+                Image.fromarray(ramp if i % 2 else ramp[::-1].copy()).save(tmp_path / split / c / f"{i}.png")
+    sample = create_dataset(str(tmp_path), "train")[1]
+    img, scaled = np.asarray(sample[0]), sample[2]
+    assert scaled == 1 and img.dtype == np.uint8 and img.shape == (16, 16, 3)
+    expected = np.round(np.linspace(0, 65535, 256) * 255 / 65535).reshape(16, 16)
+    assert np.array_equal(img[..., 0], expected) and (img[..., 0] < 255).mean() > 0.99
+    result = train(tiny_train_config(tmp_path, data=str(tmp_path), batch_size=4, epochs=1, warmup_epochs=0,
+                                     name="deep"), progress=False)  # fmt: skip
+    assert _rows(result["run_dir"])[0]["scaled"] == "8"  # two batches of 4 a rank, every image 16-bit
+
+
+def test_resume_from_a_file_that_is_no_checkpoint_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("epoch 3 looked fine\n")
+    args = ["train", "--config", "digits", "--output", str(tmp_path / "runs"), "--resume", str(tmp_path / "notes.txt")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt' is not a PyTorch checkpoint" in err and "unsafe" not in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
