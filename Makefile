@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The torch build to install; override e.g. `make test TORCH="torch torchvision"`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install clean
+.PHONY: demo test soak install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Slow, not part of `test`: 2 gloo processes under torchrun, interrupted 20 times, end as the uninterrupted run.
+soak: install
+	$(PY) -m tests.soak
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
