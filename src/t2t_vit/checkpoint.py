@@ -151,16 +151,36 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
     is left as it was, and an InputError says why (disk full, or the OS's reason) and where."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    writer = None
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            writer = _Writer(f)
+            torch.save(state, writer)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except (OSError, RuntimeError) as e:  # torch reports some write failures as RuntimeError
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as its own RuntimeError
+        reason = _why(writer.error if writer is not None and writer.error else e, path.parent)
         tmp.unlink(missing_ok=True)
-        raise InputError(f"could not write checkpoint {str(path)!r}: {_why(e, path.parent)}") from None
+        raise InputError(f"could not write checkpoint {str(path)!r}: {reason}") from None
+
+
+class _Writer:
+    """A file's `write` that keeps the OS error it raised, which torch.save reports as "unexpected pos"."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def link_or_copy(src: PathLike, dst: PathLike) -> None:
@@ -181,8 +201,10 @@ def link_or_copy(src: PathLike, dst: PathLike) -> None:
 
 
 def _why(error: Exception, folder: Path) -> str:
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        return f"disk full ({error.strerror}) in {str(folder)!r}: free some space or point --output elsewhere"
+    """The reason a write failed, as a user can act on it (called before the partial file is removed)."""
+    full = isinstance(error, OSError) and error.errno == errno.ENOSPC
+    if full or (folder.is_dir() and shutil.disk_usage(folder).free < 2**20):
+        return f"disk full (No space left on device) in {str(folder)!r}: free some space or point --output elsewhere"
     free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free in {str(folder)!r}" if folder.is_dir() else ""
     reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
     return f"{reason}" + (f" ({free})" if free else "")
