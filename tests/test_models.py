@@ -111,6 +111,21 @@ def test_performer_kernel_stays_fp32_under_half_autocast():
     assert torch.isfinite(y).all()
 
 
+@pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14"])
+@pytest.mark.parametrize("dtype, mantissa_bits", [(torch.bfloat16, 8), (torch.float16, 11)])
+def test_half_and_bfloat16_models_run(name, dtype, mantissa_bits):
+    """`.half()` / `.bfloat16()` models: the Performer's fp32 island casts its random features and input itself and
+    hands back the model's dtype. Bound: 64 roundings of relative size 2^-bits along the longest path (an
+    estimate, about 10x what these runs show); a model that mixed dtypes or dropped a term is off by O(1)."""
+    torch.manual_seed(0)
+    model, x = timm.create_model(name, img_size=32, depth=2).eval(), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        out = model.to(dtype)(x.to(dtype))
+    assert out.dtype == dtype and model.head.weight.dtype == dtype
+    assert (out.float() - ref).abs().max() <= 64 * 2.0**-mantissa_bits * ref.abs().max()
+
+
 def test_384_px():
     model = timm.create_model("t2t_vit_7", img_size=384, depth=1).eval()
     assert model.grid_size == (24, 24) and model.pos_embed.shape == (1, 577, 256)

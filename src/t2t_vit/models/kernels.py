@@ -70,19 +70,20 @@ def _performer_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torc
 def performer_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, eps: float, fused_kernel: bool
 ) -> torch.Tensor:
-    """The Performer kernel in fp32 whatever the autocast state: half precision overflows exp(.) here.
+    """The Performer kernel in fp32 whatever the autocast state or the model's dtype (`.half()`, `.bfloat16()`):
+    half precision overflows exp(.) here. The result comes back in q's dtype.
 
     `fused_kernel`: the fast arithmetic (`_performer_kernel`); False: the authors' einsums (`_performer_kernel_eager`).
     """
-    q, k, v = q.float(), k.float(), v.float()
+    dtype = q.dtype
+    q, k, v, w = q.float(), k.float(), v.float(), w.float()
     if torch.jit.is_scripting():
-        return _performer_kernel(q, k, v, w, eps) if fused_kernel else _performer_kernel_eager(q, k, v, w, eps)
+        y = _performer_kernel(q, k, v, w, eps) if fused_kernel else _performer_kernel_eager(q, k, v, w, eps)
     else:
         device = q.device.type if torch.amp.is_autocast_available(q.device.type) else "cpu"
         with torch.autocast(device, enabled=False):
-            if fused_kernel:
-                return _performer_kernel(q, k, v, w, eps)
-            return _performer_kernel_eager(q, k, v, w, eps)
+            y = _performer_kernel(q, k, v, w, eps) if fused_kernel else _performer_kernel_eager(q, k, v, w, eps)
+    return y.to(dtype)
 
 
 def patch_norm_linear(
