@@ -114,6 +114,24 @@ def test_predict_cli_json(tmp_path, our_checkpoint, capsys):
     assert [Path(r["file"]).name for r in out] == [f.name for f in files] and len(out[0]["top_k"]) == 2
 
 
+def test_one_precision_story_for_eval_and_predict(tmp_path, our_checkpoint, capsys):
+    """auto = what training evaluates in (bf16 on CUDA, fp32 here); --precision picks another on every command."""
+    from t2t_vit.cli import main
+    from t2t_vit.train_runtime import autocast_dtype
+
+    assert autocast_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cpu")) is None and autocast_dtype("fp16", torch.device("cpu")) == torch.float16
+    files = _digit_files(tmp_path / "imgs", 3)
+    fp32, auto = (predict(list(map(str, files)), str(our_checkpoint), precision=p) for p in ("fp32", "auto"))
+    assert fp32 == auto
+    bf16 = predict(list(map(str, files)), str(our_checkpoint), precision="bf16")
+    for a, b in zip(fp32, bf16):  # bf16 keeps 8 bits: probabilities move by well under 2^-8 x 64
+        assert abs(a["top_k"][0]["prob"] - b["top_k"][0]["prob"]) <= 64 * 2.0**-8
+    assert main(["eval", "--checkpoint", str(our_checkpoint), "--data", "digits", "--workers", "0", "--no-progress",
+                 "--precision", "bf16"]) == 0  # fmt: skip
+    assert "top-1" in capsys.readouterr().out
+
+
 def test_our_preprocessing_reaches_the_model_and_visualize(tmp_path, our_checkpoint):
     """The checkpoint's stored mean/std/crop become the model's pretrained cfg: visualize sees what predict sees."""
     from timm.data import IMAGENET_DEFAULT_MEAN

@@ -53,12 +53,17 @@ def predict(
     top_k: int = 5,
     batch_size: int = 32,
     device: str = "cpu",
+    precision: str = "auto",
 ) -> List[Dict[str, Any]]:
-    """One record per image: {"file", "top_k": [{"class", "index", "prob"}]} or {"file", "error"} if unreadable."""
-    from .data import create_transform
+    """One record per image: {"file", "top_k": [{"class", "index", "prob"}]} or {"file", "error"} if unreadable;
+    under `precision`'s autocast ("auto": as training evaluates, bf16 on CUDA, fp32 on the CPU)."""
+    from .data import create_transform, to_8_bits
+    from .train_runtime import autocast_dtype, pick_device
 
+    dev = pick_device(device)
+    amp_dtype = autocast_dtype(precision, dev)
     model, meta = load_model(checkpoint, model_name)
-    model = model.to(device).eval()
+    model = model.to(dev).eval()
     data_config = meta["data_config"]
     transform = create_transform({}, data_config, training=False)
     names = class_names(model.num_classes, meta.get("class_names"))
@@ -70,14 +75,15 @@ def predict(
         for path in paths[start : start + batch_size]:
             try:
                 with Image.open(path) as img:
-                    batch.append(transform(img.convert(mode)))
+                    batch.append(transform(to_8_bits(img)[0].convert(mode)))
                 ok.append(path)
             except Exception as e:  # a user's file: report it, go on with the others
                 _logger.warning("skipping %s: %s", path, e)
                 results.append(dict(file=str(path), error=f"unreadable image ({e})"))
         if not batch:
             continue
-        probs = model(torch.stack(batch).to(device)).float().softmax(dim=-1)
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            probs = model(torch.stack(batch).to(dev)).float().softmax(dim=-1)
         top = probs.topk(min(top_k, probs.shape[1]), dim=-1)
         for path, p, idx in zip(ok, top.values.tolist(), top.indices.tolist()):
             results.append(dict(file=str(path), top_k=[dict(index=i, **{"class": names[i]}, prob=v) for i, v in zip(idx, p)]))

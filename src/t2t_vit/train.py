@@ -19,7 +19,7 @@ from .engine import EpochTotals, StepContext, epoch_result, evaluate, train_one_
 from .errors import InputError
 from .factory import load_model
 from .train_metrics import MetricsLog
-from .train_runtime import StopSignal, agree, pick_device, seed_everything, setup_distributed
+from .train_runtime import StopSignal, agree, autocast_dtype, pick_device, seed_everything, setup_distributed
 from .train_setup import (
     build_criterion,
     build_data,
@@ -233,11 +233,14 @@ def evaluate_checkpoint(
     device: str = "auto",
     download: bool = False,
     progress: bool = True,
+    precision: str = "auto",
 ) -> Dict[str, Any]:
     """Top-1, top-5, loss and img/s of a checkpoint (ours, or the authors' with `model_name`) on a dataset's
-    held-out split, with the checkpoint's preprocessing (the release's: crop 0.9, bicubic, ImageNet mean/std)."""
-    model, meta = load_model(checkpoint, model_name, use_ema=use_ema)
+    held-out split, with the checkpoint's preprocessing (the release's: crop 0.9, bicubic, ImageNet mean/std), under
+    `precision`'s autocast ("auto": as training evaluates, bf16 on CUDA, fp32 on the CPU)."""
     dev = pick_device(device)
+    amp_dtype = autocast_dtype(precision, dev)
+    model, meta = load_model(checkpoint, model_name, use_ema=use_ema)
     data_config = meta["data_config"]
     val_set = data_lib.create_dataset(data, "val", download, data_config["input_size"][0])
     classes = data_lib.dataset_classes(val_set)
@@ -250,4 +253,4 @@ def evaluate_checkpoint(
         )
     val_set.transform = data_lib.create_transform({}, data_config, training=False)
     loader = data_lib.create_loader(val_set, batch_size, False, workers, pin_memory=dev.type == "cuda")
-    return dict(evaluate(model.to(dev), loader, dev, progress=progress), model=meta["arch"])
+    return dict(evaluate(model.to(dev), loader, dev, amp_dtype, progress=progress), model=meta["arch"])

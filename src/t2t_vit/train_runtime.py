@@ -50,10 +50,24 @@ def _init_process_group(backend: str, rank: int, world: int) -> None:
                             world_size=world)  # fmt: skip
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of a `--precision` (None: fp32). "auto" is what training evaluates in by default:
+    bfloat16 on CUDA, fp32 on the CPU (where bf16 matmuls are slow on most processors)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return dict(fp32=None, bf16=torch.bfloat16, fp16=torch.float16)[precision]
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` (this rank's GPU, else the CPU), or a torch device name checked against what is here."""
+    """`auto` (this rank's GPU, else the CPU), or a torch device name checked against what is here. On CUDA, fp32
+    matmuls and convolutions may use TF32 (as timm's train.py allows)."""
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -62,6 +76,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         raise InputError(f"device {name!r} asked for but CUDA is not available here: use --device cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return device
 
 

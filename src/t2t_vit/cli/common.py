@@ -22,6 +22,12 @@ def _int_at_least(text: str, low: int, what: str) -> int:
     return value
 
 
+def precision_arg(p: argparse.ArgumentParser) -> None:
+    """--precision, as every command that runs a model takes it (train: the amp and amp_dtype keys)."""
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast dtype; auto: as training evaluates (bf16 on CUDA, fp32 on the CPU)")  # fmt: skip
+
+
 def checkpoint_args(p: argparse.ArgumentParser) -> None:
     """--checkpoint (required) and --model, as every command that reads one checkpoint takes them."""
     p.add_argument("--checkpoint", required=True, help="our checkpoint, or an authors' release file")

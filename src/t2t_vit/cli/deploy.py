@@ -4,7 +4,7 @@ import json
 from typing import Any
 
 from ..errors import InputError
-from .common import checkpoint_args, non_negative_int, positive_int
+from .common import checkpoint_args, non_negative_int, positive_int, precision_arg
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 
@@ -16,6 +16,7 @@ def register(sub: Any) -> None:
     p.add_argument("--top-k", type=positive_int, default=5)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="cpu")
+    precision_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON list on stdout, for machines")
     p.set_defaults(func=_predict)
 
@@ -51,7 +52,8 @@ def register(sub: Any) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from ..predict import predict
 
-    results = predict(args.images, args.checkpoint, args.model, args.top_k, args.batch_size, args.device)
+    results = predict(args.images, args.checkpoint, args.model, args.top_k, args.batch_size, args.device,
+                      args.precision)  # fmt: skip
     if args.json:
         print(json.dumps(results, indent=1))
     else:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, List
 
 from ..config import data_tag, describe_keys, parse_overrides, resolve_config
-from .common import checkpoint_args, non_negative_int, positive_int
+from .common import checkpoint_args, non_negative_int, positive_int, precision_arg
 
 
 def register(sub: Any) -> None:
@@ -45,6 +45,7 @@ def register(sub: Any) -> None:
     e.add_argument("--batch-size", type=positive_int, default=128)
     e.add_argument("--workers", type=non_negative_int, default=4)
     e.add_argument("--device", default="auto")
+    precision_arg(e)
     e.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA ones")
     e.add_argument("--download", action="store_true", help="fetch the dataset where the source can (CIFAR)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -108,7 +109,8 @@ def _eval(args: argparse.Namespace) -> None:
     from ..train import evaluate_checkpoint
 
     r = evaluate_checkpoint(args.checkpoint, args.data, args.model, args.batch_size, args.workers,
-                            not args.no_ema, args.device, args.download, not args.no_progress)  # fmt: skip
+                            not args.no_ema, args.device, args.download, not args.no_progress,
+                            args.precision)  # fmt: skip
     print(
         f"{r['model']} on {args.data} ({r['n']} images): top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  "
         f"loss {r['loss']:.4f}  {r['img_per_s']:.0f} img/s" + (f"  skipped {r['skipped']}" if r["skipped"] else "")
