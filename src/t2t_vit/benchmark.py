@@ -259,10 +259,16 @@ def benchmark(
     models = {impl: _create(cfg.model, impl, cfg.img_size, cfg.model_kwargs).to(device) for impl in impls}
     for model in list(models.values())[1:]:
         model.load_state_dict(models[impls[0]].state_dict())
+    if cfg.compile:  # each configuration compiles afresh: dynamo's recompile limit is per process, not per model
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
     steps = {impl: make_step(m, cfg) for impl, m in models.items()}
     _logger.info("timing %s %s %s on %s: %s", cfg.model, cfg.mode, cfg.dtype, cfg.device, ", ".join(impls))
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    times = time_steps(steps, cfg.device, cfg.warmup, cfg.repeats)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # never time eager as "compiled"
+        times = time_steps(steps, cfg.device, cfg.warmup, cfg.repeats)
+    if cfg.compile and not torch._dynamo.utils.counters["stats"]["unique_graphs"]:
+        raise RuntimeError(f"{cfg.model}: torch.compile produced no graph, the 'compiled' row would be eager")
     del steps, models
     flops_per_image = 2 * macs * (3 if cfg.mode == "train" else 1)
     results: Dict[str, Dict[str, Any]] = {}
