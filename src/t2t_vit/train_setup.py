@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from . import data as data_lib
+from . import tensor_data
 from .config import check_values, data_tag
 from .errors import InputError
 from .factory import create_model, load_model
@@ -178,7 +179,11 @@ def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
     val_set.transform = data_lib.create_transform(cfg, data_config, training=False)
     if cfg["train_subset"]:
         train_set = data_lib.stratified_subset(train_set, int(cfg["train_subset"]))
-    train_loader = data_lib.create_loader(train_set, cfg["batch_size"], True, cfg["workers"], world, rank, cfg["seed"], pin)
+    if tensor_data.supports(cfg, train_set):  # crop and flip of in-memory images: a batch at a time, no PIL
+        train_loader: Any = tensor_data.TensorBatches(train_set, cfg, data_config, world, rank)
+    else:
+        train_loader = data_lib.create_loader(train_set, cfg["batch_size"], True, cfg["workers"], world, rank,
+                                              cfg["seed"], pin)  # fmt: skip
     val_loader = data_lib.create_loader(val_set, cfg["val_batch_size"] or 2 * cfg["batch_size"], False,
                                         cfg["workers"], world, rank, cfg["seed"], pin)  # fmt: skip
     if len(train_loader) == 0:
