@@ -30,7 +30,7 @@ def _torchrun(out: Path, name: str, restarts: int) -> List[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         f"--max-restarts={restarts}", "-m", "t2t_vit", "train", "--config", "digits", "--no-progress",
-        "--output", str(out), "--name", name, "--epochs", "12", "--warmup-epochs", "1", "--batch-size", "32",
+        "--output", str(out), "--name", name, "--epochs", "30", "--warmup-epochs", "1", "--batch-size", "32",
         "--model-kwargs", MODEL, "--drop-path", "0.1", "--model-ema", "true", "--model-ema-decay", "0.9",
         "--scale", "[0.6, 1.0]", "--log-interval", "5",
     ]  # fmt: skip
