@@ -305,3 +305,14 @@ def test_resume_from_a_file_that_is_no_checkpoint_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "notes.txt' is not a PyTorch checkpoint" in err and "unsafe" not in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_loader_workers_default_to_the_cores_of_this_process_shared_on_its_node(monkeypatch):
+    from t2t_vit.train_setup import loader_workers
+
+    assert resolve_config("t2t_vit_14")["workers"] == "auto" and loader_workers(3) == 3
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert loader_workers("auto") == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores + 1))
+    assert loader_workers("auto") == 0  # more processes than cores: each loads its own batches

@@ -43,7 +43,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
                                  "ImageFolder root with train/ and val/"),
         "train_subset": (None, "? int >= 1", "train on N images of the training split (a fixed stratified choice)"),
         "download": (False, "bool", "fetch the dataset where the source can (CIFAR)"),
-        "workers": (8, "int >= 0", "data loading processes per training process"),
+        "workers": ("auto", "auto or int >= 0", "data loading processes per training process; auto: the cores this "
+                    "process may use, shared by the processes on its node"),
         "batch_size": (64, "int >= 1", "per process; the global batch is batch_size x processes x accum_steps"),
         "val_batch_size": (None, "? int >= 1", "held-out batch size; null: 2 x batch_size"),
         "mean": (list(IMAGENET_MEAN), "numbers", "normalisation mean per channel"),
@@ -140,6 +141,18 @@ def check_value(key: str, value: Any, source: str = "") -> Any:
     key, the value, where it came from and what is allowed."""
     rule = RULES[key]
     optional, rule = rule.startswith("? "), rule.removeprefix("? ")
+    if rule.startswith("auto or "):
+        if value == "auto":
+            return value
+        try:
+            return _check_rule(rule.removeprefix("auto or "), key, value, source, optional)
+        except InputError as e:
+            raise InputError(str(e).replace("expected ", "expected auto or ", 1)) from None
+    return _check_rule(rule, key, value, source, optional)
+
+
+def _check_rule(rule: str, key: str, value: Any, source: str, optional: bool) -> Any:
+    """`check_value` for one rule (without its "? " and "auto or " prefixes)."""
 
     def fail(allowed: str) -> InputError:
         where = f" (from {source})" if source else ""

@@ -179,19 +179,29 @@ def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
     val_set.transform = data_lib.create_transform(cfg, data_config, training=False)
     if cfg["train_subset"]:
         train_set = data_lib.stratified_subset(train_set, int(cfg["train_subset"]))
+    workers = loader_workers(cfg["workers"])
     if tensor_data.supports(cfg, train_set):  # crop and flip of in-memory images: a batch at a time, no PIL
         train_loader: Any = tensor_data.TensorBatches(train_set, cfg, data_config, world, rank)
     else:
-        train_loader = data_lib.create_loader(train_set, cfg["batch_size"], True, cfg["workers"], world, rank,
+        train_loader = data_lib.create_loader(train_set, cfg["batch_size"], True, workers, world, rank,
                                               cfg["seed"], pin)  # fmt: skip
     val_loader = data_lib.create_loader(val_set, cfg["val_batch_size"] or 2 * cfg["batch_size"], False,
-                                        cfg["workers"], world, rank, cfg["seed"], pin)  # fmt: skip
+                                        workers, world, rank, cfg["seed"], pin)  # fmt: skip
     if len(train_loader) == 0:
         raise InputError(
             f"{len(train_set)} training images are fewer than one batch of {cfg['batch_size']} per process: "
             "lower --batch-size"
         )
     return Data(train_set, val_set, classes, data_config, train_loader, val_loader)
+
+
+def loader_workers(workers: Any) -> int:
+    """The loader processes `workers` asks for; "auto": the cores this process may use, divided among the
+    training processes on its node (torchrun's LOCAL_WORLD_SIZE)."""
+    if workers != "auto":
+        return int(workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 0)
 
 
 def build_model(cfg: Dict[str, Any], num_classes: int) -> Tuple[str, nn.Module, Dict[str, Any]]:
