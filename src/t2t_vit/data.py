@@ -342,7 +342,7 @@ class TrainSamples(Dataset):
             return [self._sample(index, epoch) for index, epoch in keys]
 
     def _sample(self, index: int, epoch: int) -> Tuple[Any, int, int, int]:
-        seed = _mix(_mix(_mix(self.seed) ^ epoch) ^ index)
+        seed = sample_seed(self.seed, epoch, index)
         random.seed(seed)
         np.random.seed(seed & 0xFFFFFFFF)
         torch.default_generator.manual_seed(seed)
@@ -353,6 +353,11 @@ class TrainSamples(Dataset):
         raise InputError(
             f"{MAX_SUBSTITUTES} unreadable images in a row from index {index}: check the data (the log names them)"
         )
+
+
+def sample_seed(seed: int, epoch: int, n: int) -> int:
+    """A 64-bit seed for item `n` (a sample, or a batch) of `epoch` of a run seeded with `seed`."""
+    return _mix(_mix(_mix(seed) ^ epoch) ^ n)
 
 
 def _mix(x: int) -> int:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from .data import ArrayImages, EpochSampler, _mix
+from .data import ArrayImages, EpochSampler, sample_seed
 
 ATTEMPTS = 10  # crop boxes tried per image before the centre fallback, as torchvision's RandomResizedCrop
 
@@ -22,7 +22,8 @@ ATTEMPTS = 10  # crop boxes tried per image before the centre fallback, as torch
 def supports(cfg: Dict[str, Any], dataset: Dataset) -> bool:
     """Whether `dataset`'s training split can take the tensor path under `cfg`'s augmentation."""
     plain = cfg["train_crop"] == "random_resized" and not cfg["aa"] and not cfg["color_jitter"] and not cfg["reprob"]
-    return plain and _arrays(dataset) is not None
+    source = dataset.dataset if isinstance(dataset, Subset) else dataset
+    return plain and isinstance(source, ArrayImages)  # the type alone: `_arrays` copies a subset's images
 
 
 def _arrays(dataset: Dataset) -> Optional[Tuple[np.ndarray, np.ndarray, str]]:
@@ -119,7 +120,7 @@ class TensorBatches:
 
     def batch(self, indices: torch.Tensor, epoch: int, number: int) -> torch.Tensor:
         """Batch `number` of `epoch`: the augmented, normalised images at `indices`."""
-        g = torch.Generator().manual_seed(_mix(_mix(_mix(self.seed) ^ epoch) ^ number) >> 1)
+        g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, number) >> 1)
         images = self.images[indices]
         boxes = crop_boxes(len(indices), images.shape[2], images.shape[3], self.scale, self.ratio, g)
         flips = torch.rand(len(indices), generator=g) < self.hflip

@@ -32,7 +32,14 @@ from .train_setup import (
     run_dir_of,
     scaled_lr,
 )
-from .train_state import BEST, LAST, PREVIOUS, TrainState, checkpoints_to_resume, read_first_good, resume_changes
+from .train_state import (
+    LAST,
+    TrainState,
+    checkpoints_to_resume,
+    read_first_good,
+    resume_changes,
+    saved_checkpoints,
+)
 
 __all__ = ["build_criterion", "build_optimizer", "build_scheduler", "evaluate_checkpoint", "scaled_lr", "train"]
 
@@ -67,7 +74,7 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = Tr
         seed_everything(cfg["seed"])
         result = _run(cfg, paths, progress, rank, world, device, run_dir)
     except BaseException:
-        if created is not None and not any((run_dir / n).is_file() for n in (LAST, PREVIOUS, BEST)):
+        if created is not None and not saved_checkpoints(run_dir):
             shutil.rmtree(created, ignore_errors=True)  # a failed start: nothing of it is worth keeping
         raise
     finally:
@@ -204,7 +211,7 @@ def _rollback(state: TrainState, run_dir: Path, scheduler: Any, lr: float, cfg: 
     InputError after nonfinite_limit failures with no good update between."""
     if state.totals.nonfinite_in_a_row >= cfg["nonfinite_limit"]:
         raise InputError(_nonfinite_message(where, run_dir, f"{cfg['nonfinite_limit']} failures in a row; "))
-    path, saved = read_first_good([p for p in (run_dir / n for n in (LAST, PREVIOUS, BEST)) if p.is_file()])
+    path, saved = read_first_good(saved_checkpoints(run_dir))
     scales = [group["lr_scale"] for group in state.optimizer.param_groups]
     state.load_weights(saved)
     for group, scale in zip(state.optimizer.param_groups, scales):

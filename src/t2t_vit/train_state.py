@@ -127,10 +127,15 @@ class TrainState:
         return True
 
 
+def saved_checkpoints(run_dir: Path) -> List[Path]:
+    """`run_dir`'s last, previous and best checkpoints that exist, in the order a resume or a rollback tries them."""
+    return [p for p in (Path(run_dir) / n for n in (LAST, PREVIOUS, BEST)) if p.is_file()]
+
+
 def checkpoints_to_resume(run_dir: Path, resume: Optional[str]) -> List[Path]:
     """The checkpoints `resume` names, best first ("auto": `run_dir`'s last, then previous, then best; or a path);
     empty to start afresh, which a run directory already holding a run refuses."""
-    found = [p for p in (Path(run_dir) / n for n in (LAST, PREVIOUS, BEST)) if p.is_file()]
+    found = saved_checkpoints(run_dir)
     if resume is None:
         if found:
             raise InputError(
