@@ -117,7 +117,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
                                                                       "loss or ema_loss"),
         "stop_after_epochs": (None, "? int >= 1", "end this process after N epochs (the schedule still spans all), "
                                                   "e.g. time limits"),
-        "log_interval": (50, "int >= 0", "updates between log lines when no progress bar is shown (redirected logs)"),
+        "log_interval": (50, "int >= 0", "updates between the host's reads of the device (loss, non-finite flags, a stop "
+                         "across ranks) and log lines when no progress bar is shown; 0: reads every 50, no lines"),
     },
 }
 DEFAULTS: Dict[str, Any] = {key: default for keys in SCHEMA.values() for key, (default, _, _) in keys.items()}

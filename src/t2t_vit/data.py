@@ -242,44 +242,48 @@ def dataset_classes(dataset: Dataset) -> List[str]:
     return [str(c) for c in classes]
 
 
-def create_transform(cfg: Dict[str, Any], data_config: Dict[str, Any], training: bool) -> Callable:
-    """timm's transforms: the paper's training augmentation (config keys) or the evaluation resize + crop."""
-    from timm.data import create_transform as timm_transform
+def create_transform(cfg: Dict[str, Any], data_config: Dict[str, Any], training: bool, uint8: bool = False) -> Callable:
+    """timm's transforms: the paper's training augmentation (config keys) or the evaluation resize + crop.
 
-    common = dict(
-        input_size=data_config["input_size"],
-        mean=data_config["mean"],
-        std=data_config["std"],
-    )
+    With `uint8` the images stay uint8 tensors (C, H, W): normalising and random erasing are left to the device
+    (`device_batches.DeviceBatches`)."""
+    from timm.data import create_transform as timm_transform
+    from torchvision import transforms as T
+
+    common = dict(input_size=data_config["input_size"], mean=data_config["mean"], std=data_config["std"],
+                  use_prefetcher=uint8)  # fmt: skip
     if not training:
-        return timm_transform(**common, interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"])
-    if cfg["train_crop"] == "pad":  # the authors' CIFAR fine-tuning: resize, padded random crop, flip
-        from torchvision import transforms as T
+        tf = timm_transform(**common, interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"])
+    elif cfg["train_crop"] == "pad":  # the authors' CIFAR fine-tuning: resize, padded random crop, flip
         from timm.data.transforms import str_to_interp_mode
 
         size = tuple(data_config["input_size"][1:])
+        last = [T.PILToTensor()] if uint8 else [T.ToTensor(), T.Normalize(data_config["mean"], data_config["std"])]
         return T.Compose([
             T.Resize(size, interpolation=str_to_interp_mode(data_config["interpolation"])),
             T.RandomCrop(size, padding=cfg["crop_padding"]),
             T.RandomHorizontalFlip(cfg["hflip"]),
-            T.ToTensor(),
-            T.Normalize(data_config["mean"], data_config["std"]),
+            *last,
         ])  # fmt: skip
-    if cfg["train_crop"] != "random_resized":
+    elif cfg["train_crop"] != "random_resized":
         raise InputError(f"train_crop {cfg['train_crop']!r} must be random_resized or pad")
-    return timm_transform(
-        **common,
-        is_training=True,
-        scale=tuple(cfg["scale"]),
-        ratio=tuple(cfg["ratio"]),
-        hflip=cfg["hflip"],
-        color_jitter=cfg["color_jitter"],
-        auto_augment=cfg["aa"] or None,
-        interpolation=cfg["train_interpolation"],
-        re_prob=cfg["reprob"],
-        re_mode=cfg["remode"],
-        re_count=cfg["recount"],
-    )
+    else:
+        tf = timm_transform(
+            **common,
+            is_training=True,
+            scale=tuple(cfg["scale"]),
+            ratio=tuple(cfg["ratio"]),
+            hflip=cfg["hflip"],
+            color_jitter=cfg["color_jitter"],
+            auto_augment=cfg["aa"] or None,
+            interpolation=cfg["train_interpolation"],
+            re_prob=cfg["reprob"],
+            re_mode=cfg["remode"],
+            re_count=cfg["recount"],
+        )
+    if uint8:  # timm's prefetcher form ends in a NumPy array; a tensor collates as the others do
+        tf = T.Compose([*tf.transforms[:-1], T.PILToTensor()])
+    return tf
 
 
 class EpochSampler(Sampler):
@@ -381,17 +385,18 @@ def _rngs_kept(keep: bool) -> Iterator[None]:
             torch.set_rng_state(saved[2])
 
 
-def collate(batch: List[Optional[Tuple[Any, ...]]]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(batch: List[Optional[Tuple[Any, ...]]]) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
     """Stack a batch: (images, targets, counts), counts = (unreadable images skipped or substituted, high-depth
-    images scaled). Samples that failed to load (None) are left out and counted."""
+    images scaled) as plain ints, which the training loop adds up without reading the device. Samples that failed
+    to load (None) are left out and counted."""
     good = [b for b in batch if b is not None]
-    counts = torch.tensor([len(batch) - len(good), 0])
+    skipped, scaled = len(batch) - len(good), 0
     if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), counts
+        return torch.empty(0), torch.empty(0, dtype=torch.long), (skipped, scaled)
     for b in good:
-        counts[0] += b[2] if len(b) > 3 else 0
-        counts[1] += b[-1] if len(b) > 2 else 0
-    return torch.stack([b[0] for b in good]), torch.as_tensor([b[1] for b in good]), counts
+        skipped += b[2] if len(b) > 3 else 0
+        scaled += b[-1] if len(b) > 2 else 0
+    return torch.stack([b[0] for b in good]), torch.as_tensor([b[1] for b in good]), (int(skipped), int(scaled))
 
 
 def _worker_init(worker_id: int) -> None:

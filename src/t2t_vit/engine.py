@@ -5,7 +5,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -36,7 +36,8 @@ class StepContext:
     nonfinite_limit: int = 10  # skip: stop after this many non-finite steps in a row
     should_stop: Callable[[], bool] = field(default=lambda: False)  # e.g. SIGTERM received
     epochs: int = 0  # of the whole run, for "epoch 3/25" (0: not shown)
-    log_interval: int = 0  # without a progress bar, log a line every this many updates (0: never)
+    log_interval: int = 0  # without a progress bar, log a line at each read (0: never)
+    sync_every: int = 50  # updates between the host's reads of the device's flags (the same on every rank)
 
 
 @dataclass
@@ -84,6 +85,31 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+@dataclass
+class _Mark:
+    """An update boundary the host can put the epoch back to: RNGs, totals and the device's pending flags."""
+
+    rng: Dict[str, Any]
+    totals: EpochTotals
+    pending: torch.Tensor
+    updates: int
+    seen: int
+
+    @classmethod
+    def take(cls, totals: EpochTotals, pending: torch.Tensor, updates: int, seen: int) -> "_Mark":
+        copy = dataclasses.replace(totals, loss=totals.loss.clone())  # type: ignore[union-attr]
+        return cls(rng_state(pending.device), copy, pending.clone(), updates, seen)
+
+
+# The device's pending flags since the host last read them: non-finite updates, failures in a row, whether the epoch
+# is halted (every later update dropped) and the index of the update it halted at.
+NONFINITE, IN_A_ROW, HALTED, HALTED_AT = range(4)
+
+
+def _fresh_flags(in_a_row: float, device: torch.device) -> torch.Tensor:
+    return torch.tensor([0.0, in_a_row, 0.0, -1.0], device=device)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Any,
@@ -95,13 +121,17 @@ def train_one_epoch(
 ) -> Dict[str, Any]:
     """Train epoch `epoch` (counted from 1) over `loader`, from its sampler's position (`totals.batches` batches
     in, when resumed), adding to `totals`. Returns the updates done in the run so far and why it ended: None (the
-    epoch is done), "signal" (`ctx.should_stop()` turned true; at an update boundary), "nonfinite" (a NaN/inf loss
-    with ctx.nonfinite "stop", or ctx.nonfinite_limit in a row with "skip"), or "rollback" (a NaN/inf loss with
-    "rollback"; the caller reloads the last checkpoint and calls again to go on past the failing batch).
+    epoch is done), "signal" (`ctx.should_stop()` turned true; at an update boundary), "nonfinite" (a NaN/inf
+    gradient with ctx.nonfinite "stop", or ctx.nonfinite_limit in a row with "skip"), or "rollback" (a NaN/inf
+    gradient with "rollback"; the caller reloads the last checkpoint and calls again to go on past it).
 
-    With "stop", the state is rewound to before the failing update (RNG and totals too), so a checkpoint saved
-    then resumes as if the update had never been tried. With a progress bar on a terminal (tqdm leaves it out of
-    logs), else every `ctx.log_interval` updates, a line shows the epoch's mean loss so far, lr and img/s.
+    The host never waits for the device within an interval of `ctx.sync_every` updates. A non-finite gradient drops
+    its update on the device, as GradScaler does with `found_inf`, and is counted there; with "stop" and
+    "rollback", and after the limit with "skip", the epoch halts: every later update is dropped too. At the
+    interval's end (or the epoch's) the host reads the flags once and, if halted, puts the epoch back to the update
+    boundary before the failing update ("stop") or after it, RNGs and totals too, so a checkpoint saved then
+    resumes as if nothing past it had run. A signal stops one process at the next update boundary; ranks agree on
+    it at the reads. The progress bar, or without one a log line per read, shows the mean loss so far, lr, img/s.
     """
     model.train()
     device = ctx.device
@@ -110,16 +140,33 @@ def train_one_epoch(
     name = f"epoch {epoch}/{ctx.epochs}" if ctx.epochs else f"epoch {epoch}"
     bar = tqdm(loader, desc=name, disable=None if progress else True, leave=False, dynamic_ncols=True)
     steps = totals.batches + len(loader)
-    start, seconds_before, seen = time.perf_counter(), totals.seconds, 0
+    start, seconds_before = time.perf_counter(), totals.seconds
+    every, distributed = ctx.sync_every or 50, _world() > 1
+    params = [p for p in unwrap(model).parameters() if p.requires_grad]
+    device_skip = takes_found_inf(ctx.optimizer)
+    pending = _fresh_flags(totals.nonfinite_in_a_row, device)
+    marks = [_Mark.take(totals, pending, updates_done, 0)]
     ctx.optimizer.zero_grad(set_to_none=True)
-    micro, poisoned, stopped, rewind = 0, False, None, None
+    micro, seen, stopped = 0, 0, None
+
+    def read(stop: bool) -> bool:
+        """The interval's one host read; True when the epoch stops here."""
+        nonlocal pending, marks, updates_done, seen, stopped
+        full = len(marks) > every  # a whole interval: the bar refreshes, or a log line
+        stopped, stop, mean_loss = _read(ctx, totals, marks, pending, stop)
+        updates_done, seen = marks[-1].updates, marks[-1].seen
+        pending = _fresh_flags(totals.nonfinite_in_a_row, device)
+        marks = [_Mark.take(totals, pending, updates_done, seen)]
+        if full or not bar.disable:
+            _show(bar, ctx, name, totals.batches, steps, mean_loss, seen * _world() / (time.perf_counter() - start))
+        stopped = stopped or ("signal" if stop else None)
+        return stopped is not None
+
     for images, targets, counts in bar:
-        if micro % ctx.accum_steps == 0 and ctx.nonfinite == "stop":  # where a failing update rewinds to
-            rewind = (rng_state(device), dataclasses.replace(totals, loss=totals.loss.clone()))
         micro += 1
         last_micro = micro % ctx.accum_steps == 0
         totals.batches += 1
-        totals.skipped, totals.scaled = totals.skipped + int(counts[0]), totals.scaled + int(counts[1])
+        totals.skipped, totals.scaled = totals.skipped + counts[0], totals.scaled + counts[1]
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if ctx.mixup is not None:
             images, targets = ctx.mixup(images, targets)
@@ -127,60 +174,60 @@ def train_one_epoch(
         with sync:
             with _autocast(device, ctx.amp_dtype):
                 loss = ctx.criterion(model(images), targets)
-            # one collective per step: any rank with a non-finite loss, any rank asked to stop
-            flags = torch.tensor([0.0 if torch.isfinite(loss) else 1.0, float(ctx.should_stop())], device=device)
-            nonfinite, stop = _all_reduce(flags, dist.ReduceOp.MAX).tolist()
-            if not nonfinite:
-                scaled = loss / ctx.accum_steps
-                (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
-        if nonfinite:
-            totals.nonfinite += 1
-            totals.nonfinite_in_a_row += 1
-            if ctx.nonfinite == "stop":
-                set_rng_state(rewind[0], device)
-                totals.__dict__.update(vars(rewind[1]))
-                ctx.optimizer.zero_grad(set_to_none=True)
-                stopped = "nonfinite"
-                break
-            if ctx.nonfinite == "rollback":
-                ctx.optimizer.zero_grad(set_to_none=True)
-                updates_done += 1  # the failing update is dropped; the schedule follows the data past it
-                stopped = "rollback"
-                break
-            poisoned = True  # skip: this update is dropped at its boundary
-            if totals.nonfinite_in_a_row >= ctx.nonfinite_limit:
-                stopped = "nonfinite"
-                break
-        else:
-            n = torch.tensor(float(len(images)), device=device)
-            totals.loss += torch.stack([loss.detach().float() * n, n])
-            seen += len(images)
-        if last_micro:
-            if poisoned:
-                ctx.optimizer.zero_grad(set_to_none=True)
-                poisoned = False
-            else:
-                _update(model, ctx)
-                totals.nonfinite_in_a_row = 0
-            updates_done += 1  # the schedule follows the data, also over a dropped update
-            if ctx.scheduler is not None and ctx.sched_on_updates:
-                ctx.scheduler.step_update(num_updates=updates_done)
-            if bar.disable and ctx.log_interval and updates_done % ctx.log_interval == 0:
-                _logger.info(
-                    "%s step %d/%d  loss %.4f  lr %.2e  %.0f img/s", name, totals.batches, steps,
-                    (totals.loss[0] / totals.loss[1].clamp(min=1)).item(), ctx.optimizer.param_groups[0]["lr"],
-                    seen * _world() / (time.perf_counter() - start),
-                )  # fmt: skip
-        if not bar.disable:
-            elapsed = time.perf_counter() - start
-            lr = ctx.optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{seen / elapsed:.0f}")
-        if stop and last_micro:
-            stopped = "signal"
+            scaled = loss / ctx.accum_steps
+            (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
+        loss = loss.detach().float()
+        n = torch.isfinite(loss).float() * len(images)  # a non-finite loss adds nothing to the mean
+        totals.loss += torch.stack([torch.nan_to_num(loss, 0.0, 0.0, 0.0) * n, n])
+        seen += len(images)
+        if not last_micro:
+            continue
+        _update(model, params, ctx, pending, device_skip, len(marks) - 1)
+        updates_done += 1  # the schedule follows the data, also over a dropped update
+        if ctx.scheduler is not None and ctx.sched_on_updates:
+            ctx.scheduler.step_update(num_updates=updates_done)
+        marks.append(_Mark.take(totals, pending, updates_done, seen))
+        stop = ctx.should_stop()
+        if (len(marks) > every or (stop and not distributed) or totals.batches == steps) and read(stop):
             break
+    if stopped is None and len(marks) > 1:  # batches left over that made no update: read what the last ones did
+        read(False)
     bar.close()
     totals.seconds = seconds_before + time.perf_counter() - start
     return dict(updates=updates_done, stopped=stopped)
+
+
+def _read(ctx: StepContext, totals: EpochTotals, marks: List[_Mark], pending: torch.Tensor, stop: bool
+          ) -> Tuple[Optional[str], bool, float]:  # fmt: skip
+    """Read the device's flags, whether any rank was asked to stop (a collective when distributed) and the running
+    loss, in one transfer; fold the flags into `totals`. A halted epoch goes back to its mark before ("stop") or
+    after the failing update, which becomes the last of `marks`. Returns (why it stops, stop asked, mean loss)."""
+    device = pending.device
+    stop_flag = _all_reduce(torch.tensor([float(stop)], device=device), dist.ReduceOp.MAX)
+    values = torch.cat([pending, stop_flag, totals.loss]).tolist()  # type: ignore[list-item]
+    flags, stop, (loss_sum, n) = values[:4], values[4] > 0, values[5:]
+    stopped = None
+    if flags[HALTED]:
+        back = int(flags[HALTED_AT]) + (0 if ctx.nonfinite == "stop" else 1)
+        mark = marks[back]
+        del marks[back + 1 :]
+        set_rng_state(mark.rng, device)
+        totals.__dict__.update(vars(dataclasses.replace(mark.totals, loss=mark.totals.loss.clone())))
+        flags = mark.pending.tolist()
+        loss_sum, n = totals.loss.tolist()  # type: ignore[union-attr]
+        stopped = "rollback" if ctx.nonfinite == "rollback" else "nonfinite"
+    totals.nonfinite += int(flags[NONFINITE])
+    totals.nonfinite_in_a_row = int(flags[IN_A_ROW])
+    return stopped, stop, loss_sum / max(n, 1.0)
+
+
+def _show(bar: Any, ctx: StepContext, name: str, step: int, steps: int, loss: float, img_per_s: float) -> None:
+    """The running loss, lr and img/s: on the progress bar, or in a log line when there is none."""
+    lr = ctx.optimizer.param_groups[0]["lr"]
+    if not bar.disable:
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_per_s:.0f}")
+    elif ctx.log_interval:
+        _logger.info("%s step %d/%d  loss %.4f  lr %.2e  %.0f img/s", name, step, steps, loss, lr, img_per_s)
 
 
 def epoch_result(totals: EpochTotals, device: torch.device) -> Dict[str, Any]:
@@ -200,19 +247,59 @@ def epoch_result(totals: EpochTotals, device: torch.device) -> Dict[str, Any]:
     )
 
 
-def _update(model: nn.Module, ctx: StepContext) -> None:
+def takes_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step` drops an update on the device when told `found_inf` (the fused AdamW/Adam/SGD)."""
+    fused = all(group.get("fused") for group in optimizer.param_groups)
+    return getattr(optimizer, "_step_supports_amp_scaling", False) and fused
+
+
+def _update(model: nn.Module, params: List[torch.Tensor], ctx: StepContext, pending: torch.Tensor, device_skip: bool,
+            k: int) -> None:
+    """One optimizer update, dropped on the device when the gradient is not finite or the epoch is halted; updates
+    `pending` (non-finite count, failures in a row, halted, the update index `k` it halted at) without a host read.
+    """
+    opt = ctx.optimizer
     if ctx.scaler is not None:
-        ctx.scaler.unscale_(ctx.optimizer)
+        ctx.scaler.unscale_(opt)
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=ctx.device)
     if ctx.clip_grad:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.clip_grad)
+        torch.nn.utils.clip_grads_with_norm_(params, ctx.clip_grad, norm)
+    bad = (~torch.isfinite(norm)).float()  # the same on every rank: the gradients are all-reduced
+    halted = pending[HALTED]
+    in_a_row = (pending[IN_A_ROW] + 1) * bad
+    halt_now = bad if ctx.nonfinite != "skip" else (in_a_row >= ctx.nonfinite_limit).float()
+    drop = torch.maximum(bad, halted)
+    running = 1 - halted
+    pending[NONFINITE] += bad * running
+    pending[IN_A_ROW] = torch.where(halted > 0, pending[IN_A_ROW], in_a_row)
+    pending[HALTED_AT] = torch.where((halt_now * running) > 0, float(k), pending[HALTED_AT])
+    pending[HALTED] = torch.maximum(halted, halt_now)
+    if device_skip:
+        opt.grad_scale, opt.found_inf = None, drop  # type: ignore[attr-defined]
+        opt.step()
+    elif not drop.item():  # an optimizer without found_inf: one host read per update
+        opt.step()
     if ctx.scaler is not None:
-        ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
-    else:
-        ctx.optimizer.step()
-    ctx.optimizer.zero_grad(set_to_none=True)
+    opt.zero_grad(set_to_none=True)
     if ctx.ema is not None:
-        ctx.ema.update(unwrap(model))
+        update_ema(ctx.ema, unwrap(model), 1 - drop)
+
+
+def update_ema(ema: nn.Module, model: nn.Module, keep: torch.Tensor) -> None:
+    """timm's ModelEmaV3 update (floating-point entries lerp towards the model's, the others copied), its weight
+    times `keep` (1, or 0 for a dropped update) so that the device decides without the host."""
+    with torch.no_grad():
+        ema_values, values = [], []
+        for ema_v, v in zip(ema.module.state_dict().values(), model.state_dict().values()):
+            if ema_v.is_floating_point():
+                ema_values.append(ema_v)
+                values.append(v)
+            else:
+                ema_v.copy_(v)
+        weight = (1.0 - ema.decay) * keep
+        torch._foreach_lerp_(ema_values, values, [weight] * len(values))
 
 
 @torch.no_grad()
@@ -231,7 +318,7 @@ def evaluate(
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
     for images, targets, counts in bar:
-        sums[4] += counts[0].item()
+        sums[4] += counts[0]
         if len(images) == 0:
             continue
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)

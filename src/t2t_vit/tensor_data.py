@@ -2,9 +2,9 @@
 ops (random resized crop and flip through one `grid_sample`), no PIL per image.
 
 Used for the training split of in-memory sources (digits, MNIST/Fashion-MNIST IDX files, CIFAR) when the recipe's
-augmentation is crop and flip only (no RandAugment, colour jitter or random erasing); otherwise the per-image path
-of `data.create_loader` runs. Each batch draws from a generator seeded by (seed, epoch, batch number), so a run
-resumed mid-epoch redraws what the uninterrupted one drew.
+augmentation is crop and flip (random erasing and mixup follow on the device, as for every loader), with no
+RandAugment or colour jitter; otherwise the per-image path of `data.create_loader` runs. Each batch draws from a
+generator seeded by (seed, epoch, batch number), so a run resumed mid-epoch redraws what the uninterrupted one drew.
 """
 import math
 from typing import Any, Dict, Iterator, Optional, Tuple
@@ -21,7 +21,7 @@ ATTEMPTS = 10  # crop boxes tried per image before the centre fallback, as torch
 
 def supports(cfg: Dict[str, Any], dataset: Dataset) -> bool:
     """Whether `dataset`'s training split can take the tensor path under `cfg`'s augmentation."""
-    plain = cfg["train_crop"] == "random_resized" and not cfg["aa"] and not cfg["color_jitter"] and not cfg["reprob"]
+    plain = cfg["train_crop"] == "random_resized" and not cfg["aa"] and not cfg["color_jitter"]  # erasing: on device
     source = dataset.dataset if isinstance(dataset, Subset) else dataset
     return plain and isinstance(source, ArrayImages)  # the type alone: `_arrays` copies a subset's images
 
@@ -70,15 +70,14 @@ def crop_boxes(n: int, height: int, width: int, scale: Tuple[float, float], rati
     boxes[:, 2], boxes[:, 3] = h_ok, w_ok
     boxes[:, 0] = torch.floor(u[:, 0] * (height - h_ok + 1))
     boxes[:, 1] = torch.floor(u[:, 1] * (width - w_ok + 1))
-    if not ok.all():  # the centre crop at the aspect closest to the image's that `ratio` allows
-        in_ratio = width / height
-        if in_ratio < ratio[0]:
-            cw, ch = width, round(width / ratio[0])
-        elif in_ratio > ratio[1]:
-            cw, ch = round(height * ratio[1]), height
-        else:
-            cw, ch = width, height
-        boxes[~ok] = torch.tensor([(height - ch) // 2, (width - cw) // 2, ch, cw], dtype=torch.float)
+    in_ratio = width / height  # where nothing fits: the centre crop at the allowed aspect closest to the image's
+    if in_ratio < ratio[0]:
+        cw, ch = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        cw, ch = round(height * ratio[1]), height
+    else:
+        cw, ch = width, height
+    boxes[~ok] = torch.tensor([(height - ch) // 2, (width - cw) // 2, ch, cw], dtype=torch.float)
     return boxes
 
 
@@ -129,7 +128,6 @@ class TensorBatches:
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         keys = list(self.sampler)
         first = self.sampler.start // self.batch_size
-        no_counts = torch.zeros(2, dtype=torch.long)  # nothing unreadable or high-depth in memory
         for b in range(len(self)):
             indices = torch.tensor([i for i, _ in keys[b * self.batch_size : (b + 1) * self.batch_size]])
-            yield self.batch(indices, self.sampler.epoch, first + b), self.labels[indices], no_counts
+            yield self.batch(indices, self.sampler.epoch, first + b), self.labels[indices], (0, 0)  # nothing unreadable or high-depth

@@ -15,6 +15,7 @@ from torch import nn
 
 from . import data as data_lib
 from .config import read_history, save_config
+from .device_batches import DeviceBatches
 from .engine import EpochTotals, StepContext, epoch_result, evaluate, train_one_epoch, unwrap
 from .errors import InputError
 from .factory import load_model
@@ -89,6 +90,9 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
     # data
     pin = device.type == "cuda"
     data = build_data(cfg, world, rank, pin)
+    data.train_loader = DeviceBatches(data.train_loader, device, data.config, (cfg["reprob"], cfg["remode"],
+                                      cfg["recount"]), cfg["seed"])  # fmt: skip
+    data.val_loader = DeviceBatches(data.val_loader, device, data.config)
     num_classes = cfg["num_classes"] or len(data.classes)
     steps_per_epoch = len(data.train_loader)
     updates_per_epoch = steps_per_epoch // cfg["accum_steps"]
@@ -145,6 +149,7 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
         sched_on_updates=cfg["sched_on_updates"], mixup=mixup, ema=ema, scaler=scaler, amp_dtype=amp_dtype,
         accum_steps=cfg["accum_steps"], clip_grad=cfg["clip_grad"], nonfinite=cfg["nonfinite"],
         nonfinite_limit=cfg["nonfinite_limit"], epochs=total_epochs, log_interval=cfg["log_interval"] if is_main else 0,
+        sync_every=cfg["log_interval"] or 50,
     )  # fmt: skip
     row: Dict[str, Any] = {}
     first_epoch, stop_after = state.epoch, cfg["stop_after_epochs"]
@@ -258,6 +263,7 @@ def evaluate_checkpoint(
             f"the checkpoint's head has {num_classes} classes but {data} has {len(classes)}: evaluate on the "
             "data it was trained on, or fine-tune it first (t2t-vit finetune)"
         )
-    val_set.transform = data_lib.create_transform({}, data_config, training=False)
-    loader = data_lib.create_loader(val_set, batch_size, False, workers, pin_memory=dev.type == "cuda")
+    val_set.transform = data_lib.create_transform({}, data_config, training=False, uint8=True)
+    loader = DeviceBatches(data_lib.create_loader(val_set, batch_size, False, workers, pin_memory=dev.type == "cuda"),
+                           dev, data_config)  # fmt: skip
     return dict(evaluate(model.to(dev), loader, dev, amp_dtype, progress=progress), model=meta["arch"])

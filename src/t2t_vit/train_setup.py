@@ -111,11 +111,18 @@ def param_groups(model: nn.Module, cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
     return list(groups.values())
 
 
+FUSED = ("adamw", "adam", "sgd", "momentum")  # torch's optimizers that drop an update on the device (found_inf)
+
+
 def build_optimizer(model: nn.Module, cfg: Dict[str, Any], lr: float) -> torch.optim.Optimizer:
-    """AdamW (or cfg opt, e.g. sgd) over `param_groups`."""
+    """AdamW (or cfg opt, e.g. sgd) over `param_groups`; fused where torch has it, so that a non-finite update is
+    dropped without the host reading the device."""
     from timm.optim import create_optimizer_v2
 
-    kwargs = dict(eps=cfg["opt_eps"]) if cfg["opt"] in ("adamw", "adam", "lamb") else dict(momentum=cfg["momentum"])
+    adam_like = cfg["opt"] in ("adamw", "adam", "lamb")
+    kwargs: Dict[str, Any] = dict(eps=cfg["opt_eps"]) if adam_like else dict(momentum=cfg["momentum"])
+    if cfg["opt"] in FUSED:
+        kwargs["fused"] = True
     return create_optimizer_v2(param_groups(model, cfg), opt=cfg["opt"], lr=lr, weight_decay=0.0, **kwargs)
 
 
@@ -170,13 +177,14 @@ class Data:
 
 
 def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
-    """Training and held-out splits with the recipe's transforms, each rank's share in its loader."""
+    """Training and held-out splits with the recipe's transforms, each rank's share in its loader: uint8 images (or
+    the in-memory path's normalised floats), which `device_batches.DeviceBatches` finishes on the device."""
     train_set = data_lib.create_dataset(cfg["data"], "train", cfg["download"], cfg["in_chans"])
     val_set = data_lib.create_dataset(cfg["data"], "val", cfg["download"], cfg["in_chans"])
     classes = data_lib.dataset_classes(train_set)
     data_config = data_config_of(cfg)
-    train_set.transform = data_lib.create_transform(cfg, data_config, training=True)
-    val_set.transform = data_lib.create_transform(cfg, data_config, training=False)
+    train_set.transform = data_lib.create_transform(cfg, data_config, training=True, uint8=True)
+    val_set.transform = data_lib.create_transform(cfg, data_config, training=False, uint8=True)
     if cfg["train_subset"]:
         train_set = data_lib.stratified_subset(train_set, int(cfg["train_subset"]))
     workers = loader_workers(cfg["workers"])

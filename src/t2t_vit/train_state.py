@@ -66,7 +66,10 @@ class TrainState:
             unwrap(self.model).load_state_dict(state["model"])
             if self.ema is not None and state.get("model_ema") is not None:
                 self.ema.module.load_state_dict(state["model_ema"])
+            fused = [group.get("fused") for group in self.optimizer.param_groups]
             self.optimizer.load_state_dict(state["optimizer"])
+            for group, keep in zip(self.optimizer.param_groups, fused):  # as built here, whatever wrote the file
+                group["fused"] = keep
         except (RuntimeError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[-1].strip()
             raise InputError(

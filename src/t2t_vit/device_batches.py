@@ -1,0 +1,113 @@
+"""The last stage of the input path, on the training device: uint8 batches cross pinned and non-blocking (on CUDA
+one batch ahead, on a side stream), then are normalised and randomly erased there, a batch at a time.
+
+Loaders hand over uint8 images (N, C, H, W), or float ones already normalised (the in-memory `TensorBatches`). The
+erasing draws from generators seeded by (seed, epoch, batch number), never from the global RNGs, so a run resumed
+mid-epoch erases what the uninterrupted one erased, whatever ran ahead.
+"""
+import math
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import torch
+
+from .data import sample_seed
+
+ATTEMPTS = 10  # boxes tried per erasure, as timm's RandomErasing
+AREA = (0.02, 1 / 3)  # erased fraction of the image
+ASPECT = (0.3, 1 / 0.3)
+ERASE_STREAM = 0xE5A5E  # mixed into the batch seed: the erasing's draws are not the crops'
+
+
+def erase_boxes(n: int, count: int, height: int, width: int, prob: float, g: torch.Generator) -> torch.Tensor:
+    """(n, count, 4) boxes (top, left, h, w) as timm's RandomErasing draws them per image: with probability `prob`,
+    k boxes (k uniform in 1..count) each of area AREA / k (uniform) and log-uniform aspect, the first of ATTEMPTS
+    that fits strictly inside; h = w = 0 for the boxes not drawn or where no attempt fits."""
+    u = torch.rand(n, count, ATTEMPTS, 4, generator=g, dtype=torch.float64)
+    erased = torch.rand(n, generator=g, dtype=torch.float64) < prob
+    k = torch.randint(1, count + 1, (n, 1), generator=g)
+    area = height * width * (AREA[0] + (AREA[1] - AREA[0]) * u[..., 0]) / k[..., None]
+    aspect = torch.exp(math.log(ASPECT[0]) + (math.log(ASPECT[1]) - math.log(ASPECT[0])) * u[..., 1])
+    h, w = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+    fits = (h < height) & (w < width)
+    first = fits.double().argmax(-1, keepdim=True)  # 0 where none fits; masked out below
+    h, w = h.gather(-1, first).squeeze(-1), w.gather(-1, first).squeeze(-1)
+    top = torch.floor(u[..., 2].gather(-1, first).squeeze(-1) * (height - h + 1))
+    left = torch.floor(u[..., 3].gather(-1, first).squeeze(-1) * (width - w + 1))
+    drawn = torch.arange(count)[None] < k
+    keep = (fits.any(-1) & drawn & erased[:, None]).double()
+    return torch.stack([top, left, h * keep, w * keep], -1).long()
+
+
+def random_erase(x: torch.Tensor, boxes: torch.Tensor, mode: str, g: Optional[torch.Generator]) -> torch.Tensor:
+    """`x` (normalised, N C H W) with each box filled: "pixel" with normal noise per pixel, "rand" with one normal
+    value per channel, "const" with 0 (the mean)."""
+    n, c, height, width = x.shape
+    rows = torch.arange(height, device=x.device).view(1, height, 1)
+    cols = torch.arange(width, device=x.device).view(1, 1, width)
+    for box in boxes.to(x.device).unbind(1):  # one pass per erasure (recount, usually 1)
+        top, left, h, w = box.unbind(1)
+        inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
+                  & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1)))  # fmt: skip
+        shape = (n, c, height, width) if mode == "pixel" else (n, c, 1, 1)
+        fill = torch.zeros(shape, device=x.device, dtype=x.dtype)
+        if mode != "const":
+            fill.normal_(generator=g)
+        x = torch.where(inside[:, None], fill, x)
+    return x
+
+
+class DeviceBatches:
+    """`loader`'s (images, targets, counts) on `device`, uint8 images normalised there with `data_config`'s mean and
+    std, and in training randomly erased (`reprob`, `remode`, `recount`) with per-batch seeds. Passes `sampler`
+    and `len` through, so the training loop sees a loader."""
+
+    def __init__(self, loader: Any, device: torch.device, data_config: Dict[str, Any],
+                 erasing: Optional[Tuple[float, str, int]] = None, seed: int = 0) -> None:  # fmt: skip
+        self.loader, self.device, self.seed = loader, device, seed
+        self.erasing = erasing if erasing and erasing[0] > 0 else None
+        channels = data_config["input_size"][0]
+        self.mean = torch.tensor(data_config["mean"][:channels], device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(data_config["std"][:channels], device=device).view(1, -1, 1, 1) * 255
+
+    @property
+    def sampler(self) -> Any:
+        return self.loader.sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _prepare(self, images: torch.Tensor, targets: torch.Tensor, number: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = (images.float() - self.mean) / self.std
+        if self.erasing is not None and len(images):
+            prob, mode, count = self.erasing
+            epoch = self.sampler.epoch
+            seed = sample_seed(self.seed ^ ERASE_STREAM, epoch, number) >> 1
+            boxes = erase_boxes(len(images), count, images.shape[2], images.shape[3], prob,
+                                torch.Generator().manual_seed(seed))  # fmt: skip
+            noise = torch.Generator(device=self.device).manual_seed(seed)
+            images = random_erase(images, boxes, mode, noise)
+        return images, targets
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor, Any]]:
+        batch_size = getattr(self.loader, "batch_size", None) or 1
+        first = getattr(self.sampler, "start", 0) // batch_size
+        if self.device.type != "cuda":
+            for number, (images, targets, counts) in enumerate(self.loader, first):
+                yield (*self._prepare(images, targets, number), counts)
+            return
+        stream = torch.cuda.Stream(self.device)  # copies and normalising overlap the step before
+        ahead = None
+        for number, (images, targets, counts) in enumerate(self.loader, first):
+            with torch.cuda.stream(stream):
+                prepared = self._prepare(images, targets, number)
+            if ahead is not None:
+                yield ahead
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            for t in prepared:
+                t.record_stream(torch.cuda.current_stream(self.device))
+            ahead = (*prepared, counts)
+        if ahead is not None:
+            yield ahead
