@@ -11,6 +11,7 @@ from .errors import InputError
 from .factory import load_model
 
 FORMATS = ("onnx", "torchscript", "safetensors")
+META_FIELDS = ("arch", "model_kwargs", "class_names", "data_config", "grid_size")  # what an export keeps
 META_KEY = "t2t_vit"  # safetensors / ONNX metadata entry holding the model name, sizes, classes, preprocessing
 
 
@@ -75,7 +76,7 @@ def export(checkpoint: str, fmt: str, output: str, model_name: Optional[str] = N
     out = Path(output).expanduser()
     check_output(out, fmt)
     model, meta = load_model(checkpoint, model_name, use_ema=use_ema)
-    meta = {k: meta[k] for k in ("arch", "model_kwargs", "class_names", "data_config", "grid_size") if k in meta}
+    meta = {k: meta[k] for k in META_FIELDS if k in meta}
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         try:

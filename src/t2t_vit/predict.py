@@ -2,7 +2,7 @@
 import glob
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -57,19 +57,31 @@ def predict(
 ) -> List[Dict[str, Any]]:
     """One record per image: {"file", "top_k": [{"class", "index", "prob"}]} or {"file", "error"} if unreadable;
     under `precision`'s autocast ("auto": as training evaluates, bf16 on CUDA, fp32 on the CPU)."""
-    from .data import create_transform, to_8_bits
     from .train_runtime import autocast_dtype, pick_device
 
     dev = pick_device(device)
     amp_dtype = autocast_dtype(precision, dev)
     model, meta = load_model(checkpoint, model_name)
     model = model.to(dev).eval()
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return model(images.to(dev)).float()
+
+    return classify(expand_inputs(inputs), logits, meta, top_k, batch_size)
+
+
+def classify(paths: Sequence[Path], logits: Callable[[torch.Tensor], torch.Tensor], meta: Dict[str, Any],
+             top_k: int = 5, batch_size: int = 32) -> List[Dict[str, Any]]:  # fmt: skip
+    """`predict`'s records for `paths`, in order: each batch preprocessed as `meta["data_config"]` says and
+    classified by `logits` (float images to logits, any runtime)."""
+    from .data import create_transform, to_8_bits
+
     data_config = meta["data_config"]
     transform = create_transform({}, data_config, training=False)
-    names = class_names(model.num_classes, meta.get("class_names"))
     mode = "L" if data_config["input_size"][0] == 1 else "RGB"
     results: List[Dict[str, Any]] = []
-    paths = expand_inputs(inputs)
+    names: Optional[List[str]] = None
     for start in range(0, len(paths), batch_size):
         batch, ok = [], []
         for path in paths[start : start + batch_size]:
@@ -82,10 +94,11 @@ def predict(
                 results.append(dict(file=str(path), error=f"unreadable image ({e})"))
         if not batch:
             continue
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            probs = model(torch.stack(batch).to(dev)).float().softmax(dim=-1)
+        probs = logits(torch.stack(batch)).softmax(dim=-1)
+        names = names or class_names(probs.shape[1], meta.get("class_names"))
         top = probs.topk(min(top_k, probs.shape[1]), dim=-1)
         for path, p, idx in zip(ok, top.values.tolist(), top.indices.tolist()):
-            results.append(dict(file=str(path), top_k=[dict(index=i, **{"class": names[i]}, prob=v) for i, v in zip(idx, p)]))
+            ranked = [dict(index=i, **{"class": names[i]}, prob=v) for i, v in zip(idx, p)]
+            results.append(dict(file=str(path), top_k=ranked))
     order = {str(p): i for i, p in enumerate(paths)}
     return sorted(results, key=lambda r: order[r["file"]])

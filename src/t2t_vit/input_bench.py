@@ -1,0 +1,69 @@
+"""Which one bounds a run: the input path alone (loader, transfer, normalise, erasing) against the model's training
+step alone, for the same recipe on the same device."""
+import time
+from typing import Any, Dict
+
+import torch
+
+from .benchmark import BenchConfig, benchmark
+from .device_batches import DeviceBatches
+from .train_runtime import pick_device
+from .train_setup import build_data
+
+
+def input_speed(cfg: Dict[str, Any], batches: int = 30, warmup: int = 3) -> Dict[str, Any]:
+    """Images per second of the recipe's training input path, through as many epochs as `batches` needs."""
+    device = pick_device(cfg["device"])
+    data = build_data(cfg, 1, 0, device.type == "cuda")
+    loader = DeviceBatches(data.train_loader, device, data.config, (cfg["reprob"], cfg["remode"], cfg["recount"]),
+                           cfg["seed"])  # fmt: skip
+
+    def drawn():
+        epoch = 0
+        while True:
+            loader.sampler.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    it, images = drawn(), 0
+    for _ in range(warmup):
+        next(it)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(batches):
+        images += len(next(it)[0])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    path = type(data.train_loader).__name__
+    workers = getattr(data.train_loader, "num_workers", 0)
+    return dict(img_per_s=images / seconds, batches=batches, path=path, workers=workers,
+                train_images=len(data.train_set), classes=len(data.classes))  # fmt: skip
+
+
+def input_and_model(cfg: Dict[str, Any], batches: int = 30, repeats: int = 5) -> Dict[str, Any]:
+    """`input_speed` beside the recipe's model timed alone (forward, backward, AdamW on fixed data)."""
+    loader = input_speed(cfg, batches)
+    device = pick_device(cfg["device"])
+    kwargs = dict(cfg["model_kwargs"], num_classes=cfg["num_classes"] or loader["classes"], in_chans=cfg["in_chans"])
+    amp = cfg["amp"] and device.type == "cuda"
+    bench = BenchConfig(model=cfg["model"], mode="train", device=str(device),
+                        dtype={"bfloat16": "bf16", "float16": "fp16"}[cfg["amp_dtype"]] if amp else "fp32",
+                        batch_size=cfg["batch_size"], img_size=cfg["img_size"], repeats=repeats,
+                        model_kwargs=kwargs)  # fmt: skip
+    model = benchmark(bench, memory=False)["results"]["sdpa"]
+    bound = "input" if loader["img_per_s"] < model["img_per_s"] else "model"
+    return dict(data=cfg["data"], model=cfg["model"], batch_size=cfg["batch_size"], input=loader,
+                model_img_per_s=model["img_per_s"], bound_by=bound)
+
+
+def format_input_and_model(res: Dict[str, Any]) -> str:
+    """Two lines and the verdict."""
+    inp = res["input"]
+    return (
+        f"{res['data']}, batch {res['batch_size']}, {inp['train_images']} training images\n"
+        f"input path alone ({inp['path']}, {inp['workers']} workers): {inp['img_per_s']:.0f} img/s\n"
+        f"model step alone ({res['model']}, forward + backward + AdamW): {res['model_img_per_s']:.0f} img/s\n"
+        f"the run is bound by the {res['bound_by']}"
+    )

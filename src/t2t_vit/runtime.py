@@ -1,0 +1,510 @@
+"""CPU deployment runtimes: a checkpoint run by PyTorch, or exported once to ONNX and run by ONNX Runtime or
+OpenVINO, in fp32 or with int8 weights; their speed, and how often two of them agree on the top-1 class.
+
+The ONNX export is cached beside the checkpoint (`last.pth.tar` -> `last.pth.tar.onnx`; ONNX Runtime's int8
+model: `last.pth.tar.int8.onnx`) or, where that folder is not writable, in `$XDG_CACHE_HOME/t2t_vit/onnx`
+(`~/.cache/...`). The file's metadata records what it was made from (the checkpoint's size and mtime, EMA or raw
+weights, the model name, the exporter's versions); when that differs it is made again. It is written to a
+temporary file and renamed into place, so an interrupted export never leaves a partial file behind.
+"""
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import importlib
+import json
+import logging
+import os
+import statistics
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .benchmark import device_name, time_steps
+from .errors import InputError
+from .export import META_FIELDS, META_KEY, export_onnx
+from .factory import create_model, load_model
+
+_logger = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+DEPLOY_EXTRA = "pip install 't2t-vit[deploy]'"
+SOURCE_KEY = "source"  # the entry of an export's metadata that says what it was made from
+EXPORTER = f"t2t_vit {__version__}, torch {torch.__version__}"
+ORT_INT8 = "onnxruntime quantize_dynamic: MatMul weights QInt8, per channel, reduced range"  # in the int8 file
+
+
+@dataclasses.dataclass
+class Runner:
+    """A model ready to run on the CPU: `runner(images)` maps float32 images (B, C, H, W) to logits (B, classes)."""
+
+    runtime: str
+    threads: Optional[int]  # None: the library's default
+    int8: bool
+    meta: Dict[str, Any]  # arch, class_names, data_config, ... as `load_model` returns them
+    forward: Callable[[np.ndarray], np.ndarray]
+    engine: Any  # the torch module, onnxruntime InferenceSession or OpenVINO CompiledModel
+
+    @property
+    def name(self) -> str:
+        return f"{self.runtime} {'int8' if self.int8 else 'fp32'}"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.forward(np.ascontiguousarray(images, dtype=np.float32))
+
+
+def check_runtime(runtime: str, int8: bool = False) -> None:
+    """InputError unless `runtime` is known, its libraries import, and it can run with `int8` weights."""
+    if runtime not in RUNTIMES:
+        raise InputError(f"runtime {runtime!r} is not one of {RUNTIMES}")
+    if runtime == "torch":
+        if int8:
+            raise InputError("--int8 runs an exported model: use --runtime onnxruntime or --runtime openvino")
+        return
+    _require(runtime, f"--runtime {runtime}")
+    _require("onnx", f"--runtime {runtime} (the ONNX export)")
+    if runtime == "openvino" and int8:
+        _require("nncf", "--int8 with --runtime openvino (NNCF compresses the weights)")
+
+
+def _require(module: str, what: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise InputError(f"{what} needs {module}, which is not installed: {DEPLOY_EXTRA}") from None
+
+
+# --- the ONNX cache
+
+
+def user_cache_dir() -> Path:
+    """Where exports go when the checkpoint's folder is read-only, and those of random-weight models."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "t2t_vit" / "onnx"
+
+
+def checkpoint_cache_paths(checkpoint: Path) -> List[Path]:
+    """Where the export of `checkpoint` may be cached, in order: beside it, then the user cache (named after it
+    and a hash of its absolute path)."""
+    key = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:12]
+    return [checkpoint.with_name(checkpoint.name + ".onnx"), user_cache_dir() / f"{checkpoint.name}-{key}.onnx"]
+
+
+def _int8_path(path: Path) -> Path:
+    return path.with_suffix(".int8.onnx")  # last.pth.tar.onnx -> last.pth.tar.int8.onnx
+
+
+def _stored_meta(path: Path) -> Optional[Dict[str, Any]]:
+    """The metadata an export wrote into `path`; None if there is no file there or it is not a readable export."""
+    import onnx
+
+    if not path.is_file():
+        return None
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return json.loads(props[META_KEY])
+    except Exception as e:  # damaged, foreign or from an older exporter: it is made again
+        _logger.warning("%s is not a readable export (%s): making it again", path, e)
+        return None
+
+
+def _set_meta(path: Path, meta: Dict[str, Any]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [p for p in proto.metadata_props if p.key != META_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+    onnx.save(proto, str(path))
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """The named loggers ("": the root) log errors only within the block: libraries' chatter kept off the console."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path` that replaces `path` only once the block has written it completely."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _writable(candidates: Sequence[Path]) -> Path:
+    """The first candidate whose folder exists (or can be made) and is writable."""
+    for i, path in enumerate(candidates):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(path.parent, os.W_OK | os.X_OK):
+            if i:
+                _logger.info("%s is not writable: caching the ONNX model in %s", candidates[0].parent, path.parent)
+            return path
+    folders = " nor ".join(repr(str(p.parent)) for p in candidates)
+    raise InputError(f"no folder to cache the ONNX model in: neither {folders} is writable (set XDG_CACHE_HOME)")
+
+
+def cached_onnx(
+    candidates: Sequence[Path], source: Dict[str, Any], make: Callable[[Path], Dict[str, Any]]
+) -> Tuple[Path, Dict[str, Any]]:
+    """(path, metadata) of the first candidate made from `source`, else of a new file: `make(tmp)` writes it (with
+    its metadata, `source` under SOURCE_KEY, which it returns) and it is renamed to the first writable candidate."""
+    for path in candidates:
+        meta = _stored_meta(path)
+        if meta is not None and meta.get(SOURCE_KEY) == source:
+            _logger.debug("reusing %s", path)
+            return path, meta
+        if meta is not None:
+            _logger.info("%s was made from another checkpoint or exporter: making it again", path)
+    path = _writable(candidates)
+    with _atomic(path) as tmp:
+        meta = make(tmp)
+    _logger.info("wrote %s, reused until what it was made from changes", path)
+    return path, meta
+
+
+def _exporter(
+    build: Callable[[], Tuple[nn.Module, Dict[str, Any]]], source: Dict[str, Any]
+) -> Callable[[Path], Dict[str, Any]]:
+    """A `make` for `cached_onnx`: exports the model `build` returns, `source` in its metadata."""
+
+    def make(tmp: Path) -> Dict[str, Any]:
+        model, meta = build()
+        meta = json.loads(json.dumps({**{k: meta[k] for k in META_FIELDS if k in meta}, SOURCE_KEY: source}))
+        _logger.info("exporting %s to ONNX", meta["arch"])
+        with warnings.catch_warnings():  # shapes read as Python numbers: the image size, fixed per export
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            export_onnx(model, tmp, meta)
+        return meta
+
+    return make
+
+
+def _weights_hash(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# --- runners
+
+
+def load_runner(
+    checkpoint: str,
+    model_name: Optional[str] = None,
+    runtime: str = "torch",
+    threads: Optional[int] = None,
+    int8: bool = False,
+    use_ema: bool = True,
+) -> Runner:
+    """A checkpoint (ours, or the authors' with `model_name`) under `runtime` with `threads` (None: the library's
+    default); onnxruntime and openvino run its cached ONNX export, with int8 weights if `int8`."""
+    check_runtime(runtime, int8)
+    path = Path(checkpoint).expanduser()
+    if runtime == "torch":
+        model, meta = load_model(path, model_name, use_ema=use_ema)
+        return _torch_runner(model, meta, threads)
+    if not path.is_file():
+        raise InputError(f"checkpoint {str(path)!r} does not exist or is not a file: check the path")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"checkpoint {str(path)!r} cannot be read (permission denied)")
+    stat = path.stat()
+    source = dict(size=stat.st_size, mtime_ns=stat.st_mtime_ns, ema=use_ema, model=model_name, exporter=EXPORTER)
+    build = functools.partial(load_model, path, model_name, use_ema=use_ema)  # read only when not cached
+    onnx_path, meta = cached_onnx(checkpoint_cache_paths(path), source, _exporter(build, source))
+    return onnx_runner(onnx_path, meta, runtime, threads, int8)
+
+
+def random_model(
+    model_name: str, img_size: int = 224, seed: int = 0, attn_impl: str = "sdpa"
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """A registered model with random weights drawn after `torch.manual_seed(seed)`, in eval mode, and its metadata
+    as `load_model` returns it (data_config from the model's default preprocessing)."""
+    torch.manual_seed(seed)
+    model = create_model(model_name, attn_impl=attn_impl, img_size=img_size).eval()
+    cfg = model.pretrained_cfg
+    data_config = {k: cfg[k] for k in ("interpolation", "mean", "std", "crop_pct")}
+    data_config["input_size"] = (model.in_chans, img_size, img_size)
+    meta = dict(arch=model_name, model_kwargs=dict(img_size=img_size), class_names=None, data_config=data_config)
+    return model, meta
+
+
+def model_runner(model: nn.Module, meta: Dict[str, Any], runtime: str, threads: Optional[int] = None,
+                 int8: bool = False) -> Runner:  # fmt: skip
+    """A model in memory (random weights, as the benchmarks use) under `runtime`. Its export is cached in the user
+    cache dir under its name and image size, made again when the weights' hash differs."""
+    check_runtime(runtime, int8)
+    if runtime == "torch":
+        return _torch_runner(model, meta, threads)
+    img_size = meta["data_config"]["input_size"][-1]
+    source = dict(model=meta["arch"], img_size=img_size, weights=_weights_hash(model), exporter=EXPORTER)
+    path = user_cache_dir() / f"{meta['arch']}_{img_size}px.onnx"
+    onnx_path, stored = cached_onnx([path], source, _exporter(lambda: (model, meta), source))
+    return onnx_runner(onnx_path, stored, runtime, threads, int8)
+
+
+def onnx_runner(path: Path, meta: Dict[str, Any], runtime: str, threads: Optional[int] = None,
+                int8: bool = False) -> Runner:  # fmt: skip
+    """An exported model (`path`, with its metadata `meta`) under onnxruntime or openvino."""
+    check_runtime(runtime, int8)
+    if runtime == "onnxruntime":
+        if int8:
+            path, meta = _ort_int8(path, meta)
+        return _ort_runner(path, meta, threads, int8)
+    if runtime == "openvino":
+        return _openvino_runner(path, meta, threads, int8)
+    raise InputError(f"runtime {runtime!r} runs no ONNX file: use onnxruntime or openvino")
+
+
+def _torch_runner(model: nn.Module, meta: Dict[str, Any], threads: Optional[int]) -> Runner:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model = model.eval()
+
+    def forward(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(images)).float().numpy()
+
+    return Runner("torch", threads, False, meta, forward, model)
+
+
+def _ort_int8(fp32: Path, meta: Dict[str, Any]) -> Tuple[Path, Dict[str, Any]]:
+    """Dynamic quantization of `fp32`, cached beside it: int8 weights for every MatMul with a constant weight (a
+    scale per output channel), its input quantized to uint8 per call. Weights use 7 of the 8 bits (reduce_range):
+    x86 CPUs without VNNI (AVX2, AVX-512) sum uint8 x int8 products in 16 bits, which full-range weights can
+    overflow (onnxruntime's quantization guide); on a digits model, twice the logit error without it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = {**meta[SOURCE_KEY], "int8": ORT_INT8}
+
+    def make(tmp: Path) -> Dict[str, Any]:
+        _logger.info("quantizing %s to int8 weights", fp32)
+        with _quiet(""):  # onnxruntime logs a line per tensor to the root logger
+            quantize_dynamic(fp32, tmp, op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
+                             weight_type=QuantType.QInt8)  # fmt: skip
+        meta8 = {**meta, SOURCE_KEY: source}
+        _set_meta(tmp, meta8)
+        return meta8
+
+    candidates = list(dict.fromkeys([_int8_path(fp32), user_cache_dir() / _int8_path(fp32).name]))
+    return cached_onnx(candidates, source, make)
+
+
+def _ort_runner(path: Path, meta: Dict[str, Any], threads: Optional[int], int8: bool) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default, one per physical core
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(images: np.ndarray) -> np.ndarray:
+        return session.run(["logits"], {"images": images})[0]
+
+    return Runner("onnxruntime", threads, int8, meta, forward, session)
+
+
+def _openvino_runner(path: Path, meta: Dict[str, Any], threads: Optional[int], int8: bool) -> Runner:
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    core = ov.Core()
+    model = core.read_model(str(path))  # OpenVINO reads ONNX itself
+    if int8:
+        import nncf
+
+        # nncf logs its per-layer table to stdout and draws a progress bar there (stdout is for the results), and
+        # loads torch.utils.cpp_extension, which warns that there is no CUDA
+        with _quiet("nncf", "torch.utils.cpp_extension"), contextlib.redirect_stdout(sys.stderr):
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)  # int8 weights only
+    # fp32 arithmetic: CPUs with bf16 units would otherwise default to bf16
+    config: Dict[str, Any] = {
+        hints.inference_precision: ov.Type.f32,
+        hints.performance_mode: hints.PerformanceMode.LATENCY,  # one request at a time, all threads on it
+    }
+    if threads is not None:
+        config[props.inference_num_threads] = threads
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def forward(images: np.ndarray) -> np.ndarray:
+        return request.infer({0: images})[0]
+
+    return Runner("openvino", threads, int8, meta, forward, compiled)
+
+
+# --- using them
+
+
+def predict(
+    inputs: Sequence[str],
+    checkpoint: str,
+    model_name: Optional[str] = None,
+    top_k: int = 5,
+    batch_size: int = 32,
+    runtime: str = "torch",
+    threads: Optional[int] = None,
+    int8: bool = False,
+    device: str = "cpu",
+    precision: str = "auto",
+) -> List[Dict[str, Any]]:
+    """`t2t_vit.predict.predict` under `runtime`, the same records; torch keeps `device` and `precision`, the
+    others run on the CPU in fp32 (with int8 weights if `int8`)."""
+    from .predict import classify, expand_inputs
+    from .predict import predict as predict_torch
+
+    check_runtime(runtime, int8)
+    if runtime == "torch":
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return predict_torch(inputs, checkpoint, model_name, top_k, batch_size, device, precision)
+    if device != "cpu" or precision not in ("auto", "fp32"):
+        raise InputError(f"--device and --precision apply to --runtime torch: {runtime} runs fp32 on the CPU")
+    paths = expand_inputs(inputs)
+    runner = load_runner(checkpoint, model_name, runtime, threads, int8)
+    return classify(paths, lambda images: torch.from_numpy(runner(images.numpy())), runner.meta, top_k, batch_size)
+
+
+def time_runner(runner: Runner, batch_size: int, warmup: int = 2, repeats: int = 5) -> Dict[str, Any]:
+    """Median time of a batch of `batch_size` random images after `warmup` untimed ones: img/s, latency (ms)."""
+    shape = (batch_size, *runner.meta["data_config"]["input_size"])
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    times = time_steps({runner.name: lambda: runner(x)}, "cpu", warmup, repeats)[runner.name]
+    sec = statistics.median(times)
+    return dict(img_per_s=batch_size / sec, latency_ms=1e3 * sec, step_ms_all=[1e3 * t for t in times])
+
+
+def top1_agreement(reference: Runner, other: Runner, data: str, max_images: Optional[int] = None,
+                   batch_size: int = 64) -> Dict[str, Any]:  # fmt: skip
+    """How often `other` names the same top-1 class as `reference` over the validation split of `data` (a `--data`
+    spec, e.g. "digits"), preprocessed as `predict` does, and the top-1 accuracy of each; `max_images`: a fixed
+    random subset (seed 0) of that many."""
+    from .data import create_dataset, create_loader, create_transform, dataset_classes
+
+    data_config = reference.meta["data_config"]
+    dataset = create_dataset(data, "val", download=False, in_chans=data_config["input_size"][0])
+    dataset.transform = create_transform({}, data_config, training=False)
+    classes = dataset_classes(dataset)
+    if max_images is not None and max_images < len(dataset):
+        keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_images]
+        dataset = torch.utils.data.Subset(dataset, sorted(keep.tolist()))
+    n = same = right_ref = right_other = 0
+    for images, targets, _ in create_loader(dataset, batch_size, training=False):
+        if not len(targets):
+            continue
+        a, b = reference(images.numpy()), other(images.numpy())
+        if a.shape[1] != len(classes):
+            raise InputError(
+                f"{data!r} has {len(classes)} classes, the model {a.shape[1]}: name the data it was trained on"
+            )
+        top_a, top_b, y = a.argmax(1), b.argmax(1), targets.numpy()
+        n, same = n + len(y), same + int((top_a == top_b).sum())
+        right_ref, right_other = right_ref + int((top_a == y).sum()), right_other + int((top_b == y).sum())
+    if not n:
+        raise InputError(f"no readable images in the validation split of {data!r}")
+    return dict(data=data, n=n, agreement=same / n, reference=reference.name, reference_top1=right_ref / n,
+                other=other.name, other_top1=right_other / n)  # fmt: skip
+
+
+def format_agreement(res: Dict[str, Any]) -> str:
+    """"int8 top-1 agreement with fp32 on DATA: 99.7% (360 images)", and each one's accuracy."""
+    ref, other = res["reference"], res["other"]
+    if ref.split()[0] == other.split()[0]:  # the same runtime: name the precisions only
+        ref, other = ref.split()[1], other.split()[1]
+    return (
+        f"{other} top-1 agreement with {ref} on {res['data']}: {100 * res['agreement']:.1f}% ({res['n']} images); "
+        f"top-1 accuracy {ref} {100 * res['reference_top1']:.1f}%, {other} {100 * res['other_top1']:.1f}%"
+    )
+
+
+def benchmark_runtime(
+    runtime: str,
+    model_name: Optional[str] = None,
+    checkpoint: Optional[str] = None,
+    img_size: Optional[int] = None,
+    threads: Optional[int] = None,
+    int8: bool = False,
+    batch_size: int = 16,
+    warmup: int = 2,
+    repeats: int = 5,
+    agreement: Optional[str] = None,
+    agreement_images: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Speed of `checkpoint` (or of `model_name` with random weights, seed 0, at `img_size`, 224 if None) under
+    onnxruntime or openvino; with `agreement` (a `--data` spec) also its top-1 agreement with its fp32 model (int8)
+    or with torch (fp32) over that data's validation split."""
+    check_runtime(runtime, int8)
+    if runtime == "torch":
+        raise InputError("benchmark_runtime measures onnxruntime or openvino: torch runs through benchmark.benchmark")
+    if checkpoint is None:
+        if model_name is None:
+            raise InputError("name the model to measure: --model NAME (random weights) or --checkpoint PATH")
+        if agreement is not None:
+            raise InputError("--agreement needs --checkpoint: a trained model (random weights agree only by chance)")
+        model, meta = random_model(model_name, img_size or 224)
+        runner = model_runner(model, meta, runtime, threads, int8)
+    else:
+        if img_size is not None:
+            raise InputError("--img-size applies without --checkpoint: a checkpoint runs at its own input size")
+        runner = load_runner(checkpoint, model_name, runtime, threads, int8)
+    res: Dict[str, Any] = dict(
+        model=runner.meta["arch"], checkpoint=checkpoint, runtime=runtime, threads=threads, int8=int8,
+        batch_size=batch_size, img_size=runner.meta["data_config"]["input_size"][-1], warmup=warmup, repeats=repeats,
+        device_name=device_name("cpu"), cpu_count=os.cpu_count(),
+        load_avg=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    )  # fmt: skip
+    res.update(time_runner(runner, batch_size, warmup, repeats))
+    if agreement is not None and checkpoint is not None:
+        reference = load_runner(checkpoint, model_name, runtime if int8 else "torch", threads)
+        res["agreement"] = top1_agreement(reference, runner, agreement, agreement_images)
+    return res
+
+
+def format_runtime_result(res: Dict[str, Any]) -> str:
+    """Two lines: the conditions, then latency and img/s (and a third with the top-1 agreement)."""
+    threads = {None: "default threads", 1: "1 thread"}.get(res["threads"], f"{res['threads']} threads")
+    text = (
+        f"{res['model']}  {res['runtime']} {'int8' if res['int8'] else 'fp32'}  cpu ({res['device_name']}, "
+        f"{threads})  batch {res['batch_size']}  {res['img_size']} px\n"
+        f"{res['latency_ms']:.1f} ms/batch  {res['img_per_s']:.1f} img/s  (median of {res['repeats']})"
+    )
+    if "agreement" in res:
+        text += "\n" + format_agreement(res["agreement"])
+    return text
+
+
+def benchmark_torch(cfg: Any, threads: Optional[int] = None, **kwargs: Any) -> Dict[str, Any]:
+    """`t2t_vit.benchmark.benchmark(cfg, **kwargs)` with `threads` (torch.set_num_threads) and `latency_ms` (the
+    median time of one batch) in each result."""
+    from .benchmark import benchmark
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    res = benchmark(cfg, **kwargs)
+    for r in res["results"].values():
+        r["latency_ms"] = r["step_ms"]
+    return dict(res, runtime="torch", int8=False)

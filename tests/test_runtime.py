@@ -1,0 +1,311 @@
+"""CPU deployment runtimes: onnxruntime and OpenVINO against eager PyTorch, int8 weights, the ONNX cache, threads,
+missing libraries and bad input, and `predict` / `benchmark` with --runtime."""
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2t_vit import InputError, create_model, load_model
+from t2t_vit import runtime as rt
+from t2t_vit.cli import deploy, main
+
+from .conftest import assert_close_reordered, network_reorder_tolerance
+
+pytest.importorskip("onnxruntime", reason="needs pip install 't2t-vit[deploy]'")
+pytest.importorskip("onnx", reason="needs pip install 't2t-vit[deploy]'")
+
+DIGITS = [str(i) for i in range(10)]
+TINY = dict(img_size=16, num_classes=10, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0, token_dim=16,
+            soft_splits=[[3, 1, 1], [3, 1, 1], [3, 2, 1]])  # fmt: skip
+DATA_CONFIG = dict(input_size=(3, 16, 16), interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
+RUNTIMES = ["onnxruntime", "openvino"]
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path, monkeypatch) -> Path:
+    """Never the real ~/.cache: the user cache dir of each test is its own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "t2t_vit" / "onnx"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """Our layout, a one-block model at 16 px with the digits' 10 classes and preprocessing: built, not trained."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth.tar"
+    torch.manual_seed(0)
+    model = create_model("t2t_vit_7", **TINY)
+    meta = dict(arch="t2t_vit_7", model_kwargs=TINY, class_names=DIGITS, data_config=DATA_CONFIG, grid_size=None)
+    torch.save({"model": model.state_dict(), "meta": meta}, path)
+    return path
+
+
+@pytest.fixture
+def own_checkpoint(tmp_path, checkpoint) -> Path:
+    """A copy in this test's folder, for tests that change it or watch its cache."""
+    path = tmp_path / "run" / "last.pth.tar"
+    path.parent.mkdir()
+    shutil.copy2(checkpoint, path)
+    return path
+
+
+def _images(seed: int = 0, batch: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, 3, 16, 16), dtype=np.float32)
+
+
+def _needs(runtime: str) -> None:
+    pytest.importorskip(runtime, reason="needs pip install 't2t-vit[deploy]'")
+
+
+def _one_line_error(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_fp32_logits_equal_eager_pytorch(checkpoint, runtime):
+    _needs(runtime)
+    runner = rt.load_runner(str(checkpoint), runtime=runtime)
+    model, _ = load_model(checkpoint)
+    for batch in (1, 3):  # the batch axis is dynamic
+        x = _images(batch, batch)
+        with torch.inference_mode():
+            expected = model.eval()(torch.from_numpy(x))
+        logits = torch.from_numpy(runner(x))
+        # The same fp32 function, its sums in another order (each runtime's GEMMs and fused kernels): elements may
+        # differ by the reordered-sum bound of the longest reduction, 2 K u |logit|max with u = 2^-24 and K = 256
+        # (the first soft split's 16 x 16 tokens): ~3e-5 x the largest logit, below 1e-4 for logits up to 3.
+        assert_close_reordered(logits, expected, network_reorder_tolerance(model, expected, 16))
+        assert (logits - expected).abs().max() < 1e-4
+    assert runner.meta["class_names"] == DIGITS and runner.name == f"{runtime} fp32"
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_int8_weights_keep_the_logits_and_the_top1(checkpoint, runtime):
+    _needs(runtime)
+    if runtime == "openvino":
+        _needs("nncf")
+    fp32 = rt.load_runner(str(checkpoint), runtime=runtime)
+    int8 = rt.load_runner(str(checkpoint), runtime=runtime, int8=True)
+    x = _images(0, 32)
+    a, b = fp32(x), int8(x)
+    # Each quantized MatMul rounds its weights to 128 (onnxruntime: reduced range) or 256 (OpenVINO) levels of each
+    # output channel's range, and onnxruntime also its input to 256 levels of the tensor's: for values spread over
+    # ~8 standard deviations, an error of step / sqrt(12) = 0.9-1.8% of their rms per quantized tensor. The ~16
+    # quantized tensors here (weights and inputs of the T2T layers, the projection, one block) add like a random
+    # walk, to at most ~5% of the logits' norm (measured: 0.8% onnxruntime, 0.4% OpenVINO); the bound is twice that.
+    # A wrong scale or zero point errs by the logits' own size (100%); no quantization at all, by 0.
+    rel = np.linalg.norm(a - b) / np.linalg.norm(a)
+    assert 0 < rel < 0.1, rel
+    res = rt.top1_agreement(fp32, int8, "digits")
+    assert res["n"] == 360 and res["agreement"] >= 0.95, res
+    assert abs(res["other_top1"] - res["reference_top1"]) <= 1 - res["agreement"]
+    line = f"int8 top-1 agreement with fp32 on digits: {100 * res['agreement']:.1f}% (360 images)"
+    assert rt.format_agreement(res).startswith(line)
+    if runtime == "onnxruntime":
+        import onnx
+
+        path = checkpoint.with_name(checkpoint.name + ".onnx")
+        ops = {n.op_type for n in onnx.load(str(path.with_suffix(".int8.onnx"))).graph.node}
+        assert "MatMulInteger" in ops and path.with_suffix(".int8.onnx").stat().st_size < path.stat().st_size
+
+
+def test_the_onnx_cache_is_written_once_reused_and_renewed(own_checkpoint, monkeypatch):
+    exports = []
+    real_export = rt.export_onnx
+
+    def counting_export(model, path, meta):
+        exports.append(path)
+        real_export(model, path, meta)
+
+    monkeypatch.setattr(rt, "export_onnx", counting_export)
+    cache = own_checkpoint.with_name("last.pth.tar.onnx")
+    first = rt.load_runner(str(own_checkpoint), runtime="onnxruntime")
+    rt.load_runner(str(own_checkpoint), runtime="onnxruntime")
+    assert len(exports) == 1 and cache.is_file() and exports[0] != cache  # written to a temporary name, then renamed
+    assert sorted(p.name for p in own_checkpoint.parent.iterdir()) == ["last.pth.tar", "last.pth.tar.onnx"]
+
+    model, meta = load_model(own_checkpoint)  # the checkpoint changes: new weights, a new mtime
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    torch.save({"model": model.state_dict(), "meta": dict(meta, data_config=DATA_CONFIG)}, own_checkpoint)
+    stat = own_checkpoint.stat()
+    os.utime(own_checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    second = rt.load_runner(str(own_checkpoint), runtime="onnxruntime")
+    assert len(exports) == 2
+    x = _images()
+    np.testing.assert_allclose(second(x), first(x) + 1.0, atol=1e-5)  # the new weights, not the cached ones
+    rt.load_runner(str(own_checkpoint), runtime="onnxruntime", use_ema=False)  # raw weights: another export
+    assert len(exports) == 3
+
+    cache.write_bytes(b"half a file")  # a damaged cache is made again, not trusted
+    rt.load_runner(str(own_checkpoint), runtime="onnxruntime", use_ema=False)
+    assert len(exports) == 4
+
+    import onnxruntime.quantization
+
+    quantized, real_quantize = [], onnxruntime.quantization.quantize_dynamic
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic",
+                        lambda *args, **kwargs: quantized.append(args) or real_quantize(*args, **kwargs))  # fmt: skip
+    for _ in range(2):  # the int8 model is cached too, beside the fp32 one
+        rt.load_runner(str(own_checkpoint), runtime="onnxruntime", use_ema=False, int8=True)
+    assert len(quantized) == 1 and len(exports) == 4 and cache.with_suffix(".int8.onnx").is_file()
+
+
+def test_an_interrupted_export_leaves_no_file(own_checkpoint, monkeypatch):
+    def dies_halfway(model, path, meta):
+        Path(path).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rt, "export_onnx", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        rt.load_runner(str(own_checkpoint), runtime="onnxruntime")
+    assert [p.name for p in own_checkpoint.parent.iterdir()] == ["last.pth.tar"]
+
+
+def test_a_read_only_checkpoint_folder_caches_in_the_user_dir(own_checkpoint, user_cache, monkeypatch, caplog):
+    real_access = os.access  # as root, os.access says yes to everything: tell it the folder is read-only
+
+    def access(path, mode, **kwargs):
+        if Path(path) == own_checkpoint.parent and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    with caplog.at_level(logging.INFO, logger="t2t_vit.runtime"):
+        rt.load_runner(str(own_checkpoint), runtime="onnxruntime", int8=True)
+    assert "is not writable: caching the ONNX model in" in caplog.text
+    assert [p.name for p in own_checkpoint.parent.iterdir()] == ["last.pth.tar"]
+    fp32 = rt.checkpoint_cache_paths(own_checkpoint)[1]
+    assert fp32.parent == user_cache and fp32.is_file() and fp32.with_suffix(".int8.onnx").is_file()
+
+
+def test_threads_reach_each_runtime(checkpoint):
+    runner = rt.load_runner(str(checkpoint), runtime="onnxruntime", threads=2)
+    options = runner.engine.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads, runner.threads) == (2, 1, 2)
+    assert rt.load_runner(str(checkpoint), runtime="onnxruntime").engine.get_session_options().intra_op_num_threads == 0
+    saved = torch.get_num_threads()
+    try:
+        rt.load_runner(str(checkpoint), runtime="torch", threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(saved)
+    ov = pytest.importorskip("openvino", reason="needs pip install 't2t-vit[deploy]'")
+    runner = rt.load_runner(str(checkpoint), runtime="openvino", threads=1)
+    assert runner.engine.get_property("INFERENCE_NUM_THREADS") == 1
+    assert runner.engine.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # not bf16 where the CPU has it
+
+
+@pytest.mark.parametrize("missing, argv", [
+    ("onnxruntime", ["--runtime", "onnxruntime"]),
+    ("openvino", ["--runtime", "openvino"]),
+    ("nncf", ["--runtime", "openvino", "--int8"]),
+    ("onnx", ["--runtime", "openvino"]),
+])  # fmt: skip
+def test_a_missing_runtime_library_names_the_extra(checkpoint, tmp_path, monkeypatch, capsys, missing, argv):
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` raises ImportError
+    with pytest.raises(InputError, match=rf"needs {missing}, which is not installed: pip install 't2t-vit\[deploy\]'"):
+        rt.load_runner(str(checkpoint), runtime=argv[1], int8="--int8" in argv)
+    assert main(["predict", str(tmp_path), "--checkpoint", str(checkpoint), *argv]) == 2
+    _one_line_error(capsys, "t2t-vit predict: error:", "pip install 't2t-vit[deploy]'")
+
+
+def test_bad_input_is_one_line(checkpoint, tmp_path, capsys):
+    img = _digit_files(tmp_path / "imgs", 1)[0]
+    assert main(["predict", str(img), "--checkpoint", str(checkpoint), "--int8"]) == 2
+    _one_line_error(capsys, "--int8", "use --runtime onnxruntime or --runtime openvino")
+    assert main(["benchmark", "--model", "t2t_vit_7", "--int8"]) == 2
+    _one_line_error(capsys, "t2t-vit benchmark: error:", "--runtime onnxruntime")
+    garbage = tmp_path / "garbage.pth.tar"
+    garbage.write_bytes(b"not a checkpoint")
+    for ckpt, needle in ((garbage, "is not a PyTorch checkpoint"), (tmp_path / "missing.pth", "does not exist")):
+        assert main(["predict", str(img), "--checkpoint", str(ckpt), "--runtime", "onnxruntime"]) == 2
+        _one_line_error(capsys, "t2t-vit predict: error:", str(ckpt), needle)
+    assert main(["predict", str(img), "--checkpoint", str(checkpoint), "--runtime", "onnxruntime", "--device", "cuda"
+                 ]) == 2  # fmt: skip
+    _one_line_error(capsys, "--device and --precision apply to --runtime torch")
+    assert main(["benchmark", "--model", "t2t_vit_7", "--runtime", "onnxruntime", "--mode", "train"]) == 2
+    _one_line_error(capsys, "--mode train: for --runtime torch only")
+    assert main(["benchmark", "--model", "t2t_vit_7", "--runtime", "onnxruntime", "--agreement", "digits"]) == 2
+    _one_line_error(capsys, "--agreement needs --checkpoint")
+    assert main(["benchmark", "--runtime", "onnxruntime"]) == 2
+    _one_line_error(capsys, "--model NAME")
+
+
+def _digit_files(folder: Path, n: int) -> list:
+    from sklearn.datasets import load_digits
+
+    folder.mkdir(parents=True, exist_ok=True)
+    digits = load_digits()
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"digit_{digits.target[i]}_{i}.png")
+        Image.fromarray(np.uint8(digits.images[i] * 255 / 16)).save(paths[-1])
+    return paths
+
+
+def test_cli_predict_with_onnxruntime_names_the_classes_torch_names(checkpoint, tmp_path, capsys):
+    _digit_files(tmp_path / "imgs", 6)
+    base = ["predict", str(tmp_path / "imgs"), "--checkpoint", str(checkpoint), "--top-k", "3", "--batch-size", "4"]
+    outputs = {}
+    for runtime in ("torch", "onnxruntime"):
+        assert main([*base, "--runtime", runtime, "--json"]) == 0
+        outputs[runtime] = json.loads(capsys.readouterr().out)
+    assert len(outputs["torch"]) == 6
+    for a, b in zip(outputs["torch"], outputs["onnxruntime"]):
+        assert a["file"] == b["file"] and [t["class"] for t in a["top_k"]] == [t["class"] for t in b["top_k"]]
+        np.testing.assert_allclose([t["prob"] for t in a["top_k"]], [t["prob"] for t in b["top_k"]], atol=1e-5)
+    assert main([*base, "--runtime", "onnxruntime", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[0] for line in lines] == [r["file"] for r in outputs["torch"]]
+
+
+def test_cli_benchmark_json_reports_speed_per_runtime(checkpoint, user_cache, capsys):
+    quick = ["--batch-size", "2", "--warmup", "1", "--repeats", "2", "--threads", "1", "--json"]
+    assert main(["benchmark", "--runtime", "onnxruntime", "--checkpoint", str(checkpoint), *quick]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert (res["runtime"], res["threads"], res["int8"]) == ("onnxruntime", 1, False)
+    assert (res["batch_size"], res["img_size"]) == (2, 16)
+    assert res["img_per_s"] > 0 and res["latency_ms"] > 0
+    assert res["img_per_s"] == pytest.approx(2 * 1e3 / res["latency_ms"])
+    # a model with random weights: its export cached in the user dir under its name and size
+    random_weights = ["--model", "t2t_vit_7", "--img-size", "32", "--int8"]
+    assert main(["benchmark", "--runtime", "onnxruntime", *random_weights, *quick]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert (res["model"], res["int8"], res["img_size"]) == ("t2t_vit_7", True, 32) and res["latency_ms"] > 0
+    assert (user_cache / "t2t_vit_7_32px.onnx").is_file() and (user_cache / "t2t_vit_7_32px.int8.onnx").is_file()
+
+
+def test_cli_benchmark_agreement_line(checkpoint, capsys):
+    argv = ["benchmark", "--runtime", "onnxruntime", "--int8", "--checkpoint", str(checkpoint), "--batch-size", "2",
+            "--warmup", "0", "--repeats", "1", "--agreement", "digits", "--agreement-images", "100"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "int8 top-1 agreement with fp32 on digits: " in out and "% (100 images)" in out, out
+
+
+def test_torch_benchmark_reports_latency_and_honours_threads():
+    from t2t_vit.benchmark import BenchConfig
+
+    saved = torch.get_num_threads()
+    try:
+        cfg = BenchConfig("t2t_vit_7", img_size=32, batch_size=2, warmup=0, repeats=1)
+        res = rt.benchmark_torch(cfg, threads=1, memory=False, peak_gflops=1.0)
+    finally:
+        torch.set_num_threads(saved)
+    assert res["threads"] == 1 and res["runtime"] == "torch" and res["int8"] is False
+    assert res["results"]["sdpa"]["latency_ms"] == res["results"]["sdpa"]["step_ms"] > 0
+
+
+def test_cli_runtime_choices_are_the_library_ones():
+    assert deploy.RUNTIMES == rt.RUNTIMES
