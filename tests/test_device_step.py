@@ -160,3 +160,16 @@ def test_erasing_is_seeded_by_epoch_and_batch_and_fills_only_its_boxes():
     first, second = ([b[0] for b in loader] for loader in loaders)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     assert not torch.equal(first[0], first[1])  # another batch number, other boxes
+
+
+def test_benchmark_loader_prints_the_input_path_beside_the_model(capsys):
+    import json
+
+    from t2t_vit.cli import main
+
+    assert main(["benchmark", "--loader", "digits", "--config", "digits", "--repeats", "1", "--warmup", "0",
+                 "--batch-size", "16", "--json"]) in (0, None)  # fmt: skip
+    res = json.loads(capsys.readouterr().out)
+    assert res["input"]["path"] == "TensorBatches" and res["input"]["img_per_s"] > 0 and res["model_img_per_s"] > 0
+    assert res["bound_by"] in ("input", "model") and res["batch_size"] == 16
+    assert main(["benchmark", "--loader", "digits"]) == 2 and "--config NAME" in capsys.readouterr().err
