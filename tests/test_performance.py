@@ -60,10 +60,11 @@ def test_fast_equals_eager_on_other_sizes(name):
         assert_close_reordered(out, eager(x), network_reorder_tolerance(fast, out, 96, 128))
 
 
+@pytest.mark.parametrize("slices", [False, True], ids=["strided_copy", "slices_for_onnx"])
 @pytest.mark.parametrize("kernel,stride,padding,channels", [(7, 4, 2, 3), (3, 2, 1, 64), (3, 1, 1, 5), (2, 2, 0, 4)])
-def test_channels_last_split_is_unfold_with_reordered_features(kernel, stride, padding, channels):
+def test_channels_last_split_is_unfold_with_reordered_features(kernel, stride, padding, channels, slices):
     x = torch.randn(2, channels, 16, 12)
-    ours = soft_split_channels_last(x.permute(0, 2, 3, 1), kernel, stride, padding)
+    ours = soft_split_channels_last(x.permute(0, 2, 3, 1), kernel, stride, padding, slices)
     theirs = soft_split(x, kernel, stride, padding)
     assert ours.shape == theirs.shape
     index = patch_major(torch.arange(theirs.shape[-1]).float(), channels).long()

@@ -36,8 +36,9 @@ _logger = logging.getLogger(__name__)
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 DEPLOY_EXTRA = "pip install 't2t-vit[deploy]'"
 SOURCE_KEY = "source"  # the entry of an export's metadata that says what it was made from
-EXPORTER = f"t2t_vit {__version__}, torch {torch.__version__}"
-ORT_INT8 = "onnxruntime quantize_dynamic: MatMul weights QInt8, per channel, reduced range"  # in the int8 file
+GRAPH = 2  # the ONNX graph's layout: 2 has the soft splits as slices; a cache of another layout is made again
+EXPORTER = f"t2t_vit {__version__} (graph {GRAPH}), torch {torch.__version__}"
+ORT_INT8 = "onnxruntime quant_pre_process, quantize_dynamic: MatMul weights QInt8, per channel, reduced range"  # in the int8 file
 
 
 @dataclasses.dataclass
@@ -296,14 +297,22 @@ def _ort_int8(fp32: Path, meta: Dict[str, Any]) -> Tuple[Path, Dict[str, Any]]:
     x86 CPUs without VNNI (AVX2, AVX-512) sum uint8 x int8 products in 16 bits, which full-range weights can
     overflow (onnxruntime's quantization guide); on a digits model, twice the logit error without it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source = {**meta[SOURCE_KEY], "int8": ORT_INT8}
 
     def make(tmp: Path) -> Dict[str, Any]:
         _logger.info("quantizing %s to int8 weights", fp32)
-        with _quiet(""):  # onnxruntime logs a line per tensor to the root logger
-            quantize_dynamic(fp32, tmp, op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
-                             weight_type=QuantType.QInt8)  # fmt: skip
+        folded = tmp.with_name(tmp.name + ".folded")
+        try:
+            with _quiet(""):  # onnxruntime logs a line per tensor to the root logger
+                # constants folded first: weights computed from weights (the T2T layers' folded LayerNorm) become
+                # one weight, quantized once, with no fp32 copy left beside it
+                quant_pre_process(str(fp32), str(folded), skip_symbolic_shape=True)
+                quantize_dynamic(folded, tmp, op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
+                                 weight_type=QuantType.QInt8)  # fmt: skip
+        finally:
+            folded.unlink(missing_ok=True)
         meta8 = {**meta, SOURCE_KEY: source}
         _set_meta(tmp, meta8)
         return meta8

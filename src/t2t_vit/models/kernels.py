@@ -7,21 +7,31 @@ such patches. The Performer kernel (positive random features, one head) comes tw
 runs either in fp32.
 """
 import math
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 
 
-def soft_split_channels_last(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+def soft_split_channels_last(x: torch.Tensor, kernel: int, stride: int, padding: int, slices: bool = False
+                             ) -> torch.Tensor:  # fmt: skip
     """The patches of `soft_split` from channels-last data, features ordered (kh, kw, C): one copy.
 
     (B, H, W, C) -> (B, L, kernel^2 * C); `patch_major` reorders weights that read unfold's (C, kh, kw) order.
+    `slices`: kernel^2 strided slices concatenated on the features instead, the same result, for ONNX (its exporter
+    cannot size `Tensor.unfold`'s windows, and `F.unfold` exports as an index Gather that costs onnxruntime more).
     """
-    B, _, _, C = x.shape
+    B, H, W, C = x.shape
     x = F.pad(x, (0, 0, padding, padding, padding, padding))  # contiguous (B, H + 2p, W + 2p, C)
-    x = x.unfold(1, kernel, stride).unfold(2, kernel, stride)  # view (B, H', W', C, kh, kw)
-    return x.permute(0, 1, 2, 4, 5, 3).reshape(B, -1, kernel * kernel * C)
+    if not slices:
+        x = x.unfold(1, kernel, stride).unfold(2, kernel, stride)  # view (B, H', W', C, kh, kw)
+        return x.permute(0, 1, 2, 4, 5, 3).reshape(B, -1, kernel * kernel * C)
+    rows, cols = (H + 2 * padding - kernel) // stride + 1, (W + 2 * padding - kernel) // stride + 1
+    patches: List[torch.Tensor] = []
+    for i in range(kernel):
+        for j in range(kernel):
+            patches.append(x[:, i : i + stride * (rows - 1) + 1 : stride, j : j + stride * (cols - 1) + 1 : stride])
+    return torch.cat(patches, -1).reshape(B, rows * cols, kernel * kernel * C)
 
 
 def patch_major(w: torch.Tensor, channels: int) -> torch.Tensor:
@@ -94,13 +104,15 @@ def patch_norm_linear(
     weight: torch.Tensor,
     bias: Optional[torch.Tensor],
     channels: int,
+    features: int,
 ) -> torch.Tensor:
-    """linear(layer_norm(x)) for patches in `soft_split_channels_last`'s (kh, kw, C) order, C = `channels`.
+    """linear(layer_norm(x)) for patches in `soft_split_channels_last`'s (kh, kw, C) order, C = `channels`, of
+    `features` = kh kw C values each (a Python number: ONNX wants the norm's shape constant).
 
     The weights are reordered to that order and the norm's affine is folded into the linear:
     (x_hat * g + b_n) W^T + b = x_hat (W g)^T + (W b_n + b). That spares an elementwise pass and, where x needs no
     gradient (the image's patches), the backward GEMM that g and b_n would need.
     """
     norm_weight, norm_bias, weight = (patch_major(t, channels) for t in (norm_weight, norm_bias, weight))
-    folded_bias = weight @ norm_bias if bias is None else torch.addmv(bias, weight, norm_bias)
-    return F.linear(F.layer_norm(x, [x.shape[-1]], None, None, eps), weight * norm_weight, folded_bias)
+    folded_bias = weight @ norm_bias if bias is None else bias + weight @ norm_bias
+    return F.linear(F.layer_norm(x, [features], None, None, eps), weight * norm_weight, folded_bias)

@@ -107,7 +107,8 @@ class TokenPerformer(nn.Module):
         """(B, N, dim) -> (B, N, token_dim); `patch_channels` > 0: x holds (kh, kw, C) ordered patches."""
         if patch_channels > 0:
             w, b = self.kqv.weight, self.kqv.bias
-            kqv = patch_norm_linear(x, self.norm1.weight, self.norm1.bias, self.norm1.eps, w, b, patch_channels)
+            kqv = patch_norm_linear(x, self.norm1.weight, self.norm1.bias, self.norm1.eps, w, b, patch_channels,
+                                    self.kqv.in_features)  # fmt: skip
         else:
             kqv = self.kqv(self.norm1(x))
         k, q, v = kqv.split(self.token_dim, dim=-1)
@@ -171,7 +172,8 @@ class TokenTransformer(nn.Module):
         """(B, N, dim) -> (B, N, token_dim); `patch_channels` > 0: x holds (kh, kw, C) ordered patches."""
         if patch_channels > 0:
             w = self.attn.qkv.weight
-            qkv = patch_norm_linear(x, self.norm1.weight, self.norm1.bias, self.norm1.eps, w, None, patch_channels)
+            qkv = patch_norm_linear(x, self.norm1.weight, self.norm1.bias, self.norm1.eps, w, None, patch_channels,
+                                    self.attn.qkv.in_features)  # fmt: skip
             x = self.attn.attend(qkv)
         else:
             x = self.attn(self.norm1(x))
@@ -232,11 +234,11 @@ class T2TModule(nn.Module):
         """The fused path over slices of the batch on CPU: each image is computed on its own anyway, and in slices
         of about CPU_SLICE_TOKENS first-split tokens the first layers' tensors stay in cache.
 
-        Whole batches when traced, compiled or exported (a slice count would freeze the batch size), and the
-        unfold layout for ONNX, whose exporter cannot size the strided windows of a dynamic input.
+        Whole batches when traced, compiled or exported (a slice count would freeze the batch size), and for ONNX
+        the splits as strided slices.
         """
         if torch.onnx.is_in_onnx_export():
-            return self._forward_eager(x)
+            return self._forward_fused(x, slices=True)
         if (
             isinstance(x, torch.fx.Proxy)
             or torch.jit.is_tracing()
@@ -272,18 +274,19 @@ class T2TModule(nn.Module):
         # final tokens: project to the backbone width
         return self.project(x)  # (B, H2 * W2, embed_dim)
 
-    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """The same steps channels-last: patch features ordered (kh, kw, C), no transposes between the splits."""
+    def _forward_fused(self, x: torch.Tensor, slices: bool = False) -> torch.Tensor:
+        """The same steps channels-last: patch features ordered (kh, kw, C), no transposes between the splits.
+        `slices`: each split as kernel^2 strided slices instead of one strided copy (for ONNX)."""
         B, _, H, W = x.shape
         (k0, s0, p0), (k1, s1, p1), (k2, s2, p2) = self.soft_splits
         # step 0: soft split, (B, C, H, W) -> (B, H0 * W0, k0^2 C), one strided copy
-        x = soft_split_channels_last(x.permute(0, 2, 3, 1), k0, s0, p0)
+        x = soft_split_channels_last(x.permute(0, 2, 3, 1), k0, s0, p0, slices)
         H, W = split_size(H, k0, s0, p0), split_size(W, k0, s0, p0)
         # iteration 1: re-structurization; the tokens (B, H0 * W0, token_dim) are already the channels-last image
         x = self.attention1(x, self.in_chans)
         x = x.reshape(B, H, W, -1)  # (B, H0, W0, token_dim), a view
         # iteration 1: soft split
-        x = soft_split_channels_last(x, k1, s1, p1)  # (B, H1 * W1, k1^2 token_dim)
+        x = soft_split_channels_last(x, k1, s1, p1, slices)  # (B, H1 * W1, k1^2 token_dim)
         H, W = split_size(H, k1, s1, p1), split_size(W, k1, s1, p1)
         # iteration 2: re-structurization
         x = self.attention2(x, self.token_dim)
