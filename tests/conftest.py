@@ -32,7 +32,7 @@ def tiny_train_config(tmp_path, **overrides) -> dict:
     cfg = resolve_config("digits", dict(
         model_kwargs=dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0, token_dim=16,
                           soft_splits=[[3, 1, 1], [3, 1, 1], [3, 2, 1]]),
-        output=str(tmp_path), name="run", epochs=2, warmup_epochs=1, batch_size=64, log_interval=1000,
+        img_size=16, output=str(tmp_path), name="run", epochs=2, warmup_epochs=1, batch_size=64, log_interval=1000,
     ))  # fmt: skip
     cfg.update(overrides)
     return cfg

@@ -17,6 +17,7 @@ from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
 from t2t_vit import tensor_data
 from t2t_vit.config import resolve_config
+from t2t_vit.device_batches import DeviceBatches
 from t2t_vit.data import ArrayImages, create_dataset, create_loader, create_transform
 from t2t_vit.tensor_data import TensorBatches, crop_boxes, resized_crops
 from t2t_vit.train import train
@@ -57,7 +58,8 @@ def test_the_digits_recipe_takes_the_tensor_path_and_randaugment_does_not():
     batches = [x for x, _, _ in loader]
     loader.sampler.set_epoch(3, start=64)  # resumed one batch in: the same second batch
     assert torch.equal(next(iter(loader))[0], batches[1])
-    assert batches[0].shape == (64, 3, 16, 16) and abs(batches[0].mean().item()) < 1.0
+    side = cfg["img_size"]
+    assert batches[0].shape == (64, 3, side, side) and abs(batches[0].mean().item()) < 1.0
     assert not isinstance(build_data(dict(cfg, aa="rand-m5-mstd0.5"), 1, 0, False).train_loader, TensorBatches)
 
 
@@ -209,7 +211,7 @@ def test_flips_come_at_the_recipes_rate_on_both_paths():
 
 
 def test_a_batch_holds_the_pil_crop_of_each_drawn_box(monkeypatch):
-    cfg = resolve_config("digits", dict(hflip=0.5))  # the recipe, with mirrored crops too
+    cfg = resolve_config("digits", dict(hflip=0.5, img_size=16))  # the recipe, mirrored and resized up too
     data_config = data_config_of(cfg)
     digits = create_dataset("digits", "train", False, 3)
     drawn = {}
@@ -254,35 +256,50 @@ def test_a_batch_holds_the_pil_crop_of_each_drawn_box(monkeypatch):
 
 # ---------------------------------------------------------------------- the same top-1 as the per-image (PIL) path
 #
-# The digits recipe shortened to fit the default suite: 6 epochs (1 of warmup) at batch 16 with the recipe's lr
-# 1e-3 kept (not scaled down to 2.5e-4). Held-out top-1 (360 images, 0.28 points each) of single runs, seeds 0 1 2 42:
-#   tensor path     98.33 97.50 96.94 95.56   mean 97.1, sd 1.2
-#   per-image path  96.11 95.83 98.06 93.61   mean 95.9, sd 1.8
-# A pooled sd of 1.5 points makes the difference of two runs vary with an sd of 2.2 points, so a tolerance of 1 point
-# would pass or fail by the seed (so it would at 10 epochs, seed 42: 95.56 and 97.78; and at the full recipe's 25:
-# 98.06 and 99.17 at seed 42, 98.89 and 99.17 at seed 0). TOP1_TOLERANCE is 2.8 sds of the difference: it catches a
-# path that trains clearly worse, not a difference of a point.
-SHORT_DIGITS = dict(epochs=6, warmup_epochs=1, batch_size=16, lr_base_batch=16, log_interval=0)
-TOP1_TOLERANCE = 6.0
+# The digits recipe's inputs from each path train the same small classifier (an MLP on the 8x8 pixels: a run takes
+# a second on the tensor path, so several seeds fit the suite), and the mean held-out top-1 over seeds is compared.
+# Measured over 5 seeds, 15 epochs: tensor path 97.72 (sd 0.23), per-image path 97.78 (sd 0.34). With 3 seeds per
+# path the difference of the means has an sd of about 0.25 points, so the 1-point tolerance is 4 sds: it fails a
+# path that trains a point worse, not one seed's luck. (A T2T-ViT varies by 1.2-1.8 points from seed to seed at
+# the suite's budget, which a 1-point test cannot carry.) Details of the crops are the KS tests' job above: a crop
+# scale of 0.35 instead of 0.7 moves this top-1 by only ~0.5 points.
+PROBE = dict(seeds=(0, 1, 2), epochs=15, hidden=128, lr=3e-3)
 
 
-def test_the_digits_recipe_reaches_the_same_top1_on_both_paths(tmp_path, monkeypatch):
-    taken = []  # what `build_data` chose for each run: True where the tensor path trained
+def _probe_top1(per_image: bool, seed: int, monkeypatch) -> float:
+    """Held-out top-1 of an MLP trained on the digits recipe's training inputs, from one path."""
+    if per_image:
+        monkeypatch.setattr(tensor_data, "supports", lambda cfg, dataset: False)
+    cfg = resolve_config("digits", dict(seed=seed, workers=0))
+    data = build_data(cfg, 1, 0, False)
+    monkeypatch.undo()
+    assert isinstance(data.train_loader, TensorBatches) != per_image
+    cpu = torch.device("cpu")
+    train_batches = DeviceBatches(data.train_loader, cpu, data.config)
+    val_batches = DeviceBatches(data.val_loader, cpu, data.config)
+    torch.manual_seed(seed)
+    pixels = math.prod(data.config["input_size"])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(pixels, PROBE["hidden"]), torch.nn.GELU(),
+                                torch.nn.Linear(PROBE["hidden"], len(data.classes)))  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PROBE["lr"], weight_decay=1e-4)
+    steps = PROBE["epochs"] * len(train_batches)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, PROBE["lr"], total_steps=steps)
+    for epoch in range(PROBE["epochs"]):
+        train_batches.sampler.set_epoch(epoch)
+        for images, targets, _ in train_batches:
+            loss = F.cross_entropy(model(images), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    with torch.no_grad():
+        hits = [(model(images).argmax(1) == targets) for images, targets, _ in val_batches]
+    return 100 * torch.cat(hits).float().mean().item()
 
-    def supports(per_image: bool):
-        real = tensor_data.supports
 
-        def chosen(cfg, dataset):
-            taken.append(not per_image and real(cfg, dataset))
-            return taken[-1]
-
-        return chosen
-
-    top1 = {}
-    for path in ("tensor", "pil"):
-        monkeypatch.setattr(tensor_data, "supports", supports(per_image=path == "pil"))
-        cfg = resolve_config("digits", dict(SHORT_DIGITS, output=str(tmp_path), name=path))
-        top1[path] = train(cfg, progress=False)["val_top1"]
-        monkeypatch.undo()
-    assert taken == [True, False] and min(top1.values()) >= 90.0, (taken, top1)  # each path, each trained
-    assert abs(top1["tensor"] - top1["pil"]) <= TOP1_TOLERANCE, top1
+def test_the_digits_recipe_reaches_the_same_top1_on_both_paths(monkeypatch):
+    top1 = {path: [_probe_top1(path == "pil", seed, monkeypatch) for seed in PROBE["seeds"]]
+            for path in ("tensor", "pil")}  # fmt: skip
+    mean = {path: sum(runs) / len(runs) for path, runs in top1.items()}
+    assert min(mean.values()) >= 90.0, top1  # each path trained
+    assert abs(mean["tensor"] - mean["pil"]) <= 1.0, top1

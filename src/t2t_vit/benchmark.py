@@ -251,7 +251,7 @@ def benchmark(
     """
     cfg.check()
     impls = [attn_impl, "eager"] if compare_eager and attn_impl != "eager" else [attn_impl]
-    params, macs = model_cost(cfg.model, img_size=cfg.img_size)
+    params, macs = model_cost(cfg.model, img_size=cfg.img_size, **cfg.model_kwargs)  # the model as built below
     if peak_gflops is None:
         peak_gflops = matmul_peak_gflops(cfg.device, cfg.dtype)
     device = torch.device(cfg.device)
