@@ -58,7 +58,7 @@ def _workers(agent: int) -> List[int]:
 
 def _rows(run_dir: Path) -> List[dict]:
     with open(run_dir / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if k not in ("img_per_s", "epoch_time_s")} for r in csv.DictReader(f)]
+        return [{k: v for k, v in r.items() if k not in ("img_per_s", "epoch_time_s", "train_s")} for r in csv.DictReader(f)]
 
 
 def main() -> int:

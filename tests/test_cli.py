@@ -72,7 +72,7 @@ def test_cli_choices_name_what_the_library_has():
     from t2t_vit import benchmark, export, reproduce
     from t2t_vit.cli import deploy, study
 
-    assert set(study.EXPERIMENTS) == set(reproduce.EXPERIMENTS) and deploy.FORMATS == export.FORMATS
+    assert study.CLAIMS == tuple(reproduce.CLAIMS) and deploy.FORMATS == export.FORMATS
     parser = main.__globals__["build_parser"]()
     bench = parser._subparsers._group_actions[0].choices["benchmark"]
     choices = {a.dest: a.choices for a in bench._actions if a.choices}

@@ -24,7 +24,7 @@ from t2t_vit.train import build_scheduler, train
 
 from .conftest import tiny_train_config
 
-TIMING = ("img_per_s", "epoch_time_s")  # the only columns a resumed run may differ in
+TIMING = ("img_per_s", "epoch_time_s", "train_s")  # the only columns a resumed run may differ in
 
 
 def _state(run_dir) -> dict:

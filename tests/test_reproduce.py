@@ -1,26 +1,99 @@
-"""The small-scale reproduction runs end to end and writes its table, plot and numbers."""
+"""The study's quick path: a claim's arms under both budgets on a few hundred digits, its statistics and files (not
+its verdicts); the interval and the verdict rules; the time budget of a training run."""
 import json
+import math
 
+import pytest
+import yaml
 from PIL import Image
+from scipy import stats
 
-from t2t_vit.reproduce import EXPERIMENTS, run_experiment
+from t2t_vit import reproduce
+from t2t_vit.errors import InputError
+from t2t_vit.reproduce import CLAIMS, mean_difference, parse_seconds, run_claim, verdict
+from t2t_vit.train import train
+from t2t_vit.visualize import read_metrics
+
+from .conftest import tiny_train_config
 
 
-def test_reproduce_writes_table_plot_and_json(tmp_path):
-    md = run_experiment("depth", data="digits", seeds=[0, 1], epochs=1, train_subset=300,
-                        output=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"))  # fmt: skip
-    text = md.read_text()
-    for arm in EXPERIMENTS["depth"]["arms"]:
+def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
+    kwargs = dict(data="digits", seeds=[0, 1], epochs=1, seconds=1.0, train_subset=300, output=str(tmp_path / "runs"),
+                  results_dir=str(tmp_path / "results"), command="t2t-vit reproduce depth --seeds 2")  # fmt: skip
+    md = run_claim("depth", **kwargs)
+    out = tmp_path / "results"
+    text, summary = md.read_text(), json.loads((out / "depth.json").read_text())
+    assert "t2t-vit reproduce depth --seeds 2" in text and "commit " in text
+    for arm in CLAIMS["depth"].arms:
         assert f"| {arm} |" in text
-    assert "t2t-vit reproduce depth --seeds 0 1 --epochs 1 --train-subset 300" in text
-    data = json.loads((tmp_path / "results" / "depth.json").read_text())
-    assert all(len(a["top1"]) == 2 and a["params"] > 0 and a["train_step_mib"] > 0 for a in data["arms"].values())
-    img = Image.open(tmp_path / "results" / "depth.png").convert("L")
+        for budget in ("epochs", "time"):
+            assert len(summary["arms"][arm]["budgets"][budget]["top1"]) == 2
+    # the capped runs ended at their budget (or, a little faster than the equal-epoch runs said, with their schedule)
+    for seed in (0, 1):
+        capped = tmp_path / "runs" / "1-seconds" / f"t2t-s{seed}"
+        m, schedule = read_metrics(capped), yaml.safe_load((capped / "config.yaml").read_text())["epochs"]
+        assert m["train_s"][-1] >= 1.0 or m["epoch"][-1] == schedule
+    # the statistics are Welch's interval of the mean difference
+    c = summary["comparisons"][0]
+    a = summary["arms"][c["a"]]["budgets"]["epochs"]["top1"]
+    b = summary["arms"][c["b"]]["budgets"]["epochs"]["top1"]
+    assert c["epochs"]["diff"] == pytest.approx(sum(a) / 2 - sum(b) / 2)
+    if len(set(a + b)) > 2:  # a spread to compute an interval from
+        ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+        assert (c["epochs"]["low"], c["epochs"]["high"]) == pytest.approx((ci.low, ci.high))
+    assert c["epochs"]["verdict"] == verdict(c["epochs"]["low"], c["epochs"]["high"], c["expected"])
+    table = (out / "README.md").read_text()
+    assert table.count("[depth](depth.md)") == 2 and "1-epochs" in table and "1-seconds" in table
+    img = Image.open(out / "depth.png").convert("L")
     assert max(img.getextrema()) > min(img.getextrema())
+    # the same command again reads the runs back
     checkpoints = sorted((tmp_path / "runs").rglob("last.pth.tar"))
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
-    run_experiment("depth", data="digits", seeds=[0, 1], epochs=1, train_subset=300,
-                   output=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"))  # fmt: skip
-    assert [p.stat().st_mtime_ns for p in checkpoints] == stamps and len(stamps) == 4  # read back, not retrained
-    again = json.loads((tmp_path / "results" / "depth.json").read_text())
-    assert [a["top1"] for a in again["arms"].values()] == [a["top1"] for a in data["arms"].values()]
+    run_claim("depth", **kwargs)
+    assert [p.stat().st_mtime_ns for p in checkpoints] == stamps and len(stamps) == 8
+
+
+def test_mean_difference_is_welchs_interval():
+    a, b = [90.1, 91.3, 90.7], [88.0, 89.9, 88.4, 89.1]
+    diff, low, high = mean_difference(a, b)
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert diff == pytest.approx(sum(a) / 3 - sum(b) / 4) and (low, high) == pytest.approx((ci.low, ci.high))
+    assert all(math.isnan(v) for v in mean_difference([90.0], [89.0, 88.0])[1:])  # one run: no interval
+
+
+@pytest.mark.parametrize(
+    "low,high,expected,answer",
+    [(0.2, 1.5, ">", "holds"), (-1.5, -0.2, ">", "does not hold"), (-0.2, 1.5, ">", "inconclusive"),
+     (-0.8, 0.9, "=", "holds"), (1.2, 2.0, "=", "does not hold"), (-2.0, -1.0, "=", "does not hold"),
+     (0.5, 1.5, "=", "inconclusive"), (math.nan, math.nan, ">", "inconclusive")],
+)  # fmt: skip
+def test_verdicts_follow_the_interval(low, high, expected, answer):
+    assert verdict(low, high, expected) == answer
+
+
+def test_arms_compared_are_matched_in_cost_or_say_why_not():
+    """Every compared pair is within 10% in parameters and MACs, except where the claim is the cost itself (the
+    stride-1 first split spends more MACs on more tokens)."""
+    unmatched = set()
+    for claim in CLAIMS.values():
+        for a, b, _ in claim.comparisons:
+            (pa, ma), (pb, mb) = reproduce._cost(a), reproduce._cost(b)
+            if abs(pb / pa - 1) > reproduce.MATCH or abs(mb / ma - 1) > reproduce.MATCH:
+                unmatched.add((a, b))
+    assert unmatched == {("T2T, first split stride 1", "T2T")}
+
+
+def test_budgets_parse_and_bad_ones_name_the_fix():
+    assert [parse_seconds(t) for t in ("600", "600s", "10m", "1.5h")] == [600, 600, 600, 5400]
+    for bad in ("ten minutes", "-5s", "0", "nan"):
+        with pytest.raises(InputError, match="600s, 10m or 1.5h"):
+            parse_seconds(bad)
+
+
+def test_a_time_budget_ends_the_run_mid_epoch_evaluated_and_finished(tmp_path):
+    cfg = tiny_train_config(tmp_path, epochs=50, time_budget=0.5)
+    out = train(cfg, progress=False)
+    m = read_metrics(out["run_dir"])
+    assert len(m["epoch"]) < 50 and m["train_s"][-1] >= 0.5 and out["train_seconds"] == m["train_s"][-1]
+    again = train(cfg, resume="auto", progress=False)  # nothing left: the run is finished
+    assert len(read_metrics(again["run_dir"])["epoch"]) == len(m["epoch"])

@@ -117,6 +117,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
                                                                       "loss or ema_loss"),
         "stop_after_epochs": (None, "? int >= 1", "end this process after N epochs (the schedule still spans all), "
                                                   "e.g. time limits"),
+        "time_budget": (None, "? number > 0", "seconds of training (over all sessions, evaluation not counted) "
+                                              "after which the run evaluates and ends, mid-epoch if need be"),
         "log_interval": (50, "int >= 0", "updates between the host's reads of the device (loss, non-finite flags, a stop "
                          "across ranks) and log lines when no progress bar is shown; 0: reads every 50, no lines"),
     },
@@ -129,7 +131,7 @@ RULES: Dict[str, str] = {key: rule for keys in SCHEMA.values() for key, (_, rule
 RESUME_CHANGEABLE = frozenset((
     "epochs", "cooldown_epochs", "warmup_epochs", "warmup_lr", "lr", "lr_base_batch", "min_lr", "batch_size",
     "accum_steps", "val_batch_size", "workers", "clip_grad", "output", "name", "checkpoint_every", "best_metric",
-    "stop_after_epochs", "log_interval", "device", "amp", "amp_dtype", "compile", "download", "nonfinite",
+    "stop_after_epochs", "time_budget", "log_interval", "device", "amp", "amp_dtype", "compile", "download", "nonfinite",
     "nonfinite_limit", "rollback_lr_factor",
 ))  # fmt: skip
 HISTORY_KEY = "resumes"  # config.yaml's record of what each resume changed; not a config key

@@ -1,19 +1,28 @@
-"""The paper's claims re-checked at small scale: Fashion-MNIST at 28 px on the CPU, a fixed budget, several seeds.
+"""The paper's claims re-checked at small scale: Fashion-MNIST at 28 px on the CPU, several seeds per arm, each claim
+under two budgets on the same machine (equal epochs; equal training seconds, runs capped and evaluated at the cap),
+and a verdict from the 95% interval of the mean difference over seeds.
 
-    t2t-vit reproduce tokens    T2T tokens vs a hard patch split at matched cost, a timm ResNet beside them
-    t2t-vit reproduce mixer     Performer vs Transformer in the T2T module: top-1, img/s, memory
-    t2t-vit reproduce depth     deep-narrow vs shallow-wide backbone at matched cost
+    t2t-vit reproduce tokens      (a) T2T tokens vs a hard patch split vs a convolution stem, a ResNet beside them
+    t2t-vit reproduce budget      (b) the token budget: the first soft split at stride 1 vs stride 2
+    t2t-vit reproduce mixer       (c) Performer vs Transformer in the T2T module (top-1, img/s, memory)
+    t2t-vit reproduce depth       (d) deep-narrow vs shallow-wide backbone
+    t2t-vit reproduce overlap     (e) overlapping soft splits vs kernel = stride
 
-Each writes docs/results/<experiment>.md (table, budget, seeds, command), .png (held-out top-1 per epoch) and
-.json (every run's numbers); the runs themselves go to runs/reproduce/<experiment>/<arm>-s<seed>/.
+Runs go through `train` with `resume="auto"` into runs/reproduce/<budget>/<arm>-s<seed>/, so an interrupted study
+continues where it stopped and an arm that several claims share trains once. `write_report` turns the run
+directories into docs/results/<claim>.md, .png and .json, and docs/results/README.md's summary table.
 """
 import json
 import logging
+import math
+import platform
 import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .benchmark import BenchConfig, measure_memory
 from .config import resolve_config
 from .cost import model_cost
 from .errors import InputError
@@ -23,202 +32,388 @@ _logger = logging.getLogger(__name__)
 
 FASHION = "fashion-mnist:/usr/share/datasets/fashion-mnist"
 SMALL = dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, token_dim=32,
-             soft_splits=[[3, 2, 1], [3, 2, 1], [3, 1, 1]])  # 28 px -> 7x7 tokens  # fmt: skip
+             soft_splits=[[3, 2, 1], [3, 2, 1], [3, 1, 1]])  # 28 px -> 14x14 -> 7x7 tokens  # fmt: skip
+MATCH = 0.10  # arms compared are matched in parameters and MACs within this fraction (printed either way)
+SAME_MARGIN = 1.0  # points: "about the same" holds when the whole interval lies within +-SAME_MARGIN
+LEVEL = 0.95
 
-# experiment -> (question, the paper's claim, {arm: config overrides})
-EXPERIMENTS: Dict[str, Dict[str, Any]] = {
-    "tokens": dict(
-        question="Tokens-to-token (soft split + re-structurization) vs a hard patch split, same backbone",
-        claim="T2T-ViT-14 reaches 81.5% on ImageNet where ViT with the same backbone and a hard 16x16 split "
-        "trained from scratch gets less (the paper's T2T-ViT-14 vs 'without T2T'), and T2T-ViTs beat ResNets "
-        "of similar size trained from scratch.",
-        arms={
-            "T2T (soft splits, Performer)": dict(model="t2t_vit_7", model_kwargs=SMALL),
-            "ViT (hard 4x4 patch split)": dict(
-                model="t2t_vit_7", model_kwargs=dict(SMALL, tokens="patch", patch_size=4, depth=5)
-            ),
-            "ResNet-18 (timm, channels 16-128)": dict(
-                model="timm:resnet18", model_kwargs=dict(channels=[16, 32, 64, 128]), drop_path=0.0
-            ),
-        },
-    ),
-    "mixer": dict(
-        question="Performer vs Transformer as the T2T module's token mixer",
-        claim="T2T-ViT-14 (Performer) 81.5% vs T2T-ViT_t-14 (Transformer) 81.7%: about the same accuracy, "
-        "while the Performer saves memory and compute in the first T2T layer (3136 tokens at 224 px).",
-        at_224=("t2t_vit_14", "t2t_vit_t_14"),  # the paper's pair, measured where the token count matters
-        arms={
-            "Performer": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, t2t_mixer="performer")),
-            "Transformer": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, t2t_mixer="transformer")),
-        },
-    ),
-    "depth": dict(
-        question="Deep-narrow vs shallow-wide backbone at matched parameters and MACs",
-        claim="A deep-narrow backbone (T2T-ViT-14: depth 14, width 384) beats a shallow-wide one of similar "
-        "cost (T2T-ViT-14-wide: depth 4, width 768) trained from scratch on ImageNet.",
-        arms={
-            "deep-narrow (depth 8, width 96)": dict(
-                model="t2t_vit_7", model_kwargs=dict(SMALL, embed_dim=96, depth=8, num_heads=4)
-            ),
-            "shallow-wide (depth 2, width 192)": dict(
-                model="t2t_vit_7", model_kwargs=dict(SMALL, embed_dim=192, depth=2, num_heads=4)
-            ),
-        },
-    ),
+# arm -> config overrides (of the fashion_mnist recipe); an arm shared by several claims trains once
+ARMS: Dict[str, Dict[str, Any]] = {
+    "T2T": dict(model="t2t_vit_7", model_kwargs=SMALL),
+    "hard split": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, tokens="patch", patch_size=4, depth=5,
+                                                             embed_dim=124)),  # fmt: skip
+    "convolution stem": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, tokens="convolution")),
+    "ResNet-18": dict(model="timm:resnet18", model_kwargs=dict(channels=[16, 32, 64, 128], output_stride=8),
+                      drop_path=0.0),  # fmt: skip
+    "T2T, first split stride 1": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, soft_splits=[[3, 1, 1], [3, 2, 1],
+                                                                                                [3, 2, 1]])),
+    "T2T, Transformer mixer": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, t2t_mixer="transformer")),
+    "shallow-wide": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, embed_dim=176, depth=2)),
+    "T2T, kernel = stride": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, soft_splits=[[2, 2, 0], [2, 2, 0],
+                                                                                           [1, 1, 0]])),
 }
 
 
-def _arm_dir(arm: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in arm.split(" (")[0].lower()).strip("_")
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper as comparisons of arms: (a, b, expected), expected ">" (a beats b) or "=" (within
+    SAME_MARGIN points). `beside`: arms trained and shown, not compared."""
+
+    question: str
+    paper: str
+    paper_numbers: str
+    comparisons: Tuple[Tuple[str, str, str], ...]
+    beside: Tuple[str, ...] = ()
+
+    @property
+    def arms(self) -> List[str]:
+        return list(dict.fromkeys([a for c in self.comparisons for a in c[:2]] + list(self.beside)))
 
 
-def run_experiment(
-    name: str,
-    data: str = FASHION,
-    seeds: List[int] = (0, 1),
-    epochs: int = 6,
-    train_subset: Optional[int] = 10000,
-    output: str = "runs/reproduce",
-    results_dir: str = "docs/results",
-    progress: bool = False,
-) -> Path:
-    """Train every arm with every seed (resuming finished or interrupted runs), then write the table and plot."""
-    from .train import train
-
-    if name not in EXPERIMENTS:
-        raise InputError(f"unknown experiment {name!r}: one of {', '.join(EXPERIMENTS)}")
-    exp = EXPERIMENTS[name]
-    runs: Dict[str, List[Path]] = {}
-    for arm, overrides in exp["arms"].items():
-        for seed in seeds:
-            cfg = resolve_config("fashion_mnist", dict(
-                data=data, epochs=epochs, train_subset=train_subset, seed=seed, output=f"{output}/{name}",
-                name=f"{_arm_dir(arm)}-s{seed}", **overrides,
-            ))  # fmt: skip
-            _logger.info("%s: %s, seed %d", name, arm, seed)
-            result = train(cfg, resume="auto", progress=progress)
-            if result.get("stopped"):  # a signal: the same command continues the study from here
-                raise StudyStopped(result["stopped"], f"{name}: {arm}, seed {seed}, {result['at']}")
-            runs.setdefault(arm, []).append(Path(result["run_dir"]))
-    return write_report(name, runs, dict(data=data, seeds=list(seeds), epochs=epochs, train_subset=train_subset),
-                        Path(results_dir))  # fmt: skip
+CLAIMS: Dict[str, Claim] = {
+    "tokens": Claim(
+        "(a) T2T tokens vs a hard patch split vs a convolution stem, same backbone",
+        "the T2T module (soft splits + re-structurization) beats ViT's hard split on the same backbone trained "
+        "from scratch, and beats convolutions in its place; T2T-ViTs beat ResNets of similar size",
+        "ImageNet: T2T-ViT-14 81.5",
+        (("T2T", "hard split", ">"), ("T2T", "convolution stem", ">")),
+        beside=("ResNet-18",),
+    ),
+    "budget": Claim(
+        "(b) The token budget: first soft split at stride 1 vs stride 2",
+        "more, overlapping tokens early model local structure better (the first split's stride trades tokens for "
+        "compute; the paper uses stride 4 at 224 px)",
+        "-",
+        (("T2T, first split stride 1", "T2T", ">"),),
+    ),
+    "mixer": Claim(
+        "(c) Performer vs Transformer as the T2T module's token mixer",
+        "about the same accuracy, the Performer cheaper in memory and compute where tokens are many",
+        "ImageNet: T2T-ViT-14 (Performer) 81.5 vs T2T-ViT_t-14 (Transformer) 81.7",
+        (("T2T", "T2T, Transformer mixer", "="),),
+    ),
+    "depth": Claim(
+        "(d) Deep-narrow vs shallow-wide backbone at matched cost",
+        "a deep-narrow backbone beats a shallow-wide one of similar parameters and MACs",
+        "ImageNet: T2T-ViT-14 (depth 14, width 384) vs its shallow-wide twin (depth 4, width 768)",
+        (("T2T", "shallow-wide", ">"),),
+    ),
+    "overlap": Claim(
+        "(e) Soft split overlap: overlapping kernels vs kernel = stride",
+        "overlapping patches (kernel > stride) keep the local structure that a split into disjoint patches cuts",
+        "-",
+        (("T2T", "T2T, kernel = stride", ">"),),
+    ),
+}
 
 
 class StudyStopped(Exception):
     """A study stopped by a signal, its last run checkpointed: (signal number, where)."""
 
 
-def _arm_summary(overrides: Dict[str, Any], run_dirs: List[Path]) -> Dict[str, Any]:
+def parse_seconds(text: str) -> float:
+    """'600', '600s', '10m', '1.5h' -> seconds; InputError for anything else."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = str(text).strip().lower()
+    scale = units.get(text[-1:], None)
+    try:
+        value = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or not math.isfinite(value):
+        raise InputError(f"budget {text!r} is not a duration: use e.g. 600s, 10m or 1.5h")
+    return value
+
+
+def budget_names(epochs: int, seconds: float) -> Dict[str, str]:
+    return {"epochs": f"{epochs}-epochs", "time": f"{seconds:.0f}-seconds"}
+
+
+def _slug(arm: str) -> str:
+    return "_".join("".join(c if c.isalnum() else " " for c in arm.lower()).split())
+
+
+def run_dir(output: str, budget: str, arm: str, seed: int) -> Path:
+    return Path(output) / budget / f"{_slug(arm)}-s{seed}"
+
+
+def _seconds_per_epoch(output: str, budget: str, arm: str, seeds: Sequence[int]) -> Optional[float]:
+    """Training seconds per epoch of `arm` in its equal-epoch runs, where some have finished an epoch."""
+    for seed in seeds:
+        path = run_dir(output, budget, arm, seed) / "metrics.csv"
+        if path.is_file():
+            m = read_metrics(path.parent)
+            if m.get("train_s"):
+                return m["train_s"][-1] / m["epoch"][-1]
+    return None
+
+
+def run_claim(
+    name: str,
+    data: str = FASHION,
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 2,
+    seconds: float = 600.0,
+    train_subset: Optional[int] = None,
+    output: str = "runs/reproduce",
+    results_dir: str = "docs/results",
+    progress: bool = False,
+    command: str = "",
+) -> Path:
+    """Train every arm of claim `name` with every seed under both budgets (the equal-epoch runs first, whose speed
+    sizes the capped runs' schedules), resuming what exists; then write the report. Returns the claim's .md."""
+    from .train import train
+
+    if name not in CLAIMS:
+        raise InputError(f"unknown claim {name!r}: one of {', '.join(CLAIMS)}, or all")
+    claim, names = CLAIMS[name], budget_names(epochs, seconds)
+    for budget in ("epochs", "time"):
+        for arm in claim.arms:
+            schedule = epochs
+            if budget == "time":  # the schedule sized to just pass the cap, so that the cap ends every run
+                per_epoch = _seconds_per_epoch(output, names["epochs"], arm, seeds)
+                schedule = max(1, math.ceil(1.1 * seconds / per_epoch)) if per_epoch else epochs  # 10%: load
+            for seed in seeds:
+                overrides = dict(ARMS[arm], data=data, seed=seed, epochs=schedule, train_subset=train_subset,
+                                 output=str(Path(output) / names[budget]), name=run_dir(output, "", arm, seed).name,
+                                 time_budget=seconds if budget == "time" else None)  # fmt: skip
+                overrides["warmup_epochs"] = min(1, schedule - 1)
+                _logger.info("%s, %s budget: %s, seed %d", name, names[budget], arm, seed)
+                result = train(resolve_config("fashion_mnist", overrides), resume="auto", progress=progress)
+                if result.get("stopped"):  # a signal: the same command continues the study from here
+                    raise StudyStopped(result["stopped"], f"{name}: {arm}, seed {seed}, {result['at']}")
+    return write_report(name, dict(data=data, seeds=list(seeds), epochs=epochs, seconds=seconds,
+                                   train_subset=train_subset, output=output, command=command),
+                        Path(results_dir))  # fmt: skip
+
+
+# --- statistics
+
+
+def mean_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Tuple[float, float, float]:
+    """mean(a) - mean(b) and its Welch t interval at `level` (NaN bounds with fewer than 2 runs on a side)."""
+    from scipy import stats
+
+    diff = statistics.mean(a) - statistics.mean(b)
+    if min(len(a), len(b)) < 2:
+        return diff, math.nan, math.nan
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    t = float(stats.t.ppf(0.5 + level / 2, df))
+    return diff, diff - t * se, diff + t * se
+
+
+def verdict(low: float, high: float, expected: str) -> str:
+    """">": holds when the interval is above 0, does not hold when below; "=": holds inside +-SAME_MARGIN, does
+    not hold when wholly outside it; else (or NaN) inconclusive."""
+    if math.isnan(low) or math.isnan(high):
+        return "inconclusive"
+    if expected == ">":
+        return "holds" if low > 0 else "does not hold" if high < 0 else "inconclusive"
+    if -SAME_MARGIN < low and high < SAME_MARGIN:
+        return "holds"
+    return "does not hold" if low >= SAME_MARGIN or high <= -SAME_MARGIN else "inconclusive"
+
+
+# --- the report
+
+
+def _cost(arm: str) -> Tuple[int, int]:
+    overrides = ARMS[arm]
     kwargs = dict(num_classes=10, in_chans=3, **overrides.get("model_kwargs", {}))
-    model = overrides["model"]
-    if model.startswith("timm:"):
-        params, macs = _timm_cost(model[5:], kwargs)
-    else:
-        params, macs = model_cost(model, img_size=28, **kwargs)
-    metrics = [read_metrics(d) for d in run_dirs]
-    final = [m["val_top1"][-1] for m in metrics]
-    step = BenchConfig(model, mode="train", batch_size=128, img_size=28, model_kwargs=kwargs, repeats=3)
-    return dict(
-        params=params,
-        macs=macs,
-        train_step_mib=measure_memory(step, "sdpa"),
-        top1=final,
-        top1_mean=statistics.mean(final),
-        top1_std=statistics.stdev(final) if len(final) > 1 else 0.0,
-        img_per_s=statistics.mean(statistics.median(m["img_per_s"]) for m in metrics),
-        curves=[m["val_top1"] for m in metrics],
-        runs=[str(d) for d in run_dirs],
-    )
+    if overrides["model"].startswith("timm:"):
+        return _timm_cost(overrides["model"][5:], kwargs)
+    return model_cost(overrides["model"], img_size=28, **kwargs)
 
 
-def _memory_at_224(names: tuple) -> List[str]:
-    """Peak memory of a training step of the paper's models at 224 px, fused attention and the authors' eager."""
-    lines = [
-        "At 224 px, where the first T2T layer sees 3136 tokens: peak memory (MiB) of one training step, batch 16, "
-        "of the paper's pair, with fused attention (ours) and the authors' eager arithmetic (the materialised "
-        "3136x3136 attention):",
-        "",
-        "| model | fused MiB | eager MiB |",
-        "|---|---:|---:|",
-    ]
-    for name in names:
-        cfg = BenchConfig(name, mode="train", batch_size=16, img_size=224, repeats=1)
-        lines.append(f"| {name} | {measure_memory(cfg, 'sdpa'):.0f} | {measure_memory(cfg, 'eager'):.0f} |")
-    return lines
-
-
-def _timm_cost(name: str, kwargs: Dict[str, Any]) -> tuple:
+def _timm_cost(name: str, kwargs: Dict[str, Any]) -> Tuple[int, int]:
     import timm
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("img_size",)}
     with torch.device("meta"):
-        model = timm.create_model(name, **kwargs).eval()
+        model = timm.create_model(name, **{k: v for k, v in kwargs.items() if k != "img_size"}).eval()
         with FlopCounterMode(display=False) as counter:
             model(torch.empty(1, 3, 28, 28))
     return sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2
 
 
-def write_report(name: str, runs: Dict[str, List[Path]], budget: Dict[str, Any], out_dir: Path) -> Path:
-    """docs/results/<name>.md, .png and .json from the run directories of each arm."""
+def _arm_runs(output: str, budget: str, arm: str, seeds: Sequence[int]) -> List[Dict[str, List[float]]]:
+    dirs = [run_dir(output, budget, arm, s) for s in seeds]
+    return [read_metrics(d) for d in dirs if (d / "metrics.csv").is_file()]
+
+
+def _memory(arm: str) -> float:
+    from .benchmark import BenchConfig, measure_memory
+
+    overrides = ARMS[arm]
+    kwargs = dict(num_classes=10, **overrides.get("model_kwargs", {}))
+    step = BenchConfig(overrides["model"], mode="train", batch_size=128, img_size=28, model_kwargs=kwargs, repeats=3)
+    return measure_memory(step, "sdpa")
+
+
+def summarize(name: str, budget: Dict[str, Any]) -> Dict[str, Any]:
+    """Per arm and budget: final held-out top-1 per seed, mean, sd, img/s; per comparison and budget: the mean
+    difference, its interval and the verdict; per arm: parameters, MACs and whether they match the first arm's."""
+    claim, names = CLAIMS[name], budget_names(budget["epochs"], budget["seconds"])
+    arms: Dict[str, Any] = {}
+    for arm in claim.arms:
+        params, macs = _cost(arm)
+        arms[arm] = dict(params=params, macs=macs, budgets={})
+        for key, folder in names.items():
+            runs = _arm_runs(budget["output"], folder, arm, budget["seeds"])
+            final = [m["val_top1"][-1] for m in runs]
+            arms[arm]["budgets"][key] = dict(
+                top1=final,
+                mean=statistics.mean(final) if final else math.nan,
+                sd=statistics.stdev(final) if len(final) > 1 else math.nan,
+                img_per_s=statistics.mean(statistics.median(m["img_per_s"]) for m in runs) if runs else math.nan,
+                epochs=[m["epoch"] for m in runs], seconds=[m.get("train_s", []) for m in runs],
+                curves=[m["val_top1"] for m in runs],
+            )  # fmt: skip
+    first = arms[claim.arms[0]]
+    for arm in arms.values():
+        arm["matched"] = all(abs(arm[k] / first[k] - 1) <= MATCH for k in ("params", "macs"))
+    comparisons = []
+    for a, b, expected in claim.comparisons:
+        row: Dict[str, Any] = dict(a=a, b=b, expected=expected)
+        for key in names:
+            diff, low, high = mean_difference(arms[a]["budgets"][key]["top1"] or [math.nan],
+                                              arms[b]["budgets"][key]["top1"] or [math.nan])  # fmt: skip
+            row[key] = dict(diff=diff, low=low, high=high, verdict=verdict(low, high, expected))
+        comparisons.append(row)
+    return dict(claim=name, budget=budget, budget_names=names, arms=arms, comparisons=comparisons)
+
+
+def _plot(summary: Dict[str, Any], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    exp = EXPERIMENTS[name]
-    summary = {arm: _arm_summary(exp["arms"][arm], dirs) for arm, dirs in runs.items()}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(dict(budget=budget, arms=summary), indent=1))
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for arm, s in summary.items():
-        epochs = range(1, len(s["curves"][0]) + 1)
-        mean = [statistics.mean(c[i] for c in s["curves"]) for i in range(len(s["curves"][0]))]
-        ax.plot(epochs, mean, marker="o", label=f"{arm} ({s['top1_mean']:.1f}%)")
-        for c in s["curves"]:
-            ax.plot(epochs, c, color=ax.lines[-1].get_color(), alpha=0.25)
-    ax.set(xlabel="epoch", ylabel="held-out top-1 (%)", title=exp["question"])
-    ax.title.set_fontsize(9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, xlabel in ((axes[0], "epochs", "epoch"), (axes[1], "time", "training seconds")):
+        for arm, s in summary["arms"].items():
+            b = s["budgets"][key]
+            xs = b["epochs"] if key == "epochs" else b["seconds"]
+            color = None
+            for x, y in zip(xs, b["curves"]):
+                (line,) = ax.plot(x, y, marker="o", ms=3, alpha=0.6, color=color,
+                                  label=None if color else f"{arm} ({b['mean']:.2f}%)")  # fmt: skip
+                color = line.get_color()
+        title = summary["budget_names"][key].replace("-", " ")
+        ax.set(xlabel=xlabel, ylabel="held-out top-1 (%)", title=f"budget: {title}, one line per seed")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(CLAIMS[summary["claim"]].question, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out_dir / f"{name}.png", dpi=100)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
 
-    seeds = " ".join(map(str, budget["seeds"]))
-    lines = [
-        f"# {exp['question']}",
-        "",
-        f"**The paper:** {exp['claim']}",
-        "",
-        f"**Here:** Fashion-MNIST at 28 px, {budget['train_subset'] or 'all 60,000'} training images (a fixed "
-        f"stratified subset), the full 10,000-image test split held out, {budget['epochs']} epochs, seeds {seeds}, "
-        "the `fashion_mnist` config otherwise (AdamW, cosine, no mixup), 2 CPU cores.",
-        "",
-        "| arm | params | MMACs / image | held-out top-1 (mean ± std) | per seed | train img/s | "
-        "train step MiB |",
-        "|---|---:|---:|---:|---|---:|---:|",
-    ]
-    for arm, s in summary.items():
-        per_seed = ", ".join(f"{t:.2f}" for t in s["top1"])
-        lines.append(
-            f"| {arm} | {s['params']:,} | {s['macs'] / 1e6:.1f} | {s['top1_mean']:.2f} ± {s['top1_std']:.2f} | "
-            f"{per_seed} | {s['img_per_s']:.0f} | {s['train_step_mib']:.0f} |"
-        )
-    lines += ["", "train img/s: the median epoch of each run, averaged over seeds; train step MiB: peak memory "
-              "of one training step (batch 128, forward, backward, AdamW) in a fresh process."]
-    if "at_224" in exp:
-        lines += ["", *_memory_at_224(exp["at_224"])]
-    lines += [
-        "",
-        f"![held-out top-1 per epoch]({name}.png)",
-        "",
-        f"Command: `t2t-vit reproduce {name} --seeds {seeds} --epochs {budget['epochs']} "
-        f"--train-subset {budget['train_subset']}`",
-        "",
-    ]
-    path = out_dir / f"{name}.md"
+
+def _fmt(x: float, spec: str = ".2f") -> str:
+    return "-" if x != x else format(x, spec)
+
+
+def environment() -> Dict[str, str]:
+    import torch
+
+    from . import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, check=False).stdout.strip()  # fmt: skip
+    except OSError:
+        commit = ""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return dict(commit=commit or "unknown", t2t_vit=__version__, torch=torch.__version__, python=sys.version.split()[0],
+                machine=f"{cpu}, {len(__import__('os').sched_getaffinity(0))} cores")  # fmt: skip
+
+
+def write_report(name: str, budget: Dict[str, Any], out_dir: Path) -> Path:
+    """docs/results/<name>.md, .png, .json from the run directories, and the summary table in README.md."""
+    summary = summarize(name, budget)
+    if name == "mixer":
+        summary["memory_mib"] = {arm: _memory(arm) for arm in summary["arms"]}
+    summary["environment"] = environment()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=1))
+    _plot(summary, out_dir / f"{name}.png")
+    (out_dir / f"{name}.md").write_text(claim_markdown(summary))
+    write_summary_table(out_dir)
+    return out_dir / f"{name}.md"
+
+
+def _setup(budget: Dict[str, Any]) -> str:
+    seeds = ", ".join(map(str, budget["seeds"]))
+    images = f"{budget['train_subset']:,} (a fixed stratified subset)" if budget["train_subset"] else "all 60,000"
+    epochs = f"{budget['epochs']} epoch{'s' if budget['epochs'] > 1 else ''}"
+    return (f"{budget['data']}, {images} training images, the test split held out; seeds {seeds}; budgets: "
+            f"{epochs}, and {budget['seconds']:.0f} s of training (each run capped there and evaluated at the cap; "
+            "its schedule sized to just pass it)")
+
+
+def claim_markdown(summary: Dict[str, Any]) -> str:
+    claim, budget, env = CLAIMS[summary["claim"]], summary["budget"], summary["environment"]
+    first = claim.arms[0]
+    lines = [f"# {claim.question}", "", f"**The paper:** {claim.paper} ({claim.paper_numbers}).", "",
+             f"**Here:** {_setup(budget)}. The `fashion_mnist` recipe otherwise (AdamW, cosine, no mixup).", "",
+             "| comparison | budget | mean difference (points) | 95% interval | verdict |", "|---|---|---:|---|---|"]
+    for c in summary["comparisons"]:
+        sign = "beats" if c["expected"] == ">" else "matches (within 1 point)"
+        for key, label in summary["budget_names"].items():
+            r = c[key]
+            lines.append(f"| {c['a']} {sign} {c['b']} | {label} | {_fmt(r['diff'], '+.2f')} | "
+                         f"[{_fmt(r['low'], '+.2f')}, {_fmt(r['high'], '+.2f')}] | {r['verdict']} |")  # fmt: skip
+    lines += ["", "| arm | params | MMACs / image | matched to " + first + " | budget | top-1 mean ± sd | per seed | "
+              "train img/s |", "|---|---:|---:|---|---|---:|---|---:|"]
+    for arm, s in summary["arms"].items():
+        for key, label in summary["budget_names"].items():
+            b = s["budgets"][key]
+            per_seed, speed = ", ".join(f"{t:.2f}" for t in b["top1"]), _fmt(b["img_per_s"], ".0f")
+            lines.append(f"| {arm} | {s['params']:,} | {s['macs'] / 1e6:.1f} | {'yes' if s['matched'] else 'no'} | "
+                         f"{label} | {_fmt(b['mean'])} ± {_fmt(b['sd'])} | {per_seed} | {speed} |")
+    if "memory_mib" in summary:
+        lines += ["", "Peak memory of one training step (batch 128, 28 px): " + ", ".join(
+            f"{arm} {mib:.0f} MiB" for arm, mib in summary["memory_mib"].items()) + "."]  # fmt: skip
+    lines += ["", f"Matched: parameters and MACs within {MATCH:.0%} of {first}'s. Interval: Welch's t over seeds. "
+              f"Verdicts: 'beats' holds when the interval lies above 0 and does not hold when below; 'matches' "
+              f"holds when it lies within ±{SAME_MARGIN:g} point; otherwise inconclusive.", "",
+              f"![held-out top-1 against epochs and training seconds]({summary['claim']}.png)", "",
+              f"Command: `{budget['command'] or 't2t-vit reproduce ' + summary['claim']}`; commit {env['commit']}, "
+              f"{env['machine']}, torch {env['torch']}, Python {env['python']}.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_summary_table(out_dir: Path) -> Path:
+    """README.md opening with one row per comparison and budget of every claim written so far."""
+    rows = []
+    for name, claim in CLAIMS.items():
+        path = out_dir / f"{name}.json"
+        if not path.is_file():
+            continue
+        s = json.loads(path.read_text())
+        if "comparisons" not in s:  # a file of the earlier format
+            continue
+        for c in s["comparisons"]:
+            sign = ">" if c["expected"] == ">" else "≈"
+            for key, label in s["budget_names"].items():
+                r, a, b = c[key], s["arms"][c["a"]]["budgets"][key], s["arms"][c["b"]]["budgets"][key]
+                rows.append(f"| [{name}]({name}.md): {c['a']} {sign} {c['b']} | {claim.paper_numbers} | "
+                            f"{_fmt(a['mean'])} ± {_fmt(a['sd'])} vs {_fmt(b['mean'])} ± {_fmt(b['sd'])} | "
+                            f"[{_fmt(r['low'], '+.2f')}, {_fmt(r['high'], '+.2f')}] | {r['verdict']} | {label} |")
+    lines = ["# The paper's claims at small scale", "",
+             "| claim | the paper | ours: held-out top-1 (mean ± sd over seeds) | 95% interval of the difference | "
+             "verdict | budget |", "|---|---|---|---|---|---|", *rows, "",
+             "Fashion-MNIST at 28 px on the CPU; each claim's page gives the setup, the arms' cost, every seed and "
+             "the command. `t2t-vit reproduce CLAIM` re-runs one.", ""]  # fmt: skip
+    path = out_dir / "README.md"
     path.write_text("\n".join(lines))
     return path

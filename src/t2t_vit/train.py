@@ -152,12 +152,22 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
         sync_every=cfg["log_interval"] or 50,
     )  # fmt: skip
     row: Dict[str, Any] = {}
-    first_epoch, stop_after = state.epoch, cfg["stop_after_epochs"]
+    first_epoch, stop_after, budget = state.epoch, cfg["stop_after_epochs"], cfg["time_budget"]
+    clock = [0.0, 0.0]  # (when this epoch's session started, training seconds before it)
+
+    def over_budget() -> bool:
+        return budget is not None and clock[1] + time.perf_counter() - clock[0] >= budget
+
     try:
         with StopSignal() as stop:
-            ctx.should_stop = lambda: stop.received is not None
+            ctx.should_stop = lambda: stop.received is not None or over_budget()
             while state.epoch < total_epochs:
                 epoch = state.epoch  # counted from 0 here; from 1 in everything a user reads
+                clock[:] = time.perf_counter(), state.train_seconds + state.totals.seconds
+                if over_budget():  # spent at an epoch's end: the run ends with that epoch's evaluation
+                    state.epoch = total_epochs
+                    state.save(run_dir)
+                    break
                 if not cfg["sched_on_updates"]:
                     scheduler.step(epoch)
                 data.train_loader.sampler.set_epoch(epoch, start=state.totals.batches * cfg["batch_size"])
@@ -172,15 +182,20 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
                     state.save(run_dir)
                     limit = f"{cfg['nonfinite_limit']} failures in a row; " if cfg["nonfinite"] == "skip" else ""
                     raise InputError(_nonfinite_message(where, run_dir, limit))
-                if out["stopped"] == "signal":
+                capped = out["stopped"] == "signal" and stop.received is None  # the time budget, mid-epoch
+                if out["stopped"] == "signal" and not capped:
                     state.save(run_dir)
                     _logger.warning("stopped at %s; saved %s", where, run_dir / LAST)
                     return dict(row, run_dir=str(run_dir), stopped=stop.received, at=where)
                 train_stats, t0 = epoch_result(state.totals, device), time.perf_counter()
                 val = evaluate(model, data.val_loader, device, amp_dtype, desc="held-out")
                 ema_val = evaluate(ema.module, data.val_loader, device, amp_dtype, desc="held-out EMA") if ema else {}
+                state.train_seconds += train_stats["seconds"]
                 state.epoch, state.totals = epoch + 1, EpochTotals()
                 is_best = state.update_best(cfg["best_metric"], dict(val=val, ema=ema_val))
+                if capped:  # saved as finished: a resume has nothing left to do
+                    state.epoch = total_epochs
+                    _logger.info("time budget of %.0f s spent at %s: evaluated there, the run ends", budget, where)
                 state.save(run_dir, is_best, cfg["checkpoint_every"])
                 row = dict(
                     epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], train_loss=train_stats["loss"],
@@ -190,6 +205,7 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
                     skipped=train_stats["skipped"] + val["skipped"], scaled=train_stats["scaled"],
                     nonfinite=train_stats["nonfinite"], rollbacks=train_stats["rollbacks"],
                     epoch_time_s=train_stats["seconds"] + time.perf_counter() - t0,  # training and evaluation
+                    train_s=state.train_seconds,  # training so far, evaluations not counted
                 )  # fmt: skip
                 metrics.log(row, total_epochs)
                 if stop_after and state.epoch - first_epoch >= stop_after and state.epoch < total_epochs:
@@ -197,7 +213,7 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
                     break
     finally:
         metrics.close()
-    return dict(row, run_dir=str(run_dir), best=state.best)
+    return dict(row, run_dir=str(run_dir), best=state.best, train_seconds=state.train_seconds)
 
 
 def _schedule_at(scheduler: Any, optimizer: torch.optim.Optimizer, lr: float, cfg: Dict[str, Any],

@@ -12,7 +12,7 @@ _logger = logging.getLogger(__name__)
 METRICS_COLUMNS = (
     "epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5",
     "ema_val_loss", "ema_val_top1", "ema_val_top5", "img_per_s", "skipped", "scaled", "nonfinite", "rollbacks",
-    "epoch_time_s",
+    "epoch_time_s", "train_s",
 )  # fmt: skip
 # skipped: unreadable images (substituted in training, left out of evaluation); scaled: high-depth images (16-bit
 # PNGs, ...) scaled to 8 bits; nonfinite: steps with a NaN/inf loss (skipped or rolled back); rollbacks: reloads of the

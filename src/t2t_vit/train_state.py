@@ -42,6 +42,7 @@ class TrainState:
     epoch: int = 0  # epochs done
     totals: EpochTotals = field(default_factory=EpochTotals)  # this rank's part of epoch `epoch` + 1 so far
     updates: int = 0  # optimizer updates done
+    train_seconds: float = 0.0  # training time of the finished epochs, over all sessions (for `time_budget`)
     best: Optional[Dict[str, Any]] = None  # {metric, value, epoch}
     rank: int = 0
     world: int = 1
@@ -57,7 +58,7 @@ class TrainState:
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
             epoch=self.epoch, step_in_epoch=self.totals.batches,
             samples_in_epoch=self.totals.batches * self.batch_size * self.world, updates=self.updates,
-            best=self.best, ranks=ranks, **self.info,
+            train_seconds=self.train_seconds, best=self.best, ranks=ranks, **self.info,
         )  # fmt: skip
 
     def load_weights(self, state: Dict[str, Any]) -> None:
@@ -84,6 +85,7 @@ class TrainState:
         the batch size changed, the position carries over in samples and the totals go to rank 0."""
         self.load_weights(state)
         self.epoch, self.updates, self.best = state["epoch"], state["updates"], state["best"]
+        self.train_seconds = state.get("train_seconds", 0.0)  # absent: written before time budgets
         ranks = state.get("ranks") or [dict(rng=r) for r in state["rng"]]  # "rng": written by earlier versions
         mine = ranks[self.rank] if self.rank < len(ranks) else ranks[0]
         set_rng_state(mine["rng"], self.device)

@@ -7,7 +7,7 @@ from typing import Any, Optional, Tuple
 from ..errors import InputError
 
 FASHION = "fashion-mnist:/usr/share/datasets/fashion-mnist"
-EXPERIMENTS = ("depth", "mixer", "tokens")  # reproduce.EXPERIMENTS, named here so that --help loads no torch
+CLAIMS = ("tokens", "budget", "mixer", "depth", "overlap")  # reproduce.CLAIMS, named here: --help loads no torch
 
 
 def register(sub: Any) -> None:
@@ -46,14 +46,18 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
     p.set_defaults(func=_curves)
 
-    r = sub.add_parser("reproduce", help="re-check a claim of the paper at small scale (Fashion-MNIST, CPU)")
-    r.add_argument("experiment", choices=EXPERIMENTS)
+    r = sub.add_parser("reproduce", help="re-check a claim of the paper at small scale (Fashion-MNIST, CPU)",
+                       description="Each claim's arms, trained with N seeds under two budgets (equal epochs, equal "
+                       "training seconds), resuming what exists; writes docs/results/CLAIM.md, .png, .json and the "
+                       "summary table in docs/results/README.md.")  # fmt: skip
+    r.add_argument("claim", nargs="+", choices=(*CLAIMS, "all"), help="claims to run, or all")
+    r.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0 .. N-1 per arm (default 3)")
+    r.add_argument("--epochs", type=int, default=2, help="the equal-epoch budget (default 2)")
+    r.add_argument("--budget", default="600s", help="the equal-time budget: training seconds per run (default 600s)")
     r.add_argument("--data", default=FASHION, help=f"dataset spec (default {FASHION})")
-    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    r.add_argument("--epochs", type=int, default=6)
-    r.add_argument("--train-subset", type=int, default=10000, help="training images (0: all)")
+    r.add_argument("--train-subset", type=int, default=0, help="training images (default 0: all)")
     r.add_argument("--output", default="runs/reproduce", help="where the runs go")
-    r.add_argument("--results", default="docs/results", help="where the table, plot and JSON go")
+    r.add_argument("--results", default="docs/results", help="where the tables, plots and JSON go")
     r.set_defaults(func=_reproduce)
 
 
@@ -98,14 +102,21 @@ def _curves(args: argparse.Namespace) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from ..reproduce import StudyStopped, run_experiment
+    from ..reproduce import CLAIMS as ALL, StudyStopped, parse_seconds, run_claim
 
-    try:
-        path = run_experiment(args.experiment, args.data, args.seeds, args.epochs, args.train_subset or None,
-                              args.output, args.results, progress=True)  # fmt: skip
-    except StudyStopped as e:
-        signum, where = e.args
-        print(f"t2t-vit reproduce: stopped at {where}; the same command continues it", file=sys.stderr)
-        return 128 + signum
-    print(path.read_text())
+    if args.seeds < 1 or args.epochs < 1:
+        raise InputError(f"--seeds {args.seeds} --epochs {args.epochs}: both must be at least 1 (3 seeds give an "
+                         "interval; 1 gives none)")  # fmt: skip
+    seconds = parse_seconds(args.budget)
+    claims = list(ALL) if "all" in args.claim else list(dict.fromkeys(args.claim))
+    command = "t2t-vit " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
+    for claim in claims:
+        try:
+            path = run_claim(claim, args.data, range(args.seeds), args.epochs, seconds, args.train_subset or None,
+                             args.output, args.results, progress=True, command=command)  # fmt: skip
+        except StudyStopped as e:
+            signum, where = e.args
+            print(f"t2t-vit reproduce: stopped at {where}; the same command continues it", file=sys.stderr)
+            return 128 + signum
+        print(path.read_text())
     return 0
