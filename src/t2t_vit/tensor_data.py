@@ -39,7 +39,7 @@ def _arrays(dataset: Dataset) -> Optional[Tuple[np.ndarray, np.ndarray, str]]:
 def as_tensor(images: np.ndarray, mode: str) -> torch.Tensor:
     """uint8 (N, H, W) or (N, H, W, 3) as uint8 (N, C, H, W), C = 3 for "RGB" (grey repeated), 1 for "L"
     (colour weighted as Pillow's convert("L") does)."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = torch.from_numpy(np.require(images, requirements=["C", "W"]))  # a copy where read-only (IDX files)
     if x.ndim == 3:
         x = x[:, None]
         return x.expand(-1, 3, -1, -1).contiguous() if mode == "RGB" else x
