@@ -9,6 +9,7 @@ from PIL import Image
 from scipy import stats
 
 from t2t_vit import reproduce
+from t2t_vit.config import resolve_config
 from t2t_vit.errors import InputError
 from t2t_vit.reproduce import CLAIMS, mean_difference, parse_seconds, run_claim, verdict
 from t2t_vit.train import train
@@ -51,6 +52,15 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
     run_claim("depth", **kwargs)
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps and len(stamps) == 8
+    # claim (a)'s Figure 2 view, once the hard split's first seed has trained beside the T2T arm
+    budget = dict(data="digits", seeds=[0, 1], epochs=1, seconds=1.0, output=str(tmp_path / "runs"))
+    assert reproduce.feature_maps(budget, out) == []
+    hard = reproduce.run_dir(budget["output"], "1-epochs", "hard split", 0)
+    train(resolve_config("fashion_mnist", dict(reproduce.ARMS["hard split"], data="digits", epochs=1, train_subset=300,
+                                               output=str(hard.parent), name=hard.name)), progress=False)  # fmt: skip
+    assert reproduce.feature_maps(budget, out) == ["tokens_features_0.png", "tokens_features_1.png"]
+    img = Image.open(out / "tokens_features_0.png").convert("L")
+    assert max(img.getextrema()) > min(img.getextrema())
 
 
 def test_mean_difference_is_welchs_interval():

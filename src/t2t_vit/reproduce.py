@@ -344,11 +344,39 @@ def write_report(name: str, budget: Dict[str, Any], out_dir: Path) -> Path:
         summary["memory_mib"] = {arm: _memory(arm) for arm in summary["arms"]}
     summary["environment"] = environment()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if name == "tokens":
+        summary["feature_maps"] = feature_maps(budget, out_dir)
     (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=1))
     _plot(summary, out_dir / f"{name}.png")
     (out_dir / f"{name}.md").write_text(claim_markdown(summary))
     write_summary_table(out_dir)
     return out_dir / f"{name}.md"
+
+
+FIGURE_2 = (("T2T", "T2T tokens"), ("hard split", "hard 4x4 split"))  # (arm, label) shown side by side
+FIGURE_2_IMAGES = (0, 1)  # test images, by index
+
+
+def feature_maps(budget: Dict[str, Any], out_dir: Path) -> List[str]:
+    """The paper's Figure 2 view for claim (a): the first block's token channels of the T2T and hard-split models
+    (first seed, equal-epoch budget) on the same test images, one PNG per image; [] where a model is missing."""
+    from .data import create_dataset
+    from .factory import load_model
+    from .visualize import plot_feature_maps
+
+    epochs = budget_names(budget["epochs"], budget["seconds"])["epochs"]
+    paths = [run_dir(budget["output"], epochs, arm, budget["seeds"][0]) / "last.pth.tar" for arm, _ in FIGURE_2]
+    if not all(p.is_file() for p in paths):
+        return []
+    models = [(label, load_model(p)[0].eval()) for (_, label), p in zip(FIGURE_2, paths)]
+    test = create_dataset(budget["data"], "val", False, 3)
+    written = []
+    for i in FIGURE_2_IMAGES:
+        image, _ = test[i]
+        picture = out_dir / f"tokens_image_{i}.png"
+        image.save(picture)
+        written.append(plot_feature_maps(picture, models, out_dir / f"tokens_features_{i}.png", block=0).name)
+    return written
 
 
 def _setup(budget: Dict[str, Any]) -> str:
@@ -380,6 +408,11 @@ def claim_markdown(summary: Dict[str, Any]) -> str:
             per_seed, speed = ", ".join(f"{t:.2f}" for t in b["top1"]), _fmt(b["img_per_s"], ".0f")
             lines.append(f"| {arm} | {s['params']:,} | {s['macs'] / 1e6:.1f} | {'yes' if s['matched'] else 'no'} | "
                          f"{label} | {_fmt(b['mean'])} ± {_fmt(b['sd'])} | {per_seed} | {speed} |")
+    if summary.get("feature_maps"):
+        lines += ["", "The paper's Figure 2 view: the first block's token channels of the T2T and the hard-split model "
+                  f"(seed {budget['seeds'][0]}, {summary['budget_names']['epochs']} budget) on the same test images, "
+                  "from `t2t-vit visualize features`.", ""]
+        lines += [f"![first-block token channels]({name})" for name in summary["feature_maps"]]
     if "memory_mib" in summary:
         lines += ["", "Peak memory of one training step (batch 128, 28 px): " + ", ".join(
             f"{arm} {mib:.0f} MiB" for arm, mib in summary["memory_mib"].items()) + "."]  # fmt: skip
