@@ -138,14 +138,16 @@ def run_dir(output: str, budget: str, arm: str, seed: int) -> Path:
 
 
 def _seconds_per_epoch(output: str, budget: str, arm: str, seeds: Sequence[int]) -> Optional[float]:
-    """Training seconds per epoch of `arm` in its equal-epoch runs, where some have finished an epoch."""
+    """Training seconds per epoch of `arm` in its equal-epoch runs (the fastest seed: the one least slowed by other
+    work on the machine), None before any has finished an epoch."""
+    times = []
     for seed in seeds:
         path = run_dir(output, budget, arm, seed) / "metrics.csv"
         if path.is_file():
             m = read_metrics(path.parent)
             if m.get("train_s"):
-                return m["train_s"][-1] / m["epoch"][-1]
-    return None
+                times.append(m["train_s"][-1] / m["epoch"][-1])
+    return min(times, default=None)
 
 
 def run_claim(
