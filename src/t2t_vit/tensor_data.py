@@ -104,7 +104,7 @@ class TensorBatches:
     def __init__(self, dataset: Dataset, cfg: Dict[str, Any], data_config: Dict[str, Any], world: int = 1,
                  rank: int = 0) -> None:  # fmt: skip
         images, labels, mode = _arrays(dataset)  # type: ignore[misc]
-        self.images, self.labels = as_tensor(images, mode), torch.as_tensor(labels, dtype=torch.long)
+        self.images, self.labels = as_tensor(images, mode), torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.sampler = EpochSampler(len(self.labels), world, rank, shuffle=True, seed=cfg["seed"])
         self.batch_size, self.seed = cfg["batch_size"], cfg["seed"]
         self.size = tuple(data_config["input_size"][1:])
