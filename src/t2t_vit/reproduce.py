@@ -15,7 +15,7 @@ directories into docs/results/<claim>.md, .png and .json, and docs/results/READM
 import json
 import logging
 import math
-import platform
+import os
 import statistics
 import subprocess
 import sys
@@ -321,22 +321,19 @@ def _fmt(x: float, spec: str = ".2f") -> str:
 
 
 def environment() -> Dict[str, str]:
+    """What a result file records of where it was made: the commit, the versions and the machine."""
     import torch
 
     from . import __version__
+    from .benchmark import device_name
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, check=False).stdout.strip()  # fmt: skip
     except OSError:
         commit = ""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return dict(commit=commit or "unknown", t2t_vit=__version__, torch=torch.__version__, python=sys.version.split()[0],
-                machine=f"{cpu}, {len(__import__('os').sched_getaffinity(0))} cores")  # fmt: skip
+                machine=f"{device_name('cpu')}, {len(os.sched_getaffinity(0))} cores")  # fmt: skip
 
 
 def write_report(name: str, budget: Dict[str, Any], out_dir: Path) -> Path:
