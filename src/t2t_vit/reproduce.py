@@ -137,16 +137,16 @@ def run_dir(output: str, budget: str, arm: str, seed: int) -> Path:
     return Path(output) / budget / f"{_slug(arm)}-s{seed}"
 
 
+def _arm_runs(output: str, budget: str, arm: str, seeds: Sequence[int]) -> List[Dict[str, List[float]]]:
+    """metrics.csv of each seed's run of `arm` under `budget` that has written one."""
+    dirs = [run_dir(output, budget, arm, s) for s in seeds]
+    return [read_metrics(d) for d in dirs if (d / "metrics.csv").is_file()]
+
+
 def _seconds_per_epoch(output: str, budget: str, arm: str, seeds: Sequence[int]) -> Optional[float]:
     """Training seconds per epoch of `arm` in its equal-epoch runs (the fastest seed: the one least slowed by other
     work on the machine), None before any has finished an epoch."""
-    times = []
-    for seed in seeds:
-        path = run_dir(output, budget, arm, seed) / "metrics.csv"
-        if path.is_file():
-            m = read_metrics(path.parent)
-            if m.get("train_s"):
-                times.append(m["train_s"][-1] / m["epoch"][-1])
+    times = [m["train_s"][-1] / m["epoch"][-1] for m in _arm_runs(output, budget, arm, seeds) if m.get("train_s")]
     return min(times, default=None)
 
 
@@ -223,12 +223,16 @@ def verdict(low: float, high: float, expected: str) -> str:
 # --- the report
 
 
+def _model_kwargs(arm: str) -> Dict[str, Any]:
+    """The constructor arguments of `arm`'s model on Fashion-MNIST (10 classes, 3 channels)."""
+    return dict(num_classes=10, in_chans=3, **ARMS[arm].get("model_kwargs", {}))
+
+
 def _cost(arm: str) -> Tuple[int, int]:
-    overrides = ARMS[arm]
-    kwargs = dict(num_classes=10, in_chans=3, **overrides.get("model_kwargs", {}))
-    if overrides["model"].startswith("timm:"):
-        return _timm_cost(overrides["model"][5:], kwargs)
-    return model_cost(overrides["model"], img_size=28, **kwargs)
+    model = ARMS[arm]["model"]
+    if model.startswith("timm:"):
+        return _timm_cost(model[5:], _model_kwargs(arm))
+    return model_cost(model, img_size=28, **_model_kwargs(arm))
 
 
 def _timm_cost(name: str, kwargs: Dict[str, Any]) -> Tuple[int, int]:
@@ -243,17 +247,11 @@ def _timm_cost(name: str, kwargs: Dict[str, Any]) -> Tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2
 
 
-def _arm_runs(output: str, budget: str, arm: str, seeds: Sequence[int]) -> List[Dict[str, List[float]]]:
-    dirs = [run_dir(output, budget, arm, s) for s in seeds]
-    return [read_metrics(d) for d in dirs if (d / "metrics.csv").is_file()]
-
-
 def _memory(arm: str) -> float:
     from .benchmark import BenchConfig, measure_memory
 
-    overrides = ARMS[arm]
-    kwargs = dict(num_classes=10, **overrides.get("model_kwargs", {}))
-    step = BenchConfig(overrides["model"], mode="train", batch_size=128, img_size=28, model_kwargs=kwargs, repeats=3)
+    step = BenchConfig(ARMS[arm]["model"], mode="train", batch_size=128, img_size=28, model_kwargs=_model_kwargs(arm),
+                       repeats=3)  # fmt: skip
     return measure_memory(step, "sdpa")
 
 

@@ -38,7 +38,8 @@ DEPLOY_EXTRA = "pip install 't2t-vit[deploy]'"
 SOURCE_KEY = "source"  # the entry of an export's metadata that says what it was made from
 GRAPH = 2  # the ONNX graph's layout: 2 has the soft splits as slices; a cache of another layout is made again
 EXPORTER = f"t2t_vit {__version__} (graph {GRAPH}), torch {torch.__version__}"
-ORT_INT8 = "onnxruntime quant_pre_process, quantize_dynamic: MatMul weights QInt8, per channel, reduced range"  # in the int8 file
+# what the int8 file says it was made with
+ORT_INT8 = "onnxruntime quant_pre_process, quantize_dynamic: MatMul weights QInt8, per channel, reduced range"
 
 
 @dataclasses.dataclass

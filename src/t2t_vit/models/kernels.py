@@ -13,6 +13,11 @@ import torch
 import torch.nn.functional as F
 
 
+def split_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Length of one side after an unfold."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def soft_split_channels_last(x: torch.Tensor, kernel: int, stride: int, padding: int, slices: bool = False
                              ) -> torch.Tensor:  # fmt: skip
     """The patches of `soft_split` from channels-last data, features ordered (kh, kw, C): one copy.
@@ -26,7 +31,7 @@ def soft_split_channels_last(x: torch.Tensor, kernel: int, stride: int, padding:
     if not slices:
         x = x.unfold(1, kernel, stride).unfold(2, kernel, stride)  # view (B, H', W', C, kh, kw)
         return x.permute(0, 1, 2, 4, 5, 3).reshape(B, -1, kernel * kernel * C)
-    rows, cols = (H + 2 * padding - kernel) // stride + 1, (W + 2 * padding - kernel) // stride + 1
+    rows, cols = split_size(H, kernel, stride, padding), split_size(W, kernel, stride, padding)
     patches: List[torch.Tensor] = []
     for i in range(kernel):
         for j in range(kernel):

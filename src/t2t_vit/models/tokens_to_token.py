@@ -24,7 +24,7 @@ from torch import nn
 from torch.jit import Final
 
 from ..errors import InputError
-from .kernels import patch_norm_linear, performer_attention, soft_split_channels_last
+from .kernels import patch_norm_linear, performer_attention, soft_split_channels_last, split_size
 
 # a leaf for fx, not traced into: torch.fx.wrap patches the name in the calling module, so it is declared here
 torch.fx.wrap("performer_attention")
@@ -38,11 +38,6 @@ T2T_MIXERS = ("performer", "transformer")
 def soft_split(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
     """Overlapping patches as tokens: (B, C, H, W) -> (B, L, C * kernel^2)."""
     return F.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2)
-
-
-def split_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Length of one side after an unfold."""
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def tiles(size: int, soft_splits: Sequence[SoftSplit]) -> bool:
