@@ -56,7 +56,7 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
     budget = dict(data="digits", seeds=[0, 1], epochs=1, seconds=1.0, output=str(tmp_path / "runs"))
     assert reproduce.feature_maps(budget, out) == []
     hard = reproduce.run_dir(budget["output"], "1-epochs", "hard split", 0)
-    train(resolve_config("fashion_mnist", dict(reproduce.ARMS["hard split"], data="digits", epochs=1, train_subset=300,
+    train(resolve_config(reproduce.RECIPE, dict(reproduce.ARMS["hard split"], data="digits", epochs=1, train_subset=300,
                                                output=str(hard.parent), name=hard.name)), progress=False)  # fmt: skip
     assert reproduce.feature_maps(budget, out) == ["tokens_features_0.png", "tokens_features_1.png"]
     img = Image.open(out / "tokens_features_0.png").convert("L")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from t2t_vit import InputError, create_model
 from t2t_vit.checkpoint import read_checkpoint
-from t2t_vit.config import DEFAULTS, parse_overrides, resolve_config
+from t2t_vit.config import DEFAULTS, config_names, parse_overrides, resolve_config
 from t2t_vit.data import create_dataset
 from t2t_vit.train import build_criterion, build_optimizer, build_scheduler, evaluate_checkpoint, scaled_lr, train
 
@@ -225,3 +225,12 @@ def test_log_interval_gives_a_line_where_no_bar_shows(tmp_path, caplog):
     lines = [r.message for r in caplog.records if r.name == "t2t_vit.engine"]
     assert [line.split("  ")[0] for line in lines] == ["epoch 1/1 step 10/22", "epoch 1/1 step 20/22"]
     assert all("loss " in line and "lr " in line and "img/s" in line for line in lines)
+
+
+@pytest.mark.parametrize("name", [n for n in config_names() if resolve_config(n)["model"]])  # fine-tuning: the
+def test_every_shipped_config_resolves_and_its_model_takes_its_images(name):  # checkpoint names the model
+    cfg = resolve_config(name)
+    with torch.device("meta"):
+        model = create_model(cfg["model"], num_classes=10, img_size=cfg["img_size"], **cfg["model_kwargs"])
+        logits = model(torch.empty(2, cfg["in_chans"], cfg["img_size"], cfg["img_size"]))
+    assert logits.shape == (2, 10)

@@ -31,13 +31,14 @@ from .visualize import read_metrics
 _logger = logging.getLogger(__name__)
 
 FASHION = "fashion-mnist:/usr/share/datasets/fashion-mnist"
+RECIPE = "reproduce_fashion_mnist"  # the study's own config, frozen: the shipped fashion_mnist recipe may move on
 SMALL = dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, token_dim=32,
              soft_splits=[[3, 2, 1], [3, 2, 1], [3, 1, 1]])  # 28 px -> 14x14 -> 7x7 tokens  # fmt: skip
 MATCH = 0.10  # arms compared are matched in parameters and MACs within this fraction (printed either way)
 SAME_MARGIN = 1.0  # points: "about the same" holds when the whole interval lies within +-SAME_MARGIN
 LEVEL = 0.95
 
-# arm -> config overrides (of the fashion_mnist recipe); an arm shared by several claims trains once
+# arm -> config overrides (of the study's recipe, RECIPE); an arm shared by several claims trains once
 ARMS: Dict[str, Dict[str, Any]] = {
     "T2T": dict(model="t2t_vit_7", model_kwargs=SMALL),
     "hard split": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, tokens="patch", patch_size=4, depth=5,
@@ -181,7 +182,7 @@ def run_claim(
                                  time_budget=seconds if budget == "time" else None)  # fmt: skip
                 overrides["warmup_epochs"] = min(1, schedule - 1)
                 _logger.info("%s, %s budget: %s, seed %d", name, names[budget], arm, seed)
-                result = train(resolve_config("fashion_mnist", overrides), resume="auto", progress=progress)
+                result = train(resolve_config(RECIPE, overrides), resume="auto", progress=progress)
                 if result.get("stopped"):  # a signal: the same command continues the study from here
                     raise StudyStopped(result["stopped"], f"{name}: {arm}, seed {seed}, {result['at']}")
     return write_report(name, dict(data=data, seeds=list(seeds), epochs=epochs, seconds=seconds,
@@ -389,7 +390,7 @@ def claim_markdown(summary: Dict[str, Any]) -> str:
     claim, budget, env = CLAIMS[summary["claim"]], summary["budget"], summary["environment"]
     first = claim.arms[0]
     lines = [f"# {claim.question}", "", f"**The paper:** {claim.paper} ({claim.paper_numbers}).", "",
-             f"**Here:** {_setup(budget)}. The `fashion_mnist` recipe otherwise (AdamW, cosine, no mixup).", "",
+             f"**Here:** {_setup(budget)}. The `{RECIPE}` recipe otherwise (AdamW, cosine, no mixup).", "",
              "| comparison | budget | mean difference (points) | 95% interval | verdict |", "|---|---|---:|---|---|"]
     for c in summary["comparisons"]:
         sign = "beats" if c["expected"] == ">" else "matches (within 1 point)"
