@@ -42,7 +42,9 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
     if len(set(a + b)) > 2:  # a spread to compute an interval from
         ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
         assert (c["epochs"]["low"], c["epochs"]["high"]) == pytest.approx((ci.low, ci.high))
-    assert c["epochs"]["verdict"] == verdict(c["epochs"]["low"], c["epochs"]["high"], c["expected"])
+    means = [summary["arms"][x]["budgets"]["epochs"]["mean"] for x in (c["a"], c["b"])]
+    assert c["epochs"]["learned"] == (min(means) > 10 + reproduce.LEARNED)  # 10 classes: chance is 10%
+    assert c["epochs"]["verdict"] == verdict(c["epochs"]["low"], c["epochs"]["high"], c["expected"], c["epochs"]["learned"])
     table = (out / "README.md").read_text()
     assert table.count("[depth](depth.md)") == 2 and "1-epochs" in table and "1-seconds" in table
     img = Image.open(out / "depth.png").convert("L")
@@ -79,6 +81,10 @@ def test_mean_difference_is_welchs_interval():
 )  # fmt: skip
 def test_verdicts_follow_the_interval(low, high, expected, answer):
     assert verdict(low, high, expected) == answer
+
+
+def test_arms_that_learned_nothing_get_no_verdict():
+    assert verdict(-0.1, 0.1, "=", learned=False) == verdict(0.5, 2.0, ">", learned=False) == "inconclusive"
 
 
 def test_arms_compared_are_matched_in_cost_or_say_why_not():

@@ -37,6 +37,7 @@ SMALL = dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, token_dim=32,
 MATCH = 0.10  # arms compared are matched in parameters and MACs within this fraction (printed either way)
 SAME_MARGIN = 1.0  # points: "about the same" holds when the whole interval lies within +-SAME_MARGIN
 LEVEL = 0.95
+LEARNED = 5.0  # points: a verdict needs both arms' means this far above chance (two untrained arms would "match")
 
 # arm -> config overrides (of the study's recipe, RECIPE); an arm shared by several claims trains once
 ARMS: Dict[str, Dict[str, Any]] = {
@@ -209,10 +210,10 @@ def mean_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL
     return diff, diff - t * se, diff + t * se
 
 
-def verdict(low: float, high: float, expected: str) -> str:
+def verdict(low: float, high: float, expected: str, learned: bool = True) -> str:
     """">": holds when the interval is above 0, does not hold when below; "=": holds inside +-SAME_MARGIN, does
-    not hold when wholly outside it; else (or NaN) inconclusive."""
-    if math.isnan(low) or math.isnan(high):
+    not hold when wholly outside it; else (or NaN, or an arm that has not `learned`) inconclusive."""
+    if not learned or math.isnan(low) or math.isnan(high):
         return "inconclusive"
     if expected == ">":
         return "holds" if low > 0 else "does not hold" if high < 0 else "inconclusive"
@@ -284,7 +285,10 @@ def summarize(name: str, budget: Dict[str, Any]) -> Dict[str, Any]:
         for key in names:
             diff, low, high = mean_difference(arms[a]["budgets"][key]["top1"] or [math.nan],
                                               arms[b]["budgets"][key]["top1"] or [math.nan])  # fmt: skip
-            row[key] = dict(diff=diff, low=low, high=high, verdict=verdict(low, high, expected))
+            chance = 100.0 / _model_kwargs(a)["num_classes"]
+            learned = all(arms[x]["budgets"][key]["mean"] > chance + LEARNED for x in (a, b))  # NaN: no runs yet
+            row[key] = dict(diff=diff, low=low, high=high, learned=learned,
+                            verdict=verdict(low, high, expected, learned))  # fmt: skip
         comparisons.append(row)
     return dict(claim=name, budget=budget, budget_names=names, arms=arms, comparisons=comparisons)
 
@@ -398,6 +402,9 @@ def claim_markdown(summary: Dict[str, Any]) -> str:
             r = c[key]
             lines.append(f"| {c['a']} {sign} {c['b']} | {label} | {_fmt(r['diff'], '+.2f')} | "
                          f"[{_fmt(r['low'], '+.2f')}, {_fmt(r['high'], '+.2f')}] | {r['verdict']} |")  # fmt: skip
+    if any(not c[key].get("learned", True) for c in summary["comparisons"] for key in summary["budget_names"]):
+        lines += ["", f"Inconclusive by rule where an arm's mean top-1 is within {LEARNED:.0f} points of chance: arms that "
+                  "learned nothing would otherwise match."]  # fmt: skip
     lines += ["", "| arm | params | MMACs / image | matched to " + first + " | budget | top-1 mean ± sd | per seed | "
               "train img/s |", "|---|---:|---:|---|---|---:|---|---:|"]
     for arm, s in summary["arms"].items():
