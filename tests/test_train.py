@@ -54,6 +54,17 @@ def test_lr_warmup_start_peak_and_end():
     assert lr_at(299) == pytest.approx(1e-5, rel=1e-2) and lr_at(309) == pytest.approx(1e-5)
 
 
+def test_a_schedule_can_end_before_the_epochs_do():
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    cfg = dict(DEFAULTS, lr=1e-3, epochs=3, schedule_epochs=1.5, warmup_epochs=0, cooldown_epochs=0,
+               sched_on_updates=True)  # fmt: skip
+    sched, total = build_scheduler(opt, cfg, updates_per_epoch=100)
+    lr_at = lambda u: sched._get_lr(u)[0]  # noqa: E731
+    assert total == 3 and lr_at(0) == pytest.approx(1e-3)
+    assert lr_at(75) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))  # half way through 150 updates
+    assert lr_at(150) == pytest.approx(1e-5) and lr_at(299) == pytest.approx(1e-5)
+
+
 def test_lr_scales_with_the_global_batch():
     cfg = dict(DEFAULTS, batch_size=64, lr=5e-4, accum_steps=2)
     assert scaled_lr(cfg, world=8) == (1024, pytest.approx(1e-3))

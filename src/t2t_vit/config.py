@@ -89,6 +89,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
         "freeze_backbone": (False, "bool", "train the head only (linear probe)"),
         "sched": ("cosine", "text", "lr schedule (timm's names)"),
         "epochs": (300, "int >= 1", "epochs of the schedule; cooldown_epochs follow at min_lr"),
+        "schedule_epochs": (None, "? number > 0", "epochs the lr schedule spans when not `epochs` (a fraction too, "
+                                                  "e.g. sized to end at a time_budget; min_lr after it); null: epochs"),
         "warmup_epochs": (10, "int >= 0", "linear warmup epochs from warmup_lr"),
         "warmup_lr": (1e-6, "number >= 0", "lr at the start of warmup"),
         "min_lr": (1e-5, "number >= 0", "lr at the end of the schedule and during cooldown"),
@@ -129,7 +131,7 @@ RULES: Dict[str, str] = {key: rule for keys in SCHEMA.values() for key, (_, rule
 # What `--resume` may change (applied: the schedule is rebuilt at the resumed step, the data position kept); any
 # other key differing from the checkpoint's config is an error, since the run would no longer be the one it continues.
 RESUME_CHANGEABLE = frozenset((
-    "epochs", "cooldown_epochs", "warmup_epochs", "warmup_lr", "lr", "lr_base_batch", "min_lr", "batch_size",
+    "epochs", "schedule_epochs", "cooldown_epochs", "warmup_epochs", "warmup_lr", "lr", "lr_base_batch", "min_lr", "batch_size",
     "accum_steps", "val_batch_size", "workers", "clip_grad", "output", "name", "checkpoint_every", "best_metric",
     "stop_after_epochs", "time_budget", "log_interval", "device", "amp", "amp_dtype", "compile", "download", "nonfinite",
     "nonfinite_limit", "rollback_lr_factor",

@@ -173,15 +173,17 @@ def run_claim(
     claim, names = CLAIMS[name], budget_names(epochs, seconds)
     for budget in ("epochs", "time"):
         for arm in claim.arms:
-            schedule = epochs
-            if budget == "time":  # the schedule sized to just pass the cap, so that the cap ends every run
-                per_epoch = _seconds_per_epoch(output, names["epochs"], arm, seeds)
-                schedule = max(1, math.ceil(1.1 * seconds / per_epoch)) if per_epoch else epochs  # 10%: load
+            schedule, span = epochs, None
+            if budget == "time":  # the lr schedule ends at the cap (as fast as the equal-epoch runs went); the
+                per_epoch = _seconds_per_epoch(output, names["epochs"], arm, seeds)  # epochs run past it: the cap
+                span = seconds / per_epoch if per_epoch else None  # ends every run, 10% slower ones too
+                schedule = max(1, math.ceil(1.1 * span)) if span else epochs
             for seed in seeds:
-                overrides = dict(ARMS[arm], data=data, seed=seed, epochs=schedule, train_subset=train_subset,
-                                 output=str(Path(output) / names[budget]), name=run_dir(output, "", arm, seed).name,
+                overrides = dict(ARMS[arm], data=data, seed=seed, epochs=schedule, schedule_epochs=span,
+                                 train_subset=train_subset, output=str(Path(output) / names[budget]),
+                                 name=run_dir(output, "", arm, seed).name,
                                  time_budget=seconds if budget == "time" else None)  # fmt: skip
-                overrides["warmup_epochs"] = min(1, schedule - 1)
+                overrides["warmup_epochs"] = min(1, math.ceil(span or schedule) - 1)
                 _logger.info("%s, %s budget: %s, seed %d", name, names[budget], arm, seed)
                 result = train(resolve_config(RECIPE, overrides), resume="auto", progress=progress)
                 if result.get("stopped"):  # a signal: the same command continues the study from here
@@ -387,7 +389,7 @@ def _setup(budget: Dict[str, Any]) -> str:
     epochs = f"{budget['epochs']} epoch{'s' if budget['epochs'] > 1 else ''}"
     return (f"{budget['data']}, {images} training images, the test split held out; seeds {seeds}; budgets: "
             f"{epochs}, and {budget['seconds']:.0f} s of training (each run capped there and evaluated at the cap; "
-            "its schedule sized to just pass it)")
+            "its lr schedule sized to end there at the speed of its arm's equal-epoch runs)")
 
 
 def claim_markdown(summary: Dict[str, Any]) -> str:

@@ -127,13 +127,14 @@ def build_optimizer(model: nn.Module, cfg: Dict[str, Any], lr: float) -> torch.o
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], updates_per_epoch: int) -> Tuple[Any, int]:
-    """The cosine schedule with warmup from warmup_lr and cooldown at min_lr; returns it and the total epochs."""
+    """The cosine schedule with warmup from warmup_lr and cooldown at min_lr, spanning `schedule_epochs` where set
+    (then min_lr until `epochs` end); returns it and the epochs to train (epochs + cooldown_epochs)."""
     from timm.scheduler import create_scheduler_v2
 
-    return create_scheduler_v2(
+    scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg["sched"],
-        num_epochs=cfg["epochs"],
+        num_epochs=cfg["schedule_epochs"] or cfg["epochs"],
         warmup_epochs=cfg["warmup_epochs"],
         warmup_lr=cfg["warmup_lr"],
         min_lr=cfg["min_lr"],
@@ -141,6 +142,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], updat
         step_on_epochs=not cfg["sched_on_updates"],
         updates_per_epoch=updates_per_epoch,
     )
+    return scheduler, cfg["epochs"] + cfg["cooldown_epochs"]
 
 
 def build_criterion(cfg: Dict[str, Any], num_classes: int) -> Tuple[nn.Module, Any]:
