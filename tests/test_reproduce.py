@@ -32,8 +32,9 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
     # the capped runs ended at their budget (or, a little faster than the equal-epoch runs said, with their schedule)
     for seed in (0, 1):
         capped = tmp_path / "runs" / "1-seconds" / f"t2t-s{seed}"
-        m, schedule = read_metrics(capped), yaml.safe_load((capped / "config.yaml").read_text())["epochs"]
-        assert m["train_s"][-1] >= 1.0 or m["epoch"][-1] == schedule
+        m, cfg = read_metrics(capped), yaml.safe_load((capped / "config.yaml").read_text())
+        assert m["train_s"][-1] >= 1.0 or m["epoch"][-1] == cfg["epochs"]
+        assert cfg["schedule_on_time"] and cfg["time_budget"] == 1.0  # the lr schedule ends at the cap
     # the statistics are Welch's interval of the mean difference
     c = summary["comparisons"][0]
     a = summary["arms"][c["a"]]["budgets"]["epochs"]["top1"]

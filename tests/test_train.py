@@ -15,6 +15,7 @@ from t2t_vit.checkpoint import read_checkpoint
 from t2t_vit.config import DEFAULTS, config_names, parse_overrides, resolve_config
 from t2t_vit.data import create_dataset
 from t2t_vit.train import build_criterion, build_optimizer, build_scheduler, evaluate_checkpoint, scaled_lr, train
+from t2t_vit.train_setup import TimeSchedule, check_config
 
 from .conftest import tiny_train_config
 
@@ -63,6 +64,21 @@ def test_a_schedule_can_end_before_the_epochs_do():
     assert total == 3 and lr_at(0) == pytest.approx(1e-3)
     assert lr_at(75) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))  # half way through 150 updates
     assert lr_at(150) == pytest.approx(1e-5) and lr_at(299) == pytest.approx(1e-5)
+
+
+def test_a_time_schedule_follows_the_clock_and_ends_at_the_budget():
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    cfg = dict(DEFAULTS, lr=1e-3, epochs=4, schedule_epochs=2, warmup_epochs=0, cooldown_epochs=0,
+               sched_on_updates=True)  # fmt: skip
+    sched, _ = build_scheduler(opt, cfg, updates_per_epoch=100)
+    now = [0.0]
+    timed = TimeSchedule(sched, 200, budget=50.0, seconds=lambda: now[0])
+    for seconds, lr in ((0.0, 1e-3), (25.0, 1e-5 + 0.5 * (1e-3 - 1e-5)), (50.0, 1e-5), (80.0, 1e-5)):
+        now[0] = seconds
+        timed.step_update(num_updates=7)  # whatever the updates, the clock decides
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr)
+    with pytest.raises(InputError, match="schedule_on_time.*--time-budget"):
+        check_config(dict(DEFAULTS, data="digits", schedule_on_time=True))
 
 
 def test_lr_scales_with_the_global_batch():

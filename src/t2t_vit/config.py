@@ -121,6 +121,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
                                                   "e.g. time limits"),
         "time_budget": (None, "? number > 0", "seconds of training (over all sessions, evaluation not counted) "
                                               "after which the run evaluates and ends, mid-epoch if need be"),
+        "schedule_on_time": (False, "bool", "with time_budget: the lr schedule follows the training seconds, not the "
+                                            "updates, and ends at the budget at any pace (the lr then depends on it)"),
         "log_interval": (50, "int >= 0", "updates between the host's reads of the device (loss, non-finite flags, a stop "
                          "across ranks) and log lines when no progress bar is shown; 0: reads every 50, no lines"),
     },

@@ -152,6 +152,14 @@ def _seconds_per_epoch(output: str, budget: str, arm: str, seeds: Sequence[int])
     return min(times, default=None)
 
 
+def _span(output: str, budget: str, arm: str, seeds: Sequence[int], seconds: float) -> Optional[float]:
+    """The epochs `arm` trains in `seconds` at the pace of its equal-epoch runs: the span of its capped runs'
+    schedule, which the clock then drives (warm-up: its first epoch; the epochs run on to twice the span, so that
+    the cap ends every run, on a machine up to twice as fast too)."""
+    per_epoch = _seconds_per_epoch(output, budget, arm, seeds)
+    return seconds / per_epoch if per_epoch else None
+
+
 def run_claim(
     name: str,
     data: str = FASHION,
@@ -172,22 +180,23 @@ def run_claim(
         raise InputError(f"unknown claim {name!r}: one of {', '.join(CLAIMS)}, or all")
     claim, names = CLAIMS[name], budget_names(epochs, seconds)
     for budget in ("epochs", "time"):
-        for arm in claim.arms:
-            schedule, span = epochs, None
-            if budget == "time":  # the lr schedule ends at the cap (as fast as the equal-epoch runs went); the
-                per_epoch = _seconds_per_epoch(output, names["epochs"], arm, seeds)  # epochs run past it: the cap
-                span = seconds / per_epoch if per_epoch else None  # ends every run, 10% slower ones too
-                schedule = max(1, math.ceil(1.1 * span)) if span else epochs
-            for seed in seeds:
-                overrides = dict(ARMS[arm], data=data, seed=seed, epochs=schedule, schedule_epochs=span,
-                                 train_subset=train_subset, output=str(Path(output) / names[budget]),
-                                 name=run_dir(output, "", arm, seed).name,
-                                 time_budget=seconds if budget == "time" else None)  # fmt: skip
-                overrides["warmup_epochs"] = min(1, math.ceil(span or schedule) - 1)
-                _logger.info("%s, %s budget: %s, seed %d", name, names[budget], arm, seed)
-                result = train(resolve_config(RECIPE, overrides), resume="auto", progress=progress)
-                if result.get("stopped"):  # a signal: the same command continues the study from here
-                    raise StudyStopped(result["stopped"], f"{name}: {arm}, seed {seed}, {result['at']}")
+        spans = {arm: _span(output, names["epochs"], arm, seeds, seconds) if budget == "time" else None
+                 for arm in claim.arms}  # fmt: skip
+        # capped runs take turns across the arms, seed by seed, so that a drift in the machine's pace hits each alike
+        order = [(a, s) for a in claim.arms for s in seeds] if budget == "epochs" else [(a, s) for s in seeds
+                                                                                        for a in claim.arms]
+        for arm, seed in order:
+            span = spans[arm]
+            overrides = dict(ARMS[arm], data=data, seed=seed, train_subset=train_subset,
+                             output=str(Path(output) / names[budget]), name=run_dir(output, "", arm, seed).name,
+                             epochs=max(1, math.ceil(2 * span)) if span else epochs, schedule_epochs=span,
+                             warmup_epochs=min(1, math.ceil(span or epochs) - 1))  # fmt: skip
+            if budget == "time":  # the lr follows the training seconds and ends at the cap, at any pace
+                overrides.update(time_budget=seconds, schedule_on_time=True)
+            _logger.info("%s, %s budget: %s, seed %d", name, names[budget], arm, seed)
+            result = train(resolve_config(RECIPE, overrides), resume="auto", progress=progress)
+            if result.get("stopped"):  # a signal: the same command continues the study from here
+                raise StudyStopped(result["stopped"], f"{name}: {arm}, seed {seed}, {result['at']}")
     return write_report(name, dict(data=data, seeds=list(seeds), epochs=epochs, seconds=seconds,
                                    train_subset=train_subset, output=output, command=command),
                         Path(results_dir))  # fmt: skip
@@ -389,7 +398,8 @@ def _setup(budget: Dict[str, Any]) -> str:
     epochs = f"{budget['epochs']} epoch{'s' if budget['epochs'] > 1 else ''}"
     return (f"{budget['data']}, {images} training images, the test split held out; seeds {seeds}; budgets: "
             f"{epochs}, and {budget['seconds']:.0f} s of training (each run capped there and evaluated at the cap; "
-            "its lr schedule sized to end there at the speed of its arm's equal-epoch runs)")
+            "its lr schedule driven by the training seconds, so that it ends there; the capped runs take turns "
+            "across the arms, seed by seed)")
 
 
 def claim_markdown(summary: Dict[str, Any]) -> str:

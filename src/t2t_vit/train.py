@@ -22,6 +22,7 @@ from .factory import load_model
 from .train_metrics import MetricsLog
 from .train_runtime import StopSignal, agree, autocast_dtype, pick_device, seed_everything, setup_distributed
 from .train_setup import (
+    TimeSchedule,
     build_criterion,
     build_data,
     build_ema,
@@ -154,6 +155,9 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
     row: Dict[str, Any] = {}
     first_epoch, stop_after, budget = state.epoch, cfg["stop_after_epochs"], cfg["time_budget"]
     clock = [0.0, 0.0]  # (when this epoch's session started, training seconds before it)
+    if cfg["schedule_on_time"]:  # the lr follows the training seconds: the schedule ends at the budget at any pace
+        span = (cfg["schedule_epochs"] or cfg["epochs"]) * updates_per_epoch
+        ctx.scheduler = TimeSchedule(scheduler, span, budget, lambda: clock[1] + time.perf_counter() - clock[0])
 
     def over_budget() -> bool:
         return budget is not None and clock[1] + time.perf_counter() - clock[0] >= budget
