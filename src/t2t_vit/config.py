@@ -133,8 +133,8 @@ RULES: Dict[str, str] = {key: rule for keys in SCHEMA.values() for key, (_, rule
 # What `--resume` may change (applied: the schedule is rebuilt at the resumed step, the data position kept); any
 # other key differing from the checkpoint's config is an error, since the run would no longer be the one it continues.
 RESUME_CHANGEABLE = frozenset((
-    "epochs", "schedule_epochs", "cooldown_epochs", "warmup_epochs", "warmup_lr", "lr", "lr_base_batch", "min_lr", "batch_size",
-    "accum_steps", "val_batch_size", "workers", "clip_grad", "output", "name", "checkpoint_every", "best_metric",
+    "epochs", "schedule_epochs", "cooldown_epochs", "warmup_epochs", "warmup_lr", "lr", "lr_base_batch", "min_lr",
+    "batch_size", "accum_steps", "val_batch_size", "workers", "clip_grad", "output", "name", "checkpoint_every", "best_metric",
     "stop_after_epochs", "time_budget", "log_interval", "device", "amp", "amp_dtype", "compile", "download", "nonfinite",
     "nonfinite_limit", "rollback_lr_factor",
 ))  # fmt: skip
