@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 
+from t2t_vit.errors import InputError
 from t2t_vit.models import T2TViT, TokenPerformer, sinusoid_table
 from t2t_vit.models.kernels import _performer_kernel, _performer_kernel_eager
 
@@ -86,6 +87,24 @@ def test_performer_random_features_are_fixed_orthogonal_rows():
     layer = TokenPerformer(147, 64)
     assert not layer.w.requires_grad and "w" in layer.state_dict()
     torch.testing.assert_close(layer.w @ layer.w.t(), 32 * torch.eye(32), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("mixer, authors", [("performer", 0.1), ("transformer", 0.0)])
+def test_t2t_drop_rate_defaults_to_the_authors_and_can_be_set(mixer, authors):
+    def drops(**kwargs):
+        with torch.device("meta"):
+            model = T2TViT(img_size=28, embed_dim=32, depth=1, num_heads=2, token_dim=8, t2t_mixer=mixer,
+                           soft_splits=[[3, 2, 1], [3, 2, 1], [3, 1, 1]], **kwargs)  # fmt: skip
+        dropouts = [m for n, m in model.tokens_to_token.named_modules() if isinstance(m, torch.nn.Dropout)
+                    and not n.endswith("attn_drop")]  # softmax attention's: 0, as the authors'  # fmt: skip
+        return {m.p for m in dropouts}, model
+
+    assert drops()[0] == {authors}
+    rates, model = drops(t2t_drop_rate=0.25)
+    assert rates == {0.25}
+    assert set(model.state_dict()) == set(drops()[1].state_dict())  # no weights added: checkpoints load as before
+    with pytest.raises(InputError, match="t2t_drop_rate=1.0"):
+        drops(t2t_drop_rate=1.0)
 
 
 def test_sinusoid_table_is_the_authors_formula():

@@ -7,7 +7,7 @@ token grid and the tiling check) and `feat_size(H, W)` (the grid, for TorchScrip
 the authors' key `tokens_to_token` whichever it is, so the state-dict keys are `tokens_to_token.proj.*` (hard
 split) and `tokens_to_token.conv1.*`, `conv2.*`, `project.*` (convolutions).
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -76,10 +76,12 @@ def make_stem(
     token_dim: int = 64,
     soft_splits: Sequence[Sequence[int]] = DEFAULT_SOFT_SPLITS,
     patch_size: int = 16,
+    t2t_drop_rate: Optional[float] = None,
 ) -> nn.Module:
-    """The stem for `tokens`: "t2t" (the paper's T2T module), "patch" (ViT's hard split), "convolution" (T2T-ViT_c)."""
+    """The stem for `tokens`: "t2t" (the paper's T2T module), "patch" (ViT's hard split), "convolution" (T2T-ViT_c).
+    `t2t_drop_rate`: the T2T module's dropout (None: the authors'); the other stems have none."""
     if tokens == "t2t":
-        return T2TModule(t2t_mixer, in_chans, embed_dim, token_dim, soft_splits)
+        return T2TModule(t2t_mixer, in_chans, embed_dim, token_dim, soft_splits, t2t_drop_rate)
     if tokens == "patch":
         return HardSplitStem(in_chans, embed_dim, patch_size)
     if tokens == "convolution":

@@ -69,6 +69,8 @@ class T2TViT(nn.Module):
         qk_scale: attention scale; None is head_dim^-0.5.
         drop_rate, attn_drop_rate, drop_path_rate: dropout after the position table / in attention, drop path.
         t2t_mixer: "performer" or "transformer", the token mixer of the T2T module.
+        t2t_drop_rate: dropout inside the T2T module's mixers; None (default) keeps the authors' (0.1 in the
+            Performer, hard-wired in their code; 0 in the Transformer).
         token_dim: token width inside the T2T module.
         soft_splits: three (kernel, stride, padding) triples for the unfolds of the T2T module (the convolutions
             of tokens="convolution").
@@ -101,6 +103,7 @@ class T2TViT(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         t2t_mixer: str = "performer",
+        t2t_drop_rate: Optional[float] = None,
         token_dim: int = 64,
         soft_splits: Sequence[Sequence[int]] = DEFAULT_SOFT_SPLITS,
         dynamic_img_size: bool = False,
@@ -125,7 +128,8 @@ class T2TViT(nn.Module):
         self.grad_checkpointing = False
 
         # the stem, named for the T2T module (the authors' keys) whichever one `tokens` picks
-        self.tokens_to_token = make_stem(tokens, t2t_mixer, in_chans, embed_dim, token_dim, soft_splits, patch_size)
+        self.tokens_to_token = make_stem(tokens, t2t_mixer, in_chans, embed_dim, token_dim, soft_splits, patch_size,
+                                          t2t_drop_rate)
         self.soft_splits = self.tokens_to_token.soft_splits
         self.img_size = to_2tuple(img_size)
         self.grid_size = grid_size(self.img_size, self.soft_splits)

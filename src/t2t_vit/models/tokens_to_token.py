@@ -15,7 +15,7 @@ Three switches pick the path, each a TorchScript constant set by `T2TViT.set_att
 (the Performer's arithmetic) and `TokenAttention.fused_attn` (SDPA or softmax by hand, as timm names it).
 """
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ SoftSplit = Tuple[int, int, int]  # (kernel, stride, padding) of one unfold
 CPU_SLICE_TOKENS = 8192  # fused path on CPU: images per slice chosen so the first split gives about this many tokens
 DEFAULT_SOFT_SPLITS: Tuple[SoftSplit, ...] = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
 T2T_MIXERS = ("performer", "transformer")
+MIXER_DROP = {"performer": 0.1, "transformer": 0.0}  # the authors' dropout in each mixer
 
 
 def soft_split(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
@@ -156,12 +157,12 @@ class TokenAttention(nn.Module):
 class TokenTransformer(nn.Module):
     """A T2T layer with a plain Transformer: attention (width dim -> token_dim), then a width-token_dim MLP."""
 
-    def __init__(self, dim: int, token_dim: int = 64, mlp_ratio: float = 1.0) -> None:
+    def __init__(self, dim: int, token_dim: int = 64, mlp_ratio: float = 1.0, drop: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = TokenAttention(dim, token_dim)
+        self.attn = TokenAttention(dim, token_dim, proj_drop=drop)
         self.norm2 = nn.LayerNorm(token_dim)
-        self.mlp = Mlp(token_dim, int(token_dim * mlp_ratio))
+        self.mlp = Mlp(token_dim, int(token_dim * mlp_ratio), drop=drop)
 
     def forward(self, x: torch.Tensor, patch_channels: int = 0) -> torch.Tensor:
         """(B, N, dim) -> (B, N, token_dim); `patch_channels` > 0: x holds (kh, kw, C) ordered patches."""
@@ -187,6 +188,8 @@ class T2TModule(nn.Module):
         embed_dim: backbone width the last split is projected to.
         token_dim: width of the tokens inside the module (64 in the paper).
         soft_splits: three (kernel, stride, padding) triples, one per unfold.
+        drop_rate: dropout inside the mixers; None: the authors' (0.1 in the Performer, hard-wired in their code;
+            0 in the Transformer).
     """
 
     channels_last: Final[bool]
@@ -198,6 +201,7 @@ class T2TModule(nn.Module):
         embed_dim: int = 768,
         token_dim: int = 64,
         soft_splits: Sequence[Sequence[int]] = DEFAULT_SOFT_SPLITS,
+        drop_rate: Optional[float] = None,
     ) -> None:
         super().__init__()
         self.soft_splits: List[Tuple[int, int, int]] = _check_soft_splits(soft_splits)
@@ -208,8 +212,12 @@ class T2TModule(nn.Module):
         self.in_chans = in_chans
         self.token_dim = token_dim
         self.channels_last = True
-        self.attention1 = mixer(in_chans * k0 * k0, token_dim)
-        self.attention2 = mixer(token_dim * k1 * k1, token_dim)
+        if drop_rate is None:
+            drop_rate = MIXER_DROP[t2t_mixer]
+        elif not 0.0 <= drop_rate < 1.0:
+            raise InputError(f"t2t_drop_rate={drop_rate!r} must be in [0, 1), or None for the authors' value")
+        self.attention1 = mixer(in_chans * k0 * k0, token_dim, drop=drop_rate)
+        self.attention2 = mixer(token_dim * k1 * k1, token_dim, drop=drop_rate)
         self.project = nn.Linear(token_dim * k2 * k2, embed_dim)
 
     def feat_size(self, H: int, W: int) -> Tuple[int, int]:
