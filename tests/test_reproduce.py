@@ -48,6 +48,7 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
     assert c["epochs"]["verdict"] == verdict(c["epochs"]["low"], c["epochs"]["high"], c["expected"], c["epochs"]["learned"])
     table = (out / "README.md").read_text()
     assert table.count("[depth](depth.md)") == 2 and "1-epochs" in table and "1-seconds" in table
+    assert "Not run yet: tokens, budget, mixer, overlap " in table  # the claims with no page of this protocol
     img = Image.open(out / "depth.png").convert("L")
     assert max(img.getextrema()) > min(img.getextrema())
     # the same command again reads the runs back
