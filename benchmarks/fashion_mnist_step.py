@@ -43,8 +43,8 @@ def _model(extra: Dict[str, Any]) -> torch.nn.Module:
 
 
 def _step(extra: Dict[str, Any], step_args: Dict[str, Any], compile: bool = False) -> Tuple[Callable[[], None], int]:
-    bench = BenchConfig(CFG["model"], mode="train", batch_size=CFG["batch_size"], img_size=CFG["img_size"],
-                        compile=compile, **step_args)  # fmt: skip
+    args = dict(dict(batch_size=CFG["batch_size"]), **step_args)
+    bench = BenchConfig(CFG["model"], mode="train", img_size=CFG["img_size"], compile=compile, **args)
     return make_step(_model(extra), bench), bench.batch_size
 
 
