@@ -14,14 +14,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from t2t_vit import create_model  # noqa: E402
-from t2t_vit.benchmark import BenchConfig, device_name, make_step  # noqa: E402
+from t2t_vit.benchmark import BenchConfig, device_name, make_step, time_steps  # noqa: E402
 from t2t_vit.config import resolve_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,22 +48,11 @@ def _step(extra: Dict[str, Any], step_args: Dict[str, Any], compile: bool = Fals
     return make_step(_model(extra), bench), bench.batch_size
 
 
-def _turns(steps: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, List[float]]:
-    """Seconds of each step, the steps taking turns (the order reversed every round)."""
-    times: Dict[str, List[float]] = {k: [] for k in steps}
-    for i in range(repeats):
-        for name in list(steps)[:: 1 if i % 2 == 0 else -1]:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def t2t_share(repeats: int) -> Tuple[float, float]:
     """(time, multiply-adds) of the T2T module's part of the recipe's model, as fractions of the whole; time: the
     module's forward and backward over a full forward and backward, timed in turns."""
     model = _model({}).train()
-    x = torch.randn(CFG["batch_size"], 3, CFG["img_size"], CFG["img_size"])
+    x = torch.randn(CFG["batch_size"], CFG["in_chans"], CFG["img_size"], CFG["img_size"])
     y = torch.randint(0, 10, (len(x),))
     with FlopCounterMode(display=False) as counter:
         model(x)
@@ -75,15 +64,14 @@ def t2t_share(repeats: int) -> Tuple[float, float]:
         "whole": lambda: torch.nn.functional.cross_entropy(model(x), y).backward(),
         "t2t": lambda: model.tokens_to_token(x).sum().backward(),
     }
-    _turns(steps, 2)
-    times = _turns(steps, repeats)
+    times = time_steps(steps, "cpu", 2, repeats)
     return statistics.median(times["t2t"]) / statistics.median(times["whole"]), macs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats, no compile: checks the script")
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     repeats = 3 if args.quick else args.repeats
     built = {name: _step(extra, step_args) for name, (_, extra, step_args) in VARIANTS.items()}
@@ -95,8 +83,7 @@ def main() -> None:
         compile_first = time.perf_counter() - start
         built["compiled"] = (step, batch)
     steps = {name: s for name, (s, _) in built.items()}
-    _turns(steps, 2)
-    times = _turns(steps, repeats)
+    times = time_steps(steps, "cpu", 2, repeats)
     per_image = {name: statistics.median(times[name]) / built[name][1] for name in steps}
     share, macs = t2t_share(repeats)
 
@@ -107,7 +94,7 @@ def main() -> None:
         "",
         f"- machine: {device_name('cpu')}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
         f"{datetime.date.today()}",
-        f"- command: `python benchmarks/fashion_mnist_step.py{' --quick' if args.quick else ''}`; medians of "
+        f"- command: `python {' '.join(sys.argv)}`; medians of "
         f"{repeats} steps timed in turns after 2 warm-up steps; fp32, {CFG['img_size']} px",
         "",
         "| variant | what changes | ms per step | us per image | speed vs shipped |",
