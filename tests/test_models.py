@@ -103,8 +103,9 @@ def test_t2t_drop_rate_defaults_to_the_authors_and_can_be_set(mixer, authors):
     rates, model = drops(t2t_drop_rate=0.25)
     assert rates == {0.25}
     assert set(model.state_dict()) == set(drops()[1].state_dict())  # no weights added: checkpoints load as before
-    with pytest.raises(InputError, match="t2t_drop_rate=1.0"):
-        drops(t2t_drop_rate=1.0)
+    for bad in (1.0, "abc"):
+        with pytest.raises(InputError, match=f"t2t_drop_rate={bad!r}"):
+            drops(t2t_drop_rate=bad)
 
 
 def test_sinusoid_table_is_the_authors_formula():

@@ -214,7 +214,7 @@ class T2TModule(nn.Module):
         self.channels_last = True
         if drop_rate is None:
             drop_rate = MIXER_DROP[t2t_mixer]
-        elif not 0.0 <= drop_rate < 1.0:
+        elif isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
             raise InputError(f"t2t_drop_rate={drop_rate!r} must be in [0, 1), or None for the authors' value")
         self.attention1 = mixer(in_chans * k0 * k0, token_dim, drop=drop_rate)
         self.attention2 = mixer(token_dim * k1 * k1, token_dim, drop=drop_rate)
