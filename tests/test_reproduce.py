@@ -27,6 +27,7 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
     assert "t2t-vit reproduce depth --seeds 2" in text and "commit " in text
     for arm in CLAIMS["depth"].arms:
         assert f"| {arm} |" in text
+    assert text.count("| (the reference) |") == 2  # the first arm's rows, one per budget: matched to itself reads oddly
         for budget in ("epochs", "time"):
             assert len(summary["arms"][arm]["budgets"][budget]["top1"]) == 2
     # the capped runs ended at their budget (or, a little faster than the equal-epoch runs said, with their schedule)
@@ -48,6 +49,7 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
     assert c["epochs"]["verdict"] == verdict(c["epochs"]["low"], c["epochs"]["high"], c["expected"], c["epochs"]["learned"])
     table = (out / "README.md").read_text()
     assert table.count("[depth](depth.md)") == 2 and "1-epochs" in table and "1-seconds" in table
+    assert table.count(CLAIMS["depth"].paper_numbers) == 1  # the paper's numbers once per claim, not per row
     assert "Not run yet: tokens, budget, mixer, overlap " in table  # the claims with no page of this protocol
     img = Image.open(out / "depth.png").convert("L")
     assert max(img.getextrema()) > min(img.getextrema())
