@@ -15,7 +15,7 @@ from t2t_vit.checkpoint import read_checkpoint
 from t2t_vit.config import DEFAULTS, config_names, parse_overrides, resolve_config
 from t2t_vit.data import create_dataset
 from t2t_vit.train import build_criterion, build_optimizer, build_scheduler, evaluate_checkpoint, scaled_lr, train
-from t2t_vit.train_setup import TimeSchedule, check_config
+from t2t_vit.train_setup import TimeSchedule, check_config, compiled
 
 from .conftest import tiny_train_config
 
@@ -79,6 +79,20 @@ def test_a_time_schedule_follows_the_clock_and_ends_at_the_budget():
         assert opt.param_groups[0]["lr"] == pytest.approx(lr)
     with pytest.raises(InputError, match="schedule_on_time.*--time-budget"):
         check_config(dict(DEFAULTS, data="digits", schedule_on_time=True))
+
+
+def test_compile_on_a_cpu_without_a_cxx_compiler_trains_eagerly_and_says_so(monkeypatch, caplog):
+    from torch._inductor import cpp_builder
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    def no_compiler() -> str:
+        raise InvalidCxxCompiler()
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    model = torch.nn.Linear(2, 2)
+    assert compiled(model, torch.device("cpu")) is model  # not a wrapper whose first step would fail
+    assert "install g++ or pass --compile false" in caplog.text
+    assert compiled(model, torch.device("cuda")) is not model  # the GPU back-end builds no C++ here
 
 
 def test_lr_scales_with_the_global_batch():

@@ -30,6 +30,7 @@ from .train_setup import (
     build_optimizer,
     build_scheduler,
     check_config,
+    compiled,
     open_run_dir,
     run_dir_of,
     scaled_lr,
@@ -101,7 +102,7 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
     # model, the wrappers the steps run through, its EMA (after DDP has given every rank rank 0's weights)
     arch, model, model_kwargs = build_model(cfg, num_classes)
     model = model.to(device)
-    train_model = torch.compile(model) if cfg["compile"] else model
+    train_model = compiled(model, device) if cfg["compile"] else model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if pin else None)
     ema = build_ema(cfg, model)

@@ -1,5 +1,6 @@
 """The builders of a run, each from the resolved config: data, model, optimizer with its parameter groups, schedule,
 loss with mixup/cutmix; plus the config checks and the run directory with its lock."""
+import logging
 import os
 import re
 import shutil
@@ -16,6 +17,8 @@ from .config import check_values, data_tag
 from .errors import InputError
 from .factory import create_model, load_model
 from .train_runtime import RunLock
+
+_logger = logging.getLogger(__name__)
 
 
 def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -243,6 +246,24 @@ def build_model(cfg: Dict[str, Any], num_classes: int) -> Tuple[str, nn.Module, 
     if cfg["model"] is None:
         raise InputError("no model: pass --model NAME, or --init-checkpoint PATH to start from weights")
     return cfg["model"], create_model(cfg["model"], **model_kwargs), model_kwargs
+
+
+def compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile(model); on a CPU with no C++ compiler for inductor's kernels, the model itself and a warning
+    naming the fix: the run goes on without compile instead of failing at its first step."""
+    if device.type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+            from torch._inductor.exc import InvalidCxxCompiler
+        except ImportError:  # another torch: let it try
+            return torch.compile(model)
+        try:
+            get_cpp_compiler()
+        except InvalidCxxCompiler:
+            _logger.warning("compile: true needs a C++ compiler on the CPU (g++, or the one $CXX names) and none "
+                            "runs here: training without torch.compile, slower; install g++ or pass --compile false")
+            return model
+    return torch.compile(model)
 
 
 def build_ema(cfg: Dict[str, Any], model: nn.Module) -> Optional[nn.Module]:
