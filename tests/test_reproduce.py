@@ -103,6 +103,17 @@ def test_arms_compared_are_matched_in_cost_or_say_why_not():
     assert unmatched == {("T2T, first split stride 1", "T2T")}
 
 
+def test_the_mixer_page_times_its_arms_side_by_side():
+    arms = CLAIMS["mixer"].arms
+    speeds = reproduce._step_speeds(arms, repeats=1, warmup=0)
+    assert list(speeds) == arms and all(v > 0 for v in speeds.values())
+    budget = dict(data="digits", seeds=[0, 1], epochs=1, seconds=1.0, train_subset=None, command="c")
+    summary = dict(claim="mixer", budget=budget, budget_names={}, comparisons=[], arms={},
+                   environment=dict(commit="abc", machine="m", torch="t", python="p"),
+                   step_img_per_s={arms[0]: 100.0, arms[1]: 125.0})  # fmt: skip
+    assert f"{arms[0]} 100 img/s (1.00x), {arms[1]} 125 img/s (1.25x)." in reproduce.claim_markdown(summary)
+
+
 def test_budgets_parse_and_bad_ones_name_the_fix():
     assert [parse_seconds(t) for t in ("600", "600s", "10m", "1.5h")] == [600, 600, 600, 5400]
     for bad in ("ten minutes", "-5s", "0", "nan"):

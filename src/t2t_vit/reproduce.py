@@ -270,6 +270,23 @@ def _memory(arm: str) -> float:
     return measure_memory(step, "sdpa")
 
 
+def _step_speeds(arms: Sequence[str], repeats: int = 20, warmup: int = 2) -> Dict[str, float]:
+    """Training img/s of each arm's step (batch 128, 28 px, fp32), the arms taking turns in this process: the runs'
+    own img/s come from different hours of a machine whose pace drifts."""
+    import torch
+
+    from . import create_model
+    from .benchmark import BenchConfig, make_step, time_steps
+
+    steps = {}
+    for arm in arms:
+        torch.manual_seed(0)
+        model = create_model(ARMS[arm]["model"], img_size=28, **_model_kwargs(arm))
+        steps[arm] = make_step(model, BenchConfig(ARMS[arm]["model"], mode="train", batch_size=128, img_size=28))
+    times = time_steps(steps, "cpu", warmup, repeats)
+    return {arm: 128 / statistics.median(t) for arm, t in times.items()}
+
+
 def summarize(name: str, budget: Dict[str, Any]) -> Dict[str, Any]:
     """Per arm and budget: final held-out top-1 per seed, mean, sd, img/s; per comparison and budget: the mean
     difference, its interval and the verdict; per arm: parameters, MACs and whether they match the first arm's."""
@@ -357,6 +374,7 @@ def write_report(name: str, budget: Dict[str, Any], out_dir: Path) -> Path:
     summary = summarize(name, budget)
     if name == "mixer":
         summary["memory_mib"] = {arm: _memory(arm) for arm in summary["arms"]}
+        summary["step_img_per_s"] = _step_speeds(list(summary["arms"]))
     summary["environment"] = environment()
     out_dir.mkdir(parents=True, exist_ok=True)
     if name == "tokens":
@@ -436,6 +454,11 @@ def claim_markdown(summary: Dict[str, Any]) -> str:
     if "memory_mib" in summary:
         lines += ["", "Peak memory of one training step (batch 128, 28 px): " + ", ".join(
             f"{arm} {mib:.0f} MiB" for arm, mib in summary["memory_mib"].items()) + "."]  # fmt: skip
+    if "step_img_per_s" in summary:
+        speeds = summary["step_img_per_s"]
+        timed = ", ".join(f"{arm} {v:.0f} img/s ({v / speeds[first]:.2f}x)" for arm, v in speeds.items())
+        lines += ["", "Training step side by side (the arms' steps taking turns in one process, batch 128, 28 px, "
+                  f"fp32; the runs' img/s above come from different hours of a VM whose pace drifts): {timed}."]
     lines += ["", f"Matched: parameters and MACs within {MATCH:.0%} of {first}'s. Interval: Welch's t over seeds. "
               f"Verdicts: 'beats' holds when the interval lies above 0 and does not hold when below; 'matches' "
               f"holds when it lies within ±{SAME_MARGIN:g} point; otherwise inconclusive.", "",
