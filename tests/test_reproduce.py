@@ -27,9 +27,9 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
     assert "t2t-vit reproduce depth --seeds 2" in text and "commit " in text
     for arm in CLAIMS["depth"].arms:
         assert f"| {arm} |" in text
-    assert text.count("| (the reference) |") == 2  # the first arm's rows, one per budget: matched to itself reads oddly
         for budget in ("epochs", "time"):
             assert len(summary["arms"][arm]["budgets"][budget]["top1"]) == 2
+    assert text.count("| (the reference) |") == 2  # the first arm's rows, one per budget: matched to itself reads oddly
     # the capped runs ended at their budget (or, a little faster than the equal-epoch runs said, with their schedule)
     for seed in (0, 1):
         capped = tmp_path / "runs" / "1-seconds" / f"t2t-s{seed}"
