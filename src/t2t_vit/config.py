@@ -115,6 +115,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
         "output": ("runs", "text", "where run directories go"),
         "name": (None, "? text", "run directory name; null: the config's name, else model-data"),
         "checkpoint_every": (0, "int >= 0", "also keep epoch_N.pth.tar every N epochs (0: only last and best)"),
+        "eval_every": (1, "int >= 1", "evaluate the held-out split every N epochs, and always at the run's end (the "
+                                      "last epoch, the time budget, stop_after_epochs)"),
         "best_metric": ("top1", "one of top1|ema_top1|loss|ema_loss", "what best.pth.tar keeps: top1, ema_top1, "
                                                                       "loss or ema_loss"),
         "stop_after_epochs": (None, "? int >= 1", "end this process after N epochs (the schedule still spans all), "
@@ -134,9 +136,9 @@ RULES: Dict[str, str] = {key: rule for keys in SCHEMA.values() for key, (_, rule
 # other key differing from the checkpoint's config is an error, since the run would no longer be the one it continues.
 RESUME_CHANGEABLE = frozenset((
     "epochs", "schedule_epochs", "cooldown_epochs", "warmup_epochs", "warmup_lr", "lr", "lr_base_batch", "min_lr",
-    "batch_size", "accum_steps", "val_batch_size", "workers", "clip_grad", "output", "name", "checkpoint_every", "best_metric",
-    "stop_after_epochs", "time_budget", "log_interval", "device", "amp", "amp_dtype", "compile", "download", "nonfinite",
-    "nonfinite_limit", "rollback_lr_factor",
+    "batch_size", "accum_steps", "val_batch_size", "workers", "clip_grad", "output", "name", "checkpoint_every",
+    "eval_every", "best_metric", "stop_after_epochs", "time_budget", "log_interval", "device", "amp", "amp_dtype",
+    "compile", "download", "nonfinite", "nonfinite_limit", "rollback_lr_factor",
 ))  # fmt: skip
 HISTORY_KEY = "resumes"  # config.yaml's record of what each resume changed; not a config key
 

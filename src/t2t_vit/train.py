@@ -193,27 +193,33 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
                     _logger.warning("stopped at %s; saved %s", where, run_dir / LAST)
                     return dict(row, run_dir=str(run_dir), stopped=stop.received, at=where)
                 train_stats, t0 = epoch_result(state.totals, device), time.perf_counter()
-                val = evaluate(model, data.val_loader, device, amp_dtype, desc="held-out")
-                ema_val = evaluate(ema.module, data.val_loader, device, amp_dtype, desc="held-out EMA") if ema else {}
+                stopping = stop_after and epoch + 1 - first_epoch >= stop_after
+                ends = capped or stopping or epoch + 1 == total_epochs or over_budget()
+                val: Dict[str, Any] = {}
+                ema_val: Dict[str, Any] = {}
+                if ends or (epoch + 1) % cfg["eval_every"] == 0:
+                    val = evaluate(model, data.val_loader, device, amp_dtype, desc="held-out")
+                    if ema:
+                        ema_val = evaluate(ema.module, data.val_loader, device, amp_dtype, desc="held-out EMA")
                 state.train_seconds += train_stats["seconds"]
                 state.epoch, state.totals = epoch + 1, EpochTotals()
-                is_best = state.update_best(cfg["best_metric"], dict(val=val, ema=ema_val))
+                is_best = bool(val) and state.update_best(cfg["best_metric"], dict(val=val, ema=ema_val))
                 if capped:  # saved as finished: a resume has nothing left to do
                     state.epoch = total_epochs
                     _logger.info("time budget of %.0f s spent at %s: evaluated there, the run ends", budget, where)
                 state.save(run_dir, is_best, cfg["checkpoint_every"])
                 row = dict(
                     epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], train_loss=train_stats["loss"],
-                    val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"],
+                    val_loss=val.get("loss"), val_top1=val.get("top1"), val_top5=val.get("top5"),
                     ema_val_loss=ema_val.get("loss"), ema_val_top1=ema_val.get("top1"),
                     ema_val_top5=ema_val.get("top5"), img_per_s=train_stats["img_per_s"],
-                    skipped=train_stats["skipped"] + val["skipped"], scaled=train_stats["scaled"],
+                    skipped=train_stats["skipped"] + val.get("skipped", 0), scaled=train_stats["scaled"],
                     nonfinite=train_stats["nonfinite"], rollbacks=train_stats["rollbacks"],
                     epoch_time_s=train_stats["seconds"] + time.perf_counter() - t0,  # training and evaluation
                     train_s=state.train_seconds,  # training so far, evaluations not counted
                 )  # fmt: skip
                 metrics.log(row, total_epochs)
-                if stop_after and state.epoch - first_epoch >= stop_after and state.epoch < total_epochs:
+                if stopping and state.epoch < total_epochs:
                     _logger.info("stop_after_epochs=%d reached; resume with --resume auto", stop_after)
                     break
     finally:

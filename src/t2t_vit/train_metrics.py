@@ -69,10 +69,11 @@ class MetricsLog:
 
 def summary(row: Dict[str, Any], total_epochs: int) -> str:
     """One epoch's row as the line a log shows."""
-    text = (
-        f"epoch {row['epoch']}/{total_epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f}  "
-        f"held-out loss {row['val_loss']:.4f}  top-1 {row['val_top1']:.2f}%  top-5 {row['val_top5']:.2f}%"
-    )
+    text = f"epoch {row['epoch']}/{total_epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f}  "
+    if row["val_top1"] is None:
+        text += "not evaluated (eval_every)"
+    else:
+        text += f"held-out loss {row['val_loss']:.4f}  top-1 {row['val_top1']:.2f}%  top-5 {row['val_top5']:.2f}%"
     if row["ema_val_top1"] is not None:
         text += f"  EMA top-1 {row['ema_val_top1']:.2f}%"
     text += f"  {row['img_per_s']:.0f} img/s  skipped {row['skipped']}"

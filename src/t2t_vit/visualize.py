@@ -34,10 +34,10 @@ def plot_curves(run_dirs: Sequence[Path], out: Path) -> Path:
         name = Path(run_dir).name
         label = (lambda what: f"{name} {what}") if len(run_dirs) > 1 else (lambda what: what)
         (line,) = ax_loss.plot(m["epoch"], m["train_loss"], label=label("train"))
-        ax_loss.plot(m["epoch"], m["val_loss"], "--", color=line.get_color(), label=label("held-out"))
-        ax_top1.plot(m["epoch"], m["val_top1"], color=line.get_color(), label=label("model"))
+        ax_loss.plot(*_measured(m, "val_loss"), "--", color=line.get_color(), label=label("held-out"))
+        ax_top1.plot(*_measured(m, "val_top1"), color=line.get_color(), label=label("model"))
         if any(v == v for v in m.get("ema_val_top1", [])):  # NaN != NaN: plot EMA only where measured
-            ax_top1.plot(m["epoch"], m["ema_val_top1"], ":", color=line.get_color(), label=label("EMA"))
+            ax_top1.plot(*_measured(m, "ema_val_top1"), ":", color=line.get_color(), label=label("EMA"))
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_top1.set(xlabel="epoch", ylabel="top-1 (%)", title="held-out top-1")
     for ax in (ax_loss, ax_top1):
@@ -49,6 +49,12 @@ def plot_curves(run_dirs: Sequence[Path], out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _measured(m: Dict[str, List[float]], key: str) -> Tuple[List[float], List[float]]:
+    """(epochs, values) of column `key` where it was measured: one line through the evaluated epochs (eval_every)."""
+    pairs = [(e, v) for e, v in zip(m["epoch"], m[key]) if v == v]
+    return [e for e, _ in pairs], [v for _, v in pairs]
 
 
 def _pyplot() -> Any:

@@ -78,7 +78,7 @@ def _train(args: argparse.Namespace, overrides: List[str]) -> int:
         print(f"t2t-vit {args.command}: stopped at {result['at']} by {signal.Signals(result['stopped']).name}; "
               f"continue with: {_continue_command(args.argv)}", file=sys.stderr)  # fmt: skip
         return 128 + result["stopped"]
-    if "val_top1" in result:
+    if result.get("val_top1") is not None:
         print(f"held-out top-1: {result['val_top1']:.2f}%  (run directory: {result['run_dir']})")
     return 0
 
