@@ -14,6 +14,7 @@ from t2t_vit import InputError, create_model
 from t2t_vit.checkpoint import read_checkpoint
 from t2t_vit.config import DEFAULTS, config_names, parse_overrides, resolve_config
 from t2t_vit.data import create_dataset
+from t2t_vit.engine import unwrap
 from t2t_vit.train import build_criterion, build_optimizer, build_scheduler, evaluate_checkpoint, scaled_lr, train
 from t2t_vit.train_setup import TimeSchedule, check_config, compiled
 
@@ -302,3 +303,15 @@ def test_every_shipped_config_resolves_and_its_model_takes_its_images(name):  # 
         model = create_model(cfg["model"], num_classes=10, img_size=cfg["img_size"], **cfg["model_kwargs"])
         logits = model(torch.empty(2, cfg["in_chans"], cfg["img_size"], cfg["img_size"]))
     assert logits.shape == (2, 10)
+
+
+def test_unwrap_finds_the_model_in_a_compiled_model_inside_a_wrapper():
+    model = create_model("t2t_vit_7", num_classes=3, img_size=32)
+
+    class Wrapper(torch.nn.Module):  # as DDP holds the compiled model
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert unwrap(Wrapper(torch.compile(model))) is model
+    assert unwrap(torch.compile(Wrapper(model))) is model

@@ -66,9 +66,13 @@ class EpochTotals:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside DDP and torch.compile wrappers."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
+    while True:  # no truth test of a module: a compiled one refuses len()
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module"):
+            model = model.module
+        else:
+            return model
 
 
 def _all_reduce(values: torch.Tensor, op: Any = None) -> torch.Tensor:
