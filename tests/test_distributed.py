@@ -102,3 +102,18 @@ def test_resuming_on_fewer_gpus_takes_this_devices_cuda_rng_only(monkeypatch):
     new = rng_state(torch.device("cuda:0"))
     assert torch.equal(new["cuda"], torch.tensor([7, 0]))
     assert "cuda" not in rng_state(torch.device("cpu"))
+
+
+def test_ranks_on_a_time_budget_take_the_same_lr_and_end_together(tmp_path):
+    # the lr follows the clock: each rank's own clock would give each its own lr, and weights that drift apart
+    cfg = tiny_train_config(tmp_path, epochs=1000, time_budget=4, schedule_on_time=True, log_interval=1,
+                            model_ema=False, warmup_epochs=0)  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "tests.ddp_probe", json.dumps(cfg), str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert 1 < len(rows) < 1001 and rows[-1].split(",")[4]  # ended by the budget, evaluated there
+

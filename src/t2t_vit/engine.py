@@ -38,6 +38,8 @@ class StepContext:
     epochs: int = 0  # of the whole run, for "epoch 3/25" (0: not shown)
     log_interval: int = 0  # without a progress bar, log a line at each read (0: never)
     sync_every: int = 50  # updates between the host's reads of the device's flags (the same on every rank)
+    clock: Optional[Callable[[], float]] = None  # the run's training seconds on this rank
+    agreed_seconds: float = 0.0  # the clock as all ranks agree on it: its maximum over ranks at the last read
 
 
 @dataclass
@@ -203,13 +205,16 @@ def train_one_epoch(
 
 def _read(ctx: StepContext, totals: EpochTotals, marks: List[_Mark], pending: torch.Tensor, stop: bool
           ) -> Tuple[Optional[str], bool, float]:  # fmt: skip
-    """Read the device's flags, whether any rank was asked to stop (a collective when distributed) and the running
-    loss, in one transfer; fold the flags into `totals`. A halted epoch goes back to its mark before ("stop") or
-    after the failing update, which becomes the last of `marks`. Returns (why it stops, stop asked, mean loss)."""
+    """Read the device's flags, the running loss, whether any rank was asked to stop and the latest clock of any
+    rank (into `ctx.agreed_seconds`; both a collective when distributed), in one transfer; fold the flags into
+    `totals`. A halted epoch goes back to its mark before ("stop") or after the failing update, which becomes the
+    last of `marks`. Returns (why it stops, stop asked, mean loss)."""
     device = pending.device
-    stop_flag = _all_reduce(torch.tensor([float(stop)], device=device), dist.ReduceOp.MAX)
-    values = torch.cat([pending, stop_flag, totals.loss]).tolist()  # type: ignore[list-item]
-    flags, stop, (loss_sum, n) = values[:4], values[4] > 0, values[5:]
+    seconds = ctx.clock() if ctx.clock is not None else 0.0
+    agreed = _all_reduce(torch.tensor([float(stop), seconds], device=device), dist.ReduceOp.MAX)
+    values = torch.cat([pending, totals.loss, agreed]).tolist()  # type: ignore[list-item]
+    flags, (loss_sum, n), stop = values[:4], values[4:6], values[6] > 0
+    ctx.agreed_seconds = values[7]
     stopped = None
     if flags[HALTED]:
         back = int(flags[HALTED_AT]) + (0 if ctx.nonfinite == "stop" else 1)

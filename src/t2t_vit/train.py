@@ -156,16 +156,22 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
     row: Dict[str, Any] = {}
     first_epoch, stop_after, budget = state.epoch, cfg["stop_after_epochs"], cfg["time_budget"]
     clock = [0.0, 0.0]  # (when this epoch's session started, training seconds before it)
+    ctx.clock = lambda: clock[1] + time.perf_counter() - clock[0]
+    ctx.agreed_seconds = state.train_seconds + state.totals.seconds
+    # the seconds that the lr and the budget's end follow: this process's clock, or with many processes the one
+    # they agree on at each host read (every log_interval updates), so that every rank takes the same lr and ends
+    # at the same epoch
+    seconds = ctx.clock if world == 1 else (lambda: ctx.agreed_seconds)
     if cfg["schedule_on_time"]:  # the lr follows the training seconds: the schedule ends at the budget at any pace
         span = (cfg["schedule_epochs"] or cfg["epochs"]) * updates_per_epoch
-        ctx.scheduler = TimeSchedule(scheduler, span, budget, lambda: clock[1] + time.perf_counter() - clock[0])
+        ctx.scheduler = TimeSchedule(scheduler, span, budget, seconds)
 
     def over_budget() -> bool:
-        return budget is not None and clock[1] + time.perf_counter() - clock[0] >= budget
+        return budget is not None and seconds() >= budget
 
     try:
-        with StopSignal() as stop:
-            ctx.should_stop = lambda: stop.received is not None or over_budget()
+        with StopSignal() as stop:  # mid-epoch, ranks agree on a stop at the next read: each may see its own clock
+            ctx.should_stop = lambda: stop.received is not None or (budget is not None and ctx.clock() >= budget)
             while state.epoch < total_epochs:
                 epoch = state.epoch  # counted from 0 here; from 1 in everything a user reads
                 clock[:] = time.perf_counter(), state.train_seconds + state.totals.seconds
