@@ -106,7 +106,7 @@ def test_resuming_on_fewer_gpus_takes_this_devices_cuda_rng_only(monkeypatch):
 
 def test_ranks_on_a_time_budget_take_the_same_lr_and_end_together(tmp_path):
     # the lr follows the clock: each rank's own clock would give each its own lr, and weights that drift apart
-    cfg = tiny_train_config(tmp_path, epochs=1000, time_budget=4, schedule_on_time=True, log_interval=1,
+    cfg = tiny_train_config(tmp_path, epochs=1000, time_budget=2, schedule_on_time=True, log_interval=1,
                             model_ema=False, warmup_epochs=0)  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "tests.ddp_probe", json.dumps(cfg), str(tmp_path)]  # fmt: skip

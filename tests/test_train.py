@@ -296,6 +296,7 @@ def test_eval_every_evaluates_where_a_time_budget_ends_the_run(tmp_path):
     assert len(m["epoch"]) < 50 and m["val_top1"][-1] == out["val_top1"]
     assert all(v != v for v in m["val_top1"][:-1])  # the epochs before it: not evaluated
 
+
 @pytest.mark.parametrize("name", [n for n in config_names() if resolve_config(n)["model"]])  # fine-tuning: the
 def test_every_shipped_config_resolves_and_its_model_takes_its_images(name):  # checkpoint names the model
     cfg = resolve_config(name)
