@@ -116,4 +116,3 @@ def test_ranks_on_a_time_budget_take_the_same_lr_and_end_together(tmp_path):
     assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert 1 < len(rows) < 1001 and rows[-1].split(",")[4]  # ended by the budget, evaluated there
-

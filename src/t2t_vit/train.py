@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -166,12 +166,12 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
         span = (cfg["schedule_epochs"] or cfg["epochs"]) * updates_per_epoch
         ctx.scheduler = TimeSchedule(scheduler, span, budget, seconds)
 
-    def over_budget() -> bool:
-        return budget is not None and seconds() >= budget
+    def over_budget(now: Callable[[], float] = seconds) -> bool:
+        return budget is not None and now() >= budget
 
     try:
         with StopSignal() as stop:  # mid-epoch, ranks agree on a stop at the next read: each may see its own clock
-            ctx.should_stop = lambda: stop.received is not None or (budget is not None and ctx.clock() >= budget)
+            ctx.should_stop = lambda: stop.received is not None or over_budget(ctx.clock)
             while state.epoch < total_epochs:
                 epoch = state.epoch  # counted from 0 here; from 1 in everything a user reads
                 clock[:] = time.perf_counter(), state.train_seconds + state.totals.seconds
