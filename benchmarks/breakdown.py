@@ -20,7 +20,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from t2t_vit import create_model  # noqa: E402
-from t2t_vit.benchmark import BenchConfig, device_name, make_step, matmul_peak_gflops  # noqa: E402
+from t2t_vit.deploy.benchmark import (  # noqa: E402
+    BenchConfig,
+    device_name,
+    make_step,
+    matmul_peak_gflops,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LINEAR = {"aten::mm", "aten::addmm", "aten::mkldnn_convolution", "aten::convolution_backward"}

@@ -22,8 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from t2t_vit import create_model  # noqa: E402
-from t2t_vit.benchmark import BenchConfig, device_name, make_step, time_steps  # noqa: E402
 from t2t_vit.config import resolve_config  # noqa: E402
+from t2t_vit.deploy.benchmark import BenchConfig, device_name, make_step, time_steps  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CFG = resolve_config("fashion_mnist", {})

@@ -19,7 +19,12 @@ from typing import Any, Dict, List, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from t2t_vit.benchmark import BenchConfig, benchmark, device_name, matmul_peak_gflops  # noqa: E402
+from t2t_vit.deploy.benchmark import (  # noqa: E402
+    BenchConfig,
+    benchmark,
+    device_name,
+    matmul_peak_gflops,
+)
 
 MODELS = ("t2t_vit_7", "t2t_vit_14", "t2t_vit_t_14")
 MODES = ("infer", "train")

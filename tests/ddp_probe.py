@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from t2t_vit import train_state
-from t2t_vit.engine import unwrap
-from t2t_vit.train import train
+from t2t_vit.training import state as train_state
+from t2t_vit.training.engine import unwrap
+from t2t_vit.training.run import train
 
 
 def main() -> None:

@@ -5,10 +5,10 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from t2t_vit.cost import count_params, model_cost
 from t2t_vit.errors import InputError
 from t2t_vit.models import ABLATIONS, T2TViT
 from t2t_vit.models.ablations import DenseLayer, GhostLinear, SqueezeExcite
+from t2t_vit.models.cost import count_params, model_cost
 from t2t_vit.models.stems import ConvolutionStem, HardSplitStem
 from t2t_vit.models.tokens_to_token import soft_split
 

@@ -15,7 +15,7 @@ import torch
 from t2t_vit import InputError, create_model
 from t2t_vit.checkpoint import read_checkpoint
 from t2t_vit.cli import main
-from t2t_vit.data import _read_idx, create_dataset
+from t2t_vit.data.sources import _read_idx, create_dataset
 
 TINY = dict(img_size=16, num_classes=3, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0, token_dim=16,
             soft_splits=[[3, 1, 1], [3, 1, 1], [3, 2, 1]])  # fmt: skip
@@ -138,7 +138,7 @@ def test_export_output_that_is_a_directory_or_unwritable(tmp_path, tiny_checkpoi
         raise AssertionError("the checkpoint was read before the output was checked")
 
     monkeypatch.setattr(t2t_vit.factory, "load_model", no_work)
-    monkeypatch.setattr("t2t_vit.export.load_model", no_work, raising=False)
+    monkeypatch.setattr("t2t_vit.deploy.export.load_model", no_work, raising=False)
     base = ["export", "--checkpoint", str(tiny_checkpoint), "--format", "safetensors", "--output"]
     assert main([*base, str(tmp_path)]) == 2
     _one_line_error(capsys, "t2t-vit export: error:", "is a directory")

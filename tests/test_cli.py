@@ -46,7 +46,7 @@ print(failed)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-c", code, *LIBRARY], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout[-2000:] + done.stderr[-3000:]
-    assert {"t2t_vit.train", "t2t_vit.engine", "t2t_vit.models.t2t_vit", "t2t_vit.hub"} <= set(LIBRARY)
+    assert {"t2t_vit.training.run", "t2t_vit.training.engine", "t2t_vit.models.t2t_vit", "t2t_vit.pretrained"} <= set(LIBRARY)
 
 
 def test_argparse_only_in_the_cli():
@@ -84,8 +84,9 @@ def test_models_table_is_current():
 
 
 def test_cli_choices_name_what_the_library_has():
-    from t2t_vit import benchmark, export, reproduce
     from t2t_vit.cli import deploy, study
+    from t2t_vit.deploy import benchmark, export
+    from t2t_vit.study import claims as reproduce
 
     assert study.CLAIMS == tuple(reproduce.CLAIMS) and deploy.FORMATS == export.FORMATS
     parser = main.__globals__["build_parser"]()
@@ -102,10 +103,9 @@ def test_python_m_t2t_vit_runs_the_cli():
 def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
     """Build the wheel, install it into a fresh venv (dependencies reached through the project's environment),
     and run `t2t-vit models` and a one-epoch digits training from a folder outside the repository."""
+    import shutil
     import site
     import sysconfig
-
-    import shutil
 
     root, project = SRC.parents[1], tmp_path / "project"  # built from a copy: no build/ left in the tree, none read
     shutil.copytree(SRC, project / "src" / "t2t_vit", ignore=shutil.ignore_patterns("__pycache__"))

@@ -6,18 +6,18 @@ import pytest
 import torch
 from scipy import stats
 
-import t2t_vit.engine as engine
-import t2t_vit.train as train_mod
+import t2t_vit.training.engine as engine
+import t2t_vit.training.run as train_mod
 from t2t_vit.data import create_transform
-from t2t_vit.device_batches import DeviceBatches, erase_boxes, random_erase
-from t2t_vit.train import train
+from t2t_vit.data.device_batches import DeviceBatches, erase_boxes, random_erase
+from t2t_vit.training.run import train
 
 from .conftest import tiny_train_config
 
 READS = ("item", "tolist", "__bool__")  # every way a tensor's value reaches Python (each a sync on CUDA)
 # the loader's own CPU tensors, which never touch the device: the sampler's permutation, the crop boxes, the seed
 # torch's DataLoader draws for its workers
-HOST_SIDE = ("/t2t_vit/data.py", "/t2t_vit/tensor_data.py", "/torch/utils/data/dataloader.py")
+HOST_SIDE = ("/t2t_vit/data/loader.py", "/t2t_vit/data/sources.py", "/t2t_vit/data/tensor_batches.py", "/torch/utils/data/dataloader.py")
 
 
 def _count_reads(monkeypatch) -> collections.Counter:

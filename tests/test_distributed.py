@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from t2t_vit.train_runtime import rng_state, set_rng_state
+from t2t_vit.training.process import rng_state, set_rng_state
 
 from .conftest import tiny_train_config
 
@@ -57,7 +57,7 @@ def test_ranks_share_one_ema_and_no_batch_is_ever_empty(tmp_path):
 def _backend_of_a_cpu_run(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from t2t_vit.train_runtime import setup_distributed
+    from t2t_vit.training.process import setup_distributed
 
     torch.cuda.is_available = lambda: True  # a machine with GPUs, where the user asked for the CPU
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",

@@ -11,11 +11,15 @@ import t2t_vit
 from t2t_vit import InputError, create_model, load_model
 from t2t_vit.checkpoint import read_checkpoint
 from t2t_vit.config import resolve_config
-from t2t_vit.export import export
-from t2t_vit.predict import predict
-from t2t_vit.train import build_optimizer, train
+from t2t_vit.deploy.export import export
+from t2t_vit.deploy.predict import predict
+from t2t_vit.training.run import build_optimizer, train
 
-from .conftest import assert_close_reordered, network_reorder_tolerance, tiny_train_config
+from .conftest import (
+    assert_close_reordered,
+    network_reorder_tolerance,
+    tiny_train_config,
+)
 
 TINY = dict(embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0, token_dim=64)  # the reference tiny model's sizes
 
@@ -117,7 +121,7 @@ def test_predict_cli_json(tmp_path, our_checkpoint, capsys):
 def test_one_precision_story_for_eval_and_predict(tmp_path, our_checkpoint, capsys):
     """auto = what training evaluates in (bf16 on CUDA, fp32 here); --precision picks another on every command."""
     from t2t_vit.cli import main
-    from t2t_vit.train_runtime import autocast_dtype
+    from t2t_vit.device import autocast_dtype
 
     assert autocast_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
     assert autocast_dtype("auto", torch.device("cpu")) is None and autocast_dtype("fp16", torch.device("cpu")) == torch.float16
@@ -137,7 +141,7 @@ def test_our_preprocessing_reaches_the_model_and_visualize(tmp_path, our_checkpo
     from timm.data import IMAGENET_DEFAULT_MEAN
 
     from t2t_vit.data import create_transform
-    from t2t_vit.visualize import load_image
+    from t2t_vit.study.visualize import load_image
 
     stored = read_checkpoint(our_checkpoint)["meta"]["data_config"]
     model, meta = load_model(our_checkpoint)

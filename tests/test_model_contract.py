@@ -14,7 +14,15 @@ import torch
 
 import t2t_vit
 from t2t_vit.errors import InputError
-from t2t_vit.models import ABLATIONS, VARIANTS, Attention, T2TModule, T2TViT, TokenAttention, TokenPerformer
+from t2t_vit.models import (
+    ABLATIONS,
+    VARIANTS,
+    Attention,
+    T2TModule,
+    T2TViT,
+    TokenAttention,
+    TokenPerformer,
+)
 
 from .conftest import (
     assert_checkpointing_keeps_gradients,

@@ -6,14 +6,18 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from t2t_vit import benchmark
-from t2t_vit.cost import model_cost
+from t2t_vit.deploy import benchmark
 from t2t_vit.errors import InputError
 from t2t_vit.models import tokens_to_token
+from t2t_vit.models.cost import model_cost
 from t2t_vit.models.kernels import patch_major, soft_split_channels_last
 from t2t_vit.models.tokens_to_token import soft_split
 
-from .conftest import assert_close_reordered, network_reorder_tolerance, reordered_sum_tolerance
+from .conftest import (
+    assert_close_reordered,
+    network_reorder_tolerance,
+    reordered_sum_tolerance,
+)
 
 SMALL = dict(img_size=64, depth=2)
 
@@ -85,7 +89,9 @@ def test_fast_path_under_bf16_autocast_tracks_fp32():
 
 
 def _run_cli(argv, capsys):
-    from t2t_vit.cli import build_parser  # the `benchmark` sub-command lives in the CLI package
+    from t2t_vit.cli import (
+        build_parser,  # the `benchmark` sub-command lives in the CLI package
+    )
 
     args = build_parser().parse_args(["benchmark", *argv])
     args.func(args)

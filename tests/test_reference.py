@@ -5,9 +5,9 @@ import pytest
 import timm
 import torch
 
-from t2t_vit.checkpoint import load_checkpoint
-from t2t_vit.cost import count_params, model_cost
+from t2t_vit import load_checkpoint
 from t2t_vit.models import T2TViT
+from t2t_vit.models.cost import count_params, model_cost
 
 from .conftest import REFERENCE, assert_close_reordered, network_reorder_tolerance
 

@@ -15,7 +15,12 @@ from t2t_vit import InputError, create_model, load_model
 from t2t_vit.cli import main as cli_main
 from t2t_vit.models import RELEASES
 
-from .conftest import UNIT_ROUNDOFF, assert_close_reordered, official_state_dict, reordered_sum_tolerance
+from .conftest import (
+    UNIT_ROUNDOFF,
+    assert_close_reordered,
+    official_state_dict,
+    reordered_sum_tolerance,
+)
 
 X = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
 

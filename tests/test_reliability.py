@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-import t2t_vit.train as train_mod
+import t2t_vit.training.run as train_mod
 from t2t_vit import InputError
 from t2t_vit.checkpoint import read_checkpoint
 from t2t_vit.cli import main
 from t2t_vit.config import parse_overrides, resolve_config
 from t2t_vit.data import create_dataset
-from t2t_vit.train import build_scheduler, train
+from t2t_vit.training.run import build_scheduler, train
 
 from .conftest import tiny_train_config
 
@@ -143,7 +143,7 @@ def test_resume_applies_the_keys_that_may_change_and_refuses_the_others(tmp_path
     with pytest.raises(InputError, match=r"cannot resume .* with model_kwargs"):
         train(tiny_train_config(tmp_path, epochs=3, model_kwargs=kwargs), resume="auto", progress=False)
     new = tiny_train_config(tmp_path, epochs=4, lr=5e-4, clip_grad=1.0, stop_after_epochs=1)
-    with caplog.at_level("INFO", logger="t2t_vit.train"):
+    with caplog.at_level("INFO", logger="t2t_vit.training.run"):
         train(new, resume="auto", progress=False)
     assert "resume changes lr: 0.001 -> 0.0005" in caplog.text and "resume changes epochs: 3 -> 4" in caplog.text
     # the lr of epoch 2 is the new schedule's at 2 x 22 updates, not the old one's
@@ -210,7 +210,7 @@ def test_nonfinite_skip_drops_the_update_counts_it_and_stops_after_the_limit(tmp
 def test_nonfinite_rollback_reloads_the_last_checkpoint_at_a_lower_lr(tmp_path, monkeypatch, caplog):
     plain = train(tiny_train_config(tmp_path, name="plain"), progress=False)
     _hook_criterion(monkeypatch, {30: "nan"})  # epoch 2, step 8
-    with caplog.at_level("WARNING", logger="t2t_vit.train"):
+    with caplog.at_level("WARNING", logger="t2t_vit.training.run"):
         result = train(tiny_train_config(tmp_path, nonfinite="rollback", rollback_lr_factor=0.5), progress=False)
     assert "rolled back to" in caplog.text and "last.pth.tar (epoch 1), lr x 0.5" in caplog.text
     rows, plain_rows = _rows(result["run_dir"]), _rows(plain["run_dir"])
@@ -308,7 +308,7 @@ def test_resume_from_a_file_that_is_no_checkpoint_is_one_line(tmp_path, capsys):
 
 
 def test_loader_workers_default_to_the_cores_of_this_process_shared_on_its_node(monkeypatch):
-    from t2t_vit.train_setup import loader_workers
+    from t2t_vit.training.setup import loader_workers
 
     assert resolve_config("t2t_vit_14")["workers"] == "auto" and loader_workers(3) == 3
     cores = len(os.sched_getaffinity(0))

@@ -8,12 +8,18 @@ import yaml
 from PIL import Image
 from scipy import stats
 
-from t2t_vit import reproduce
 from t2t_vit.config import resolve_config
 from t2t_vit.errors import InputError
-from t2t_vit.reproduce import CLAIMS, mean_difference, parse_seconds, run_claim, verdict
-from t2t_vit.train import train
-from t2t_vit.visualize import read_metrics
+from t2t_vit.study import claims as reproduce
+from t2t_vit.study.claims import (
+    CLAIMS,
+    mean_difference,
+    parse_seconds,
+    run_claim,
+    verdict,
+)
+from t2t_vit.study.visualize import read_metrics
+from t2t_vit.training.run import train
 
 from .conftest import tiny_train_config
 

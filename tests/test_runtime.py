@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from t2t_vit import InputError, create_model, load_model
-from t2t_vit import runtime as rt
 from t2t_vit.cli import deploy, main
+from t2t_vit.deploy import runtimes as rt
 
 from .conftest import assert_close_reordered, network_reorder_tolerance
 
@@ -193,7 +193,7 @@ def test_a_read_only_checkpoint_folder_caches_in_the_user_dir(own_checkpoint, us
         return real_access(path, mode, **kwargs)
 
     monkeypatch.setattr(os, "access", access)
-    with caplog.at_level(logging.INFO, logger="t2t_vit.runtime"):
+    with caplog.at_level(logging.INFO, logger="t2t_vit.deploy.runtimes"):
         rt.load_runner(str(own_checkpoint), runtime="onnxruntime", int8=True)
     assert "is not writable: caching the ONNX model in" in caplog.text
     assert [p.name for p in own_checkpoint.parent.iterdir()] == ["last.pth.tar"]
@@ -307,7 +307,7 @@ def test_cli_benchmark_agreement_line(checkpoint, capsys):
 
 
 def test_torch_benchmark_reports_latency_and_honours_threads():
-    from t2t_vit.benchmark import BenchConfig
+    from t2t_vit.deploy.benchmark import BenchConfig
 
     saved = torch.get_num_threads()
     try:

@@ -15,13 +15,14 @@ from PIL import Image
 from scipy import stats
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-from t2t_vit import tensor_data
 from t2t_vit.config import resolve_config
-from t2t_vit.device_batches import DeviceBatches
-from t2t_vit.data import ArrayImages, create_dataset, create_loader, create_transform
-from t2t_vit.tensor_data import TensorBatches, crop_boxes, resized_crops
-from t2t_vit.train import train
-from t2t_vit.train_setup import build_data, data_config_of
+from t2t_vit.data import create_dataset, create_loader, create_transform
+from t2t_vit.data import tensor_batches as tensor_data
+from t2t_vit.data.device_batches import DeviceBatches
+from t2t_vit.data.sources import ArrayImages
+from t2t_vit.data.tensor_batches import TensorBatches, crop_boxes, resized_crops
+from t2t_vit.training.run import train
+from t2t_vit.training.setup import build_data, data_config_of
 
 from .conftest import tiny_train_config
 from .test_reliability import _assert_same_run, _hook_criterion, _state

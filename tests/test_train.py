@@ -14,9 +14,16 @@ from t2t_vit import InputError, create_model
 from t2t_vit.checkpoint import read_checkpoint
 from t2t_vit.config import DEFAULTS, config_names, parse_overrides, resolve_config
 from t2t_vit.data import create_dataset
-from t2t_vit.engine import unwrap
-from t2t_vit.train import build_criterion, build_optimizer, build_scheduler, evaluate_checkpoint, scaled_lr, train
-from t2t_vit.train_setup import TimeSchedule, check_config, compiled
+from t2t_vit.training.engine import unwrap
+from t2t_vit.training.run import (
+    build_criterion,
+    build_optimizer,
+    build_scheduler,
+    evaluate_checkpoint,
+    scaled_lr,
+    train,
+)
+from t2t_vit.training.setup import TimeSchedule, check_config, compiled
 
 from .conftest import tiny_train_config
 
@@ -262,18 +269,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_log_interval_gives_a_line_where_no_bar_shows(tmp_path, caplog):
-    with caplog.at_level("INFO", logger="t2t_vit.engine"):
+    with caplog.at_level("INFO", logger="t2t_vit.training.engine"):
         train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0, log_interval=10), progress=False)
-    lines = [r.message for r in caplog.records if r.name == "t2t_vit.engine"]
+    lines = [r.message for r in caplog.records if r.name == "t2t_vit.training.engine"]
     assert [line.split("  ")[0] for line in lines] == ["epoch 1/1 step 10/22", "epoch 1/1 step 20/22"]
     assert all("loss " in line and "lr " in line and "img/s" in line for line in lines)
 
 
 def test_eval_every_skips_epochs_but_never_the_end_of_a_process_or_a_run(tmp_path, caplog):
-    from t2t_vit.visualize import read_metrics
+    from t2t_vit.study.visualize import read_metrics
 
     cfg = tiny_train_config(tmp_path, epochs=4, eval_every=3, stop_after_epochs=2, model_ema=True)
-    with caplog.at_level("INFO", logger="t2t_vit.train_metrics"):
+    with caplog.at_level("INFO", logger="t2t_vit.training.metrics"):
         first = train(cfg, progress=False)  # stops after 2 epochs: the 2nd is evaluated, the 1st not
     assert "epoch 1/4  lr" in caplog.text and "not evaluated (eval_every)" in caplog.text
     m = read_metrics(first["run_dir"])
@@ -289,7 +296,7 @@ def test_eval_every_skips_epochs_but_never_the_end_of_a_process_or_a_run(tmp_pat
 
 
 def test_eval_every_evaluates_where_a_time_budget_ends_the_run(tmp_path):
-    from t2t_vit.visualize import read_metrics
+    from t2t_vit.study.visualize import read_metrics
 
     out = train(tiny_train_config(tmp_path, epochs=50, eval_every=100, time_budget=0.5), progress=False)
     m = read_metrics(out["run_dir"])

@@ -7,11 +7,15 @@ import timm
 import torch
 from PIL import Image
 
-from t2t_vit import visualize
-from t2t_vit.errors import InputError
 from t2t_vit.cli import build_parser
-from t2t_vit.train_metrics import METRICS_COLUMNS
-from t2t_vit.visualize import attention_rollout, attention_weights, token_feature_maps
+from t2t_vit.errors import InputError
+from t2t_vit.study import visualize
+from t2t_vit.study.visualize import (
+    attention_rollout,
+    attention_weights,
+    token_feature_maps,
+)
+from t2t_vit.training.metrics import METRICS_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +97,7 @@ def test_cli_features_and_attention(image, tmp_path):
 
 
 def test_cli_takes_the_model_from_our_checkpoints(image, models, tmp_path, capsys):
-    from t2t_vit.export import export_safetensors
+    from t2t_vit.deploy.export import export_safetensors
 
     t2t, _ = models
     meta = dict(arch="t2t_vit_7", model_kwargs=dict(img_size=64, depth=2), class_names=None,

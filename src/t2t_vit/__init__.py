@@ -20,7 +20,7 @@ _PUBLIC = {
     "create_model": "factory",
     "list_models": "factory",
     "load_model": "factory",
-    "load_checkpoint": "checkpoint",
+    "load_checkpoint": "models.checkpoint_filter",
 }
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -33,7 +33,8 @@ def __getattr__(name: str) -> Any:
 
 
 class _RegisterWithTimm(importlib.abc.MetaPathFinder):
-    """Imports `t2t_vit.models` (which registers the models) right after timm has finished importing."""
+    """Imports `t2t_vit.pretrained` (which imports `t2t_vit.models`, registering them) right after timm has
+    finished importing."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         if fullname != "timm":
@@ -46,13 +47,13 @@ class _RegisterWithTimm(importlib.abc.MetaPathFinder):
 
         def exec_then_register(module: Any) -> None:
             exec_module(module)
-            importlib.import_module(".models", __name__)
+            importlib.import_module(".pretrained", __name__)  # the models, and where their weights come from
 
         spec.loader.exec_module = exec_then_register  # type: ignore[method-assign]
         return spec
 
 
 if "timm" in sys.modules:
-    from . import models  # noqa: F401
+    from . import pretrained  # noqa: F401  (imports the models, and tells them where their weights come from)
 else:
     sys.meta_path.insert(0, _RegisterWithTimm())

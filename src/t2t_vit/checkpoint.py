@@ -1,4 +1,5 @@
-"""Safe checkpoint reading (weights only), layout detection and loading into a model.
+"""Checkpoint files: safe reading (weights only), layout detection and extraction, atomic saving. Pure file I/O:
+fitting a state dict to a model is `models.checkpoint_filter`'s.
 
 Layouts accepted, as the authors' tools and ours write them:
 
@@ -16,13 +17,11 @@ import pickle
 import shutil
 import types
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
-from torch import nn
 
 from .errors import InputError
-from .models.checkpoint_filter import checkpoint_filter_fn
 
 _logger = logging.getLogger(__name__)
 
@@ -122,27 +121,6 @@ def authors_arch(checkpoint: Any) -> Optional[str]:
     """The model name an authors' training checkpoint records (`arch`, e.g. "T2t_vit_14"), lower-cased, if any."""
     arch = checkpoint.get("arch") if isinstance(checkpoint, dict) else None
     return arch.lower() if isinstance(arch, str) else None
-
-
-def load_checkpoint(
-    model: nn.Module,
-    path: PathLike,
-    use_ema: bool = True,
-    old_grid: Optional[Tuple[int, int]] = None,
-) -> nn.Module:
-    """Load the authors' release or our checkpoint into `model` (in place), fitting head and position table.
-
-    Accepts a bare state dict or a dict with `state_dict`, `state_dict_ema`, `model` or `model_ema`; keys may
-    carry a `module.` prefix. A head for another class count is dropped with a logged note, the position table
-    is resampled to the model's img_size. Anything else that does not fit raises InputError.
-    """
-    state_dict = extract_state_dict(read_checkpoint(path), use_ema, source=f"checkpoint {str(path)!r}")
-    state_dict = checkpoint_filter_fn(state_dict, model, old_grid)
-    result = model.load_state_dict(state_dict, strict=False)
-    if result.missing_keys:
-        _logger.info("not in the checkpoint, left at initialisation: %s", ", ".join(result.missing_keys))
-    _logger.info("loaded %s", path)
-    return model
 
 
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:

@@ -7,9 +7,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import timm
 from torch import nn
 
-from .checkpoint import authors_arch, extract_state_dict, load_checkpoint, read_checkpoint
+from .checkpoint import authors_arch, extract_state_dict, read_checkpoint
 from .errors import InputError
-from .models.checkpoint_filter import checkpoint_filter_fn
+from .models.checkpoint_filter import checkpoint_filter_fn, load_checkpoint
 from .models.variants import RELEASES
 
 PathLike = Union[str, Path]

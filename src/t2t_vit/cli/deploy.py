@@ -75,7 +75,7 @@ def register(sub: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from ..runtime import predict
+    from ..deploy.runtimes import predict
 
     results = predict(args.images, args.checkpoint, args.model, args.top_k, args.batch_size, args.runtime,
                       args.threads, args.int8, args.device, args.precision)  # fmt: skip
@@ -92,15 +92,20 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from ..export import export
+    from ..deploy.export import export
 
     out = export(args.checkpoint, args.format, args.output, args.model, not args.no_ema)
     print(f"wrote {out} ({args.format})")
 
 
 def _benchmark(args: argparse.Namespace) -> None:
-    from ..benchmark import BenchConfig, format_result
-    from ..runtime import benchmark_runtime, benchmark_torch, check_runtime, format_runtime_result
+    from ..deploy.benchmark import BenchConfig, format_result
+    from ..deploy.runtimes import (
+        benchmark_runtime,
+        benchmark_torch,
+        check_runtime,
+        format_runtime_result,
+    )
 
     check_runtime(args.runtime, args.int8)
     if args.loader is not None:
@@ -135,7 +140,7 @@ def _benchmark(args: argparse.Namespace) -> None:
 
 def _benchmark_loader(args: argparse.Namespace) -> None:
     from ..config import resolve_config
-    from ..input_bench import format_input_and_model, input_and_model
+    from ..deploy.input_speed import format_input_and_model, input_and_model
 
     recipe = args.config or args.model
     if recipe is None:

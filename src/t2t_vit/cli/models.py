@@ -34,9 +34,9 @@ def register(sub: Any) -> None:
 
 def compute_rows() -> List[Dict[str, Any]]:
     """One row per registered model and release tag, counted now (builds each model on the meta device)."""
-    from .. import list_models
-    from ..cost import model_cost
+    from ..factory import list_models
     from ..models import RELEASES
+    from ..models.cost import model_cost
 
     rows = []
     for arch in list_models():
@@ -81,7 +81,7 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _download(args: argparse.Namespace) -> None:
-    from ..hub import download, release_of
+    from ..pretrained import download, release_of
 
     tag, release = release_of(args.name)
     path = download(args.url or release.url, args.dir, progress=True)
@@ -89,7 +89,7 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from ..hub import convert
+    from ..pretrained import convert
 
     out = convert(args.checkpoint, args.out, args.model, args.push_to_hub)
     print(f"wrote {out} (model.safetensors, config.json, README.md): timm.create_model('local-dir:{out}', pretrained=True)")

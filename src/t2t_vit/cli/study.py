@@ -74,7 +74,7 @@ def _load(name: Optional[str], checkpoint: Optional[str], img_size: Optional[int
 
 
 def _features(args: argparse.Namespace) -> None:
-    from ..visualize import plot_feature_maps
+    from ..study.visualize import plot_feature_maps
 
     checkpoints = [None if c == "-" else c for c in (args.checkpoint or [])]
     names = args.model or ([None] * len(checkpoints) if checkpoints else ["t2t_vit_14", "t2t_vit_14_wo_t2t"])
@@ -89,20 +89,21 @@ def _features(args: argparse.Namespace) -> None:
 
 
 def _attention(args: argparse.Namespace) -> None:
-    from ..visualize import plot_attention
+    from ..study.visualize import plot_attention
 
     label, model = _load(args.model, args.checkpoint, args.img_size)
     print(f"wrote {plot_attention(args.image, model, args.out, args.blocks, args.heads, label)}")
 
 
 def _curves(args: argparse.Namespace) -> None:
-    from ..visualize import plot_curves
+    from ..study.visualize import plot_curves
 
     print(f"wrote {plot_curves(args.run_dirs, args.out)}")
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from ..reproduce import CLAIMS as ALL, StudyStopped, parse_seconds, run_claim
+    from ..study.claims import CLAIMS as ALL
+    from ..study.claims import StudyStopped, parse_seconds, run_claim
 
     if args.seeds < 1 or args.epochs < 1:
         raise InputError(f"--seeds {args.seeds} --epochs {args.epochs}: both must be at least 1 (3 seeds give an "

@@ -63,7 +63,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace, overrides: List[str]) -> int:
-    from ..train import train
+    from ..training.run import train
 
     values = parse_overrides(overrides)
     cfg = resolve_config(args.config, values)
@@ -106,7 +106,7 @@ def _checkpoint_stem(path: str) -> str:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from ..train import evaluate_checkpoint
+    from ..training.run import evaluate_checkpoint
 
     r = evaluate_checkpoint(args.checkpoint, args.data, args.model, args.batch_size, args.workers,
                             not args.no_ema, args.device, args.download, not args.no_progress,
@@ -121,7 +121,7 @@ def _demo(args: argparse.Namespace) -> int:
     import shutil
     import time
 
-    from ..train import evaluate_checkpoint, train
+    from ..training.run import evaluate_checkpoint, train
 
     cfg = resolve_config("digits", {"name": "demo"})
     run_dir = Path(cfg["output"]) / cfg["name"]

@@ -1,16 +1,18 @@
 """Fitting foreign state dicts to a T2T-ViT: the authors' checkpoints and ours, wrapped (DDP, torch.compile), at
 another resolution, with another head or another number of input channels; InputError naming the variant a
-checkpoint that fits no model was made for.
+checkpoint that fits no model was made for. `load_checkpoint` reads a file (`checkpoint`), fits it and loads it.
 """
 import logging
 import math
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
 
 import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models import adapt_input_conv
 from torch import nn
 
+from ..checkpoint import extract_state_dict, read_checkpoint
 from ..errors import InputError
 from .variants import VARIANTS
 
@@ -141,3 +143,24 @@ def _fit_in_chans(sd: Dict[str, torch.Tensor], model: nn.Module) -> None:
             t = t.mean(0, keepdim=True) if model.in_chans == 1 else t.repeat(math.ceil(model.in_chans / chans), 1)
             sd[k] = t[: model.in_chans].reshape(-1)
     _logger.info("adapted %s from %d to %d input channels", first, chans, model.in_chans)
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path: Union[str, Path],
+    use_ema: bool = True,
+    old_grid: Optional[Tuple[int, int]] = None,
+) -> nn.Module:
+    """Load the authors' release or our checkpoint into `model` (in place), fitting head and position table.
+
+    Accepts a bare state dict or a dict with `state_dict`, `state_dict_ema`, `model` or `model_ema`; keys may
+    carry a `module.` prefix. A head for another class count is dropped with a logged note, the position table
+    is resampled to the model's img_size. Anything else that does not fit raises InputError.
+    """
+    state_dict = extract_state_dict(read_checkpoint(path), use_ema, source=f"checkpoint {str(path)!r}")
+    state_dict = checkpoint_filter_fn(state_dict, model, old_grid)
+    result = model.load_state_dict(state_dict, strict=False)
+    if result.missing_keys:
+        _logger.info("not in the checkpoint, left at initialisation: %s", ", ".join(result.missing_keys))
+    _logger.info("loaded %s", path)
+    return model

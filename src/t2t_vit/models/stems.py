@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from .tokens_to_token import DEFAULT_SOFT_SPLITS, T2TModule, _check_soft_splits, split_grid
+from .tokens_to_token import (
+    DEFAULT_SOFT_SPLITS,
+    T2TModule,
+    _check_soft_splits,
+    split_grid,
+)
 
 TOKENS = ("t2t", "patch", "convolution")  # the values of T2TViT's `tokens=`
 

@@ -4,20 +4,36 @@ Paper: "Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageN
 The variants' sizes and the authors' releases are in variants.py; checkpoint_filter.py fits their state dicts.
 """
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from timm.layers import register_notrace_function, resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.layers import (
+    register_notrace_function,
+    resample_abs_pos_embed,
+    to_2tuple,
+    trunc_normal_,
+)
+from timm.models import (
+    build_model_with_cfg,
+    checkpoint_seq,
+    generate_default_cfgs,
+    register_model,
+)
 from timm.models._features import feature_take_indices
-from timm.models import register_model
 from torch import nn
 
 from ..errors import InputError
 from .checkpoint_filter import checkpoint_filter_fn
 from .layers import ATTN_IMPLS, Attention, Block, sinusoid_table
 from .stems import make_stem
-from .tokens_to_token import DEFAULT_SOFT_SPLITS, T2TModule, TokenAttention, TokenPerformer, grid_size, split_grid
+from .tokens_to_token import (
+    DEFAULT_SOFT_SPLITS,
+    T2TModule,
+    TokenAttention,
+    TokenPerformer,
+    grid_size,
+    split_grid,
+)
 from .variants import FIRST_LAYER, FIRST_LAYER_T, RELEASES, VARIANTS, _cfg
 
 GLOBAL_POOLS = ("token", "avg", "")
@@ -239,7 +255,7 @@ class T2TViT(nn.Module):
     def load_pretrained(self, checkpoint_path: str) -> None:
         """timm's `custom_load` hook: read a file through the project's safe reader (every layout of the
         authors' tools, weights_only), fit head and position table, load."""
-        from ..checkpoint import load_checkpoint
+        from .checkpoint_filter import load_checkpoint
 
         load_checkpoint(self, checkpoint_path)
 
@@ -305,12 +321,22 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+# Where `pretrained=True` finds its file: `t2t_vit.pretrained` sets this when the package is imported, so that the
+# models reach the release addresses and the download without importing the code above them.
+PretrainedSource = Callable[[str, Any, Optional[Dict[str, Any]]], Dict[str, Any]]
+_pretrained_source: Optional[PretrainedSource] = None
+
+
+def set_pretrained_source(source: PretrainedSource) -> None:
+    """Install `source(variant, pretrained_cfg, overlay) -> overlay`, which resolves `pretrained=True` to a file."""
+    global _pretrained_source
+    _pretrained_source = source
+
+
 def _create(variant: str, pretrained: bool = False, model_cls: type = T2TViT, **kwargs: Any) -> T2TViT:
     out_indices = kwargs.pop("out_indices", 3)
-    if pretrained:  # weights from a release address, a file or a local-dir go through load_pretrained
-        from ..hub import pretrained_overlay
-
-        kwargs["pretrained_cfg_overlay"] = pretrained_overlay(
+    if pretrained and _pretrained_source is not None:  # a release address, a file or a local-dir: load_pretrained
+        kwargs["pretrained_cfg_overlay"] = _pretrained_source(
             variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")
         )
     return build_model_with_cfg(

@@ -24,7 +24,12 @@ from torch import nn
 from torch.jit import Final
 
 from ..errors import InputError
-from .kernels import patch_norm_linear, performer_attention, soft_split_channels_last, split_size
+from .kernels import (
+    patch_norm_linear,
+    performer_attention,
+    soft_split_channels_last,
+    split_size,
+)
 
 # a leaf for fx, not traced into: torch.fx.wrap patches the name in the calling module, so it is declared here
 torch.fx.wrap("performer_attention")

@@ -11,12 +11,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from . import data as data_lib
-from . import tensor_data
-from .config import check_values, data_tag
-from .errors import InputError
-from .factory import create_model, load_model
-from .train_runtime import RunLock
+from .. import data as data_lib
+from ..config import check_values, data_tag
+from ..data import tensor_batches as tensor_data
+from ..errors import InputError
+from ..factory import create_model, load_model
+from .process import RunLock
 
 _logger = logging.getLogger(__name__)
 

@@ -60,7 +60,9 @@ class MetricsLog:
         if not self.is_main:
             return
         if self.path.is_file():
-            from .visualize import plot_curves  # matplotlib only now, not when training starts
+            from ..study.visualize import (
+                plot_curves,  # matplotlib only now, not when training starts
+            )
 
             plot_curves([self.path.parent], self.path.parent / "curves.png")
         if self.tb is not None:

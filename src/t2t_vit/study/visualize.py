@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def read_metrics(run_dir: Path) -> Dict[str, List[float]]:

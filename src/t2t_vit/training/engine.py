@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .train_runtime import rng_state, set_rng_state
+from .process import rng_state, set_rng_state
 
 _logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .errors import InputError
-from .factory import load_model
+from ..errors import InputError
+from ..factory import load_model
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 META_FIELDS = ("arch", "model_kwargs", "class_names", "data_config", "grid_size")  # what an export keeps

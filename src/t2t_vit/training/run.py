@@ -13,15 +13,23 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from . import data as data_lib
-from .config import read_history, save_config
-from .device_batches import DeviceBatches
-from .engine import EpochTotals, StepContext, epoch_result, evaluate, train_one_epoch, unwrap
-from .errors import InputError
-from .factory import load_model
-from .train_metrics import MetricsLog
-from .train_runtime import StopSignal, agree, autocast_dtype, pick_device, seed_everything, setup_distributed
-from .train_setup import (
+from .. import data as data_lib
+from ..config import read_history, save_config
+from ..data.device_batches import DeviceBatches
+from ..device import autocast_dtype, pick_device
+from ..errors import InputError
+from ..factory import load_model
+from .engine import (
+    EpochTotals,
+    StepContext,
+    epoch_result,
+    evaluate,
+    train_one_epoch,
+    unwrap,
+)
+from .metrics import MetricsLog
+from .process import StopSignal, agree, seed_everything, setup_distributed
+from .setup import (
     TimeSchedule,
     build_criterion,
     build_data,
@@ -35,7 +43,7 @@ from .train_setup import (
     run_dir_of,
     scaled_lr,
 )
-from .train_state import (
+from .state import (
     LAST,
     TrainState,
     checkpoints_to_resume,

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import resolve_config
-from .cost import model_cost
-from .errors import InputError
+from ..config import resolve_config
+from ..errors import InputError
+from ..models.cost import model_cost
 from .visualize import read_metrics
 
 _logger = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def run_claim(
 ) -> Path:
     """Train every arm of claim `name` with every seed under both budgets (the equal-epoch runs first, whose speed
     sizes the capped runs' schedules), resuming what exists; then write the report. Returns the claim's .md."""
-    from .train import train
+    from ..training.run import train
 
     if name not in CLAIMS:
         raise InputError(f"unknown claim {name!r}: one of {', '.join(CLAIMS)}, or all")
@@ -263,7 +263,7 @@ def _timm_cost(name: str, kwargs: Dict[str, Any]) -> Tuple[int, int]:
 
 
 def _memory(arm: str) -> float:
-    from .benchmark import BenchConfig, measure_memory
+    from ..deploy.benchmark import BenchConfig, measure_memory
 
     step = BenchConfig(ARMS[arm]["model"], mode="train", batch_size=128, img_size=28, model_kwargs=_model_kwargs(arm),
                        repeats=3)  # fmt: skip
@@ -275,8 +275,8 @@ def _step_speeds(arms: Sequence[str], repeats: int = 20, warmup: int = 2) -> Dic
     own img/s come from different hours of a machine whose pace drifts."""
     import torch
 
-    from . import create_model
-    from .benchmark import BenchConfig, make_step, time_steps
+    from ..deploy.benchmark import BenchConfig, make_step, time_steps
+    from ..factory import create_model
 
     steps = {}
     for arm in arms:
@@ -357,8 +357,8 @@ def environment() -> Dict[str, str]:
     """What a result file records of where it was made: the commit, the versions and the machine."""
     import torch
 
-    from . import __version__
-    from .benchmark import device_name
+    from .. import __version__
+    from ..deploy.benchmark import device_name
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -393,8 +393,8 @@ FIGURE_2_IMAGES = (0, 1)  # test images, by index
 def feature_maps(budget: Dict[str, Any], out_dir: Path) -> List[str]:
     """The paper's Figure 2 view for claim (a): the first block's token channels of the T2T and hard-split models
     (first seed, equal-epoch budget) on the same test images, one PNG per image; [] where a model is missing."""
-    from .data import create_dataset
-    from .factory import load_model
+    from ..data.sources import create_dataset
+    from ..factory import load_model
     from .visualize import plot_feature_maps
 
     epochs = budget_names(budget["epochs"], budget["seconds"])["epochs"]

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from .. import __version__
+from ..errors import InputError
+from ..factory import create_model, load_model
 from .benchmark import device_name, time_steps
-from .errors import InputError
 from .export import META_FIELDS, META_KEY, export_onnx
-from .factory import create_model, load_model
 
 _logger = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ def predict(
     device: str = "cpu",
     precision: str = "auto",
 ) -> List[Dict[str, Any]]:
-    """`t2t_vit.predict.predict` under `runtime`, the same records; torch keeps `device` and `precision`, the
+    """`t2t_vit.deploy.predict.predict` under `runtime`, the same records; torch keeps `device` and `precision`, the
     others run on the CPU in fp32 (with int8 weights if `int8`)."""
     from .predict import classify, expand_inputs
     from .predict import predict as predict_torch
@@ -413,7 +413,8 @@ def top1_agreement(reference: Runner, other: Runner, data: str, max_images: Opti
     """How often `other` names the same top-1 class as `reference` over the validation split of `data` (a `--data`
     spec, e.g. "digits"), preprocessed as `predict` does, and the top-1 accuracy of each; `max_images`: a fixed
     random subset (seed 0) of that many."""
-    from .data import create_dataset, create_loader, create_transform, dataset_classes
+    from ..data.loader import create_loader, create_transform
+    from ..data.sources import create_dataset, dataset_classes
 
     data_config = reference.meta["data_config"]
     dataset = create_dataset(data, "val", download=False, in_chans=data_config["input_size"][0])
@@ -508,7 +509,7 @@ def format_runtime_result(res: Dict[str, Any]) -> str:
 
 
 def benchmark_torch(cfg: Any, threads: Optional[int] = None, **kwargs: Any) -> Dict[str, Any]:
-    """`t2t_vit.benchmark.benchmark(cfg, **kwargs)` with `threads` (torch.set_num_threads) and `latency_ms` (the
+    """`t2t_vit.deploy.benchmark.benchmark(cfg, **kwargs)` with `threads` (torch.set_num_threads) and `latency_ms` (the
     median time of one batch) in each result."""
     from .benchmark import benchmark
 

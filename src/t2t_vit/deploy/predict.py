@@ -7,8 +7,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from PIL import Image
 
-from .errors import InputError
-from .factory import load_model
+from ..errors import InputError
+from ..factory import load_model
 
 _logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def predict(
 ) -> List[Dict[str, Any]]:
     """One record per image: {"file", "top_k": [{"class", "index", "prob"}]} or {"file", "error"} if unreadable;
     under `precision`'s autocast ("auto": as training evaluates, bf16 on CUDA, fp32 on the CPU)."""
-    from .train_runtime import autocast_dtype, pick_device
+    from ..device import autocast_dtype, pick_device
 
     dev = pick_device(device)
     amp_dtype = autocast_dtype(precision, dev)
@@ -75,7 +75,8 @@ def classify(paths: Sequence[Path], logits: Callable[[torch.Tensor], torch.Tenso
              top_k: int = 5, batch_size: int = 32) -> List[Dict[str, Any]]:  # fmt: skip
     """`predict`'s records for `paths`, in order: each batch preprocessed as `meta["data_config"]` says and
     classified by `logits` (float images to logits, any runtime)."""
-    from .data import create_transform, to_8_bits
+    from ..data.loader import create_transform
+    from ..data.sources import to_8_bits
 
     data_config = meta["data_config"]
     transform = create_transform({}, data_config, training=False)

@@ -15,6 +15,7 @@ import torch
 
 from .checkpoint import read_checkpoint
 from .errors import InputError
+from .models.t2t_vit import set_pretrained_source
 from .models.variants import RELEASES, Release
 
 _logger = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def convert(
 
 def model_card(source: str, meta: Dict[str, Any], model: torch.nn.Module) -> str:
     """A README.md for the hub folder: what the weights are, where they came from, how to load and cite them."""
-    from .cost import count_params
+    from .models.cost import count_params
 
     release = next((r for r in RELEASES.values() if r.file == source), None)
     arch = meta["arch"].split(".")[0]
@@ -212,3 +213,5 @@ model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True)
 ```
 """
 
+
+set_pretrained_source(pretrained_overlay)

@@ -14,11 +14,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .checkpoint import link_or_copy, read_checkpoint, save_checkpoint
-from .config import RESUME_CHANGEABLE
+from ..checkpoint import link_or_copy, read_checkpoint, save_checkpoint
+from ..config import RESUME_CHANGEABLE
+from ..errors import InputError
 from .engine import EpochTotals, unwrap
-from .errors import InputError
-from .train_runtime import gather, rng_state, set_rng_state
+from .process import gather, rng_state, set_rng_state
 
 _logger = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from typing import Any, Dict
 
 import torch
 
+from ..data.device_batches import DeviceBatches
+from ..device import pick_device
+from ..training.setup import build_data
 from .benchmark import BenchConfig, benchmark
-from .device_batches import DeviceBatches
-from .train_runtime import pick_device
-from .train_setup import build_data
 
 
 def input_speed(cfg: Dict[str, Any], batches: int = 30, warmup: int = 3) -> Dict[str, Any]:

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from .data import ArrayImages, EpochSampler, sample_seed
+from .loader import EpochSampler, sample_seed
+from .sources import ArrayImages
 
 ATTEMPTS = 10  # crop boxes tried per image before the centre fallback, as torchvision's RandomResizedCrop
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
-from .data import sample_seed
+from .loader import sample_seed
 
 ATTEMPTS = 10  # boxes tried per erasure, as timm's RandomErasing
 AREA = (0.02, 1 / 3)  # erased fraction of the image

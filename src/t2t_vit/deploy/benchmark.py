@@ -23,8 +23,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from .cost import model_cost
-from .errors import InputError
+from ..errors import InputError
+from ..models.cost import model_cost
 
 _logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class BenchConfig:
 
 
 def _create(name: str, attn_impl: str, img_size: int, model_kwargs: Optional[Dict[str, Any]] = None) -> torch.nn.Module:
-    from . import create_model
+    from ..factory import create_model
 
     if name.startswith("timm:"):  # a timm baseline: no attention switch, any input size
         return create_model(name, **(model_kwargs or {}))
@@ -200,7 +200,7 @@ def measure_memory(cfg: BenchConfig, attn_impl: str, repeats: int = 3) -> float:
     """`measure_memory_here` in a fresh Python process (MiB): one warm-up step, the median of `repeats` steps."""
     code = (
         "import json, sys\n"
-        "from t2t_vit.benchmark import measure_memory_here\n"
+        "from t2t_vit.deploy.benchmark import measure_memory_here\n"
         "print(json.dumps(measure_memory_here(json.loads(sys.argv[1]), sys.argv[2])))\n"
     )
     src = str(Path(__file__).resolve().parents[1])  # the directory holding the t2t_vit package
