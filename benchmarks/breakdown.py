@@ -8,6 +8,7 @@ convolution in the fast path), which both paths run with the same shapes. Two ce
 path that keeps the arithmetic: the eager step over the eager linear-layer time, and over that time plus the
 attention matmuls run at the machine's matmul peak (their FLOPs counted on the eager model; x 3 for train).
 """
+
 import argparse
 import sys
 from collections import defaultdict
@@ -31,8 +32,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 LINEAR = {"aten::mm", "aten::addmm", "aten::mkldnn_convolution", "aten::convolution_backward"}
 ATTENTION = {"aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_softmax_backward_data"}
 MOVES = {
-    "aten::copy_", "aten::cat", "aten::im2col", "aten::col2im", "aten::unfold_backward", "aten::constant_pad_nd",
-    "aten::fill_", "aten::zero_", "aten::clone", "aten::stack", "aten::resize_", "aten::empty", "aten::empty_strided",
+    "aten::copy_",
+    "aten::cat",
+    "aten::im2col",
+    "aten::col2im",
+    "aten::unfold_backward",
+    "aten::constant_pad_nd",
+    "aten::fill_",
+    "aten::zero_",
+    "aten::clone",
+    "aten::stack",
+    "aten::resize_",
+    "aten::empty",
+    "aten::empty_strided",
 }
 GROUPS = ("linear layers", "attention", "copies and layout", "optimizer", "other")
 

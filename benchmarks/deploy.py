@@ -11,6 +11,7 @@ take turns: each round runs every row's batch 1 and batch 16 once, so load from 
 each number is the median over the rounds. Writes benchmarks/results/deploy_cpu.md and .json (`--quick`:
 deploy_cpu_quick.*). Needs `pip install 't2t-vit[deploy]'`.
 """
+
 import argparse
 import datetime
 import importlib.metadata
@@ -35,7 +36,7 @@ from t2t_vit.deploy.runtimes import (  # noqa: E402
     model_runner,
     random_model,
     top1_agreement,
-)  # fmt: skip
+)
 from t2t_vit.errors import InputError  # noqa: E402
 
 MODEL, IMG_SIZE, BATCHES = "t2t_vit_14", 224, (1, 16)
@@ -69,18 +70,27 @@ def measure(runners: Dict[str, Runner], warmup: int, repeats: int) -> Tuple[List
     inputs = {b: rng.standard_normal((b, 3, IMG_SIZE, IMG_SIZE), dtype=np.float32) for b in BATCHES}
     check = rng.standard_normal((2, 3, IMG_SIZE, IMG_SIZE), dtype=np.float32)
     reference = runners[ROWS[0][0]](check)
-    steps = {f"{label}, batch {b}": (lambda r=runner, x=inputs[b]: r(x)) for label, runner in runners.items()
-             for b in BATCHES}  # fmt: skip
+    steps = {
+        f"{label}, batch {b}": (lambda r=runner, x=inputs[b]: r(x))
+        for label, runner in runners.items()
+        for b in BATCHES
+    }
     times = time_steps(steps, "cpu", warmup, repeats)
     rows = []
     for label, runner in runners.items():
         one, many = times[f"{label}, batch 1"], times[f"{label}, batch {BATCHES[-1]}"]
-        rows.append(dict(
-            label=label, runtime=runner.runtime, int8=runner.int8,
-            b1_latency_ms=1e3 * statistics.median(one), b1_ms_all=[1e3 * t for t in one],
-            b16_img_per_s=BATCHES[-1] / statistics.median(many), b16_ms_all=[1e3 * t for t in many],
-            max_abs_logit_diff=float(np.abs(runner(check) - reference).max()),
-        ))  # fmt: skip
+        rows.append(
+            dict(
+                label=label,
+                runtime=runner.runtime,
+                int8=runner.int8,
+                b1_latency_ms=1e3 * statistics.median(one),
+                b1_ms_all=[1e3 * t for t in one],
+                b16_img_per_s=BATCHES[-1] / statistics.median(many),
+                b16_ms_all=[1e3 * t for t in many],
+                max_abs_logit_diff=float(np.abs(runner(check) - reference).max()),
+            )
+        )
     return rows, float(np.abs(reference).max())
 
 
@@ -161,10 +171,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     except InputError as e:
         sys.exit(f"benchmarks/deploy.py: error: {e}")
     info = dict(
-        command=command, date=datetime.date.today().isoformat(), device_name=device_name("cpu"),
-        cpu_count=os.cpu_count(), threads=args.threads, torch_threads=torch.get_num_threads(), versions=_versions(),
-        warmup=warmup, repeats=repeats, load_avg=load_avg, logit_scale=logit_scale, checkpoint=args.checkpoint,
-    )  # fmt: skip
+        command=command,
+        date=datetime.date.today().isoformat(),
+        device_name=device_name("cpu"),
+        cpu_count=os.cpu_count(),
+        threads=args.threads,
+        torch_threads=torch.get_num_threads(),
+        versions=_versions(),
+        warmup=warmup,
+        repeats=repeats,
+        load_avg=load_avg,
+        logit_scale=logit_scale,
+        checkpoint=args.checkpoint,
+    )
     write_table("deploy_cpu_quick" if args.quick else "deploy_cpu", rows, agreed, info)
 
 

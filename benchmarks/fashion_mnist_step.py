@@ -9,6 +9,7 @@ model run eagerly (the config compiles it: the "compiled" row).
 Also the T2T module's share of the step (its forward and backward alone) and of the forward multiply-adds.
 Writes benchmarks/results/fashion_mnist_step.md.
 """
+
 import argparse
 import datetime
 import statistics
@@ -32,10 +33,16 @@ VARIANTS: Dict[str, Tuple[str, Dict[str, Any], Dict[str, Any]]] = {
     "recipe": ("the recipe's model, not compiled (SDPA attention)", {}, {}),
     "eager": ("attention as explicit matmuls (attn_impl eager)", dict(attn_impl="eager"), {}),
     "grey": ("one input channel (in_chans 1) instead of grey repeated to 3", dict(in_chans=1), {}),
-    "authors' T2T dropout": ("the authors' dropout 0.1 in the T2T module (t2t_drop_rate null) instead of the "
-                             "recipe's 0", dict(t2t_drop_rate=None), {}),
-    "transformer mixer": ("a Transformer layer as the T2T module's mixer (t2t_mixer, as in T2T-ViT_t) instead of the "
-                          "Performer", dict(t2t_mixer="transformer"), {}),
+    "authors' T2T dropout": (
+        "the authors' dropout 0.1 in the T2T module (t2t_drop_rate null) instead of the recipe's 0",
+        dict(t2t_drop_rate=None),
+        {},
+    ),
+    "transformer mixer": (
+        "a Transformer layer as the T2T module's mixer (t2t_mixer, as in T2T-ViT_t) instead of the Performer",
+        dict(t2t_mixer="transformer"),
+        {},
+    ),
     "batch 256": ("batch 256 instead of 128", {}, dict(batch_size=256)),
 }
 
@@ -107,8 +114,11 @@ def main() -> None:
         ms = 1000 * statistics.median(times[name])
         speed = per_image["recipe"] / per_image[name]
         lines.append(f"| {name} | {about[name]} | {ms:.1f} | {1e6 * per_image[name]:.0f} | {speed:.2f}x |")
-    lines += ["", f"The T2T module takes {100 * share:.0f}% of the forward and backward time and "
-              f"{100 * macs:.0f}% of the forward multiply-adds."]  # fmt: skip
+    lines += [
+        "",
+        f"The T2T module takes {100 * share:.0f}% of the forward and backward time and "
+        f"{100 * macs:.0f}% of the forward multiply-adds.",
+    ]
     if compile_first is not None:
         lines.append(f"The compiled model's first step (tracing and compiling) took {compile_first:.0f} s.")
     text = "\n".join(lines) + "\n"

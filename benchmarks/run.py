@@ -7,6 +7,7 @@ Writes benchmarks/results/{cpu,cuda}.md and .json (`--tag T` writes {cpu,cuda}_T
 under other allocator settings). Every number is a median of repeated steps after warm-up; ratios compare the
 two models timed in turns within the same run.
 """
+
 import argparse
 import datetime
 import json
@@ -64,7 +65,7 @@ def write_table(name: str, rows: List[Dict[str, Any]], command: str, peak: float
         where += f", {first['cpu_count']} cores, {first['threads']} threads"
     malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}  # glibc allocator settings, if any
     lines = [
-        f"# {name.upper()}: fast (`attn_impl=\"sdpa\"`) vs the authors' arithmetic (`attn_impl=\"eager\"`)",
+        f'# {name.upper()}: fast (`attn_impl="sdpa"`) vs the authors\' arithmetic (`attn_impl="eager"`)',
         "",
         f"- machine: {where}; torch {first['torch']}; {datetime.date.today().isoformat()}",
         f"- command: `{' '.join([*(f'{k}={v}' for k, v in malloc.items()), command])}`",
@@ -100,8 +101,11 @@ def run_suite(
             for mode in MODES:
                 cfg = BenchConfig(model, mode, device, dtype, compile_, batch_size, 224, warmup, repeats)
                 res = benchmark(cfg, compare_eager=True, peak_gflops=peak)
-                print(f"{model} {mode}{' compiled' if compile_ else ''}: speed {res['ratios']['speed']:.2f}x, "
-                      f"memory {res['ratios']['memory']:.2f}x", flush=True)
+                print(
+                    f"{model} {mode}{' compiled' if compile_ else ''}: speed {res['ratios']['speed']:.2f}x, "
+                    f"memory {res['ratios']['memory']:.2f}x",
+                    flush=True,
+                )
                 rows.append(res)
     return rows
 

@@ -29,11 +29,26 @@ def tiny_train_config(tmp_path, **overrides) -> dict:
     """A seconds-long run on the embedded digits: a one-block T2T-ViT at 16 px."""
     from t2t_vit.config import resolve_config
 
-    cfg = resolve_config("digits", dict(
-        model_kwargs=dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0, token_dim=16,
-                          soft_splits=[[3, 1, 1], [3, 1, 1], [3, 2, 1]]),
-        img_size=16, output=str(tmp_path), name="run", epochs=2, warmup_epochs=1, batch_size=64, log_interval=1000,
-    ))  # fmt: skip
+    cfg = resolve_config(
+        "digits",
+        dict(
+            model_kwargs=dict(
+                embed_dim=32,
+                depth=1,
+                num_heads=2,
+                mlp_ratio=2.0,
+                token_dim=16,
+                soft_splits=[[3, 1, 1], [3, 1, 1], [3, 2, 1]],
+            ),
+            img_size=16,
+            output=str(tmp_path),
+            name="run",
+            epochs=2,
+            warmup_epochs=1,
+            batch_size=64,
+            log_interval=1000,
+        ),
+    )
     cfg.update(overrides)
     return cfg
 
@@ -87,8 +102,9 @@ def reordered_sum_tolerance(abs_terms_sum, n: int):
     return 2 * nu / (1 - nu) * abs_terms_sum
 
 
-def network_reorder_tolerance(model: torch.nn.Module, out: torch.Tensor, height: int, width: int = 0,
-                              batch: int = 0) -> float:  # fmt: skip
+def network_reorder_tolerance(
+    model: torch.nn.Module, out: torch.Tensor, height: int, width: int = 0, batch: int = 0
+) -> float:
     """`reordered_sum_tolerance` for every element of `out`, one output or gradient of a whole network on
     height x width images: the longest reduction the pass computes, at the magnitude of the largest element of `out`.
 

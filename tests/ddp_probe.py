@@ -1,5 +1,6 @@
 """Run `train` under torchrun and keep each rank's weights and EMA after every save, for the tests of what the
 ranks share: `torchrun --nproc_per_node=2 -m tests.ddp_probe CONFIG_JSON OUT_DIR`."""
+
 import json
 import sys
 from pathlib import Path

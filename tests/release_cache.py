@@ -8,6 +8,7 @@ writes every release file under its own name into DIR/hub/checkpoints (torch's h
 random values with the authors' key names and shapes, in the layout their tools saved (timm's CheckpointSaver for
 ImageNet, with an auxiliary token head for the Token Labeling file; `{'net': ...}` for CIFAR).
 """
+
 import argparse
 import json
 import sys
@@ -28,15 +29,25 @@ def write_release_cache(root: Path) -> Path:
     for tag, release in RELEASES.items():
         arch = tag.split(".")[0]
         sd = official_state_dict(keys, f"{arch}@384" if release.img_size == 384 else arch)
-        sd["head.weight"], sd["head.bias"] = sd["head.weight"][: release.num_classes], sd["head.bias"][: release.num_classes]
+        sd["head.weight"], sd["head.bias"] = (
+            sd["head.weight"][: release.num_classes],
+            sd["head.bias"][: release.num_classes],
+        )
         if release.dataset.startswith("cifar"):
             checkpoint = {"net": {f"module.{k}": v for k, v in sd.items()}, "acc": release.top1, "epoch": 59}
         else:
             if release.note == "Token Labeling":
                 sd["aux_head.weight"], sd["aux_head.bias"] = sd["head.weight"].clone(), sd["head.bias"].clone()
             args = argparse.Namespace(model=arch, img_size=release.img_size, model_ema=True)
-            checkpoint = {"epoch": 309, "arch": arch, "state_dict": sd, "version": 2, "args": args,
-                          "state_dict_ema": sd, "metric": release.top1}  # fmt: skip
+            checkpoint = {
+                "epoch": 309,
+                "arch": arch,
+                "state_dict": sd,
+                "version": 2,
+                "args": args,
+                "state_dict_ema": sd,
+                "metric": release.top1,
+            }
         torch.save(checkpoint, out / release.file)
     return out
 

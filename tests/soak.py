@@ -6,6 +6,7 @@ never interrupted.
 
 Exits 0 and prints PASS when the final model, EMA and metrics.csv (timings aside) equal the uninterrupted run's.
 """
+
 import argparse
 import csv
 import os
@@ -28,12 +29,41 @@ MODEL = "{embed_dim: 32, depth: 1, num_heads: 2, token_dim: 16, soft_splits: [[3
 
 def _torchrun(out: Path, name: str, restarts: int) -> List[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        f"--max-restarts={restarts}", "-m", "t2t_vit", "train", "--config", "digits", "--no-progress",
-        "--output", str(out), "--name", name, "--epochs", "30", "--warmup-epochs", "1", "--batch-size", "32",
-        "--model-kwargs", MODEL, "--drop-path", "0.1", "--model-ema", "true", "--model-ema-decay", "0.9",
-        "--scale", "[0.6, 1.0]", "--log-interval", "5",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        f"--max-restarts={restarts}",
+        "-m",
+        "t2t_vit",
+        "train",
+        "--config",
+        "digits",
+        "--no-progress",
+        "--output",
+        str(out),
+        "--name",
+        name,
+        "--epochs",
+        "30",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--model-kwargs",
+        MODEL,
+        "--drop-path",
+        "0.1",
+        "--model-ema",
+        "true",
+        "--model-ema-decay",
+        "0.9",
+        "--scale",
+        "[0.6, 1.0]",
+        "--log-interval",
+        "5",
+    ]
 
 
 def _env() -> Dict[str, str]:
@@ -58,7 +88,9 @@ def _workers(agent: int) -> List[int]:
 
 def _rows(run_dir: Path) -> List[dict]:
     with open(run_dir / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if k not in ("img_per_s", "epoch_time_s", "train_s")} for r in csv.DictReader(f)]
+        return [
+            {k: v for k, v in r.items() if k not in ("img_per_s", "epoch_time_s", "train_s")} for r in csv.DictReader(f)
+        ]
 
 
 def main() -> int:
@@ -79,8 +111,9 @@ def main() -> int:
     straight_s = time.time() - start
 
     log = open(out / "soak.log", "w")
-    agent = subprocess.Popen(_torchrun(out, "soak", args.interruptions), env=_env(), cwd=out, stdout=log,
-                             stderr=subprocess.STDOUT)  # fmt: skip
+    agent = subprocess.Popen(
+        _torchrun(out, "soak", args.interruptions), env=_env(), cwd=out, stdout=log, stderr=subprocess.STDOUT
+    )
     sent: List[str] = []
     while len(sent) < args.interruptions and agent.poll() is None:
         workers = _workers(agent.pid)
@@ -109,11 +142,16 @@ def main() -> int:
     same = all(torch.equal(sa[k][n], sb[k][n]) for k in ("model", "model_ema") for n in sa[k])
     same = same and _rows(a) == _rows(b) and sa["epoch"] == sb["epoch"]
     kinds = {s: sent.count(s) for s in sorted(set(sent))}
-    print(f"{len(sent)} interruptions {kinds}; torchrun exit {code}; final epoch {sb['epoch']}; "
-          f"uninterrupted run {straight_s:.0f} s, whole soak {wall:.0f} s")  # fmt: skip
+    print(
+        f"{len(sent)} interruptions {kinds}; torchrun exit {code}; final epoch {sb['epoch']}; "
+        f"uninterrupted run {straight_s:.0f} s, whole soak {wall:.0f} s"
+    )
     ok = same and code == 0 and len(sent) == args.interruptions
-    print("PASS: final weights, EMA and metrics.csv equal the uninterrupted run's" if ok else
-          f"FAIL (equal: {same}); torchrun's log: {out / 'soak.log'}")  # fmt: skip
+    print(
+        "PASS: final weights, EMA and metrics.csv equal the uninterrupted run's"
+        if ok
+        else f"FAIL (equal: {same}); torchrun's log: {out / 'soak.log'}"
+    )
     return 0 if ok else 1
 
 

@@ -1,5 +1,6 @@
 """The paper's design-space models: their defining math, sizes and cost. The model contract they share with the
 release variants is in tests/test_model_contract.py."""
+
 import pytest
 import timm
 import torch

@@ -1,5 +1,6 @@
 """User mistakes end in one line on stderr and a non-zero exit, never a traceback: damaged data files, an offline
 download, files that are not checkpoints, bad output paths, unreadable images, and nonsense integer arguments."""
+
 import gzip
 import os
 import pickle
@@ -17,8 +18,16 @@ from t2t_vit.checkpoint import read_checkpoint
 from t2t_vit.cli import main
 from t2t_vit.data.sources import _read_idx, create_dataset
 
-TINY = dict(img_size=16, num_classes=3, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0, token_dim=16,
-            soft_splits=[[3, 1, 1], [3, 1, 1], [3, 2, 1]])  # fmt: skip
+TINY = dict(
+    img_size=16,
+    num_classes=3,
+    embed_dim=32,
+    depth=1,
+    num_heads=2,
+    mlp_ratio=2.0,
+    token_dim=16,
+    soft_splits=[[3, 1, 1], [3, 1, 1], [3, 2, 1]],
+)
 
 
 @pytest.fixture(scope="module")
@@ -173,17 +182,20 @@ def test_predict_fails_when_no_input_could_be_read(tmp_path, tiny_checkpoint, ca
 # 6. integer arguments
 
 
-@pytest.mark.parametrize("argv", [
-    ["eval", "--checkpoint", "c.pth", "--data", "digits", "--batch-size", "0"],
-    ["eval", "--checkpoint", "c.pth", "--data", "digits", "--workers", "-1"],
-    ["eval", "--checkpoint", "c.pth", "--data", "digits", "--batch-size", "two"],
-    ["predict", "x.png", "--checkpoint", "c.pth", "--top-k", "0"],
-    ["predict", "x.png", "--checkpoint", "c.pth", "--batch-size", "-3"],
-    ["benchmark", "--model", "t2t_vit_7", "--batch-size", "0"],
-    ["benchmark", "--model", "t2t_vit_7", "--img-size", "-224"],
-    ["benchmark", "--model", "t2t_vit_7", "--repeats", "0"],
-    ["benchmark", "--model", "t2t_vit_7", "--warmup", "-1"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "--checkpoint", "c.pth", "--data", "digits", "--batch-size", "0"],
+        ["eval", "--checkpoint", "c.pth", "--data", "digits", "--workers", "-1"],
+        ["eval", "--checkpoint", "c.pth", "--data", "digits", "--batch-size", "two"],
+        ["predict", "x.png", "--checkpoint", "c.pth", "--top-k", "0"],
+        ["predict", "x.png", "--checkpoint", "c.pth", "--batch-size", "-3"],
+        ["benchmark", "--model", "t2t_vit_7", "--batch-size", "0"],
+        ["benchmark", "--model", "t2t_vit_7", "--img-size", "-224"],
+        ["benchmark", "--model", "t2t_vit_7", "--repeats", "0"],
+        ["benchmark", "--model", "t2t_vit_7", "--warmup", "-1"],
+    ],
+)
 def test_integer_arguments_out_of_range_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)

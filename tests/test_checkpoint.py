@@ -1,4 +1,5 @@
 """The authors' checkpoints in every layout they come in, and the errors for files that are not one."""
+
 import logging
 import os
 
@@ -78,7 +79,9 @@ def test_other_num_classes_drops_the_head_with_a_note(tmp_path, authors_t2t_vit_
         model = create_model("t2t_vit_7", checkpoint_path=path, num_classes=10)
     assert "head" in caplog.text and "1000 classes" in caplog.text
     assert model.head.weight.shape == (10, 256) and torch.equal(model.cls_token, sd["cls_token"])
-    timm_model = timm.create_model("t2t_vit_7", pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=str(path)))
+    timm_model = timm.create_model(
+        "t2t_vit_7", pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=str(path))
+    )
     assert torch.equal(timm_model.blocks[0].attn.qkv.weight, sd["blocks.0.attn.qkv.weight"])
 
 

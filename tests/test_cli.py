@@ -1,5 +1,6 @@
 """The command line apart from the library: no cycles, no argparse outside it, `--help` without torch, the models
 table current, and the package working from a built wheel outside the repository."""
+
 import ast
 import json
 import os
@@ -16,7 +17,9 @@ from t2t_vit.cli.models import TABLE, compute_rows
 
 SRC = Path(t2t_vit.__file__).parent
 LIBRARY = sorted(
-    m.name for m in pkgutil.walk_packages([str(SRC)], "t2t_vit.") if not m.name.startswith(("t2t_vit.cli", "t2t_vit.__main__"))
+    m.name
+    for m in pkgutil.walk_packages([str(SRC)], "t2t_vit.")
+    if not m.name.startswith(("t2t_vit.cli", "t2t_vit.__main__"))
 )
 
 
@@ -46,7 +49,9 @@ print(failed)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-c", code, *LIBRARY], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout[-2000:] + done.stderr[-3000:]
-    assert {"t2t_vit.training.run", "t2t_vit.training.engine", "t2t_vit.models.t2t_vit", "t2t_vit.pretrained"} <= set(LIBRARY)
+    assert {"t2t_vit.training.run", "t2t_vit.training.engine", "t2t_vit.models.t2t_vit", "t2t_vit.pretrained"} <= set(
+        LIBRARY
+    )
 
 
 def test_argparse_only_in_the_cli():
@@ -59,11 +64,22 @@ def test_argparse_only_in_the_cli():
             assert "argparse" not in names and module != "argparse", f"{path} imports argparse"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["finetune", "--help"], ["predict", "--help"],
-                                  ["visualize", "features", "--help"], ["models"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["train", "--help"],
+        ["finetune", "--help"],
+        ["predict", "--help"],
+        ["visualize", "features", "--help"],
+        ["models"],
+    ],
+)
 def test_help_and_models_load_no_torch(argv):
-    code = ("import sys\nfrom t2t_vit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'torch was imported'\n")  # fmt: skip
+    code = (
+        "import sys\nfrom t2t_vit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'torch was imported'\n"
+    )
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout
@@ -112,27 +128,85 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(root / name, project / name)
     wheels = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(project)], check=True, capture_output=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(project),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (wheel,) = wheels.glob("t2t_vit-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
-    purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                                  capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+    purelib = Path(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     deps = [p for p in [sysconfig.get_path("purelib"), *site.getsitepackages()] if Path(p).is_dir()]
     (purelib / "project_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")  # plain paths: no editable hooks
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "-q",
-                    str(wheel)], check=True, capture_output=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--no-deps",
+            "-q",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import t2t_vit; print(t2t_vit.__file__)"],
-                           cwd=work, env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import t2t_vit; print(t2t_vit.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert where.stdout.startswith(str(purelib)), where.stdout
-    models = subprocess.run([str(venv / "bin" / "t2t-vit"), "models"], cwd=work, env=env, capture_output=True, text=True)
+    models = subprocess.run(
+        [str(venv / "bin" / "t2t-vit"), "models"], cwd=work, env=env, capture_output=True, text=True
+    )
     assert models.returncode == 0 and "t2t_vit_24.tl_in1k" in models.stdout, models.stderr[-2000:]
-    train = subprocess.run([str(venv / "bin" / "t2t-vit"), "train", "--config", "digits", "--epochs", "1",
-                            "--warmup-epochs", "0", "--no-progress"], cwd=work, env=env, capture_output=True, text=True,
-                           timeout=600)  # fmt: skip
+    train = subprocess.run(
+        [
+            str(venv / "bin" / "t2t-vit"),
+            "train",
+            "--config",
+            "digits",
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            "--no-progress",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
     assert "held-out top-1" in train.stdout and (work / "runs" / "digits" / "last.pth.tar").is_file()

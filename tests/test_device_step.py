@@ -1,4 +1,5 @@
 """The training step never waits for the device, and the input path finishes batches there."""
+
 import collections
 import math
 
@@ -17,7 +18,12 @@ from .conftest import tiny_train_config
 READS = ("item", "tolist", "__bool__")  # every way a tensor's value reaches Python (each a sync on CUDA)
 # the loader's own CPU tensors, which never touch the device: the sampler's permutation, the crop boxes, the seed
 # torch's DataLoader draws for its workers
-HOST_SIDE = ("/t2t_vit/data/loader.py", "/t2t_vit/data/sources.py", "/t2t_vit/data/tensor_batches.py", "/torch/utils/data/dataloader.py")
+HOST_SIDE = (
+    "/t2t_vit/data/loader.py",
+    "/t2t_vit/data/sources.py",
+    "/t2t_vit/data/tensor_batches.py",
+    "/torch/utils/data/dataloader.py",
+)
 
 
 def _count_reads(monkeypatch) -> collections.Counter:
@@ -84,8 +90,9 @@ def test_a_nonfinite_update_is_dropped_on_the_device(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- the device's input
 
-DATA_CONFIG = dict(input_size=(3, 16, 16), mean=[0.2, 0.4, 0.6], std=[0.3, 0.2, 0.1], interpolation="bicubic",
-                   crop_pct=1.0)  # fmt: skip
+DATA_CONFIG = dict(
+    input_size=(3, 16, 16), mean=[0.2, 0.4, 0.6], std=[0.3, 0.2, 0.1], interpolation="bicubic", crop_pct=1.0
+)
 
 
 class _Batches:
@@ -111,9 +118,10 @@ def test_uint8_batches_normalise_on_the_device_as_the_float_transform_does():
     as_float = torch.stack([create_transform({}, DATA_CONFIG, training=False)(im) for im in images])
     as_uint8 = torch.stack([create_transform({}, DATA_CONFIG, training=False, uint8=True)(im) for im in images])
     assert as_uint8.dtype == torch.uint8
-    batches = DeviceBatches(_Batches([(as_uint8, torch.zeros(4, dtype=torch.long), (0, 0))], 4),
-                            torch.device("cpu"), DATA_CONFIG)  # fmt: skip
-    (out, _, _), = list(batches)
+    batches = DeviceBatches(
+        _Batches([(as_uint8, torch.zeros(4, dtype=torch.long), (0, 0))], 4), torch.device("cpu"), DATA_CONFIG
+    )
+    ((out, _, _),) = list(batches)
     # (x/255 - m)/s against (x - 255 m)/(255 s): a few roundings of values below 1/0.1 = 10, each <= 2^-24 relative
     torch.testing.assert_close(out, as_float, rtol=0, atol=10 * 8 * 2**-24)
 
@@ -155,8 +163,10 @@ def test_erasing_is_seeded_by_epoch_and_batch_and_fills_only_its_boxes():
             inside[top : top + h, left : left + w] = True
         assert (img[:, ~inside] == 0).all() and (img[:, inside] != 0).all()
     batch = (torch.zeros(8, 3, 16, 16, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), (0, 0))
-    loaders = [DeviceBatches(_Batches([batch, batch], 8), torch.device("cpu"), DATA_CONFIG, (0.5, "pixel", 1), 7)
-               for _ in range(2)]  # fmt: skip
+    loaders = [
+        DeviceBatches(_Batches([batch, batch], 8), torch.device("cpu"), DATA_CONFIG, (0.5, "pixel", 1), 7)
+        for _ in range(2)
+    ]
     first, second = ([b[0] for b in loader] for loader in loaders)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     assert not torch.equal(first[0], first[1])  # another batch number, other boxes
@@ -167,8 +177,22 @@ def test_benchmark_loader_prints_the_input_path_beside_the_model(capsys):
 
     from t2t_vit.cli import main
 
-    assert main(["benchmark", "--loader", "digits", "--config", "digits", "--repeats", "1", "--warmup", "0",
-                 "--batch-size", "16", "--json"]) in (0, None)  # fmt: skip
+    assert main(
+        [
+            "benchmark",
+            "--loader",
+            "digits",
+            "--config",
+            "digits",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--batch-size",
+            "16",
+            "--json",
+        ]
+    ) in (0, None)
     res = json.loads(capsys.readouterr().out)
     assert res["input"]["path"] == "TensorBatches" and res["input"]["img_per_s"] > 0 and res["model_img_per_s"] > 0
     assert res["bound_by"] in ("input", "model") and res["batch_size"] == 16

@@ -1,5 +1,6 @@
 """What the ranks of a multi-process run share, checked with 2 gloo processes (a defect shows as a mismatch, an
 error or a hang, which the timeouts turn into a failure)."""
+
 import json
 import os
 import subprocess
@@ -41,10 +42,29 @@ def test_ranks_share_one_ema_and_no_batch_is_ever_empty(tmp_path):
                 pixels = (torch.rand(12, 12, 3, generator=torch.Generator().manual_seed(i)) * 255).byte().numpy()
                 Image.fromarray(pixels).save(tmp_path / "data" / split / c / f"{i}.png")
     (tmp_path / "data" / "train" / "a" / "3.png").write_bytes(b"not a png")
-    cfg = tiny_train_config(tmp_path, data=str(tmp_path / "data"), batch_size=1, mixup=0.0, cutmix=0.0, drop_path=0.1,
-                            model_ema=True, model_ema_decay=0.5, epochs=2, warmup_epochs=0)  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "tests.ddp_probe", json.dumps(cfg), str(tmp_path)]  # fmt: skip
+    cfg = tiny_train_config(
+        tmp_path,
+        data=str(tmp_path / "data"),
+        batch_size=1,
+        mixup=0.0,
+        cutmix=0.0,
+        drop_path=0.1,
+        model_ema=True,
+        model_ema_decay=0.5,
+        epochs=2,
+        warmup_epochs=0,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "tests.ddp_probe",
+        json.dumps(cfg),
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
@@ -60,8 +80,9 @@ def _backend_of_a_cpu_run(rank: int, port: int, out: str) -> None:
     from t2t_vit.training.process import setup_distributed
 
     torch.cuda.is_available = lambda: True  # a machine with GPUs, where the user asked for the CPU
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     _, _, device = setup_distributed("cpu")
     Path(out, f"{rank}.txt").write_text(f"{dist.get_backend()} {device}")
     dist.destroy_process_group()
@@ -77,7 +98,8 @@ def test_device_cpu_uses_gloo_on_a_machine_with_gpus(tmp_path):
         if p.is_alive():
             p.kill()
     assert [(tmp_path / f"{r}.txt").read_text() for r in range(2) if (tmp_path / f"{r}.txt").exists()] == [
-        "gloo cpu", "gloo cpu"
+        "gloo cpu",
+        "gloo cpu",
     ]
 
 
@@ -106,10 +128,20 @@ def test_resuming_on_fewer_gpus_takes_this_devices_cuda_rng_only(monkeypatch):
 
 def test_ranks_on_a_time_budget_take_the_same_lr_and_end_together(tmp_path):
     # the lr follows the clock: each rank's own clock would give each its own lr, and weights that drift apart
-    cfg = tiny_train_config(tmp_path, epochs=1000, time_budget=2, schedule_on_time=True, log_interval=1,
-                            model_ema=False, warmup_epochs=0)  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "tests.ddp_probe", json.dumps(cfg), str(tmp_path)]  # fmt: skip
+    cfg = tiny_train_config(
+        tmp_path, epochs=1000, time_budget=2, schedule_on_time=True, log_interval=1, model_ema=False, warmup_epochs=0
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "tests.ddp_probe",
+        json.dumps(cfg),
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")

@@ -1,4 +1,5 @@
 """Fine-tuning from the authors' layout and ours, param groups, predict on files, export and read back."""
+
 import json
 from pathlib import Path
 
@@ -32,11 +33,26 @@ def authors_tiny_checkpoint(tmp_path_factory) -> Path:
 
 def test_finetune_from_the_authors_layout_to_new_classes_and_resolution(tmp_path, authors_tiny_checkpoint):
     """64 px / 10-class authors' checkpoint -> digits at 32 px: new head, resampled positions, loss falls."""
-    cfg = resolve_config("finetune_cifar", dict(
-        data="digits", img_size=32, batch_size=32, workers=0, epochs=2, lr=0.05, lr_base_batch=32,
-        backbone_lr_ratio=0.1, drop_path=0.0, device="cpu", output=str(tmp_path), name="ft", crop_padding=4,
-        hflip=0.0, model_kwargs=dict(TINY, soft_splits=[[7, 4, 2], [3, 2, 1], [3, 1, 1]]),
-    ))  # fmt: skip
+    cfg = resolve_config(
+        "finetune_cifar",
+        dict(
+            data="digits",
+            img_size=32,
+            batch_size=32,
+            workers=0,
+            epochs=2,
+            lr=0.05,
+            lr_base_batch=32,
+            backbone_lr_ratio=0.1,
+            drop_path=0.0,
+            device="cpu",
+            output=str(tmp_path),
+            name="ft",
+            crop_padding=4,
+            hflip=0.0,
+            model_kwargs=dict(TINY, soft_splits=[[7, 4, 2], [3, 2, 1], [3, 1, 1]]),
+        ),
+    )
     cfg.update(init_checkpoint=str(authors_tiny_checkpoint), model="t2t_vit_7")
     result = train(cfg, progress=False)
     rows = (Path(result["run_dir"]) / "metrics.csv").read_text().splitlines()[1:]
@@ -53,8 +69,17 @@ def test_finetune_from_the_authors_layout_to_new_classes_and_resolution(tmp_path
 def test_finetune_our_checkpoint_needs_only_its_path(tmp_path):
     first = train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)
     ckpt = Path(first["run_dir"]) / "last.pth.tar"
-    cfg = tiny_train_config(tmp_path, name="ft", epochs=1, warmup_epochs=0, img_size=24, model=None,
-                            init_checkpoint=str(ckpt), freeze_backbone=True, model_kwargs={})  # fmt: skip
+    cfg = tiny_train_config(
+        tmp_path,
+        name="ft",
+        epochs=1,
+        warmup_epochs=0,
+        img_size=24,
+        model=None,
+        init_checkpoint=str(ckpt),
+        freeze_backbone=True,
+        model_kwargs={},
+    )
     result = train(cfg, progress=False)
     before, after = read_checkpoint(ckpt)["model"], read_checkpoint(Path(result["run_dir"]) / "last.pth.tar")["model"]
     assert torch.equal(before["blocks.0.mlp.fc1.weight"], after["blocks.0.mlp.fc1.weight"])  # linear probe
@@ -66,7 +91,12 @@ def test_param_groups_backbone_ratio_and_layer_decay():
     model = create_model("t2t_vit_7", img_size=64, depth=2, num_classes=10)
     cfg = dict(resolve_config("finetune_cifar"), backbone_lr_ratio=0.01, layer_decay=0.5)
     opt = build_optimizer(model, cfg, lr=0.05)
-    scale = {n: g["lr_scale"] for g in opt.param_groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    scale = {
+        n: g["lr_scale"]
+        for g in opt.param_groups
+        for n, p in model.named_parameters()
+        if any(p is q for q in g["params"])
+    }
     assert scale["head.weight"] == 1.0
     assert scale["norm.weight"] == pytest.approx(0.01)  # top layer: ratio only
     assert scale["blocks.1.attn.qkv.weight"] == pytest.approx(0.01 * 0.5)
@@ -98,7 +128,9 @@ def _digit_files(folder: Path, n: int = 4) -> list:
 def test_predict_files_folders_globs_and_unreadable(tmp_path, our_checkpoint):
     files = _digit_files(tmp_path / "imgs")
     (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png")
-    results = predict([str(files[0]), str(tmp_path / "imgs"), str(tmp_path / "imgs" / "*.png")], str(our_checkpoint), top_k=3)
+    results = predict(
+        [str(files[0]), str(tmp_path / "imgs"), str(tmp_path / "imgs" / "*.png")], str(our_checkpoint), top_k=3
+    )
     good = [r for r in results if "top_k" in r]
     bad = [r for r in results if "error" in r]
     assert len(good) == 1 + 4 + 4 and len(bad) == 2 and bad[0]["file"].endswith("broken.png")
@@ -124,15 +156,33 @@ def test_one_precision_story_for_eval_and_predict(tmp_path, our_checkpoint, caps
     from t2t_vit.device import autocast_dtype
 
     assert autocast_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
-    assert autocast_dtype("auto", torch.device("cpu")) is None and autocast_dtype("fp16", torch.device("cpu")) == torch.float16
+    assert (
+        autocast_dtype("auto", torch.device("cpu")) is None
+        and autocast_dtype("fp16", torch.device("cpu")) == torch.float16
+    )
     files = _digit_files(tmp_path / "imgs", 3)
     fp32, auto = (predict(list(map(str, files)), str(our_checkpoint), precision=p) for p in ("fp32", "auto"))
     assert fp32 == auto
     bf16 = predict(list(map(str, files)), str(our_checkpoint), precision="bf16")
     for a, b in zip(fp32, bf16):  # bf16 keeps 8 bits: probabilities move by well under 2^-8 x 64
         assert abs(a["top_k"][0]["prob"] - b["top_k"][0]["prob"]) <= 64 * 2.0**-8
-    assert main(["eval", "--checkpoint", str(our_checkpoint), "--data", "digits", "--workers", "0", "--no-progress",
-                 "--precision", "bf16"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(our_checkpoint),
+                "--data",
+                "digits",
+                "--workers",
+                "0",
+                "--no-progress",
+                "--precision",
+                "bf16",
+            ]
+        )
+        == 0
+    )
     assert "top-1" in capsys.readouterr().out
 
 

@@ -6,6 +6,7 @@ to some models lives beside them: tests/test_models.py (the zoo, the Performer, 
 (the stems and blocks of the ablations), tests/test_performance.py (the fused paths' gradients and layouts),
 tests/test_reference.py (the authors' logits, keys and parameter counts).
 """
+
 import hashlib
 
 import pytest
@@ -57,8 +58,12 @@ STATE_DICTS = {
 }
 
 # the switches `set_attn_impl` sets, by module type: True on "sdpa", False on "eager"
-SWITCHES = ((Attention, "fused_attn"), (TokenAttention, "fused_attn"), (TokenPerformer, "fused_kernel"),
-            (T2TModule, "channels_last"))  # fmt: skip
+SWITCHES = (
+    (Attention, "fused_attn"),
+    (TokenAttention, "fused_attn"),
+    (TokenPerformer, "fused_kernel"),
+    (T2TModule, "channels_last"),
+)
 
 
 def _small(name: str, **kwargs) -> T2TViT:

@@ -1,5 +1,6 @@
 """The zoo in particular: timm registration and cfgs, the Performer and the sinusoid table, SDPA vs eager at 224 px,
 image sizes. What every model must do is in tests/test_model_contract.py."""
+
 import math
 
 import numpy as np
@@ -98,10 +99,21 @@ def test_performer_random_features_are_fixed_orthogonal_rows():
 def test_t2t_drop_rate_defaults_to_the_authors_and_can_be_set(mixer, authors):
     def drops(**kwargs):
         with torch.device("meta"):
-            model = T2TViT(img_size=28, embed_dim=32, depth=1, num_heads=2, token_dim=8, t2t_mixer=mixer,
-                           soft_splits=[[3, 2, 1], [3, 2, 1], [3, 1, 1]], **kwargs)  # fmt: skip
-        dropouts = [m for n, m in model.tokens_to_token.named_modules() if isinstance(m, torch.nn.Dropout)
-                    and not n.endswith("attn_drop")]  # softmax attention's: 0, as the authors'  # fmt: skip
+            model = T2TViT(
+                img_size=28,
+                embed_dim=32,
+                depth=1,
+                num_heads=2,
+                token_dim=8,
+                t2t_mixer=mixer,
+                soft_splits=[[3, 2, 1], [3, 2, 1], [3, 1, 1]],
+                **kwargs,
+            )
+        dropouts = [
+            m
+            for n, m in model.tokens_to_token.named_modules()
+            if isinstance(m, torch.nn.Dropout) and not n.endswith("attn_drop")
+        ]  # softmax attention's: 0, as the authors'
         return {m.p for m in dropouts}, model
 
     assert drops()[0] == {authors}
@@ -182,7 +194,15 @@ def test_dynamic_img_size_resamples_positions():
     [(28, ((3, 2, 1), (3, 2, 1), (3, 1, 1)), (7, 7)), (32, ((3, 2, 1), (3, 2, 1), (3, 1, 1)), (8, 8))],
 )
 def test_small_images_are_one_config_away(img_size, soft_splits, grid):
-    model = T2TViT(img_size=img_size, in_chans=1, num_classes=10, embed_dim=64, depth=2, num_heads=2,
-                   token_dim=32, soft_splits=soft_splits)
+    model = T2TViT(
+        img_size=img_size,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=64,
+        depth=2,
+        num_heads=2,
+        token_dim=32,
+        soft_splits=soft_splits,
+    )
     assert model.grid_size == grid
     assert model(torch.randn(2, 1, img_size, img_size)).shape == (2, 10)

@@ -1,4 +1,5 @@
 """The fast path against the authors' eager one: same outputs and gradients; the benchmark command's contract."""
+
 import json
 
 import pytest
@@ -101,8 +102,21 @@ def _run_cli(argv, capsys):
 def test_benchmark_command_compares_with_eager(capsys, monkeypatch):
     monkeypatch.setattr(benchmark, "matmul_peak_gflops", lambda *args, **kwargs: 100.0)  # the 4096^3 one takes seconds
     out = _run_cli(
-        ["--model", "t2t_vit_7", "--batch-size", "2", "--img-size", "64", "--warmup", "1", "--repeats", "2", "--compare-eager",
-         "--no-memory", "--json"],
+        [
+            "--model",
+            "t2t_vit_7",
+            "--batch-size",
+            "2",
+            "--img-size",
+            "64",
+            "--warmup",
+            "1",
+            "--repeats",
+            "2",
+            "--compare-eager",
+            "--no-memory",
+            "--json",
+        ],
         capsys,
     )
     res = json.loads(out)
@@ -111,8 +125,24 @@ def test_benchmark_command_compares_with_eager(capsys, monkeypatch):
     for r in res["results"].values():
         assert len(r["step_ms_all"]) == 2 and r["img_per_s"] == pytest.approx(2e3 / r["step_ms"])
         assert r["peak_fraction"] == pytest.approx(r["achieved_gflops"] / 100.0) and r["achieved_gflops"] > 0
-    text = _run_cli(["--model", "t2t_vit_7", "--mode", "train", "--batch-size", "2", "--img-size", "64", "--warmup", "0",
-                     "--repeats", "1", "--no-memory"], capsys)
+    text = _run_cli(
+        [
+            "--model",
+            "t2t_vit_7",
+            "--mode",
+            "train",
+            "--batch-size",
+            "2",
+            "--img-size",
+            "64",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--no-memory",
+        ],
+        capsys,
+    )
     assert "t2t_vit_7  train" in text and "sdpa" in text
 
 

@@ -1,4 +1,5 @@
 """Faithfulness to the authors' models: logits of their code, their key names and shapes, the paper's sizes."""
+
 import json
 
 import pytest
@@ -41,9 +42,7 @@ def test_every_variant_has_a_reference_entry(official_keys):
     assert {_arch(n)[0] for n in official_keys} <= set(list_models())
 
 
-@pytest.mark.parametrize(
-    "name", json.loads((REFERENCE / "official_checkpoint_keys.json").read_text()).keys()
-)
+@pytest.mark.parametrize("name", json.loads((REFERENCE / "official_checkpoint_keys.json").read_text()).keys())
 def test_state_dict_keys_shapes_and_param_count(official_keys, name):
     arch, kwargs = _arch(name)
     with torch.device("meta"):
@@ -63,8 +62,20 @@ def _paper_gmacs(paper_results):
     }
 
 
-@pytest.mark.parametrize("arch", ["t2t_vit_7", "t2t_vit_10", "t2t_vit_12", "t2t_vit_14", "t2t_vit_19",
-                                  "t2t_vit_24", "t2t_vit_t_14", "t2t_vit_t_19", "t2t_vit_t_24"])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "t2t_vit_7",
+        "t2t_vit_10",
+        "t2t_vit_12",
+        "t2t_vit_14",
+        "t2t_vit_19",
+        "t2t_vit_24",
+        "t2t_vit_t_14",
+        "t2t_vit_t_19",
+        "t2t_vit_t_24",
+    ],
+)
 def test_macs_match_the_table(paper_results, arch):
     """Within 3% of the table, or within its rounding: the table gives one decimal (t2t_vit_7: 1.147 -> 1.1)."""
     paper = _paper_gmacs(paper_results)[arch]

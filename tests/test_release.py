@@ -1,5 +1,6 @@
 """The authors' release as users meet it: every layout their tools wrote, the CIFAR tags, `pretrained=True` over
 HTTP (a loopback server), `t2t-vit download` and `convert`, and a hostile pickle refused by every path."""
+
 import argparse
 import http.server
 import logging
@@ -49,14 +50,35 @@ def checkpoint_saver_layout(raw, ema):
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()  # creates step, exp_avg, exp_avg_sq per parameter
-    args = argparse.Namespace(model="T2t_vit_7", lr=1e-3, weight_decay=0.03, img_size=224, batch_size=64,
-                              model_ema=True, model_ema_decay=0.99996, mixup=0.8, aa="rand-m9-mstd0.5-inc1")  # fmt: skip
-    scaler = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
-              "_growth_tracker": 417}  # fmt: skip
+    args = argparse.Namespace(
+        model="T2t_vit_7",
+        lr=1e-3,
+        weight_decay=0.03,
+        img_size=224,
+        batch_size=64,
+        model_ema=True,
+        model_ema_decay=0.99996,
+        mixup=0.8,
+        aa="rand-m9-mstd0.5-inc1",
+    )
+    scaler = {
+        "scale": 65536.0,
+        "growth_factor": 2.0,
+        "backoff_factor": 0.5,
+        "growth_interval": 2000,
+        "_growth_tracker": 417,
+    }
     return {
-        "epoch": 309, "arch": args.model, "state_dict": raw, "optimizer": optimizer.state_dict(), "version": 2,
-        "args": args, "amp_scaler": scaler, "state_dict_ema": ema, "metric": 71.7,
-    }  # fmt: skip
+        "epoch": 309,
+        "arch": args.model,
+        "state_dict": raw,
+        "optimizer": optimizer.state_dict(),
+        "version": 2,
+        "args": args,
+        "amp_scaler": scaler,
+        "state_dict_ema": ema,
+        "metric": 71.7,
+    }
 
 
 def test_checkpoint_saver_layout_loads_ema_first(tmp_path, weights):
@@ -104,8 +126,12 @@ def test_aux_head_is_dropped_with_one_line_or_kept(tmp_path, weights, caplog):
 
 
 def test_cifar_release_tags(tmp_path, official_keys, capsys):
-    assert {"t2t_vit_14.in1k_ft_cifar10", "t2t_vit_14.in1k_ft_cifar100", "t2t_vit_19.in1k_ft_cifar10",
-            "t2t_vit_19.in1k_ft_cifar100"} <= set(RELEASES)  # fmt: skip
+    assert {
+        "t2t_vit_14.in1k_ft_cifar10",
+        "t2t_vit_14.in1k_ft_cifar100",
+        "t2t_vit_19.in1k_ft_cifar10",
+        "t2t_vit_19.in1k_ft_cifar100",
+    } <= set(RELEASES)
     cfg = timm.get_pretrained_cfg("t2t_vit_14.in1k_ft_cifar100")
     assert cfg.num_classes == 100 and cfg.input_size == (3, 224, 224) and cfg.mean == (0.4914, 0.4822, 0.4465)
     assert cfg.url.endswith("/releases/download/main/cirfar100_t2t-vit-14_88.4.pth")
@@ -129,8 +155,21 @@ def test_cifar_release_tags(tmp_path, official_keys, capsys):
     from PIL import Image
 
     Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
-    assert cli_main(["predict", str(tmp_path / "red.png"), "--checkpoint", str(renamed),
-                     "--model", "t2t_vit_14.in1k_ft_cifar10", "--top-k", "3"]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            [
+                "predict",
+                str(tmp_path / "red.png"),
+                "--checkpoint",
+                str(renamed),
+                "--model",
+                "t2t_vit_14.in1k_ft_cifar10",
+                "--top-k",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert "red.png: " in capsys.readouterr().out
 
 
@@ -305,5 +344,6 @@ def test_pretrained_weights_adapt_to_other_input_channels(tmp_path, weights):
     assert torch.equal(layer.norm1.weight, ema["tokens_to_token.attention1.norm1.weight"].reshape(3, 49).mean(0))
     assert _logits(gray, torch.rand(1, 1, 224, 224)).shape == (1, 5)
     four = timm.create_model("t2t_vit_7", pretrained=True, in_chans=4, pretrained_cfg_overlay=overlay)
-    torch.testing.assert_close(four.tokens_to_token.attention1.kqv.weight.reshape(192, 4, 49),
-                               torch.cat([w, w[:, :1]], 1) * 3 / 4)  # fmt: skip
+    torch.testing.assert_close(
+        four.tokens_to_token.attention1.kqv.weight.reshape(192, 4, 49), torch.cat([w, w[:, :1]], 1) * 3 / 4
+    )

@@ -1,4 +1,5 @@
 """Runs that resume exactly from any stop, restart on their own, and never lose or hide work."""
+
 import csv
 import errno
 import json
@@ -70,8 +71,18 @@ def _hook_criterion(monkeypatch, at_call: dict) -> None:
 
 
 # Every source of randomness on: augmentation, mixup/cutmix, drop path, dropout, EMA; 11 steps an epoch.
-RANDOM = dict(scale=[0.6, 1.0], aa="rand-m5-mstd0.5", reprob=0.25, mixup=0.2, cutmix=0.2, drop_path=0.1, drop=0.1,
-              model_ema=True, model_ema_decay=0.9, train_subset=704)  # fmt: skip
+RANDOM = dict(
+    scale=[0.6, 1.0],
+    aa="rand-m5-mstd0.5",
+    reprob=0.25,
+    mixup=0.2,
+    cutmix=0.2,
+    drop_path=0.1,
+    drop=0.1,
+    model_ema=True,
+    model_ema_decay=0.9,
+    train_subset=704,
+)
 
 
 @pytest.fixture(scope="module")
@@ -92,18 +103,21 @@ def test_config_values_parse_as_users_write_them():
     assert (cfg["lr"], cfg["epochs"], cfg["workers"]) == (2e-3, 1000, 10) and isinstance(cfg["epochs"], int)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch-size", "0"], "batch_size = 0 (from the command line) is not allowed: expected an integer >= 1"),
-    (["--batch-size", "-4"], "batch_size = -4"),
-    (["--lr", "-1"], "lr = -1 (from the command line) is not allowed: expected a number > 0"),
-    (["--lr", "abc"], "lr = 'abc'"),
-    (["--epochs", "abc"], "epochs = 'abc'"),
-    (["--epochs", "0"], "epochs = 0"),
-    (["--epochs", "1.5"], "epochs = 1.5 (from the command line) is not allowed: expected an integer >= 1"),
-    (["--workers", "-1"], "workers = -1"),
-    (["--nonfinite", "ignore"], "expected one of stop, skip, rollback"),
-    (["--scale", "[0.5]"], "expected a list of 2 numbers"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "0"], "batch_size = 0 (from the command line) is not allowed: expected an integer >= 1"),
+        (["--batch-size", "-4"], "batch_size = -4"),
+        (["--lr", "-1"], "lr = -1 (from the command line) is not allowed: expected a number > 0"),
+        (["--lr", "abc"], "lr = 'abc'"),
+        (["--epochs", "abc"], "epochs = 'abc'"),
+        (["--epochs", "0"], "epochs = 0"),
+        (["--epochs", "1.5"], "epochs = 1.5 (from the command line) is not allowed: expected an integer >= 1"),
+        (["--workers", "-1"], "workers = -1"),
+        (["--nonfinite", "ignore"], "expected one of stop, skip, rollback"),
+        (["--scale", "[0.5]"], "expected a list of 2 numbers"),
+    ],
+)
 def test_bad_config_values_are_one_line_and_leave_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "runs"
     assert main(["train", "--config", "digits", "--output", str(out), *args]) == 2
@@ -160,8 +174,11 @@ def test_resume_applies_the_keys_that_may_change_and_refuses_the_others(tmp_path
 def test_resume_from_another_variant_is_one_line(tmp_path):
     train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)
     with pytest.raises(InputError, match=r"cannot resume .* with model 't2t_vit_7' -> 't2t_vit_t_14'"):
-        train(tiny_train_config(tmp_path, model="t2t_vit_t_14", name="other"), resume=str(tmp_path / "run" /
-              "last.pth.tar"), progress=False)  # fmt: skip
+        train(
+            tiny_train_config(tmp_path, model="t2t_vit_t_14", name="other"),
+            resume=str(tmp_path / "run" / "last.pth.tar"),
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -226,8 +243,9 @@ def test_a_busy_run_directory_is_refused_and_a_stale_lock_taken_over(tmp_path, c
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (tmp_path / "run").mkdir()
-        (tmp_path / "run" / ".lock").write_text(json.dumps(dict(pid=holder.pid, host=socket.gethostname(),
-                                                                 since="2026-11-25 10:00:00")))  # fmt: skip
+        (tmp_path / "run" / ".lock").write_text(
+            json.dumps(dict(pid=holder.pid, host=socket.gethostname(), since="2026-11-25 10:00:00"))
+        )
         with pytest.raises(InputError, match=rf"in use by pid {holder.pid} on {socket.gethostname()} .*--name NAME"):
             train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)
         assert (tmp_path / "run" / ".lock").exists() and not (tmp_path / "run" / "config.yaml").exists()
@@ -293,8 +311,10 @@ def test_16_bit_images_are_scaled_not_clipped_and_counted(tmp_path):
     assert scaled == 1 and img.dtype == np.uint8 and img.shape == (16, 16, 3)
     expected = np.round(np.linspace(0, 65535, 256) * 255 / 65535).reshape(16, 16)
     assert np.array_equal(img[..., 0], expected) and (img[..., 0] < 255).mean() > 0.99
-    result = train(tiny_train_config(tmp_path, data=str(tmp_path), batch_size=4, epochs=1, warmup_epochs=0,
-                                     name="deep"), progress=False)  # fmt: skip
+    result = train(
+        tiny_train_config(tmp_path, data=str(tmp_path), batch_size=4, epochs=1, warmup_epochs=0, name="deep"),
+        progress=False,
+    )
     assert _rows(result["run_dir"])[0]["scaled"] == "8"  # two batches of 4 a rank, every image 16-bit
 
 

@@ -1,5 +1,6 @@
 """The study's quick path: a claim's arms under both budgets on a few hundred digits, its statistics and files (not
 its verdicts); the interval and the verdict rules; the time budget of a training run."""
+
 import json
 import math
 
@@ -25,8 +26,16 @@ from .conftest import tiny_train_config
 
 
 def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
-    kwargs = dict(data="digits", seeds=[0, 1], epochs=1, seconds=1.0, train_subset=300, output=str(tmp_path / "runs"),
-                  results_dir=str(tmp_path / "results"), command="t2t-vit reproduce depth --seeds 2")  # fmt: skip
+    kwargs = dict(
+        data="digits",
+        seeds=[0, 1],
+        epochs=1,
+        seconds=1.0,
+        train_subset=300,
+        output=str(tmp_path / "runs"),
+        results_dir=str(tmp_path / "results"),
+        command="t2t-vit reproduce depth --seeds 2",
+    )
     md = run_claim("depth", **kwargs)
     out = tmp_path / "results"
     text, summary = md.read_text(), json.loads((out / "depth.json").read_text())
@@ -52,7 +61,9 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
         assert (c["epochs"]["low"], c["epochs"]["high"]) == pytest.approx((ci.low, ci.high))
     means = [summary["arms"][x]["budgets"]["epochs"]["mean"] for x in (c["a"], c["b"])]
     assert c["epochs"]["learned"] == (min(means) > 10 + reproduce.LEARNED)  # 10 classes: chance is 10%
-    assert c["epochs"]["verdict"] == verdict(c["epochs"]["low"], c["epochs"]["high"], c["expected"], c["epochs"]["learned"])
+    assert c["epochs"]["verdict"] == verdict(
+        c["epochs"]["low"], c["epochs"]["high"], c["expected"], c["epochs"]["learned"]
+    )
     table = (out / "README.md").read_text()
     assert table.count("[depth](depth.md)") == 2 and "1-epochs" in table and "1-seconds" in table
     assert table.count(CLAIMS["depth"].paper_numbers) == 1  # the paper's numbers once per claim, not per row
@@ -68,8 +79,20 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
     budget = dict(data="digits", seeds=[0, 1], epochs=1, seconds=1.0, output=str(tmp_path / "runs"))
     assert reproduce.feature_maps(budget, out) == []
     hard = reproduce.run_dir(budget["output"], "1-epochs", "hard split", 0)
-    train(resolve_config(reproduce.RECIPE, dict(reproduce.ARMS["hard split"], data="digits", epochs=1, train_subset=300,
-                                               output=str(hard.parent), name=hard.name)), progress=False)  # fmt: skip
+    train(
+        resolve_config(
+            reproduce.RECIPE,
+            dict(
+                reproduce.ARMS["hard split"],
+                data="digits",
+                epochs=1,
+                train_subset=300,
+                output=str(hard.parent),
+                name=hard.name,
+            ),
+        ),
+        progress=False,
+    )
     assert reproduce.feature_maps(budget, out) == ["tokens_features_0.png", "tokens_features_1.png"]
     img = Image.open(out / "tokens_features_0.png").convert("L")
     assert max(img.getextrema()) > min(img.getextrema())
@@ -85,10 +108,17 @@ def test_mean_difference_is_welchs_interval():
 
 @pytest.mark.parametrize(
     "low,high,expected,answer",
-    [(0.2, 1.5, ">", "holds"), (-1.5, -0.2, ">", "does not hold"), (-0.2, 1.5, ">", "inconclusive"),
-     (-0.8, 0.9, "=", "holds"), (1.2, 2.0, "=", "does not hold"), (-2.0, -1.0, "=", "does not hold"),
-     (0.5, 1.5, "=", "inconclusive"), (math.nan, math.nan, ">", "inconclusive")],
-)  # fmt: skip
+    [
+        (0.2, 1.5, ">", "holds"),
+        (-1.5, -0.2, ">", "does not hold"),
+        (-0.2, 1.5, ">", "inconclusive"),
+        (-0.8, 0.9, "=", "holds"),
+        (1.2, 2.0, "=", "does not hold"),
+        (-2.0, -1.0, "=", "does not hold"),
+        (0.5, 1.5, "=", "inconclusive"),
+        (math.nan, math.nan, ">", "inconclusive"),
+    ],
+)
 def test_verdicts_follow_the_interval(low, high, expected, answer):
     assert verdict(low, high, expected) == answer
 
@@ -114,9 +144,15 @@ def test_the_mixer_page_times_its_arms_side_by_side():
     speeds = reproduce._step_speeds(arms, repeats=1, warmup=0)
     assert list(speeds) == arms and all(v > 0 for v in speeds.values())
     budget = dict(data="digits", seeds=[0, 1], epochs=1, seconds=1.0, train_subset=None, command="c")
-    summary = dict(claim="mixer", budget=budget, budget_names={}, comparisons=[], arms={},
-                   environment=dict(commit="abc", machine="m", torch="t", python="p"),
-                   step_img_per_s={arms[0]: 100.0, arms[1]: 125.0})  # fmt: skip
+    summary = dict(
+        claim="mixer",
+        budget=budget,
+        budget_names={},
+        comparisons=[],
+        arms={},
+        environment=dict(commit="abc", machine="m", torch="t", python="p"),
+        step_img_per_s={arms[0]: 100.0, arms[1]: 125.0},
+    )
     assert f"{arms[0]} 100 img/s (1.00x), {arms[1]} 125 img/s (1.25x)." in reproduce.claim_markdown(summary)
 
 

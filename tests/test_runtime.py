@@ -1,5 +1,6 @@
 """CPU deployment runtimes: onnxruntime and OpenVINO against eager PyTorch, int8 weights, the ONNX cache, threads,
 missing libraries and bad input, and `predict` / `benchmark` with --runtime."""
+
 import json
 import logging
 import os
@@ -24,8 +25,16 @@ pytest.importorskip("onnxruntime", reason="needs pip install 't2t-vit[deploy]'")
 pytest.importorskip("onnx", reason="needs pip install 't2t-vit[deploy]'")
 
 DIGITS = [str(i) for i in range(10)]
-TINY = dict(img_size=16, num_classes=10, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0, token_dim=16,
-            soft_splits=[[3, 1, 1], [3, 1, 1], [3, 2, 1]])  # fmt: skip
+TINY = dict(
+    img_size=16,
+    num_classes=10,
+    embed_dim=32,
+    depth=1,
+    num_heads=2,
+    mlp_ratio=2.0,
+    token_dim=16,
+    soft_splits=[[3, 1, 1], [3, 1, 1], [3, 2, 1]],
+)
 DATA_CONFIG = dict(input_size=(3, 16, 16), interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
 RUNTIMES = ["onnxruntime", "openvino"]
 
@@ -166,8 +175,11 @@ def test_the_onnx_cache_is_written_once_reused_and_renewed(own_checkpoint, monke
     import onnxruntime.quantization
 
     quantized, real_quantize = [], onnxruntime.quantization.quantize_dynamic
-    monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic",
-                        lambda *args, **kwargs: quantized.append(args) or real_quantize(*args, **kwargs))  # fmt: skip
+    monkeypatch.setattr(
+        onnxruntime.quantization,
+        "quantize_dynamic",
+        lambda *args, **kwargs: quantized.append(args) or real_quantize(*args, **kwargs),
+    )
     for _ in range(2):  # the int8 model is cached too, beside the fp32 one
         rt.load_runner(str(own_checkpoint), runtime="onnxruntime", use_ema=False, int8=True)
     assert len(quantized) == 1 and len(exports) == 4 and cache.with_suffix(".int8.onnx").is_file()
@@ -218,12 +230,15 @@ def test_threads_reach_each_runtime(checkpoint):
     assert runner.engine.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # not bf16 where the CPU has it
 
 
-@pytest.mark.parametrize("missing, argv", [
-    ("onnxruntime", ["--runtime", "onnxruntime"]),
-    ("openvino", ["--runtime", "openvino"]),
-    ("nncf", ["--runtime", "openvino", "--int8"]),
-    ("onnx", ["--runtime", "openvino"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "missing, argv",
+    [
+        ("onnxruntime", ["--runtime", "onnxruntime"]),
+        ("openvino", ["--runtime", "openvino"]),
+        ("nncf", ["--runtime", "openvino", "--int8"]),
+        ("onnx", ["--runtime", "openvino"]),
+    ],
+)
 def test_a_missing_runtime_library_names_the_extra(checkpoint, tmp_path, monkeypatch, capsys, missing, argv):
     monkeypatch.setitem(sys.modules, missing, None)  # `import missing` raises ImportError
     with pytest.raises(InputError, match=rf"needs {missing}, which is not installed: pip install 't2t-vit\[deploy\]'"):
@@ -243,8 +258,10 @@ def test_bad_input_is_one_line(checkpoint, tmp_path, capsys):
     for ckpt, needle in ((garbage, "is not a PyTorch checkpoint"), (tmp_path / "missing.pth", "does not exist")):
         assert main(["predict", str(img), "--checkpoint", str(ckpt), "--runtime", "onnxruntime"]) == 2
         _one_line_error(capsys, "t2t-vit predict: error:", str(ckpt), needle)
-    assert main(["predict", str(img), "--checkpoint", str(checkpoint), "--runtime", "onnxruntime", "--device", "cuda"
-                 ]) == 2  # fmt: skip
+    assert (
+        main(["predict", str(img), "--checkpoint", str(checkpoint), "--runtime", "onnxruntime", "--device", "cuda"])
+        == 2
+    )
     _one_line_error(capsys, "--device and --precision apply to --runtime torch")
     assert main(["benchmark", "--model", "t2t_vit_7", "--runtime", "onnxruntime", "--mode", "train"]) == 2
     _one_line_error(capsys, "--mode train: for --runtime torch only")
@@ -299,8 +316,24 @@ def test_cli_benchmark_json_reports_speed_per_runtime(checkpoint, user_cache, ca
 
 
 def test_cli_benchmark_agreement_line(checkpoint, capsys):
-    argv = ["benchmark", "--runtime", "onnxruntime", "--int8", "--checkpoint", str(checkpoint), "--batch-size", "2",
-            "--warmup", "0", "--repeats", "1", "--agreement", "digits", "--agreement-images", "100"]  # fmt: skip
+    argv = [
+        "benchmark",
+        "--runtime",
+        "onnxruntime",
+        "--int8",
+        "--checkpoint",
+        str(checkpoint),
+        "--batch-size",
+        "2",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--agreement",
+        "digits",
+        "--agreement-images",
+        "100",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "int8 top-1 agreement with fp32 on digits: " in out and "% (100 images)" in out, out

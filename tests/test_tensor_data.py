@@ -2,6 +2,7 @@
 
 Equivalence with the per-image (PIL) path: the same distributions of crop boxes and flips (two-sample tests), the
 same crop of a given box up to the interpolation kernel, and the same held-out top-1 on the digits recipe."""
+
 import math
 import random
 import signal
@@ -237,13 +238,19 @@ def test_a_batch_holds_the_pil_crop_of_each_drawn_box(monkeypatch):
 
     # every box the recipe can draw on 8 x 8 images (sides 6 to 8 px at any position), plain or mirrored
     sides = range(6, 9)
-    candidates = [(t, l, h, w, f) for h in sides for w in sides for t in range(9 - h) for l in range(9 - w)
-                  for f in (False, True)]  # fmt: skip
+    candidates = [
+        (t, left, h, w, f)
+        for h in sides
+        for w in sides
+        for t in range(9 - h)
+        for left in range(9 - w)
+        for f in (False, True)
+    ]
     for i in indices.tolist():
         image = Image.fromarray(digits.images[i]).convert("RGB")
 
-        def pil_crop(t, l, h, w, f):
-            out = TF.resized_crop(image, t, l, h, w, [16, 16], InterpolationMode.BICUBIC)
+        def pil_crop(t, left, h, w, f):
+            out = TF.resized_crop(image, t, left, h, w, [16, 16], InterpolationMode.BICUBIC)
             return torch.from_numpy(np.array(TF.hflip(out) if f else out)).permute(2, 0, 1).float()
 
         distance = {c: (crops[i] - pil_crop(*c)).abs().mean().item() for c in candidates}  # in 0..255
@@ -280,8 +287,12 @@ def _probe_top1(per_image: bool, seed: int, monkeypatch) -> float:
     val_batches = DeviceBatches(data.val_loader, cpu, data.config)
     torch.manual_seed(seed)
     pixels = math.prod(data.config["input_size"])
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(pixels, PROBE["hidden"]), torch.nn.GELU(),
-                                torch.nn.Linear(PROBE["hidden"], len(data.classes)))  # fmt: skip
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(pixels, PROBE["hidden"]),
+        torch.nn.GELU(),
+        torch.nn.Linear(PROBE["hidden"], len(data.classes)),
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=PROBE["lr"], weight_decay=1e-4)
     steps = PROBE["epochs"] * len(train_batches)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, PROBE["lr"], total_steps=steps)
@@ -299,8 +310,9 @@ def _probe_top1(per_image: bool, seed: int, monkeypatch) -> float:
 
 
 def test_the_digits_recipe_reaches_the_same_top1_on_both_paths(monkeypatch):
-    top1 = {path: [_probe_top1(path == "pil", seed, monkeypatch) for seed in PROBE["seeds"]]
-            for path in ("tensor", "pil")}  # fmt: skip
+    top1 = {
+        path: [_probe_top1(path == "pil", seed, monkeypatch) for seed in PROBE["seeds"]] for path in ("tensor", "pil")
+    }
     mean = {path: sum(runs) / len(runs) for path, runs in top1.items()}
     assert min(mean.values()) >= 90.0, top1  # each path trained
     assert abs(mean["tensor"] - mean["pil"]) <= 1.0, top1

@@ -1,4 +1,5 @@
 """Training: the paper's recipe, resume, distributed equivalence, and bad input handled without a traceback."""
+
 import os
 import signal
 import subprocess
@@ -65,8 +66,9 @@ def test_lr_warmup_start_peak_and_end():
 
 def test_a_schedule_can_end_before_the_epochs_do():
     opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
-    cfg = dict(DEFAULTS, lr=1e-3, epochs=3, schedule_epochs=1.5, warmup_epochs=0, cooldown_epochs=0,
-               sched_on_updates=True)  # fmt: skip
+    cfg = dict(
+        DEFAULTS, lr=1e-3, epochs=3, schedule_epochs=1.5, warmup_epochs=0, cooldown_epochs=0, sched_on_updates=True
+    )
     sched, total = build_scheduler(opt, cfg, updates_per_epoch=100)
     lr_at = lambda u: sched._get_lr(u)[0]  # noqa: E731
     assert total == 3 and lr_at(0) == pytest.approx(1e-3)
@@ -76,8 +78,9 @@ def test_a_schedule_can_end_before_the_epochs_do():
 
 def test_a_time_schedule_follows_the_clock_and_ends_at_the_budget():
     opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
-    cfg = dict(DEFAULTS, lr=1e-3, epochs=4, schedule_epochs=2, warmup_epochs=0, cooldown_epochs=0,
-               sched_on_updates=True)  # fmt: skip
+    cfg = dict(
+        DEFAULTS, lr=1e-3, epochs=4, schedule_epochs=2, warmup_epochs=0, cooldown_epochs=0, sched_on_updates=True
+    )
     sched, _ = build_scheduler(opt, cfg, updates_per_epoch=100)
     now = [0.0]
     timed = TimeSchedule(sched, 200, budget=50.0, seconds=lambda: now[0])
@@ -121,9 +124,17 @@ def test_mixup_cutmix_and_smoothing_are_on_by_default():
 
 
 def test_paper_configs_hold_the_paper_numbers():
-    expected = {"t2t_vit_7": (1e-3, 0.03), "t2t_vit_10": (1e-3, 0.03), "t2t_vit_12": (1e-3, 0.03),
-                "t2t_vit_14": (5e-4, 0.05), "t2t_vit_t_14": (5e-4, 0.05), "t2t_vit_19": (5e-4, 0.065),
-                "t2t_vit_24": (5e-4, 0.065), "t2t_vit_t_19": (5e-4, 0.065), "t2t_vit_t_24": (5e-4, 0.065)}  # fmt: skip
+    expected = {
+        "t2t_vit_7": (1e-3, 0.03),
+        "t2t_vit_10": (1e-3, 0.03),
+        "t2t_vit_12": (1e-3, 0.03),
+        "t2t_vit_14": (5e-4, 0.05),
+        "t2t_vit_t_14": (5e-4, 0.05),
+        "t2t_vit_19": (5e-4, 0.065),
+        "t2t_vit_24": (5e-4, 0.065),
+        "t2t_vit_t_19": (5e-4, 0.065),
+        "t2t_vit_t_24": (5e-4, 0.065),
+    }
     for name, (lr, wd) in expected.items():
         cfg = resolve_config(name)
         assert (cfg["model"], cfg["lr"], cfg["weight_decay"], cfg["lr_base_batch"]) == (name, lr, wd, 512)
@@ -161,12 +172,39 @@ def _torchrun_env():
 
 
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path):
-    common = ["--config", "digits", "--no-progress", "--output", str(tmp_path), "--epochs", "1",
-              "--warmup-epochs", "0", "--scale", "[1.0, 1.0]", "--ratio", "[1.0, 1.0]",
-              "--model-kwargs", "{embed_dim: 32, depth: 1, num_heads: 2, token_dim: 16, t2t_mixer: transformer, "
-              "soft_splits: [[3, 1, 1], [3, 1, 1], [3, 2, 1]]}"]  # no dropout anywhere: ranks draw no randomness
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-                "-m", "t2t_vit", "train", *common, "--batch-size", "32", "--name", "ddp"]  # fmt: skip
+    common = [
+        "--config",
+        "digits",
+        "--no-progress",
+        "--output",
+        str(tmp_path),
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--scale",
+        "[1.0, 1.0]",
+        "--ratio",
+        "[1.0, 1.0]",
+        "--model-kwargs",
+        "{embed_dim: 32, depth: 1, num_heads: 2, token_dim: 16, t2t_mixer: transformer, "
+        "soft_splits: [[3, 1, 1], [3, 1, 1], [3, 2, 1]]}",
+    ]  # no dropout anywhere: ranks draw no randomness
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        "-m",
+        "t2t_vit",
+        "train",
+        *common,
+        "--batch-size",
+        "32",
+        "--name",
+        "ddp",
+    ]
     single = [sys.executable, "-m", "t2t_vit", "train", *common, "--batch-size", "64", "--name", "single"]
     for cmd in (torchrun, single):
         done = subprocess.run(cmd, env=_torchrun_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -179,9 +217,23 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_checkpoints_exits_non_zero_and_says_how_to_continue(tmp_path, sig, code):
-    cmd = [sys.executable, "-m", "t2t_vit", "train", "--config", "digits", "--no-progress", "--output", str(tmp_path),
-           "--name", "sig", "--epochs", "30", "--model-kwargs",
-           "{embed_dim: 32, depth: 1, num_heads: 2, token_dim: 16, soft_splits: [[3, 1, 1], [3, 1, 1], [3, 2, 1]]}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "t2t_vit",
+        "train",
+        "--config",
+        "digits",
+        "--no-progress",
+        "--output",
+        str(tmp_path),
+        "--name",
+        "sig",
+        "--epochs",
+        "30",
+        "--model-kwargs",
+        "{embed_dim: 32, depth: 1, num_heads: 2, token_dim: 16, soft_splits: [[3, 1, 1], [3, 1, 1], [3, 2, 1]]}",
+    ]
     proc = subprocess.Popen(cmd, env=_torchrun_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while not (tmp_path / "sig" / "metrics.csv").exists() and time.time() < deadline:
@@ -196,7 +248,9 @@ def test_a_signal_checkpoints_exits_non_zero_and_says_how_to_continue(tmp_path, 
     assert 1 <= state["epoch"] < 30 and not (tmp_path / "sig" / ".lock").exists()
     from t2t_vit.cli import main
 
-    assert main([*cmd[3:], "--resume", "auto", "--stop-after-epochs", "1"]) == 0  # the command it printed, less 29 epochs
+    assert (
+        main([*cmd[3:], "--resume", "auto", "--stop-after-epochs", "1"]) == 0
+    )  # the command it printed, less 29 epochs
     assert _weights(tmp_path / "sig")["epoch"] == state["epoch"] + 1
 
 

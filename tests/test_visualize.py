@@ -1,4 +1,5 @@
 """`t2t-vit visualize`: feature maps, attention maps and rollout, training curves; each a non-blank PNG."""
+
 import csv
 
 import numpy as np
@@ -89,10 +90,39 @@ def test_attention_png(image, models, tmp_path):
 
 
 def test_cli_features_and_attention(image, tmp_path):
-    _run(["visualize", "features", str(image), "--model", "t2t_vit_7", "--img-size", "64", "--channels", "4",
-          "--out", str(tmp_path / "f.png")])  # fmt: skip
-    _run(["visualize", "attention", str(image), "--model", "t2t_vit_7", "--img-size", "64", "--blocks", "0", "-1",
-          "--heads", "2", "--out", str(tmp_path / "a.png")])  # fmt: skip
+    _run(
+        [
+            "visualize",
+            "features",
+            str(image),
+            "--model",
+            "t2t_vit_7",
+            "--img-size",
+            "64",
+            "--channels",
+            "4",
+            "--out",
+            str(tmp_path / "f.png"),
+        ]
+    )
+    _run(
+        [
+            "visualize",
+            "attention",
+            str(image),
+            "--model",
+            "t2t_vit_7",
+            "--img-size",
+            "64",
+            "--blocks",
+            "0",
+            "-1",
+            "--heads",
+            "2",
+            "--out",
+            str(tmp_path / "a.png"),
+        ]
+    )
     assert _pixel_variance(tmp_path / "f.png") > 0 and _pixel_variance(tmp_path / "a.png") > 0
 
 
@@ -100,13 +130,28 @@ def test_cli_takes_the_model_from_our_checkpoints(image, models, tmp_path, capsy
     from t2t_vit.deploy.export import export_safetensors
 
     t2t, _ = models
-    meta = dict(arch="t2t_vit_7", model_kwargs=dict(img_size=64, depth=2), class_names=None,
-                data_config=dict(input_size=[3, 64, 64], interpolation="bicubic", mean=[0.5] * 3, std=[0.5] * 3,
-                                 crop_pct=1.0))  # fmt: skip
+    meta = dict(
+        arch="t2t_vit_7",
+        model_kwargs=dict(img_size=64, depth=2),
+        class_names=None,
+        data_config=dict(input_size=[3, 64, 64], interpolation="bicubic", mean=[0.5] * 3, std=[0.5] * 3, crop_pct=1.0),
+    )
     ours = tmp_path / "ours.safetensors"
     export_safetensors(t2t, ours, meta)
-    _run(["visualize", "features", str(image), "--checkpoint", str(ours), str(ours), "--channels", "4",
-          "--out", str(tmp_path / "f.png")])  # fmt: skip
+    _run(
+        [
+            "visualize",
+            "features",
+            str(image),
+            "--checkpoint",
+            str(ours),
+            str(ours),
+            "--channels",
+            "4",
+            "--out",
+            str(tmp_path / "f.png"),
+        ]
+    )
     _run(["visualize", "attention", str(image), "--checkpoint", str(ours), "--out", str(tmp_path / "a.png")])
     assert _pixel_variance(tmp_path / "f.png") > 0 and _pixel_variance(tmp_path / "a.png") > 0
     assert capsys.readouterr().out.count("wrote ") == 2
@@ -119,8 +164,14 @@ def test_cli_curves_of_two_runs(tmp_path):
             writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS)
             writer.writeheader()
             for epoch in range(4):
-                writer.writerow(dict(epoch=epoch, train_loss=2 - 0.3 * epoch + offset, val_loss=2.1 - 0.2 * epoch,
-                                     val_top1=10 + 5 * epoch))  # fmt: skip
+                writer.writerow(
+                    dict(
+                        epoch=epoch,
+                        train_loss=2 - 0.3 * epoch + offset,
+                        val_loss=2.1 - 0.2 * epoch,
+                        val_top1=10 + 5 * epoch,
+                    )
+                )
     out = tmp_path / "curves.png"
     _run(["visualize", "curves", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)])
     assert _pixel_variance(out) > 0

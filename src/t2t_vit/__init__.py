@@ -4,6 +4,7 @@
 import hook), so that the `t2t-vit` command answers `--help` without loading torch. The public names below load
 on first use.
 """
+
 import importlib
 import importlib.abc
 import importlib.util

@@ -1,4 +1,5 @@
-"""`python -m t2t_vit COMMAND ...`, the same as the `t2t-vit` command (and what torchrun runs: `torchrun -m t2t_vit`)."""
+"""`python -m t2t_vit COMMAND ...`, the same as the `t2t-vit` command (what torchrun runs: `torchrun -m t2t_vit`)."""
+
 import sys
 
 from .cli import main

@@ -9,6 +9,7 @@ Layouts accepted, as the authors' tools and ours write them:
     transfer_learning.py (CIFAR)        {net: DataParallel state dict ("module." keys), acc, epoch}
     ours                                {model, model_ema, optimizer, ..., meta}
 """
+
 import errno
 import json
 import logging

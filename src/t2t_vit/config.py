@@ -1,4 +1,5 @@
 """One set of defaults (the paper's ImageNet recipe), overridden by a YAML file, then by the command line."""
+
 import copy
 import importlib.resources
 import os
@@ -29,8 +30,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
     "model": {
         "model": ("t2t_vit_14", "? text", "registered model (`t2t-vit models`), or timm:NAME for a timm baseline"),
-        "model_kwargs": ({}, "mapping",
-                         "extra constructor arguments, e.g. {soft_splits: [[3, 2, 1], [3, 2, 1], [3, 1, 1]]}"),
+        "model_kwargs": (
+            {},
+            "mapping",
+            "extra constructor arguments, e.g. {soft_splits: [[3, 2, 1], [3, 2, 1], [3, 1, 1]]}",
+        ),
         "img_size": (224, "size", "input size in pixels"),
         "in_chans": (3, "int >= 1", "input channels"),
         "num_classes": (None, "? int >= 1", "classes of the head; null: the dataset's class count"),
@@ -39,12 +43,20 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
         "init_checkpoint": (None, "? text", "weights to start from: ours, or the authors' (then `model` names it)"),
     },
     "data": {
-        "data": (None, "? text", "digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, cifar100:DIR, hfds/..., or an "
-                                 "ImageFolder root with train/ and val/"),
+        "data": (
+            None,
+            "? text",
+            "digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, cifar100:DIR, hfds/..., or an "
+            "ImageFolder root with train/ and val/",
+        ),
         "train_subset": (None, "? int >= 1", "train on N images of the training split (a fixed stratified choice)"),
         "download": (False, "bool", "fetch the dataset where the source can (CIFAR)"),
-        "workers": ("auto", "auto or int >= 0", "data loading processes per training process; auto: the cores this "
-                    "process may use, shared by the processes on its node"),
+        "workers": (
+            "auto",
+            "auto or int >= 0",
+            "data loading processes per training process; auto: the cores this "
+            "process may use, shared by the processes on its node",
+        ),
         "batch_size": (64, "int >= 1", "per process; the global batch is batch_size x processes x accum_steps"),
         "val_batch_size": (None, "? int >= 1", "held-out batch size; null: 2 x batch_size"),
         "mean": (list(IMAGENET_MEAN), "numbers", "normalisation mean per channel"),
@@ -53,8 +65,11 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
         "crop_pct": (0.9, "number in (0, 1]", "evaluation centre crop fraction"),
     },
     "augmentation": {
-        "train_crop": ("random_resized", "one of random_resized|pad", "random_resized, or pad: resize, padded "
-                                                                      "random crop, flip (CIFAR)"),
+        "train_crop": (
+            "random_resized",
+            "one of random_resized|pad",
+            "random_resized, or pad: resize, padded random crop, flip (CIFAR)",
+        ),
         "crop_padding": (28, "int >= 0", "padding of train_crop: pad"),
         "scale": ([0.08, 1.0], "numbers[2]", "random resized crop area range"),
         "ratio": ([0.75, 1.3333333333333333], "numbers[2]", "random resized crop aspect range"),
@@ -76,31 +91,51 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
         "opt": ("adamw", "text", "optimizer (timm's names: adamw, sgd, lamb, ...)"),
         "opt_eps": (1e-8, "number > 0", "optimizer epsilon (Adam family)"),
         "momentum": (0.9, "number in [0, 1]", "momentum (SGD)"),
-        "lr": (5e-4, "number > 0", "learning rate for a global batch of lr_base_batch, scaled linearly to the "
-                                     "actual one"),
+        "lr": (
+            5e-4,
+            "number > 0",
+            "learning rate for a global batch of lr_base_batch, scaled linearly to the actual one",
+        ),
         "lr_base_batch": (512, "int >= 1", "the global batch `lr` is stated for"),
         "weight_decay": (0.05, "number >= 0", "weight decay (not on norms, biases, class token, positions)"),
         "clip_grad": (None, "? number > 0", "clip the gradient norm to this value; null: off"),
         "accum_steps": (1, "int >= 1", "micro-batches per optimizer update"),
-        "backbone_lr_ratio": (1.0, "number >= 0", "lr of everything but the head, relative to the head's "
-                                                  "(fine-tuning: 0.01)"),
-        "layer_decay": (None, "? number in (0, 1]",
-                        "layer-wise lr decay: block i of L gets layer_decay ** (L + 1 - i)"),
+        "backbone_lr_ratio": (
+            1.0,
+            "number >= 0",
+            "lr of everything but the head, relative to the head's (fine-tuning: 0.01)",
+        ),
+        "layer_decay": (
+            None,
+            "? number in (0, 1]",
+            "layer-wise lr decay: block i of L gets layer_decay ** (L + 1 - i)",
+        ),
         "freeze_backbone": (False, "bool", "train the head only (linear probe)"),
         "sched": ("cosine", "text", "lr schedule (timm's names)"),
         "epochs": (300, "int >= 1", "epochs of the schedule; cooldown_epochs follow at min_lr"),
-        "schedule_epochs": (None, "? number > 0", "epochs the lr schedule spans when not `epochs` (a fraction too, "
-                                                  "e.g. sized to end at a time_budget; min_lr after it); null: epochs"),
+        "schedule_epochs": (
+            None,
+            "? number > 0",
+            "epochs the lr schedule spans when not `epochs` (a fraction too, "
+            "e.g. sized to end at a time_budget; min_lr after it); null: epochs",
+        ),
         "warmup_epochs": (10, "int >= 0", "linear warmup epochs from warmup_lr"),
         "warmup_lr": (1e-6, "number >= 0", "lr at the start of warmup"),
         "min_lr": (1e-5, "number >= 0", "lr at the end of the schedule and during cooldown"),
         "cooldown_epochs": (10, "int >= 0", "epochs at min_lr after the schedule"),
-        "sched_on_updates": (False, "bool", "step the schedule every update (true) or every epoch, as the authors "
-                                            "(false)"),
+        "sched_on_updates": (
+            False,
+            "bool",
+            "step the schedule every update (true) or every epoch, as the authors (false)",
+        ),
         "model_ema": (True, "bool", "keep an EMA of the weights and evaluate it"),
         "model_ema_decay": (0.99996, "number in [0, 1]", "EMA decay per update"),
-        "nonfinite": ("stop", "one of stop|skip|rollback", "on a NaN/inf loss: stop (saving the state before it), "
-                      "skip the update, or roll back to the last checkpoint at a lower lr"),
+        "nonfinite": (
+            "stop",
+            "one of stop|skip|rollback",
+            "on a NaN/inf loss: stop (saving the state before it), "
+            "skip the update, or roll back to the last checkpoint at a lower lr",
+        ),
         "nonfinite_limit": (10, "int >= 1", "skip/rollback: stop after this many non-finite steps in a row"),
         "rollback_lr_factor": (0.5, "number in (0, 1)", "rollback: multiply the lr by this at each rollback"),
     },
@@ -115,18 +150,40 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
         "output": ("runs", "text", "where run directories go"),
         "name": (None, "? text", "run directory name; null: the config's name, else model-data"),
         "checkpoint_every": (0, "int >= 0", "also keep epoch_N.pth.tar every N epochs (0: only last and best)"),
-        "eval_every": (1, "int >= 1", "evaluate the held-out split every N epochs, and always at the run's end (the "
-                                      "last epoch, the time budget, stop_after_epochs)"),
-        "best_metric": ("top1", "one of top1|ema_top1|loss|ema_loss", "what best.pth.tar keeps: top1, ema_top1, "
-                                                                      "loss or ema_loss"),
-        "stop_after_epochs": (None, "? int >= 1", "end this process after N epochs (the schedule still spans all), "
-                                                  "e.g. time limits"),
-        "time_budget": (None, "? number > 0", "seconds of training (over all sessions, evaluation not counted) "
-                                              "after which the run evaluates and ends, mid-epoch if need be"),
-        "schedule_on_time": (False, "bool", "with time_budget: the lr schedule follows the training seconds, not the "
-                                            "updates, and ends at the budget at any pace (the lr then depends on it)"),
-        "log_interval": (50, "int >= 0", "updates between the host's reads of the device (loss, non-finite flags, a stop "
-                         "across ranks) and log lines when no progress bar is shown; 0: reads every 50, no lines"),
+        "eval_every": (
+            1,
+            "int >= 1",
+            "evaluate the held-out split every N epochs, and always at the run's end (the "
+            "last epoch, the time budget, stop_after_epochs)",
+        ),
+        "best_metric": (
+            "top1",
+            "one of top1|ema_top1|loss|ema_loss",
+            "what best.pth.tar keeps: top1, ema_top1, loss or ema_loss",
+        ),
+        "stop_after_epochs": (
+            None,
+            "? int >= 1",
+            "end this process after N epochs (the schedule still spans all), e.g. time limits",
+        ),
+        "time_budget": (
+            None,
+            "? number > 0",
+            "seconds of training (over all sessions, evaluation not counted) "
+            "after which the run evaluates and ends, mid-epoch if need be",
+        ),
+        "schedule_on_time": (
+            False,
+            "bool",
+            "with time_budget: the lr schedule follows the training seconds, not the "
+            "updates, and ends at the budget at any pace (the lr then depends on it)",
+        ),
+        "log_interval": (
+            50,
+            "int >= 0",
+            "updates between the host's reads of the device (loss, non-finite flags, a stop "
+            "across ranks) and log lines when no progress bar is shown; 0: reads every 50, no lines",
+        ),
     },
 }
 DEFAULTS: Dict[str, Any] = {key: default for keys in SCHEMA.values() for key, (default, _, _) in keys.items()}
@@ -134,12 +191,39 @@ RULES: Dict[str, str] = {key: rule for keys in SCHEMA.values() for key, (_, rule
 
 # What `--resume` may change (applied: the schedule is rebuilt at the resumed step, the data position kept); any
 # other key differing from the checkpoint's config is an error, since the run would no longer be the one it continues.
-RESUME_CHANGEABLE = frozenset((
-    "epochs", "schedule_epochs", "cooldown_epochs", "warmup_epochs", "warmup_lr", "lr", "lr_base_batch", "min_lr",
-    "batch_size", "accum_steps", "val_batch_size", "workers", "clip_grad", "output", "name", "checkpoint_every",
-    "eval_every", "best_metric", "stop_after_epochs", "time_budget", "log_interval", "device", "amp", "amp_dtype",
-    "compile", "download", "nonfinite", "nonfinite_limit", "rollback_lr_factor",
-))  # fmt: skip
+RESUME_CHANGEABLE = frozenset(
+    (
+        "epochs",
+        "schedule_epochs",
+        "cooldown_epochs",
+        "warmup_epochs",
+        "warmup_lr",
+        "lr",
+        "lr_base_batch",
+        "min_lr",
+        "batch_size",
+        "accum_steps",
+        "val_batch_size",
+        "workers",
+        "clip_grad",
+        "output",
+        "name",
+        "checkpoint_every",
+        "eval_every",
+        "best_metric",
+        "stop_after_epochs",
+        "time_budget",
+        "log_interval",
+        "device",
+        "amp",
+        "amp_dtype",
+        "compile",
+        "download",
+        "nonfinite",
+        "nonfinite_limit",
+        "rollback_lr_factor",
+    )
+)
 HISTORY_KEY = "resumes"  # config.yaml's record of what each resume changed; not a config key
 
 _RANGE = re.compile(r"^(int|number)(?: (>=|>) (\S+)| in ([\[(])(\S+), (\S+)([\])]))?$")
@@ -165,8 +249,9 @@ def _check_rule(rule: str, key: str, value: Any, source: str, optional: bool) ->
 
     def fail(allowed: str) -> InputError:
         where = f" (from {source})" if source else ""
-        return InputError(f"config key {key} = {value!r}{where} is not allowed: expected {allowed}"
-                          + (" or null" if optional else ""))  # fmt: skip
+        return InputError(
+            f"config key {key} = {value!r}{where} is not allowed: expected {allowed}" + (" or null" if optional else "")
+        )
 
     if value is None:
         if optional:
@@ -192,8 +277,10 @@ def _check_rule(rule: str, key: str, value: Any, source: str, optional: bool) ->
         raise fail("one of " + ", ".join(choices))
     if rule.startswith("numbers"):
         n = int(rule[8:-1]) if rule != "numbers" else None
-        ok = isinstance(value, list) and value and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ok = (
+            isinstance(value, list)
+            and value
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         )
         if ok and (n is None or len(value) == n):
             return value
@@ -211,8 +298,10 @@ def _check_rule(rule: str, key: str, value: Any, source: str, optional: bool) ->
     value = int(value) if kind == "int" else value
     if op and not (value >= float(bound) if op == ">=" else value > float(bound)):
         raise fail(allowed)
-    if lo_br and not ((value >= float(lo) if lo_br == "[" else value > float(lo))
-                      and (value <= float(hi) if hi_br == "]" else value < float(hi))):  # fmt: skip
+    if lo_br and not (
+        (value >= float(lo) if lo_br == "[" else value > float(lo))
+        and (value <= float(hi) if hi_br == "]" else value < float(hi))
+    ):
         raise fail(allowed)
     return value
 
@@ -258,9 +347,7 @@ def load_yaml(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         packaged = _config_dir() / (path.name if path.name.endswith(".yaml") else f"{path.name}.yaml")
         if str(path.parent) != "." or not packaged.is_file():
-            raise InputError(
-                f"config {str(path)!r} not found: give a YAML path or one of {', '.join(config_names())}"
-            )
+            raise InputError(f"config {str(path)!r} not found: give a YAML path or one of {', '.join(config_names())}")
         path = packaged  # type: ignore[assignment]
     try:
         data = yaml.load(path.read_text(), _Loader) or {}

@@ -1,5 +1,6 @@
 """The device a process computes on and the precision it computes in: picked from what `--device` and
 `--precision` say and what is here. Training, evaluation and prediction all go through these."""
+
 from typing import Optional
 
 import torch

@@ -1,4 +1,5 @@
 """Making models: by registered name, optionally with weights, or from one of our checkpoints alone."""
+
 import difflib
 import math
 from pathlib import Path
@@ -21,7 +22,9 @@ def list_models(pattern: str = "*") -> List[str]:
     return sorted(names, key=lambda n: (n.split(".")[0].rstrip("0123456789_"), len(n), n))
 
 
-def create_model(name: str, checkpoint_path: Optional[PathLike] = None, use_ema: bool = True, **kwargs: Any) -> nn.Module:
+def create_model(
+    name: str, checkpoint_path: Optional[PathLike] = None, use_ema: bool = True, **kwargs: Any
+) -> nn.Module:
     """Build a registered model (`timm.create_model` kwargs apply) and load `checkpoint_path` if given.
 
     The checkpoint may be an authors' release file or one of ours; its head is dropped if `num_classes` differs

@@ -4,6 +4,7 @@
 (`checkpoint.read_checkpoint`: weights_only, argparse.Namespace the one class allowed), never in an unpickler that
 could run code.
 """
+
 import logging
 import os
 import urllib.error
@@ -90,9 +91,16 @@ def _fetch(url: str, out: Path, progress: bool) -> Tuple[int, Optional[int]]:
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
         received = 0
-        with open(out, "wb") as f, tqdm(
-            total=expected, unit="B", unit_scale=True, desc=out.name.split(".part")[0], disable=None if progress else True
-        ) as bar:
+        with (
+            open(out, "wb") as f,
+            tqdm(
+                total=expected,
+                unit="B",
+                unit_scale=True,
+                desc=out.name.split(".part")[0],
+                disable=None if progress else True,
+            ) as bar,
+        ):
             while chunk := response.read(CHUNK):
                 f.write(chunk)
                 received += len(chunk)
@@ -159,8 +167,14 @@ def convert(
     (out / "README.md").write_text(model_card(Path(checkpoint).name, meta, model))
     if push_to_hub:
         try:
-            push_to_hf_hub(model, push_to_hub, model_config=config, model_args=model_args, data_config=data,
-                           model_card=dict(details=dict(source=Path(checkpoint).name)))  # fmt: skip
+            push_to_hf_hub(
+                model,
+                push_to_hub,
+                model_config=config,
+                model_args=model_args,
+                data_config=data,
+                model_card=dict(details=dict(source=Path(checkpoint).name)),
+            )
         except Exception as e:  # the Hub's client raises its own types for login, network and permission
             raise InputError(
                 f"{out} was written, but pushing it to {push_to_hub!r} failed ({type(e).__name__}: {e}): log in with "

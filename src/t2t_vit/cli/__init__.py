@@ -3,6 +3,7 @@
 One module per command group registers its sub-commands; each command imports the library (torch, timm) only
 when it runs, so `--help` answers at once.
 """
+
 import argparse
 import logging
 import sys

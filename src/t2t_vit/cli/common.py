@@ -1,4 +1,5 @@
 """Arguments several commands share, and argument types that refuse nonsense with argparse's own usage error."""
+
 import argparse
 
 
@@ -24,8 +25,12 @@ def _int_at_least(text: str, low: int, what: str) -> int:
 
 def precision_arg(p: argparse.ArgumentParser) -> None:
     """--precision, as every command that runs a model takes it (train: the amp and amp_dtype keys)."""
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="autocast dtype; auto: as training evaluates (bf16 on CUDA, fp32 on the CPU)")  # fmt: skip
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="autocast dtype; auto: as training evaluates (bf16 on CUDA, fp32 on the CPU)",
+    )
 
 
 def checkpoint_args(p: argparse.ArgumentParser) -> None:

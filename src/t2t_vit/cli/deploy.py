@@ -1,4 +1,5 @@
 """`t2t-vit predict`, `export`, `benchmark`: using a trained model, and measuring one."""
+
 import argparse
 import json
 from typing import Any
@@ -12,12 +13,19 @@ RUNTIMES = ("torch", "onnxruntime", "openvino")
 
 def runtime_args(p: argparse.ArgumentParser) -> None:
     """--runtime, --threads, --int8: what runs the model on the CPU."""
-    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
-                   help="torch: the PyTorch model; onnxruntime, openvino: its ONNX export, made once and cached "
-                   "beside the checkpoint (pip install 't2t-vit[deploy]')")  # fmt: skip
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="torch: the PyTorch model; onnxruntime, openvino: its ONNX export, made once and cached "
+        "beside the checkpoint (pip install 't2t-vit[deploy]')",
+    )
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: the runtime's own choice)")
-    p.add_argument("--int8", action="store_true", help="int8 weights (onnxruntime: dynamic quantization; "
-                   "openvino: NNCF weight compression)")  # fmt: skip
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 weights (onnxruntime: dynamic quantization; openvino: NNCF weight compression)",
+    )
 
 
 def register(sub: Any) -> None:
@@ -49,20 +57,27 @@ def register(sub: Any) -> None:
     b.add_argument("--model", help="a registered model name, e.g. t2t_vit_14 (with --checkpoint: as for predict)")
     b.add_argument("--checkpoint", help="--runtime onnxruntime/openvino: measure this checkpoint")
     runtime_args(b)
-    b.add_argument("--agreement", metavar="DATA",
-                   help="with --checkpoint: top-1 agreement with fp32 (--int8) or with torch, on DATA's validation "
-                   "split (a --data spec: digits, fashion-mnist:DIR, an ImageFolder root, ...)")  # fmt: skip
+    b.add_argument(
+        "--agreement",
+        metavar="DATA",
+        help="with --checkpoint: top-1 agreement with fp32 (--int8) or with torch, on DATA's validation "
+        "split (a --data spec: digits, fashion-mnist:DIR, an ImageFolder root, ...)",
+    )
     b.add_argument("--agreement-images", type=positive_int, metavar="N", help="a fixed random N of them")
-    b.add_argument("--mode", choices=("infer", "train"), default="infer",
-                   help="infer: forward; train: forward, backward, AdamW")  # fmt: skip
+    b.add_argument(
+        "--mode", choices=("infer", "train"), default="infer", help="infer: forward; train: forward, backward, AdamW"
+    )
     b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     b.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype (fp32: none)")
     b.add_argument("--compile", action="store_true", help="torch.compile the model")
     b.add_argument("--batch-size", type=positive_int, help="default 16; with --loader, the recipe's")
     b.add_argument("--img-size", type=positive_int, help="default 224; a checkpoint runs at its own")
-    b.add_argument("--loader", metavar="DATA",
-                   help="the training input path alone on DATA (a --data spec), beside the model's training step "
-                   "alone, both as --config's recipe runs them: which one bounds the run")  # fmt: skip
+    b.add_argument(
+        "--loader",
+        metavar="DATA",
+        help="the training input path alone on DATA (a --data spec), beside the model's training step "
+        "alone, both as --config's recipe runs them: which one bounds the run",
+    )
     b.add_argument("--config", help="with --loader: the recipe (a config name or YAML; default: --model's own)")
     b.add_argument("--workers", help="with --loader: loader processes (default: the recipe's)")
     b.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps first")
@@ -77,8 +92,18 @@ def register(sub: Any) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from ..deploy.runtimes import predict
 
-    results = predict(args.images, args.checkpoint, args.model, args.top_k, args.batch_size, args.runtime,
-                      args.threads, args.int8, args.device, args.precision)  # fmt: skip
+    results = predict(
+        args.images,
+        args.checkpoint,
+        args.model,
+        args.top_k,
+        args.batch_size,
+        args.runtime,
+        args.threads,
+        args.int8,
+        args.device,
+        args.precision,
+    )
     if args.json:
         print(json.dumps(results, indent=1))
     else:
@@ -112,29 +137,53 @@ def _benchmark(args: argparse.Namespace) -> None:
         return _benchmark_loader(args)
     args.batch_size = args.batch_size or 16
     if args.runtime != "torch":
-        torch_only = {"--mode train": args.mode != "infer", f"--dtype {args.dtype}": args.dtype != "fp32",
-                      "--compile": args.compile, f"--device {args.device}": args.device != "cpu",
-                      "--attn-impl eager": args.attn_impl != "sdpa", "--compare-eager": args.compare_eager}  # fmt: skip
+        torch_only = {
+            "--mode train": args.mode != "infer",
+            f"--dtype {args.dtype}": args.dtype != "fp32",
+            "--compile": args.compile,
+            f"--device {args.device}": args.device != "cpu",
+            "--attn-impl eager": args.attn_impl != "sdpa",
+            "--compare-eager": args.compare_eager,
+        }
         if any(torch_only.values()):
             given = ", ".join(k for k, v in torch_only.items() if v)
             raise InputError(f"{given}: for --runtime torch only; {args.runtime} measures fp32 inference on the CPU")
         res = benchmark_runtime(
-            args.runtime, args.model, args.checkpoint, args.img_size, args.threads, args.int8, args.batch_size,
-            args.warmup, args.repeats, args.agreement, args.agreement_images,
-        )  # fmt: skip
+            args.runtime,
+            args.model,
+            args.checkpoint,
+            args.img_size,
+            args.threads,
+            args.int8,
+            args.batch_size,
+            args.warmup,
+            args.repeats,
+            args.agreement,
+            args.agreement_images,
+        )
         print(json.dumps(res, indent=2) if args.json else format_runtime_result(res))
         return
     if args.checkpoint is not None or args.agreement is not None:
-        raise InputError("--checkpoint and --agreement go with --runtime onnxruntime or openvino: torch measures "
-                         "--model with random weights")  # fmt: skip
+        raise InputError(
+            "--checkpoint and --agreement go with --runtime onnxruntime or openvino: torch measures "
+            "--model with random weights"
+        )
     if args.model is None:
         raise InputError("name the model to measure: --model NAME, e.g. --model t2t_vit_14")
     cfg = BenchConfig(
-        model=args.model, mode=args.mode, device=args.device, dtype=args.dtype, compile=args.compile,
-        batch_size=args.batch_size, img_size=args.img_size or 224, warmup=args.warmup, repeats=args.repeats,
-    )  # fmt: skip
-    res = benchmark_torch(cfg, args.threads, compare_eager=args.compare_eager, attn_impl=args.attn_impl,
-                          memory=not args.no_memory)  # fmt: skip
+        model=args.model,
+        mode=args.mode,
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        batch_size=args.batch_size,
+        img_size=args.img_size or 224,
+        warmup=args.warmup,
+        repeats=args.repeats,
+    )
+    res = benchmark_torch(
+        cfg, args.threads, compare_eager=args.compare_eager, attn_impl=args.attn_impl, memory=not args.no_memory
+    )
     print(json.dumps(res, indent=2) if args.json else format_result(res))
 
 
@@ -144,8 +193,10 @@ def _benchmark_loader(args: argparse.Namespace) -> None:
 
     recipe = args.config or args.model
     if recipe is None:
-        raise InputError("--loader measures a recipe's input path: name it with --config NAME (e.g. digits, "
-                         "t2t_vit_14) or --model NAME")  # fmt: skip
+        raise InputError(
+            "--loader measures a recipe's input path: name it with --config NAME (e.g. digits, "
+            "t2t_vit_14) or --model NAME"
+        )
     overrides = dict(data=args.loader, device=args.device)
     for key, value in (("batch_size", args.batch_size), ("workers", args.workers), ("img_size", args.img_size)):
         if value is not None:

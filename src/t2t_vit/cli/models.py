@@ -1,4 +1,5 @@
 """`t2t-vit models`, `download`, `convert`: the model zoo, the authors' released weights, hub-ready folders."""
+
 import argparse
 import json
 from pathlib import Path
@@ -42,12 +43,20 @@ def compute_rows() -> List[Dict[str, Any]]:
     for arch in list_models():
         for tag in [t for t in RELEASES if t.split(".")[0] == arch] or [arch]:
             rel = RELEASES.get(tag)
-            params, macs = model_cost(arch, img_size=rel.img_size if rel else 224,
-                                      num_classes=rel.num_classes if rel else 1000)  # fmt: skip
-            rows.append(dict(
-                model=tag, params=params, gmacs=round(macs / 1e9, 2), paper_gmacs=rel.paper_gmacs if rel else None,
-                top1=rel.top1 if rel else None, data=rel.dataset if rel else None, file=rel.file if rel else None,
-            ))  # fmt: skip
+            params, macs = model_cost(
+                arch, img_size=rel.img_size if rel else 224, num_classes=rel.num_classes if rel else 1000
+            )
+            rows.append(
+                dict(
+                    model=tag,
+                    params=params,
+                    gmacs=round(macs / 1e9, 2),
+                    paper_gmacs=rel.paper_gmacs if rel else None,
+                    top1=rel.top1 if rel else None,
+                    data=rel.dataset if rel else None,
+                    file=rel.file if rel else None,
+                )
+            )
     return rows
 
 
@@ -62,14 +71,23 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
         return "-" if v is None else fmt.format(v)
 
     cells = [COLUMNS] + [
-        (r["model"], f"{r['params']:,}", f"{r['gmacs']:.2f}", text(r["paper_gmacs"]), text(r["top1"]), text(r["data"]),
-         text(r["file"]))
+        (
+            r["model"],
+            f"{r['params']:,}",
+            f"{r['gmacs']:.2f}",
+            text(r["paper_gmacs"]),
+            text(r["top1"]),
+            text(r["data"]),
+            text(r["file"]),
+        )
         for r in rows
-    ]  # fmt: skip
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     lines = []
     for i, row in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) if j in (0, 5, 6) else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        lines.append(
+            "  ".join(c.ljust(w) if j in (0, 5, 6) else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths)))
+        )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines) + "\n\n" + FOOTNOTE
@@ -92,4 +110,7 @@ def _convert(args: argparse.Namespace) -> None:
     from ..pretrained import convert
 
     out = convert(args.checkpoint, args.out, args.model, args.push_to_hub)
-    print(f"wrote {out} (model.safetensors, config.json, README.md): timm.create_model('local-dir:{out}', pretrained=True)")
+    print(
+        f"wrote {out} (model.safetensors, config.json, README.md): "
+        f"timm.create_model('local-dir:{out}', pretrained=True)"
+    )

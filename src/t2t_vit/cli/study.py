@@ -1,4 +1,5 @@
 """`t2t-vit visualize` and `reproduce`: pictures of a model and its training, the paper's claims at small scale."""
+
 import argparse
 import sys
 from pathlib import Path
@@ -20,11 +21,21 @@ def register(sub: Any) -> None:
 
     p = modes.add_parser("features", help="token features of a block as channel maps, per model (paper Fig. 2)")
     image_args(p)
-    p.add_argument("--model", nargs="+", default=None, metavar="NAME",
-                   help="models to compare (default: those the checkpoints hold; without checkpoints T2T-ViT-14 "
-                        "and its hard-split ViT twin)")  # fmt: skip
-    p.add_argument("--checkpoint", nargs="+", default=None, metavar="PATH",
-                   help="one per model, in order; - for a model without one (random weights)")  # fmt: skip
+    p.add_argument(
+        "--model",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="models to compare (default: those the checkpoints hold; without checkpoints T2T-ViT-14 "
+        "and its hard-split ViT twin)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="one per model, in order; - for a model without one (random weights)",
+    )
     p.add_argument("--block", type=int, default=0, help="block whose output tokens are shown (default: 0)")
     p.add_argument("--channels", type=int, default=36, help="channel maps per model (default: 36)")
     p.add_argument("--out", type=Path, default=Path("features.png"), help="PNG to write")
@@ -32,11 +43,21 @@ def register(sub: Any) -> None:
 
     p = modes.add_parser("attention", help="class-token attention per head and attention rollout, over the image")
     image_args(p)
-    p.add_argument("--model", default=None, metavar="NAME",
-                   help="model (default: the checkpoint's; without a checkpoint t2t_vit_14)")  # fmt: skip
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="model (default: the checkpoint's; without a checkpoint t2t_vit_14)",
+    )
     p.add_argument("--checkpoint", default=None, metavar="PATH", help="weights (default: none, random)")
-    p.add_argument("--blocks", type=int, nargs="+", default=[0, -1], metavar="I",
-                   help="blocks to show, negative from the end (default: 0 -1)")  # fmt: skip
+    p.add_argument(
+        "--blocks",
+        type=int,
+        nargs="+",
+        default=[0, -1],
+        metavar="I",
+        help="blocks to show, negative from the end (default: 0 -1)",
+    )
     p.add_argument("--heads", type=int, default=None, help="heads shown per block (default: all)")
     p.add_argument("--out", type=Path, default=Path("attention.png"), help="PNG to write")
     p.set_defaults(func=_attention)
@@ -46,10 +67,13 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
     p.set_defaults(func=_curves)
 
-    r = sub.add_parser("reproduce", help="re-check a claim of the paper at small scale (Fashion-MNIST, CPU)",
-                       description="Each claim's arms, trained with N seeds under two budgets (equal epochs, equal "
-                       "training seconds), resuming what exists; writes docs/results/CLAIM.md, .png, .json and the "
-                       "summary table in docs/results/README.md.")  # fmt: skip
+    r = sub.add_parser(
+        "reproduce",
+        help="re-check a claim of the paper at small scale (Fashion-MNIST, CPU)",
+        description="Each claim's arms, trained with N seeds under two budgets (equal epochs, equal "
+        "training seconds), resuming what exists; writes docs/results/CLAIM.md, .png, .json and the "
+        "summary table in docs/results/README.md.",
+    )
     r.add_argument("claim", nargs="+", choices=(*CLAIMS, "all"), help="claims to run, or all")
     r.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0 .. N-1 per arm (default 3)")
     r.add_argument("--epochs", type=int, default=2, help="the equal-epoch budget (default 2)")
@@ -106,15 +130,27 @@ def _reproduce(args: argparse.Namespace) -> int:
     from ..study.claims import StudyStopped, parse_seconds, run_claim
 
     if args.seeds < 1 or args.epochs < 1:
-        raise InputError(f"--seeds {args.seeds} --epochs {args.epochs}: both must be at least 1 (3 seeds give an "
-                         "interval; 1 gives none)")  # fmt: skip
+        raise InputError(
+            f"--seeds {args.seeds} --epochs {args.epochs}: both must be at least 1 (3 seeds give an "
+            "interval; 1 gives none)"
+        )
     seconds = parse_seconds(args.budget)
     claims = list(ALL) if "all" in args.claim else list(dict.fromkeys(args.claim))
     command = "t2t-vit " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
     for claim in claims:
         try:
-            path = run_claim(claim, args.data, range(args.seeds), args.epochs, seconds, args.train_subset or None,
-                             args.output, args.results, progress=True, command=command)  # fmt: skip
+            path = run_claim(
+                claim,
+                args.data,
+                range(args.seeds),
+                args.epochs,
+                seconds,
+                args.train_subset or None,
+                args.output,
+                args.results,
+                progress=True,
+                command=command,
+            )
         except StudyStopped as e:
             signum, where = e.args
             print(f"t2t-vit reproduce: stopped at {where}; the same command continues it", file=sys.stderr)

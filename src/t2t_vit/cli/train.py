@@ -1,4 +1,5 @@
 """`t2t-vit train`, `finetune`, `eval`, `demo`: runs over a resolved config, and held-out evaluation."""
+
 import argparse
 import os
 import shlex
@@ -75,8 +76,11 @@ def _train(args: argparse.Namespace, overrides: List[str]) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 128 + result["stopped"] if result.get("stopped") else 0
     if result.get("stopped"):  # a signal: the run is not finished, and says so to the shell and the scheduler
-        print(f"t2t-vit {args.command}: stopped at {result['at']} by {signal.Signals(result['stopped']).name}; "
-              f"continue with: {_continue_command(args.argv)}", file=sys.stderr)  # fmt: skip
+        print(
+            f"t2t-vit {args.command}: stopped at {result['at']} by {signal.Signals(result['stopped']).name}; "
+            f"continue with: {_continue_command(args.argv)}",
+            file=sys.stderr,
+        )
         return 128 + result["stopped"]
     if result.get("val_top1") is not None:
         print(f"held-out top-1: {result['val_top1']:.2f}%  (run directory: {result['run_dir']})")
@@ -108,9 +112,18 @@ def _checkpoint_stem(path: str) -> str:
 def _eval(args: argparse.Namespace) -> None:
     from ..training.run import evaluate_checkpoint
 
-    r = evaluate_checkpoint(args.checkpoint, args.data, args.model, args.batch_size, args.workers,
-                            not args.no_ema, args.device, args.download, not args.no_progress,
-                            args.precision)  # fmt: skip
+    r = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        args.model,
+        args.batch_size,
+        args.workers,
+        not args.no_ema,
+        args.device,
+        args.download,
+        not args.no_progress,
+        args.precision,
+    )
     print(
         f"{r['model']} on {args.data} ({r['n']} images): top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  "
         f"loss {r['loss']:.4f}  {r['img_per_s']:.0f} img/s" + (f"  skipped {r['skipped']}" if r["skipped"] else "")

@@ -1,5 +1,6 @@
 """Images in, batches out: data sources (`--data` specs), transforms and loaders, the in-memory batches and the
 last stage on the training device. Imports only `errors` and `config` from the package."""
+
 from .loader import create_loader, create_transform
 from .sources import create_dataset, dataset_classes, stratified_subset
 

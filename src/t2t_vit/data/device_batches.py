@@ -5,6 +5,7 @@ Loaders hand over uint8 images (N, C, H, W), or float ones already normalised (t
 erasing draws from generators seeded by (seed, epoch, batch number), never from the global RNGs, so a run resumed
 mid-epoch erases what the uninterrupted one erased, whatever ran ahead.
 """
+
 import math
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -46,8 +47,12 @@ def random_erase(x: torch.Tensor, boxes: torch.Tensor, mode: str, g: Optional[to
     cols = torch.arange(width, device=x.device).view(1, 1, width)
     for box in boxes.to(x.device).unbind(1):  # one pass per erasure (recount, usually 1)
         top, left, h, w = box.unbind(1)
-        inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
-                  & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1)))  # fmt: skip
+        inside = (
+            (rows >= top.view(-1, 1, 1))
+            & (rows < (top + h).view(-1, 1, 1))
+            & (cols >= left.view(-1, 1, 1))
+            & (cols < (left + w).view(-1, 1, 1))
+        )
         shape = (n, c, height, width) if mode == "pixel" else (n, c, 1, 1)
         fill = torch.zeros(shape, device=x.device, dtype=x.dtype)
         if mode != "const":
@@ -61,8 +66,14 @@ class DeviceBatches:
     std, and in training randomly erased (`reprob`, `remode`, `recount`) with per-batch seeds. Passes `sampler`
     and `len` through, so the training loop sees a loader."""
 
-    def __init__(self, loader: Any, device: torch.device, data_config: Dict[str, Any],
-                 erasing: Optional[Tuple[float, str, int]] = None, seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        loader: Any,
+        device: torch.device,
+        data_config: Dict[str, Any],
+        erasing: Optional[Tuple[float, str, int]] = None,
+        seed: int = 0,
+    ) -> None:
         self.loader, self.device, self.seed = loader, device, seed
         self.erasing = erasing if erasing and erasing[0] > 0 else None
         channels = data_config["input_size"][0]
@@ -85,8 +96,9 @@ class DeviceBatches:
             prob, mode, count = self.erasing
             epoch = self.sampler.epoch
             seed = sample_seed(self.seed ^ ERASE_STREAM, epoch, number) >> 1
-            boxes = erase_boxes(len(images), count, images.shape[2], images.shape[3], prob,
-                                torch.Generator().manual_seed(seed))  # fmt: skip
+            boxes = erase_boxes(
+                len(images), count, images.shape[2], images.shape[3], prob, torch.Generator().manual_seed(seed)
+            )
             noise = torch.Generator(device=self.device).manual_seed(seed)
             images = random_erase(images, boxes, mode, noise)
         return images, targets

@@ -1,5 +1,6 @@
 """From a dataset to batches: the recipe's transforms, the epoch sampler that can start mid-epoch, training samples
 that substitute unreadable images, and the loader (uint8 batches, finished on the device by `device_batches`)."""
+
 import contextlib
 import logging
 import math
@@ -25,8 +26,9 @@ def create_transform(cfg: Dict[str, Any], data_config: Dict[str, Any], training:
     from timm.data import create_transform as timm_transform
     from torchvision import transforms as T
 
-    common = dict(input_size=data_config["input_size"], mean=data_config["mean"], std=data_config["std"],
-                  use_prefetcher=uint8)  # fmt: skip
+    common = dict(
+        input_size=data_config["input_size"], mean=data_config["mean"], std=data_config["std"], use_prefetcher=uint8
+    )
     if not training:
         tf = timm_transform(**common, interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"])
     elif cfg["train_crop"] == "pad":  # the authors' CIFAR fine-tuning: resize, padded random crop, flip
@@ -34,12 +36,14 @@ def create_transform(cfg: Dict[str, Any], data_config: Dict[str, Any], training:
 
         size = tuple(data_config["input_size"][1:])
         last = [T.PILToTensor()] if uint8 else [T.ToTensor(), T.Normalize(data_config["mean"], data_config["std"])]
-        return T.Compose([
-            T.Resize(size, interpolation=str_to_interp_mode(data_config["interpolation"])),
-            T.RandomCrop(size, padding=cfg["crop_padding"]),
-            T.RandomHorizontalFlip(cfg["hflip"]),
-            *last,
-        ])  # fmt: skip
+        return T.Compose(
+            [
+                T.Resize(size, interpolation=str_to_interp_mode(data_config["interpolation"])),
+                T.RandomCrop(size, padding=cfg["crop_padding"]),
+                T.RandomHorizontalFlip(cfg["hflip"]),
+                *last,
+            ]
+        )
     elif cfg["train_crop"] != "random_resized":
         raise InputError(f"train_crop {cfg['train_crop']!r} must be random_resized or pad")
     else:

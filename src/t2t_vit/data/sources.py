@@ -10,6 +10,7 @@ A `--data` spec names the source:
     hfds/..., wds/...   timm dataset specs, passed through (their root goes after a colon)
     DIR                 an ImageFolder root with train/ and val/ (ImageNet layout)
 """
+
 import gzip
 import logging
 import math
@@ -27,8 +28,17 @@ from ..errors import InputError
 _logger = logging.getLogger(__name__)
 
 FASHION_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -142,9 +152,7 @@ def _digits(split: str, mode: str) -> ArrayImages:
 
     digits = load_digits()
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 0..16 -> 0..255
-    idx_train, idx_val = train_test_split(
-        np.arange(len(images)), test_size=0.2, stratify=digits.target, random_state=0
-    )
+    idx_train, idx_val = train_test_split(np.arange(len(images)), test_size=0.2, stratify=digits.target, random_state=0)
     idx = idx_train if split == "train" else idx_val
     return ArrayImages(images[idx], digits.target[idx], [str(c) for c in range(10)], mode)
 
@@ -189,8 +197,13 @@ def create_dataset(spec: str, split: str, download: bool = False, in_chans: int 
     if kind.startswith(("hfds/", "hfids/", "wds/", "tfds/")):
         from timm.data import create_dataset as timm_dataset
 
-        return timm_dataset(kind, root=rest or None, split="train" if split == "train" else "validation",
-                            is_training=split == "train", download=download)  # fmt: skip
+        return timm_dataset(
+            kind,
+            root=rest or None,
+            split="train" if split == "train" else "validation",
+            is_training=split == "train",
+            download=download,
+        )
     if sep and kind in ("mnist", "fashion-mnist", "cifar10", "cifar100"):
         root = Path(rest).expanduser()
         if not root.is_dir() and not (download and kind.startswith("cifar")):

@@ -6,6 +6,7 @@ augmentation is crop and flip (random erasing and mixup follow on the device, as
 RandAugment or colour jitter; otherwise the per-image path of `data.create_loader` runs. Each batch draws from a
 generator seeded by (seed, epoch, batch number), so a run resumed mid-epoch redraws what the uninterrupted one drew.
 """
+
 import math
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -51,8 +52,9 @@ def as_tensor(images: np.ndarray, mode: str) -> torch.Tensor:
     return x.contiguous()
 
 
-def crop_boxes(n: int, height: int, width: int, scale: Tuple[float, float], ratio: Tuple[float, float],
-               g: torch.Generator) -> torch.Tensor:  # fmt: skip
+def crop_boxes(
+    n: int, height: int, width: int, scale: Tuple[float, float], ratio: Tuple[float, float], g: torch.Generator
+) -> torch.Tensor:
     """(n, 4) boxes (top, left, h, w) drawn as torchvision's RandomResizedCrop draws them: area fraction uniform in
     `scale`, aspect log-uniform in `ratio`, the first of ATTEMPTS that fits, else the centre crop at the nearest
     allowed aspect."""
@@ -82,8 +84,9 @@ def crop_boxes(n: int, height: int, width: int, scale: Tuple[float, float], rati
     return boxes
 
 
-def resized_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: Tuple[int, int],
-                  mode: str) -> torch.Tensor:  # fmt: skip
+def resized_crops(
+    images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: Tuple[int, int], mode: str
+) -> torch.Tensor:
     """Each image's box resized to `size` (and mirrored where `flips`), float in 0..255: one grid_sample."""
     n, _, height, width = images.shape
     top, left, h, w = boxes.unbind(1)
@@ -102,8 +105,9 @@ class TensorBatches:
     EpochSampler), batches of `batch_size` (the last partial one dropped), each cropped, flipped and normalised
     with tensor ops. Yields (images, targets, counts) as `data.create_loader`'s loaders do."""
 
-    def __init__(self, dataset: Dataset, cfg: Dict[str, Any], data_config: Dict[str, Any], world: int = 1,
-                 rank: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, dataset: Dataset, cfg: Dict[str, Any], data_config: Dict[str, Any], world: int = 1, rank: int = 0
+    ) -> None:
         images, labels, mode = _arrays(dataset)  # type: ignore[misc]
         self.images, self.labels = as_tensor(images, mode), torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.sampler = EpochSampler(len(self.labels), world, rank, shuffle=True, seed=cfg["seed"])
@@ -131,4 +135,8 @@ class TensorBatches:
         first = self.sampler.start // self.batch_size
         for b in range(len(self)):
             indices = torch.tensor([i for i, _ in keys[b * self.batch_size : (b + 1) * self.batch_size]])
-            yield self.batch(indices, self.sampler.epoch, first + b), self.labels[indices], (0, 0)  # nothing unreadable or high-depth
+            yield (
+                self.batch(indices, self.sampler.epoch, first + b),
+                self.labels[indices],
+                (0, 0),
+            )  # nothing unreadable or high-depth

@@ -6,6 +6,7 @@ a fresh subprocess per model, so nothing else lives in it: on CPU the peak resid
 kernel's high-water mark, reset before the step) less the process's size before the model was built; on CUDA the
 peak bytes allocated. Both count weights, gradients, optimizer state, activations and workspace.
 """
+
 import ctypes
 import dataclasses
 import gc
@@ -322,8 +323,14 @@ def format_result(res: Dict[str, Any]) -> str:
     for impl, r in res["results"].items():
         mem = "-" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.0f}"
         rows.append(
-            (impl, f"{r['step_ms']:.1f}", f"{r['img_per_s']:.1f}", mem, f"{r['achieved_gflops']:.1f}",
-             f"{100 * r['peak_fraction']:.0f}%")
+            (
+                impl,
+                f"{r['step_ms']:.1f}",
+                f"{r['img_per_s']:.1f}",
+                mem,
+                f"{r['achieved_gflops']:.1f}",
+                f"{100 * r['peak_fraction']:.0f}%",
+            )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))) for row in rows]

@@ -1,4 +1,5 @@
 """Export a checkpoint for other runtimes: ONNX (dynamic batch), TorchScript, safetensors (with metadata)."""
+
 import json
 import os
 from pathlib import Path

@@ -1,5 +1,6 @@
 """Which one bounds a run: the input path alone (loader, transfer, normalise, erasing) against the model's training
 step alone, for the same recipe on the same device."""
+
 import time
 from typing import Any, Dict
 
@@ -15,8 +16,9 @@ def input_speed(cfg: Dict[str, Any], batches: int = 30, warmup: int = 3) -> Dict
     """Images per second of the recipe's training input path, through as many epochs as `batches` needs."""
     device = pick_device(cfg["device"])
     data = build_data(cfg, 1, 0, device.type == "cuda")
-    loader = DeviceBatches(data.train_loader, device, data.config, (cfg["reprob"], cfg["remode"], cfg["recount"]),
-                           cfg["seed"])  # fmt: skip
+    loader = DeviceBatches(
+        data.train_loader, device, data.config, (cfg["reprob"], cfg["remode"], cfg["recount"]), cfg["seed"]
+    )
 
     def drawn():
         epoch = 0
@@ -38,8 +40,14 @@ def input_speed(cfg: Dict[str, Any], batches: int = 30, warmup: int = 3) -> Dict
     seconds = time.perf_counter() - start
     path = type(data.train_loader).__name__
     workers = getattr(data.train_loader, "num_workers", 0)
-    return dict(img_per_s=images / seconds, batches=batches, path=path, workers=workers,
-                train_images=len(data.train_set), classes=len(data.classes))  # fmt: skip
+    return dict(
+        img_per_s=images / seconds,
+        batches=batches,
+        path=path,
+        workers=workers,
+        train_images=len(data.train_set),
+        classes=len(data.classes),
+    )
 
 
 def input_and_model(cfg: Dict[str, Any], batches: int = 30, repeats: int = 5) -> Dict[str, Any]:
@@ -48,14 +56,26 @@ def input_and_model(cfg: Dict[str, Any], batches: int = 30, repeats: int = 5) ->
     device = pick_device(cfg["device"])
     kwargs = dict(cfg["model_kwargs"], num_classes=cfg["num_classes"] or loader["classes"], in_chans=cfg["in_chans"])
     amp = cfg["amp"] and device.type == "cuda"
-    bench = BenchConfig(model=cfg["model"], mode="train", device=str(device),
-                        dtype={"bfloat16": "bf16", "float16": "fp16"}[cfg["amp_dtype"]] if amp else "fp32",
-                        batch_size=cfg["batch_size"], img_size=cfg["img_size"], repeats=repeats,
-                        model_kwargs=kwargs)  # fmt: skip
+    bench = BenchConfig(
+        model=cfg["model"],
+        mode="train",
+        device=str(device),
+        dtype={"bfloat16": "bf16", "float16": "fp16"}[cfg["amp_dtype"]] if amp else "fp32",
+        batch_size=cfg["batch_size"],
+        img_size=cfg["img_size"],
+        repeats=repeats,
+        model_kwargs=kwargs,
+    )
     model = benchmark(bench, memory=False)["results"]["sdpa"]
     bound = "input" if loader["img_per_s"] < model["img_per_s"] else "model"
-    return dict(data=cfg["data"], model=cfg["model"], batch_size=cfg["batch_size"], input=loader,
-                model_img_per_s=model["img_per_s"], bound_by=bound)
+    return dict(
+        data=cfg["data"],
+        model=cfg["model"],
+        batch_size=cfg["batch_size"],
+        input=loader,
+        model_img_per_s=model["img_per_s"],
+        bound_by=bound,
+    )
 
 
 def format_input_and_model(res: Dict[str, Any]) -> str:

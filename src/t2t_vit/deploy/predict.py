@@ -1,4 +1,5 @@
 """Classify image files with a checkpoint: top-k classes with names and probabilities."""
+
 import glob
 import logging
 from pathlib import Path
@@ -71,8 +72,13 @@ def predict(
     return classify(expand_inputs(inputs), logits, meta, top_k, batch_size)
 
 
-def classify(paths: Sequence[Path], logits: Callable[[torch.Tensor], torch.Tensor], meta: Dict[str, Any],
-             top_k: int = 5, batch_size: int = 32) -> List[Dict[str, Any]]:  # fmt: skip
+def classify(
+    paths: Sequence[Path],
+    logits: Callable[[torch.Tensor], torch.Tensor],
+    meta: Dict[str, Any],
+    top_k: int = 5,
+    batch_size: int = 32,
+) -> List[Dict[str, Any]]:
     """`predict`'s records for `paths`, in order: each batch preprocessed as `meta["data_config"]` says and
     classified by `logits` (float images to logits, any runtime)."""
     from ..data.loader import create_transform

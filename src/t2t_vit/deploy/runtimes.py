@@ -7,6 +7,7 @@ model: `last.pth.tar.int8.onnx`) or, where that folder is not writable, in `$XDG
 weights, the model name, the exporter's versions); when that differs it is made again. It is written to a
 temporary file and renamed into place, so an interrupted export never leaves a partial file behind.
 """
+
 import contextlib
 import dataclasses
 import functools
@@ -253,8 +254,9 @@ def random_model(
     return model, meta
 
 
-def model_runner(model: nn.Module, meta: Dict[str, Any], runtime: str, threads: Optional[int] = None,
-                 int8: bool = False) -> Runner:  # fmt: skip
+def model_runner(
+    model: nn.Module, meta: Dict[str, Any], runtime: str, threads: Optional[int] = None, int8: bool = False
+) -> Runner:
     """A model in memory (random weights, as the benchmarks use) under `runtime`. Its export is cached in the user
     cache dir under its name and image size, made again when the weights' hash differs."""
     check_runtime(runtime, int8)
@@ -267,8 +269,9 @@ def model_runner(model: nn.Module, meta: Dict[str, Any], runtime: str, threads: 
     return onnx_runner(onnx_path, stored, runtime, threads, int8)
 
 
-def onnx_runner(path: Path, meta: Dict[str, Any], runtime: str, threads: Optional[int] = None,
-                int8: bool = False) -> Runner:  # fmt: skip
+def onnx_runner(
+    path: Path, meta: Dict[str, Any], runtime: str, threads: Optional[int] = None, int8: bool = False
+) -> Runner:
     """An exported model (`path`, with its metadata `meta`) under onnxruntime or openvino."""
     check_runtime(runtime, int8)
     if runtime == "onnxruntime":
@@ -310,8 +313,14 @@ def _ort_int8(fp32: Path, meta: Dict[str, Any]) -> Tuple[Path, Dict[str, Any]]:
                 # constants folded first: weights computed from weights (the T2T layers' folded LayerNorm) become
                 # one weight, quantized once, with no fp32 copy left beside it
                 quant_pre_process(str(fp32), str(folded), skip_symbolic_shape=True)
-                quantize_dynamic(folded, tmp, op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
-                                 weight_type=QuantType.QInt8)  # fmt: skip
+                quantize_dynamic(
+                    folded,
+                    tmp,
+                    op_types_to_quantize=["MatMul"],
+                    per_channel=True,
+                    reduce_range=True,
+                    weight_type=QuantType.QInt8,
+                )
         finally:
             folded.unlink(missing_ok=True)
         meta8 = {**meta, SOURCE_KEY: source}
@@ -408,8 +417,9 @@ def time_runner(runner: Runner, batch_size: int, warmup: int = 2, repeats: int =
     return dict(img_per_s=batch_size / sec, latency_ms=1e3 * sec, step_ms_all=[1e3 * t for t in times])
 
 
-def top1_agreement(reference: Runner, other: Runner, data: str, max_images: Optional[int] = None,
-                   batch_size: int = 64) -> Dict[str, Any]:  # fmt: skip
+def top1_agreement(
+    reference: Runner, other: Runner, data: str, max_images: Optional[int] = None, batch_size: int = 64
+) -> Dict[str, Any]:
     """How often `other` names the same top-1 class as `reference` over the validation split of `data` (a `--data`
     spec, e.g. "digits"), preprocessed as `predict` does, and the top-1 accuracy of each; `max_images`: a fixed
     random subset (seed 0) of that many."""
@@ -437,12 +447,19 @@ def top1_agreement(reference: Runner, other: Runner, data: str, max_images: Opti
         right_ref, right_other = right_ref + int((top_a == y).sum()), right_other + int((top_b == y).sum())
     if not n:
         raise InputError(f"no readable images in the validation split of {data!r}")
-    return dict(data=data, n=n, agreement=same / n, reference=reference.name, reference_top1=right_ref / n,
-                other=other.name, other_top1=right_other / n)  # fmt: skip
+    return dict(
+        data=data,
+        n=n,
+        agreement=same / n,
+        reference=reference.name,
+        reference_top1=right_ref / n,
+        other=other.name,
+        other_top1=right_other / n,
+    )
 
 
 def format_agreement(res: Dict[str, Any]) -> str:
-    """"int8 top-1 agreement with fp32 on DATA: 99.7% (360 images)", and each one's accuracy."""
+    """ "int8 top-1 agreement with fp32 on DATA: 99.7% (360 images)", and each one's accuracy."""
     ref, other = res["reference"], res["other"]
     if ref.split()[0] == other.split()[0]:  # the same runtime: name the precisions only
         ref, other = ref.split()[1], other.split()[1]
@@ -483,11 +500,19 @@ def benchmark_runtime(
             raise InputError("--img-size applies without --checkpoint: a checkpoint runs at its own input size")
         runner = load_runner(checkpoint, model_name, runtime, threads, int8)
     res: Dict[str, Any] = dict(
-        model=runner.meta["arch"], checkpoint=checkpoint, runtime=runtime, threads=threads, int8=int8,
-        batch_size=batch_size, img_size=runner.meta["data_config"]["input_size"][-1], warmup=warmup, repeats=repeats,
-        device_name=device_name("cpu"), cpu_count=os.cpu_count(),
+        model=runner.meta["arch"],
+        checkpoint=checkpoint,
+        runtime=runtime,
+        threads=threads,
+        int8=int8,
+        batch_size=batch_size,
+        img_size=runner.meta["data_config"]["input_size"][-1],
+        warmup=warmup,
+        repeats=repeats,
+        device_name=device_name("cpu"),
+        cpu_count=os.cpu_count(),
         load_avg=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    )  # fmt: skip
+    )
     res.update(time_runner(runner, batch_size, warmup, repeats))
     if agreement is not None and checkpoint is not None:
         reference = load_runner(checkpoint, model_name, runtime if int8 else "torch", threads)

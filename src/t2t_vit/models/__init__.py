@@ -1,5 +1,6 @@
 """T2T-ViT models; importing this package registers them in timm. The ground floor: imports only `errors` and
 `checkpoint` (the safe file reader) from the package, never the code above it."""
+
 from .ablations import ABLATIONS, T2TViTDense
 from .checkpoint_filter import checkpoint_filter_fn, load_checkpoint
 from .layers import Attention, Block, sinusoid_table
@@ -9,7 +10,22 @@ from .tokens_to_token import T2TModule, TokenAttention, TokenPerformer, TokenTra
 from .variants import RELEASES, VARIANTS
 
 __all__ = [
-    "ABLATIONS", "RELEASES", "VARIANTS", "Attention", "Block", "ConvolutionStem", "HardSplitStem", "T2TModule",
-    "T2TViT", "T2TViTDense", "TokenAttention", "TokenPerformer", "TokenTransformer", "checkpoint_filter_fn",
-    "load_checkpoint", "make_stem", "sinusoid_table", "soft_split",
+    "ABLATIONS",
+    "RELEASES",
+    "VARIANTS",
+    "Attention",
+    "Block",
+    "ConvolutionStem",
+    "HardSplitStem",
+    "T2TModule",
+    "T2TViT",
+    "T2TViTDense",
+    "TokenAttention",
+    "TokenPerformer",
+    "TokenTransformer",
+    "checkpoint_filter_fn",
+    "load_checkpoint",
+    "make_stem",
+    "sinusoid_table",
+    "soft_split",
 ]

@@ -5,6 +5,7 @@ are plain sizes of T2TViT, registered in t2t_vit.py with the authors' release.
 Names follow the paper: T2T-ViT-14 without T2T (hard split), T2T-ViT_c-14 (convolution tokens), T2T-ViT-SE-14,
 T2T-ViT-Dense, T2T-ViT-Ghost-16.
 """
+
 import math
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -138,9 +139,15 @@ class T2TViTDense(T2TViT):
             if fixed in kwargs:
                 raise InputError(f"the dense model takes block_config (layers per stage), not {fixed}")
         super().__init__(
-            embed_dim=embed_dim, depth=0, num_heads=num_heads, mlp_ratio=mlp_ratio, drop_rate=drop_rate,
-            attn_impl=attn_impl, norm_layer=norm_layer, **kwargs,
-        )  # fmt: skip
+            embed_dim=embed_dim,
+            depth=0,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            drop_rate=drop_rate,
+            attn_impl=attn_impl,
+            norm_layer=norm_layer,
+            **kwargs,
+        )
         num_layers = sum(block_config)
         dpr = iter([drop_path_rate * i / max(num_layers - 1, 1) for i in range(num_layers)])  # linear decay rule
         layers: List[nn.Module] = []
@@ -153,10 +160,20 @@ class T2TViTDense(T2TViT):
                         f"a dense layer of width {width} cannot be split into num_heads={num_heads} heads: pick "
                         "embed_dim, growth_rate and compression that keep every width a multiple of num_heads"
                     )
-                layers.append(DenseLayer(
-                    width, growth_rate, num_heads, mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
-                    attn_drop=attn_drop_rate, drop_path=next(dpr), norm_layer=norm_layer,
-                ))  # fmt: skip
+                layers.append(
+                    DenseLayer(
+                        width,
+                        growth_rate,
+                        num_heads,
+                        mlp_ratio,
+                        qkv_bias=qkv_bias,
+                        qk_scale=qk_scale,
+                        drop=drop_rate,
+                        attn_drop=attn_drop_rate,
+                        drop_path=next(dpr),
+                        norm_layer=norm_layer,
+                    )
+                )
                 width += growth_rate
                 widths.append(width)
             if stage < len(block_config) - 1:

@@ -2,6 +2,7 @@
 another resolution, with another head or another number of input channels; InputError naming the variant a
 checkpoint that fits no model was made for. `load_checkpoint` reads a file (`checkpoint`), fits it and loads it.
 """
+
 import logging
 import math
 from pathlib import Path
@@ -103,13 +104,17 @@ def _fit_heads(sd: Dict[str, torch.Tensor], model: nn.Module, own: Dict[str, tor
         if name == "aux_head" and getattr(model, "aux_head", None) is None:
             _logger.info(
                 "the checkpoint's auxiliary token head (aux_head, %d classes, from Token Labeling) is dropped: "
-                "create the model with aux_head=True to keep it", classes
+                "create the model with aux_head=True to keep it",
+                classes,
             )
         elif not isinstance(getattr(model, name), nn.Linear) or sd[keys[0]].shape != own[f"{name}.weight"].shape:
             _logger.warning(
                 "checkpoint %s has %d classes, the model %d: the %s is left at its initialisation",
-                name, classes, model.num_classes, name,
-            )  # fmt: skip
+                name,
+                classes,
+                model.num_classes,
+                name,
+            )
         else:
             continue
         for k in keys:

@@ -1,4 +1,5 @@
 """Model cost: parameters as the authors' release counts them, and multiply-accumulates of a forward pass."""
+
 from typing import Any, Tuple
 
 import timm

@@ -6,6 +6,7 @@ such patches. The Performer kernel (positive random features, one head) comes tw
 (`_performer_kernel`) and the authors' einsum arithmetic op for op (`_performer_kernel_eager`); `performer_attention`
 runs either in fp32.
 """
+
 import math
 from typing import List, Optional
 
@@ -18,8 +19,9 @@ def split_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def soft_split_channels_last(x: torch.Tensor, kernel: int, stride: int, padding: int, slices: bool = False
-                             ) -> torch.Tensor:  # fmt: skip
+def soft_split_channels_last(
+    x: torch.Tensor, kernel: int, stride: int, padding: int, slices: bool = False
+) -> torch.Tensor:
     """The patches of `soft_split` from channels-last data, features ordered (kh, kw, C): one copy.
 
     (B, H, W, C) -> (B, L, kernel^2 * C); `patch_major` reorders weights that read unfold's (C, kh, kw) order.

@@ -1,4 +1,5 @@
 """Backbone layers: multi-head attention (SDPA or eager), the pre-norm block, the sinusoid table."""
+
 from typing import Optional
 
 import torch

@@ -7,6 +7,7 @@ token grid and the tiling check) and `feat_size(H, W)` (the grid, for TorchScrip
 the authors' key `tokens_to_token` whichever it is, so the state-dict keys are `tokens_to_token.proj.*` (hard
 split) and `tokens_to_token.conv1.*`, `conv2.*`, `project.*` (convolutions).
 """
+
 from typing import List, Optional, Sequence, Tuple
 
 import torch

@@ -3,6 +3,7 @@
 Paper: "Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet" (Yuan et al., ICCV 2021).
 The variants' sizes and the authors' releases are in variants.py; checkpoint_filter.py fits their state dicts.
 """
+
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -65,8 +66,15 @@ def fit_pos_embed(
         return pos_embed
     if torch.jit.is_scripting() or not dynamic:  # scripted models take their own img_size only
         raise InputError(
-            "the input gives a " + str(grid[0]) + "x" + str(grid[1]) + " token grid but the position table is for "
-            + str(base_grid[0]) + "x" + str(base_grid[1]) + ": feed images of the model's img_size, create the "
+            "the input gives a "
+            + str(grid[0])
+            + "x"
+            + str(grid[1])
+            + " token grid but the position table is for "
+            + str(base_grid[0])
+            + "x"
+            + str(base_grid[1])
+            + ": feed images of the model's img_size, create the "
             "model with that img_size, or pass dynamic_img_size=True"
         )
     return resample_abs_pos_embed(pos_embed, list(grid), list(base_grid), num_prefix_tokens=1)
@@ -144,8 +152,9 @@ class T2TViT(nn.Module):
         self.grad_checkpointing = False
 
         # the stem, named for the T2T module (the authors' keys) whichever one `tokens` picks
-        self.tokens_to_token = make_stem(tokens, t2t_mixer, in_chans, embed_dim, token_dim, soft_splits, patch_size,
-                                          t2t_drop_rate)
+        self.tokens_to_token = make_stem(
+            tokens, t2t_mixer, in_chans, embed_dim, token_dim, soft_splits, patch_size, t2t_drop_rate
+        )
         self.soft_splits = self.tokens_to_token.soft_splits
         self.img_size = to_2tuple(img_size)
         self.grid_size = grid_size(self.img_size, self.soft_splits)
@@ -199,7 +208,9 @@ class T2TViT(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(stem=r"^cls_token|^pos_embed|^tokens_to_token", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+        return dict(
+            stem=r"^cls_token|^pos_embed|^tokens_to_token", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]
+        )
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -351,7 +362,10 @@ def _create(variant: str, pretrained: bool = False, model_cls: type = T2TViT, **
 
 default_cfgs = generate_default_cfgs(
     {
-        **{tag: _cfg(rel, FIRST_LAYER_T if tag.startswith("t2t_vit_t_") else FIRST_LAYER) for tag, rel in RELEASES.items()},
+        **{
+            tag: _cfg(rel, FIRST_LAYER_T if tag.startswith("t2t_vit_t_") else FIRST_LAYER)
+            for tag, rel in RELEASES.items()
+        },
         "t2t_vit_14_resnext": _cfg(),
         "t2t_vit_14_wide": _cfg(),
     }

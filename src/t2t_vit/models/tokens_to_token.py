@@ -14,6 +14,7 @@ Three switches pick the path, each a TorchScript constant set by `T2TViT.set_att
 "eager": all False): `T2TModule.channels_last` (the layout of the soft splits), `TokenPerformer.fused_kernel`
 (the Performer's arithmetic) and `TokenAttention.fused_attn` (SDPA or softmax by hand, as timm names it).
 """
+
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -108,8 +109,9 @@ class TokenPerformer(nn.Module):
         """(B, N, dim) -> (B, N, token_dim); `patch_channels` > 0: x holds (kh, kw, C) ordered patches."""
         if patch_channels > 0:
             w, b = self.kqv.weight, self.kqv.bias
-            kqv = patch_norm_linear(x, self.norm1.weight, self.norm1.bias, self.norm1.eps, w, b, patch_channels,
-                                    self.kqv.in_features)  # fmt: skip
+            kqv = patch_norm_linear(
+                x, self.norm1.weight, self.norm1.bias, self.norm1.eps, w, b, patch_channels, self.kqv.in_features
+            )
         else:
             kqv = self.kqv(self.norm1(x))
         k, q, v = kqv.split(self.token_dim, dim=-1)
@@ -173,8 +175,16 @@ class TokenTransformer(nn.Module):
         """(B, N, dim) -> (B, N, token_dim); `patch_channels` > 0: x holds (kh, kw, C) ordered patches."""
         if patch_channels > 0:
             w = self.attn.qkv.weight
-            qkv = patch_norm_linear(x, self.norm1.weight, self.norm1.bias, self.norm1.eps, w, None, patch_channels,
-                                    self.attn.qkv.in_features)  # fmt: skip
+            qkv = patch_norm_linear(
+                x,
+                self.norm1.weight,
+                self.norm1.bias,
+                self.norm1.eps,
+                w,
+                None,
+                patch_channels,
+                self.attn.qkv.in_features,
+            )
             x = self.attn.attend(qkv)
         else:
             x = self.attn(self.norm1(x))

@@ -1,6 +1,7 @@
 """The registered T2T-ViT variants and the authors' released weights: the sizes of each variant (the paper's
 Table 1), the weight files with the top-1 reported for each, and the timm pretrained cfgs built from them.
 """
+
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 

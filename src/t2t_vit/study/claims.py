@@ -12,6 +12,7 @@ Runs go through `train` with `resume="auto"` into runs/reproduce/<budget>/<arm>-
 continues where it stopped and an arm that several claims share trains once. `write_report` turns the run
 directories into docs/results/<claim>.md, .png and .json, and docs/results/README.md's summary table.
 """
+
 import json
 import logging
 import math
@@ -32,8 +33,9 @@ _logger = logging.getLogger(__name__)
 
 FASHION = "fashion-mnist:/usr/share/datasets/fashion-mnist"
 RECIPE = "reproduce_fashion_mnist"  # the study's own config, frozen: the shipped fashion_mnist recipe may move on
-SMALL = dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, token_dim=32,
-             soft_splits=[[3, 2, 1], [3, 2, 1], [3, 1, 1]])  # 28 px -> 14x14 -> 7x7 tokens  # fmt: skip
+SMALL = dict(
+    embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, token_dim=32, soft_splits=[[3, 2, 1], [3, 2, 1], [3, 1, 1]]
+)  # 28 px -> 14x14 -> 7x7 tokens
 MATCH = 0.10  # arms compared are matched in parameters and MACs within this fraction (printed either way)
 SAME_MARGIN = 1.0  # points: "about the same" holds when the whole interval lies within +-SAME_MARGIN
 LEVEL = 0.95
@@ -42,17 +44,21 @@ LEARNED = 5.0  # points: a verdict needs both arms' means this far above chance 
 # arm -> config overrides (of the study's recipe, RECIPE); an arm shared by several claims trains once
 ARMS: Dict[str, Dict[str, Any]] = {
     "T2T": dict(model="t2t_vit_7", model_kwargs=SMALL),
-    "hard split": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, tokens="patch", patch_size=4, depth=5,
-                                                             embed_dim=124)),  # fmt: skip
+    "hard split": dict(
+        model="t2t_vit_7", model_kwargs=dict(SMALL, tokens="patch", patch_size=4, depth=5, embed_dim=124)
+    ),
     "convolution stem": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, tokens="convolution")),
-    "ResNet-18": dict(model="timm:resnet18", model_kwargs=dict(channels=[16, 32, 64, 128], output_stride=8),
-                      drop_path=0.0),  # fmt: skip
-    "T2T, first split stride 1": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, soft_splits=[[3, 1, 1], [3, 2, 1],
-                                                                                                [3, 2, 1]])),
+    "ResNet-18": dict(
+        model="timm:resnet18", model_kwargs=dict(channels=[16, 32, 64, 128], output_stride=8), drop_path=0.0
+    ),
+    "T2T, first split stride 1": dict(
+        model="t2t_vit_7", model_kwargs=dict(SMALL, soft_splits=[[3, 1, 1], [3, 2, 1], [3, 2, 1]])
+    ),
     "T2T, Transformer mixer": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, t2t_mixer="transformer")),
     "shallow-wide": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, embed_dim=176, depth=2)),
-    "T2T, kernel = stride": dict(model="t2t_vit_7", model_kwargs=dict(SMALL, soft_splits=[[2, 2, 0], [2, 2, 0],
-                                                                                           [1, 1, 0]])),
+    "T2T, kernel = stride": dict(
+        model="t2t_vit_7", model_kwargs=dict(SMALL, soft_splits=[[2, 2, 0], [2, 2, 0], [1, 1, 0]])
+    ),
 }
 
 
@@ -182,26 +188,47 @@ def run_claim(
         raise InputError(f"unknown claim {name!r}: one of {', '.join(CLAIMS)}, or all")
     claim, names = CLAIMS[name], budget_names(epochs, seconds)
     for budget in ("epochs", "time"):
-        spans = {arm: _span(output, names["epochs"], arm, seeds, seconds) if budget == "time" else None
-                 for arm in claim.arms}  # fmt: skip
+        spans = {
+            arm: _span(output, names["epochs"], arm, seeds, seconds) if budget == "time" else None for arm in claim.arms
+        }
         # capped runs take turns across the arms, seed by seed, so that a drift in the machine's pace hits each alike
-        order = [(a, s) for a in claim.arms for s in seeds] if budget == "epochs" else [(a, s) for s in seeds
-                                                                                        for a in claim.arms]
+        order = (
+            [(a, s) for a in claim.arms for s in seeds]
+            if budget == "epochs"
+            else [(a, s) for s in seeds for a in claim.arms]
+        )
         for arm, seed in order:
             span = spans[arm]
-            overrides = dict(ARMS[arm], data=data, seed=seed, train_subset=train_subset,
-                             output=str(Path(output) / names[budget]), name=run_dir(output, "", arm, seed).name,
-                             epochs=max(1, math.ceil(2 * span)) if span else epochs, schedule_epochs=span,
-                             warmup_epochs=min(1, math.ceil(span or epochs) - 1))  # fmt: skip
+            overrides = dict(
+                ARMS[arm],
+                data=data,
+                seed=seed,
+                train_subset=train_subset,
+                output=str(Path(output) / names[budget]),
+                name=run_dir(output, "", arm, seed).name,
+                epochs=max(1, math.ceil(2 * span)) if span else epochs,
+                schedule_epochs=span,
+                warmup_epochs=min(1, math.ceil(span or epochs) - 1),
+            )
             if budget == "time":  # the lr follows the training seconds and ends at the cap, at any pace
                 overrides.update(time_budget=seconds, schedule_on_time=True)
             _logger.info("%s, %s budget: %s, seed %d", name, names[budget], arm, seed)
             result = train(resolve_config(RECIPE, overrides), resume="auto", progress=progress)
             if result.get("stopped"):  # a signal: the same command continues the study from here
                 raise StudyStopped(result["stopped"], f"{name}: {arm}, seed {seed}, {result['at']}")
-    return write_report(name, dict(data=data, seeds=list(seeds), epochs=epochs, seconds=seconds,
-                                   train_subset=train_subset, output=output, command=command),
-                        Path(results_dir))  # fmt: skip
+    return write_report(
+        name,
+        dict(
+            data=data,
+            seeds=list(seeds),
+            epochs=epochs,
+            seconds=seconds,
+            train_subset=train_subset,
+            output=output,
+            command=command,
+        ),
+        Path(results_dir),
+    )
 
 
 # --- statistics
@@ -224,7 +251,7 @@ def mean_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL
 
 
 def verdict(low: float, high: float, expected: str, learned: bool = True) -> str:
-    """">": holds when the interval is above 0, does not hold when below; "=": holds inside +-SAME_MARGIN, does
+    """ ">": holds when the interval is above 0, does not hold when below; "=": holds inside +-SAME_MARGIN, does
     not hold when wholly outside it; else (or NaN, or an arm that has not `learned`) inconclusive."""
     if not learned or math.isnan(low) or math.isnan(high):
         return "inconclusive"
@@ -265,8 +292,9 @@ def _timm_cost(name: str, kwargs: Dict[str, Any]) -> Tuple[int, int]:
 def _memory(arm: str) -> float:
     from ..deploy.benchmark import BenchConfig, measure_memory
 
-    step = BenchConfig(ARMS[arm]["model"], mode="train", batch_size=128, img_size=28, model_kwargs=_model_kwargs(arm),
-                       repeats=3)  # fmt: skip
+    step = BenchConfig(
+        ARMS[arm]["model"], mode="train", batch_size=128, img_size=28, model_kwargs=_model_kwargs(arm), repeats=3
+    )
     return measure_memory(step, "sdpa")
 
 
@@ -303,9 +331,10 @@ def summarize(name: str, budget: Dict[str, Any]) -> Dict[str, Any]:
                 mean=statistics.mean(final) if final else math.nan,
                 sd=statistics.stdev(final) if len(final) > 1 else math.nan,
                 img_per_s=statistics.mean(statistics.median(m["img_per_s"]) for m in runs) if runs else math.nan,
-                epochs=[m["epoch"] for m in runs], seconds=[m.get("train_s", []) for m in runs],
+                epochs=[m["epoch"] for m in runs],
+                seconds=[m.get("train_s", []) for m in runs],
                 curves=[m["val_top1"] for m in runs],
-            )  # fmt: skip
+            )
     first = arms[claim.arms[0]]
     for arm in arms.values():
         arm["matched"] = all(abs(arm[k] / first[k] - 1) <= MATCH for k in ("params", "macs"))
@@ -313,12 +342,14 @@ def summarize(name: str, budget: Dict[str, Any]) -> Dict[str, Any]:
     for a, b, expected in claim.comparisons:
         row: Dict[str, Any] = dict(a=a, b=b, expected=expected)
         for key in names:
-            diff, low, high = mean_difference(arms[a]["budgets"][key]["top1"] or [math.nan],
-                                              arms[b]["budgets"][key]["top1"] or [math.nan])  # fmt: skip
+            diff, low, high = mean_difference(
+                arms[a]["budgets"][key]["top1"] or [math.nan], arms[b]["budgets"][key]["top1"] or [math.nan]
+            )
             chance = 100.0 / _model_kwargs(a)["num_classes"]
             learned = all(arms[x]["budgets"][key]["mean"] > chance + LEARNED for x in (a, b))  # NaN: no runs yet
-            row[key] = dict(diff=diff, low=low, high=high, learned=learned,
-                            verdict=verdict(low, high, expected, learned))  # fmt: skip
+            row[key] = dict(
+                diff=diff, low=low, high=high, learned=learned, verdict=verdict(low, high, expected, learned)
+            )
         comparisons.append(row)
     return dict(claim=name, budget=budget, budget_names=names, arms=arms, comparisons=comparisons)
 
@@ -336,8 +367,9 @@ def _plot(summary: Dict[str, Any], out: Path) -> None:
             xs = b["epochs"] if key == "epochs" else b["seconds"]
             color = None
             for x, y in zip(xs, b["curves"]):
-                (line,) = ax.plot(x, y, marker="o", ms=3, alpha=0.6, color=color,
-                                  label=None if color else f"{arm} ({b['mean']:.2f}%)")  # fmt: skip
+                (line,) = ax.plot(
+                    x, y, marker="o", ms=3, alpha=0.6, color=color, label=None if color else f"{arm} ({b['mean']:.2f}%)"
+                )
                 color = line.get_color()
         title = summary["budget_names"][key].replace("-", " ")
         ax.set(xlabel=xlabel, ylabel="held-out top-1 (%)", title=f"budget: {title}, one line per seed")
@@ -361,12 +393,22 @@ def environment() -> Dict[str, str]:
     from ..deploy.benchmark import device_name
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, check=False).stdout.strip()  # fmt: skip
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=False,
+        ).stdout.strip()
     except OSError:
         commit = ""
-    return dict(commit=commit or "unknown", t2t_vit=__version__, torch=torch.__version__, python=sys.version.split()[0],
-                machine=f"{device_name('cpu')}, {len(os.sched_getaffinity(0))} cores")  # fmt: skip
+    return dict(
+        commit=commit or "unknown",
+        t2t_vit=__version__,
+        torch=torch.__version__,
+        python=sys.version.split()[0],
+        machine=f"{device_name('cpu')}, {len(os.sched_getaffinity(0))} cores",
+    )
 
 
 def write_report(name: str, budget: Dict[str, Any], out_dir: Path) -> Path:
@@ -416,55 +458,92 @@ def _setup(budget: Dict[str, Any]) -> str:
     seeds = ", ".join(map(str, budget["seeds"]))
     images = f"{budget['train_subset']:,} (a fixed stratified subset)" if budget["train_subset"] else "all 60,000"
     epochs = f"{budget['epochs']} epoch{'s' if budget['epochs'] > 1 else ''}"
-    return (f"{budget['data']}, {images} training images, the test split held out; seeds {seeds}; budgets: "
-            f"{epochs}, and {budget['seconds']:.0f} s of training (each run capped there and evaluated at the cap; "
-            "its lr schedule driven by the training seconds, so that it ends there; the capped runs take turns "
-            "across the arms, seed by seed)")
+    return (
+        f"{budget['data']}, {images} training images, the test split held out; seeds {seeds}; budgets: "
+        f"{epochs}, and {budget['seconds']:.0f} s of training (each run capped there and evaluated at the cap; "
+        "its lr schedule driven by the training seconds, so that it ends there; the capped runs take turns "
+        "across the arms, seed by seed)"
+    )
 
 
 def claim_markdown(summary: Dict[str, Any]) -> str:
     claim, budget, env = CLAIMS[summary["claim"]], summary["budget"], summary["environment"]
     first = claim.arms[0]
-    lines = [f"# {claim.question}", "", f"**The paper:** {claim.paper} ({claim.paper_numbers}).", "",
-             f"**Here:** {_setup(budget)}. The `{RECIPE}` recipe otherwise (AdamW, cosine, no mixup).", "",
-             "| comparison | budget | mean difference (points) | 95% interval | verdict |", "|---|---|---:|---|---|"]
+    lines = [
+        f"# {claim.question}",
+        "",
+        f"**The paper:** {claim.paper} ({claim.paper_numbers}).",
+        "",
+        f"**Here:** {_setup(budget)}. The `{RECIPE}` recipe otherwise (AdamW, cosine, no mixup).",
+        "",
+        "| comparison | budget | mean difference (points) | 95% interval | verdict |",
+        "|---|---|---:|---|---|",
+    ]
     for c in summary["comparisons"]:
         sign = "beats" if c["expected"] == ">" else "matches (within 1 point)"
         for key, label in summary["budget_names"].items():
             r = c[key]
-            lines.append(f"| {c['a']} {sign} {c['b']} | {label} | {_fmt(r['diff'], '+.2f')} | "
-                         f"[{_fmt(r['low'], '+.2f')}, {_fmt(r['high'], '+.2f')}] | {r['verdict']} |")  # fmt: skip
+            lines.append(
+                f"| {c['a']} {sign} {c['b']} | {label} | {_fmt(r['diff'], '+.2f')} | "
+                f"[{_fmt(r['low'], '+.2f')}, {_fmt(r['high'], '+.2f')}] | {r['verdict']} |"
+            )
     if any(not c[key].get("learned", True) for c in summary["comparisons"] for key in summary["budget_names"]):
-        lines += ["", f"Inconclusive by rule where an arm's mean top-1 is within {LEARNED:.0f} points of chance: arms that "
-                  "learned nothing would otherwise match."]  # fmt: skip
-    lines += ["", "| arm | params | MMACs / image | matched to " + first + " | budget | top-1 mean ± sd | per seed | "
-              "train img/s |", "|---|---:|---:|---|---|---:|---|---:|"]
+        lines += [
+            "",
+            f"Inconclusive by rule where an arm's mean top-1 is within {LEARNED:.0f} points of chance: arms that "
+            "learned nothing would otherwise match.",
+        ]
+    lines += [
+        "",
+        "| arm | params | MMACs / image | matched to " + first + " | budget | top-1 mean ± sd | per seed | "
+        "train img/s |",
+        "|---|---:|---:|---|---|---:|---|---:|",
+    ]
     for arm, s in summary["arms"].items():
         for key, label in summary["budget_names"].items():
             b = s["budgets"][key]
             per_seed, speed = ", ".join(f"{t:.2f}" for t in b["top1"]), _fmt(b["img_per_s"], ".0f")
             matched = "(the reference)" if arm == first else "yes" if s["matched"] else "no"
-            lines.append(f"| {arm} | {s['params']:,} | {s['macs'] / 1e6:.1f} | {matched} | "
-                         f"{label} | {_fmt(b['mean'])} ± {_fmt(b['sd'])} | {per_seed} | {speed} |")
+            lines.append(
+                f"| {arm} | {s['params']:,} | {s['macs'] / 1e6:.1f} | {matched} | "
+                f"{label} | {_fmt(b['mean'])} ± {_fmt(b['sd'])} | {per_seed} | {speed} |"
+            )
     if summary.get("feature_maps"):
-        lines += ["", "The paper's Figure 2 view: the first block's token channels of the T2T and the hard-split model "
-                  f"(seed {budget['seeds'][0]}, {summary['budget_names']['epochs']} budget) on the same test images, "
-                  "from `t2t-vit visualize features`.", ""]
+        lines += [
+            "",
+            "The paper's Figure 2 view: the first block's token channels of the T2T and the hard-split model "
+            f"(seed {budget['seeds'][0]}, {summary['budget_names']['epochs']} budget) on the same test images, "
+            "from `t2t-vit visualize features`.",
+            "",
+        ]
         lines += [f"![first-block token channels]({name})" for name in summary["feature_maps"]]
     if "memory_mib" in summary:
-        lines += ["", "Peak memory of one training step (batch 128, 28 px): " + ", ".join(
-            f"{arm} {mib:.0f} MiB" for arm, mib in summary["memory_mib"].items()) + "."]  # fmt: skip
+        lines += [
+            "",
+            "Peak memory of one training step (batch 128, 28 px): "
+            + ", ".join(f"{arm} {mib:.0f} MiB" for arm, mib in summary["memory_mib"].items())
+            + ".",
+        ]
     if "step_img_per_s" in summary:
         speeds = summary["step_img_per_s"]
         timed = ", ".join(f"{arm} {v:.0f} img/s ({v / speeds[first]:.2f}x)" for arm, v in speeds.items())
-        lines += ["", "Training step side by side (the arms' steps taking turns in one process, batch 128, 28 px, "
-                  f"fp32; the runs' img/s above come from different hours of a VM whose pace drifts): {timed}."]
-    lines += ["", f"Matched: parameters and MACs within {MATCH:.0%} of {first}'s. Interval: Welch's t over seeds. "
-              f"Verdicts: 'beats' holds when the interval lies above 0 and does not hold when below; 'matches' "
-              f"holds when it lies within ±{SAME_MARGIN:g} point; otherwise inconclusive.", "",
-              f"![held-out top-1 against epochs and training seconds]({summary['claim']}.png)", "",
-              f"Command: `{budget['command'] or 't2t-vit reproduce ' + summary['claim']}`; commit {env['commit']}, "
-              f"{env['machine']}, torch {env['torch']}, Python {env['python']}.", ""]  # fmt: skip
+        lines += [
+            "",
+            "Training step side by side (the arms' steps taking turns in one process, batch 128, 28 px, "
+            f"fp32; the runs' img/s above come from different hours of a VM whose pace drifts): {timed}.",
+        ]
+    lines += [
+        "",
+        f"Matched: parameters and MACs within {MATCH:.0%} of {first}'s. Interval: Welch's t over seeds. "
+        f"Verdicts: 'beats' holds when the interval lies above 0 and does not hold when below; 'matches' "
+        f"holds when it lies within ±{SAME_MARGIN:g} point; otherwise inconclusive.",
+        "",
+        f"![held-out top-1 against epochs and training seconds]({summary['claim']}.png)",
+        "",
+        f"Command: `{budget['command'] or 't2t-vit reproduce ' + summary['claim']}`; commit {env['commit']}, "
+        f"{env['machine']}, torch {env['torch']}, Python {env['python']}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -483,17 +562,28 @@ def write_summary_table(out_dir: Path) -> Path:
             for key, label in s["budget_names"].items():
                 r, a, b = c[key], s["arms"][c["a"]]["budgets"][key], s["arms"][c["b"]]["budgets"][key]
                 paper = claim.paper_numbers if len(rows) == first else ""  # once per claim, on its first row
-                rows.append(f"| [{name}]({name}.md): {c['a']} {sign} {c['b']} | {paper} | "
-                            f"{_fmt(a['mean'])} ± {_fmt(a['sd'])} vs {_fmt(b['mean'])} ± {_fmt(b['sd'])} | "
-                            f"[{_fmt(r['low'], '+.2f')}, {_fmt(r['high'], '+.2f')}] | {r['verdict']} | {label} |")
-    lines = ["# The paper's claims at small scale", "",
-             "| claim | the paper | ours: held-out top-1 (mean ± sd over seeds) | 95% interval of the difference | "
-             "verdict | budget |", "|---|---|---|---|---|---|", *rows, "",
-             "Fashion-MNIST at 28 px on the CPU; each claim's page gives the setup, the arms' cost, every seed and "
-             "the command. `t2t-vit reproduce CLAIM` re-runs one.", ""]  # fmt: skip
+                rows.append(
+                    f"| [{name}]({name}.md): {c['a']} {sign} {c['b']} | {paper} | "
+                    f"{_fmt(a['mean'])} ± {_fmt(a['sd'])} vs {_fmt(b['mean'])} ± {_fmt(b['sd'])} | "
+                    f"[{_fmt(r['low'], '+.2f')}, {_fmt(r['high'], '+.2f')}] | {r['verdict']} | {label} |"
+                )
+    lines = [
+        "# The paper's claims at small scale",
+        "",
+        "| claim | the paper | ours: held-out top-1 (mean ± sd over seeds) | 95% interval of the difference | "
+        "verdict | budget |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Fashion-MNIST at 28 px on the CPU; each claim's page gives the setup, the arms' cost, every seed and "
+        "the command. `t2t-vit reproduce CLAIM` re-runs one.",
+        "",
+    ]
     if pending:
-        lines += [f"Not run yet: {', '.join(pending)} (a page of theirs here, if any, comes from an earlier protocol).",
-                  ""]  # fmt: skip
+        lines += [
+            f"Not run yet: {', '.join(pending)} (a page of theirs here, if any, comes from an earlier protocol).",
+            "",
+        ]
     path = out_dir / "README.md"
     path.write_text("\n".join(lines))
     return path

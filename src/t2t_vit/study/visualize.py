@@ -1,6 +1,7 @@
 """Pictures people would rather look at than read: token feature maps (the paper's Fig. 2), attention maps per
 head and as attention rollout, and training curves, as `t2t-vit visualize` draws them.
 """
+
 import csv
 import math
 from functools import partial
@@ -20,7 +21,10 @@ def read_metrics(run_dir: Path) -> Dict[str, List[float]]:
         raise InputError(f"{str(run_dir)!r} has no metrics.csv: pass a run directory written by `t2t-vit train`")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) if r.get(k) not in (None, "") else float("nan") for r in rows] for k in (rows[0] if rows else {})}
+    return {
+        k: [float(r[k]) if r.get(k) not in (None, "") else float("nan") for r in rows]
+        for k in (rows[0] if rows else {})
+    }
 
 
 def plot_curves(run_dirs: Sequence[Path], out: Path) -> Path:
@@ -97,9 +101,12 @@ def load_image(path: Path, model: nn.Module) -> Tuple[torch.Tensor, torch.Tensor
     if len(mean) != model.in_chans:  # e.g. a grayscale model: one channel at the average statistics
         mean, std = (sum(mean) / len(mean),) * model.in_chans, (sum(std) / len(std),) * model.in_chans
     transform = create_transform(
-        input_size=(model.in_chans, *model.img_size), interpolation=cfg["interpolation"], mean=mean, std=std,
+        input_size=(model.in_chans, *model.img_size),
+        interpolation=cfg["interpolation"],
+        mean=mean,
+        std=std,
         crop_pct=cfg["crop_pct"],
-    )  # fmt: skip
+    )
     x = transform(img).unsqueeze(0)
     picture = x[0] * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
     return x, picture.clamp(0, 1).permute(1, 2, 0)  # (C, H, W) -> (H, W, C)

@@ -1,4 +1,5 @@
 """The loops: one training epoch and one evaluation pass. No argument parsing, no file I/O."""
+
 import contextlib
 import dataclasses
 import logging
@@ -203,8 +204,9 @@ def train_one_epoch(
     return dict(updates=updates_done, stopped=stopped)
 
 
-def _read(ctx: StepContext, totals: EpochTotals, marks: List[_Mark], pending: torch.Tensor, stop: bool
-          ) -> Tuple[Optional[str], bool, float]:  # fmt: skip
+def _read(
+    ctx: StepContext, totals: EpochTotals, marks: List[_Mark], pending: torch.Tensor, stop: bool
+) -> Tuple[Optional[str], bool, float]:
     """Read the device's flags, the running loss, whether any rank was asked to stop and the latest clock of any
     rank (into `ctx.agreed_seconds`; both a collective when distributed), in one transfer; fold the flags into
     `totals`. A halted epoch goes back to its mark before ("stop") or after the failing update, which becomes the
@@ -262,8 +264,9 @@ def takes_found_inf(optimizer: torch.optim.Optimizer) -> bool:
     return getattr(optimizer, "_step_supports_amp_scaling", False) and fused
 
 
-def _update(model: nn.Module, params: List[torch.Tensor], ctx: StepContext, pending: torch.Tensor, device_skip: bool,
-            k: int) -> None:
+def _update(
+    model: nn.Module, params: List[torch.Tensor], ctx: StepContext, pending: torch.Tensor, device_skip: bool, k: int
+) -> None:
     """One optimizer update, dropped on the device when the gradient is not finite or the epoch is halted; updates
     `pending` (non-finite count, failures in a row, halted, the update index `k` it halted at) without a host read.
     """

@@ -1,4 +1,5 @@
 """A run's per-epoch record: metrics.csv (its schema), TensorBoard when installed, the summary line, curves.png."""
+
 import csv
 import logging
 import math
@@ -10,10 +11,23 @@ _logger = logging.getLogger(__name__)
 
 # Columns of a run directory's metrics.csv, one row per epoch (empty where not measured).
 METRICS_COLUMNS = (
-    "epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5",
-    "ema_val_loss", "ema_val_top1", "ema_val_top5", "img_per_s", "skipped", "scaled", "nonfinite", "rollbacks",
-    "epoch_time_s", "train_s",
-)  # fmt: skip
+    "epoch",
+    "lr",
+    "train_loss",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "ema_val_loss",
+    "ema_val_top1",
+    "ema_val_top5",
+    "img_per_s",
+    "skipped",
+    "scaled",
+    "nonfinite",
+    "rollbacks",
+    "epoch_time_s",
+    "train_s",
+)
 # skipped: unreadable images (substituted in training, left out of evaluation); scaled: high-depth images (16-bit
 # PNGs, ...) scaled to 8 bits; nonfinite: steps with a NaN/inf loss (skipped or rolled back); rollbacks: reloads of the
 # last good checkpoint (--nonfinite rollback).

@@ -1,4 +1,5 @@
 """The process a run lives in: torchrun ranks, the device, seeds and RNG states, stop signals, the run lock."""
+
 import json
 import logging
 import os
@@ -45,10 +46,12 @@ def _init_process_group(backend: str, rank: int, world: int) -> None:
     if not shared or restart == "0":
         dist.init_process_group(backend)
         return
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                          timeout=timedelta(minutes=10))  # fmt: skip
-    dist.init_process_group(backend, store=dist.PrefixStore(f"t2t_vit/restart_{restart}", store), rank=rank,
-                            world_size=world)  # fmt: skip
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(minutes=10)
+    )
+    dist.init_process_group(
+        backend, store=dist.PrefixStore(f"t2t_vit/restart_{restart}", store), rank=rank, world_size=world
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -64,8 +67,12 @@ def rng_state(device: Optional[torch.device] = None) -> Dict[str, Any]:
     np_state = np.random.get_state()
     state = dict(
         python=random.getstate(),
-        numpy=dict(keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=np_state[2],
-                   has_gauss=np_state[3], cached_gaussian=np_state[4]),  # fmt: skip
+        numpy=dict(
+            keys=torch.from_numpy(np_state[1].astype(np.int64)),
+            pos=np_state[2],
+            has_gauss=np_state[3],
+            cached_gaussian=np_state[4],
+        ),
         torch=torch.get_rng_state(),
     )
     if device is not None and device.type == "cuda":
@@ -78,7 +85,9 @@ def set_rng_state(state: Dict[str, Any], device: Optional[torch.device] = None) 
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")
     if isinstance(cuda, list):  # written by earlier versions: one state per visible GPU
@@ -139,8 +148,12 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
-        me = dict(pid=os.getpid(), host=socket.gethostname(), run_id=os.environ.get("TORCHELASTIC_RUN_ID"),
-                  since=time.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
+        me = dict(
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            run_id=os.environ.get("TORCHELASTIC_RUN_ID"),
+            since=time.strftime("%Y-%m-%d %H:%M:%S"),
+        )
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -161,11 +174,19 @@ class RunLock:
         if not owner:  # unreadable or half-written: an owner dying while writing it
             _logger.warning("taking over the unreadable lock %s", self.path)
         elif owner.get("run_id") and owner.get("run_id") == me["run_id"]:
-            _logger.warning("taking over %s from pid %s on %s: a torchrun restart of the same run",
-                            self.path, owner.get("pid"), owner.get("host"))  # fmt: skip
+            _logger.warning(
+                "taking over %s from pid %s on %s: a torchrun restart of the same run",
+                self.path,
+                owner.get("pid"),
+                owner.get("host"),
+            )
         elif owner.get("host") == me["host"] and not _alive(int(owner.get("pid", 0))):
-            _logger.warning("taking over the stale lock %s of pid %s (no longer running) on %s",
-                            self.path, owner.get("pid"), owner.get("host"))  # fmt: skip
+            _logger.warning(
+                "taking over the stale lock %s of pid %s (no longer running) on %s",
+                self.path,
+                owner.get("pid"),
+                owner.get("host"),
+            )
         else:
             raise InputError(
                 f"run directory {str(self.path.parent)!r} is in use by pid {owner.get('pid')} on "

@@ -3,6 +3,7 @@ schedule, state (new or resumed), then the epochs, each saved through the state 
 
 The command line calls these: `t2t-vit train|finetune|eval`, and `torchrun --nproc_per_node=8 -m t2t_vit train`.
 """
+
 import logging
 import os
 import shutil
@@ -94,14 +95,16 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = Tr
     return result
 
 
-def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, world: int, device: torch.device,
-         run_dir: Path) -> Dict[str, Any]:  # fmt: skip
+def _run(
+    cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, world: int, device: torch.device, run_dir: Path
+) -> Dict[str, Any]:
     is_main = rank == 0
     # data
     pin = device.type == "cuda"
     data = build_data(cfg, world, rank, pin)
-    data.train_loader = DeviceBatches(data.train_loader, device, data.config, (cfg["reprob"], cfg["remode"],
-                                      cfg["recount"]), cfg["seed"])  # fmt: skip
+    data.train_loader = DeviceBatches(
+        data.train_loader, device, data.config, (cfg["reprob"], cfg["remode"], cfg["recount"]), cfg["seed"]
+    )
     data.val_loader = DeviceBatches(data.val_loader, device, data.config)
     num_classes = cfg["num_classes"] or len(data.classes)
     steps_per_epoch = len(data.train_loader)
@@ -126,10 +129,24 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
 
     # state: new, or resumed from a checkpoint with what the command line changes applied
     net = unwrap(model)
-    meta = dict(arch=arch, model_kwargs=model_kwargs, class_names=data.classes, data_config=data.config,
-                grid_size=list(net.grid_size) if hasattr(net, "grid_size") else None)  # fmt: skip
-    state = TrainState(model, optimizer, ema, scaler, device, cfg["batch_size"], rank=rank, world=world,
-                       info=dict(config=cfg, meta=meta))  # fmt: skip
+    meta = dict(
+        arch=arch,
+        model_kwargs=model_kwargs,
+        class_names=data.classes,
+        data_config=data.config,
+        grid_size=list(net.grid_size) if hasattr(net, "grid_size") else None,
+    )
+    state = TrainState(
+        model,
+        optimizer,
+        ema,
+        scaler,
+        device,
+        cfg["batch_size"],
+        rank=rank,
+        world=world,
+        info=dict(config=cfg, meta=meta),
+    )
     history = read_history(run_dir / "config.yaml")
     if paths:
         path, saved = read_first_good(paths)
@@ -141,26 +158,51 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
         for key, (old, new) in changes.items():
             _logger.info("resume changes %s: %r -> %r", key, old, new)
         if changes:
-            history.append(dict(epoch=state.epoch, step=state.totals.batches, time=time.strftime("%Y-%m-%d %H:%M:%S"),
-                                changed={k: dict(was=old, now=new) for k, (old, new) in changes.items()}))  # fmt: skip
+            history.append(
+                dict(
+                    epoch=state.epoch,
+                    step=state.totals.batches,
+                    time=time.strftime("%Y-%m-%d %H:%M:%S"),
+                    changed={k: dict(was=old, now=new) for k, (old, new) in changes.items()},
+                )
+            )
     if is_main:
         save_config(cfg, run_dir / "config.yaml", history)
         _logger.info(
             "%s on %s: %d train / %d held-out images, %d classes, %s x %d process(es), global batch %d, lr %.2e",
-            arch, cfg["data"], len(data.train_set), len(data.val_set), num_classes, device, world, global_batch, lr,
-        )  # fmt: skip
+            arch,
+            cfg["data"],
+            len(data.train_set),
+            len(data.val_set),
+            num_classes,
+            device,
+            world,
+            global_batch,
+            lr,
+        )
     if cfg["nonfinite"] == "rollback" and not paths:
         state.save(run_dir)  # a state to roll back to before the first epoch ends
     metrics = MetricsLog(run_dir, is_main)
 
     # the epochs
     ctx = StepContext(
-        optimizer=optimizer, criterion=criterion, device=device, scheduler=scheduler,
-        sched_on_updates=cfg["sched_on_updates"], mixup=mixup, ema=ema, scaler=scaler, amp_dtype=amp_dtype,
-        accum_steps=cfg["accum_steps"], clip_grad=cfg["clip_grad"], nonfinite=cfg["nonfinite"],
-        nonfinite_limit=cfg["nonfinite_limit"], epochs=total_epochs, log_interval=cfg["log_interval"] if is_main else 0,
+        optimizer=optimizer,
+        criterion=criterion,
+        device=device,
+        scheduler=scheduler,
+        sched_on_updates=cfg["sched_on_updates"],
+        mixup=mixup,
+        ema=ema,
+        scaler=scaler,
+        amp_dtype=amp_dtype,
+        accum_steps=cfg["accum_steps"],
+        clip_grad=cfg["clip_grad"],
+        nonfinite=cfg["nonfinite"],
+        nonfinite_limit=cfg["nonfinite_limit"],
+        epochs=total_epochs,
+        log_interval=cfg["log_interval"] if is_main else 0,
         sync_every=cfg["log_interval"] or 50,
-    )  # fmt: skip
+    )
     row: Dict[str, Any] = {}
     first_epoch, stop_after, budget = state.epoch, cfg["stop_after_epochs"], cfg["time_budget"]
     clock = [0.0, 0.0]  # (when this epoch's session started, training seconds before it)
@@ -190,8 +232,9 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
                 if not cfg["sched_on_updates"]:
                     scheduler.step(epoch)
                 data.train_loader.sampler.set_epoch(epoch, start=state.totals.batches * cfg["batch_size"])
-                out = train_one_epoch(train_model, data.train_loader, ctx, epoch + 1, state.totals, state.updates,
-                                      progress and is_main)  # fmt: skip
+                out = train_one_epoch(
+                    train_model, data.train_loader, ctx, epoch + 1, state.totals, state.updates, progress and is_main
+                )
                 state.updates = out["updates"]
                 where = f"epoch {epoch + 1} step {state.totals.batches} (of {total_epochs} x {steps_per_epoch})"
                 if out["stopped"] == "rollback":
@@ -223,15 +266,23 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
                     _logger.info("time budget of %.0f s spent at %s: evaluated there, the run ends", budget, where)
                 state.save(run_dir, is_best, cfg["checkpoint_every"])
                 row = dict(
-                    epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], train_loss=train_stats["loss"],
-                    val_loss=val.get("loss"), val_top1=val.get("top1"), val_top5=val.get("top5"),
-                    ema_val_loss=ema_val.get("loss"), ema_val_top1=ema_val.get("top1"),
-                    ema_val_top5=ema_val.get("top5"), img_per_s=train_stats["img_per_s"],
-                    skipped=train_stats["skipped"] + val.get("skipped", 0), scaled=train_stats["scaled"],
-                    nonfinite=train_stats["nonfinite"], rollbacks=train_stats["rollbacks"],
+                    epoch=epoch + 1,
+                    lr=optimizer.param_groups[0]["lr"],
+                    train_loss=train_stats["loss"],
+                    val_loss=val.get("loss"),
+                    val_top1=val.get("top1"),
+                    val_top5=val.get("top5"),
+                    ema_val_loss=ema_val.get("loss"),
+                    ema_val_top1=ema_val.get("top1"),
+                    ema_val_top5=ema_val.get("top5"),
+                    img_per_s=train_stats["img_per_s"],
+                    skipped=train_stats["skipped"] + val.get("skipped", 0),
+                    scaled=train_stats["scaled"],
+                    nonfinite=train_stats["nonfinite"],
+                    rollbacks=train_stats["rollbacks"],
                     epoch_time_s=train_stats["seconds"] + time.perf_counter() - t0,  # training and evaluation
                     train_s=state.train_seconds,  # training so far, evaluations not counted
-                )  # fmt: skip
+                )
                 metrics.log(row, total_epochs)
                 if stopping and state.epoch < total_epochs:
                     _logger.info("stop_after_epochs=%d reached; resume with --resume auto", stop_after)
@@ -241,8 +292,9 @@ def _run(cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, worl
     return dict(row, run_dir=str(run_dir), best=state.best, train_seconds=state.train_seconds)
 
 
-def _schedule_at(scheduler: Any, optimizer: torch.optim.Optimizer, lr: float, cfg: Dict[str, Any],
-                 state: TrainState) -> None:  # fmt: skip
+def _schedule_at(
+    scheduler: Any, optimizer: torch.optim.Optimizer, lr: float, cfg: Dict[str, Any], state: TrainState
+) -> None:
     """Set the lr the (rebuilt) schedule gives at the state's position, over what the optimizer state loaded."""
     for group in optimizer.param_groups:
         group["initial_lr"] = lr
@@ -264,8 +316,14 @@ def _rollback(state: TrainState, run_dir: Path, scheduler: Any, lr: float, cfg: 
         group["lr_scale"] = scale * cfg["rollback_lr_factor"]
     _schedule_at(scheduler, state.optimizer, lr, cfg, state)
     state.totals.rollbacks += 1
-    _logger.warning("non-finite loss at %s: rolled back to %s (epoch %d), lr x %g from here (now %.2e)", where, path,
-                    saved["epoch"], cfg["rollback_lr_factor"], state.optimizer.param_groups[0]["lr"])  # fmt: skip
+    _logger.warning(
+        "non-finite loss at %s: rolled back to %s (epoch %d), lr x %g from here (now %.2e)",
+        where,
+        path,
+        saved["epoch"],
+        cfg["rollback_lr_factor"],
+        state.optimizer.param_groups[0]["lr"],
+    )
 
 
 def _nonfinite_message(where: str, run_dir: Path, why: str = "") -> str:
@@ -305,6 +363,7 @@ def evaluate_checkpoint(
             "data it was trained on, or fine-tune it first (t2t-vit finetune)"
         )
     val_set.transform = data_lib.create_transform({}, data_config, training=False, uint8=True)
-    loader = DeviceBatches(data_lib.create_loader(val_set, batch_size, False, workers, pin_memory=dev.type == "cuda"),
-                           dev, data_config)  # fmt: skip
+    loader = DeviceBatches(
+        data_lib.create_loader(val_set, batch_size, False, workers, pin_memory=dev.type == "cuda"), dev, data_config
+    )
     return dict(evaluate(model.to(dev), loader, dev, amp_dtype, progress=progress), model=meta["arch"])

@@ -1,5 +1,6 @@
 """The builders of a run, each from the resolved config: data, model, optimizer with its parameter groups, schedule,
 loss with mixup/cutmix; plus the config checks and the run directory with its lock."""
+
 import logging
 import os
 import re
@@ -34,8 +35,10 @@ def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if cfg["init_checkpoint"] and not Path(cfg["init_checkpoint"]).expanduser().is_file():
         raise InputError(f"checkpoint {cfg['init_checkpoint']!r} to start from does not exist: check the path")
     if cfg["schedule_on_time"] and not (cfg["time_budget"] and cfg["sched_on_updates"]):
-        raise InputError("schedule_on_time steps the lr by the seconds of a time budget, every update: set "
-                         "--time-budget SECONDS and --sched-on-updates true, or --schedule-on-time false")
+        raise InputError(
+            "schedule_on_time steps the lr by the seconds of a time budget, every update: set "
+            "--time-budget SECONDS and --sched-on-updates true, or --schedule-on-time false"
+        )
     return cfg
 
 
@@ -211,10 +214,12 @@ def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
     if tensor_data.supports(cfg, train_set):  # crop and flip of in-memory images: a batch at a time, no PIL
         train_loader: Any = tensor_data.TensorBatches(train_set, cfg, data_config, world, rank)
     else:
-        train_loader = data_lib.create_loader(train_set, cfg["batch_size"], True, workers, world, rank,
-                                              cfg["seed"], pin)  # fmt: skip
-    val_loader = data_lib.create_loader(val_set, cfg["val_batch_size"] or 2 * cfg["batch_size"], False,
-                                        workers, world, rank, cfg["seed"], pin)  # fmt: skip
+        train_loader = data_lib.create_loader(
+            train_set, cfg["batch_size"], True, workers, world, rank, cfg["seed"], pin
+        )
+    val_loader = data_lib.create_loader(
+        val_set, cfg["val_batch_size"] or 2 * cfg["batch_size"], False, workers, world, rank, cfg["seed"], pin
+    )
     if len(train_loader) == 0:
         raise InputError(
             f"{len(train_set)} training images are fewer than one batch of {cfg['batch_size']} per process: "
@@ -235,9 +240,13 @@ def loader_workers(workers: Any) -> int:
 def build_model(cfg: Dict[str, Any], num_classes: int) -> Tuple[str, nn.Module, Dict[str, Any]]:
     """(model name, model, its constructor kwargs): a new model, or `init_checkpoint`'s weights refitted."""
     model_kwargs = dict(
-        num_classes=num_classes, img_size=cfg["img_size"], in_chans=cfg["in_chans"],
-        drop_rate=cfg["drop"], drop_path_rate=cfg["drop_path"], **cfg["model_kwargs"],
-    )  # fmt: skip
+        num_classes=num_classes,
+        img_size=cfg["img_size"],
+        in_chans=cfg["in_chans"],
+        drop_rate=cfg["drop"],
+        drop_path_rate=cfg["drop_path"],
+        **cfg["model_kwargs"],
+    )
     if str(cfg["model"]).startswith("timm:"):  # a timm baseline: CNNs take any input size
         model_kwargs.pop("img_size")
     if cfg["init_checkpoint"]:  # fine-tuning: a new head and position table where the sizes differ
@@ -260,8 +269,10 @@ def compiled(model: nn.Module, device: torch.device) -> nn.Module:
         try:
             get_cpp_compiler()
         except InvalidCxxCompiler:
-            _logger.warning("compile: true needs a C++ compiler on the CPU (g++, or the one $CXX names) and none "
-                            "runs here: training without torch.compile, slower; install g++ or pass --compile false")
+            _logger.warning(
+                "compile: true needs a C++ compiler on the CPU (g++, or the one $CXX names) and none "
+                "runs here: training without torch.compile, slower; install g++ or pass --compile false"
+            )
             return model
     return torch.compile(model)
 

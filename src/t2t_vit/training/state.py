@@ -5,6 +5,7 @@ rank in the next one), samples_in_epoch (the same over all ranks), updates, best
 running epoch totals), and, for readers such as `load_model` and for resuming, config and meta. The schedule is not
 saved: it is a function of the config and the step, rebuilt on resume (so a resume can change it).
 """
+
 import logging
 import math
 from dataclasses import dataclass, field
@@ -25,8 +26,12 @@ _logger = logging.getLogger(__name__)
 LAST, PREVIOUS, BEST = "last.pth.tar", "previous.pth.tar", "best.pth.tar"
 
 # best_metric -> (which evaluation, which number, +1 if higher is better else -1)
-BEST_METRICS = {"top1": ("val", "top1", 1), "ema_top1": ("ema", "top1", 1),
-                "loss": ("val", "loss", -1), "ema_loss": ("ema", "loss", -1)}  # fmt: skip
+BEST_METRICS = {
+    "top1": ("val", "top1", 1),
+    "ema_top1": ("ema", "top1", 1),
+    "loss": ("val", "loss", -1),
+    "ema_loss": ("ema", "loss", -1),
+}
 
 
 @dataclass
@@ -56,10 +61,15 @@ class TrainState:
             model_ema=self.ema.module.state_dict() if self.ema is not None else None,
             optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
-            epoch=self.epoch, step_in_epoch=self.totals.batches,
-            samples_in_epoch=self.totals.batches * self.batch_size * self.world, updates=self.updates,
-            train_seconds=self.train_seconds, best=self.best, ranks=ranks, **self.info,
-        )  # fmt: skip
+            epoch=self.epoch,
+            step_in_epoch=self.totals.batches,
+            samples_in_epoch=self.totals.batches * self.batch_size * self.world,
+            updates=self.updates,
+            train_seconds=self.train_seconds,
+            best=self.best,
+            ranks=ranks,
+            **self.info,
+        )
 
     def load_weights(self, state: Dict[str, Any]) -> None:
         """Model, EMA, optimizer and scaler from a checkpoint; the position, RNGs and totals stay (a rollback)."""
@@ -102,8 +112,13 @@ class TrainState:
                 for key in ("skipped", "scaled", "nonfinite", "rollbacks"):
                     setattr(self.totals, key, getattr(self.totals, key) + getattr(t, key))
                 self.totals.seconds = max(self.totals.seconds, t.seconds)
-        _logger.info("the position in epoch %d carries over as %d samples (batch %d x %d ranks now)",
-                     self.epoch + 1, samples, self.batch_size, self.world)  # fmt: skip
+        _logger.info(
+            "the position in epoch %d carries over as %d samples (batch %d x %d ranks now)",
+            self.epoch + 1,
+            samples,
+            self.batch_size,
+            self.world,
+        )
 
     def save(self, run_dir: Path, is_best: bool = False, keep_every: int = 0) -> None:
         """Write `run_dir`/last.pth.tar (the one it replaces stays as previous.pth.tar), and link it as
