@@ -6,7 +6,7 @@ checkpoint that fits no model was made for. `load_checkpoint` reads a file (`che
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from timm.layers import resample_abs_pos_embed
@@ -16,9 +16,6 @@ from torch import nn
 from ..checkpoint import extract_state_dict, read_checkpoint
 from ..errors import InputError
 from .variants import VARIANTS
-
-if TYPE_CHECKING:  # t2t_vit.py imports checkpoint_filter_fn for _create
-    from .t2t_vit import T2TViT
 
 _logger = logging.getLogger(__name__)
 
@@ -45,7 +42,7 @@ def variants_like(state_dict: Dict[str, torch.Tensor]) -> List[str]:
 
 
 def checkpoint_filter_fn(
-    state_dict: Dict[str, torch.Tensor], model: "T2TViT", old_grid: Optional[Tuple[int, int]] = None
+    state_dict: Dict[str, torch.Tensor], model: nn.Module, old_grid: Optional[Tuple[int, int]] = None
 ) -> Dict[str, torch.Tensor]:
     """Fit a checkpoint's state dict (the authors' or ours) to `model`, or raise InputError saying why not.
 
