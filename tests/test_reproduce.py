@@ -11,14 +11,9 @@ from scipy import stats
 
 from t2t_vit.config import resolve_config
 from t2t_vit.errors import InputError
-from t2t_vit.study import claims as reproduce
-from t2t_vit.study.claims import (
-    CLAIMS,
-    mean_difference,
-    parse_seconds,
-    run_claim,
-    verdict,
-)
+from t2t_vit.study.claims import ARMS, CLAIMS, LEARNED, MATCH, RECIPE, arm_cost
+from t2t_vit.study.report import _step_speeds, claim_markdown, feature_maps, mean_difference, verdict, write_report
+from t2t_vit.study.runs import parse_seconds, run_claim, run_dir
 from t2t_vit.study.visualize import read_metrics
 from t2t_vit.training.run import train
 
@@ -33,11 +28,9 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
         seconds=1.0,
         train_subset=300,
         output=str(tmp_path / "runs"),
-        results_dir=str(tmp_path / "results"),
-        command="t2t-vit reproduce depth --seeds 2",
     )
-    md = run_claim("depth", **kwargs)
     out = tmp_path / "results"
+    md = write_report("depth", run_claim("depth", **kwargs), out, command="t2t-vit reproduce depth --seeds 2")
     text, summary = md.read_text(), json.loads((out / "depth.json").read_text())
     assert "t2t-vit reproduce depth --seeds 2" in text and "commit " in text
     for arm in CLAIMS["depth"].arms:
@@ -60,7 +53,7 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
         ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
         assert (c["epochs"]["low"], c["epochs"]["high"]) == pytest.approx((ci.low, ci.high))
     means = [summary["arms"][x]["budgets"]["epochs"]["mean"] for x in (c["a"], c["b"])]
-    assert c["epochs"]["learned"] == (min(means) > 10 + reproduce.LEARNED)  # 10 classes: chance is 10%
+    assert c["epochs"]["learned"] == (min(means) > 10 + LEARNED)  # 10 classes: chance is 10%
     assert c["epochs"]["verdict"] == verdict(
         c["epochs"]["low"], c["epochs"]["high"], c["expected"], c["epochs"]["learned"]
     )
@@ -77,13 +70,13 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps and len(stamps) == 8
     # claim (a)'s Figure 2 view, once the hard split's first seed has trained beside the T2T arm
     budget = dict(data="digits", seeds=[0, 1], epochs=1, seconds=1.0, output=str(tmp_path / "runs"))
-    assert reproduce.feature_maps(budget, out) == []
-    hard = reproduce.run_dir(budget["output"], "1-epochs", "hard split", 0)
+    assert feature_maps(budget, out) == []
+    hard = run_dir(budget["output"], "1-epochs", "hard split", 0)
     train(
         resolve_config(
-            reproduce.RECIPE,
+            RECIPE,
             dict(
-                reproduce.ARMS["hard split"],
+                ARMS["hard split"],
                 data="digits",
                 epochs=1,
                 train_subset=300,
@@ -93,7 +86,7 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
         ),
         progress=False,
     )
-    assert reproduce.feature_maps(budget, out) == ["tokens_features_0.png", "tokens_features_1.png"]
+    assert feature_maps(budget, out) == ["tokens_features_0.png", "tokens_features_1.png"]
     img = Image.open(out / "tokens_features_0.png").convert("L")
     assert max(img.getextrema()) > min(img.getextrema())
 
@@ -133,15 +126,15 @@ def test_arms_compared_are_matched_in_cost_or_say_why_not():
     unmatched = set()
     for claim in CLAIMS.values():
         for a, b, _ in claim.comparisons:
-            (pa, ma), (pb, mb) = reproduce._cost(a), reproduce._cost(b)
-            if abs(pb / pa - 1) > reproduce.MATCH or abs(mb / ma - 1) > reproduce.MATCH:
+            (pa, ma), (pb, mb) = arm_cost(a), arm_cost(b)
+            if abs(pb / pa - 1) > MATCH or abs(mb / ma - 1) > MATCH:
                 unmatched.add((a, b))
     assert unmatched == {("T2T, first split stride 1", "T2T")}
 
 
 def test_the_mixer_page_times_its_arms_side_by_side():
     arms = CLAIMS["mixer"].arms
-    speeds = reproduce._step_speeds(arms, repeats=1, warmup=0)
+    speeds = _step_speeds(arms, repeats=1, warmup=0)
     assert list(speeds) == arms and all(v > 0 for v in speeds.values())
     budget = dict(data="digits", seeds=[0, 1], epochs=1, seconds=1.0, train_subset=None, command="c")
     summary = dict(
@@ -153,7 +146,7 @@ def test_the_mixer_page_times_its_arms_side_by_side():
         environment=dict(commit="abc", machine="m", torch="t", python="p"),
         step_img_per_s={arms[0]: 100.0, arms[1]: 125.0},
     )
-    assert f"{arms[0]} 100 img/s (1.00x), {arms[1]} 125 img/s (1.25x)." in reproduce.claim_markdown(summary)
+    assert f"{arms[0]} 100 img/s (1.00x), {arms[1]} 125 img/s (1.25x)." in claim_markdown(summary)
 
 
 def test_budgets_parse_and_bad_ones_name_the_fix():

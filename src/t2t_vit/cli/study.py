@@ -8,7 +8,7 @@ from typing import Any, Optional, Tuple
 from ..errors import InputError
 
 FASHION = "fashion-mnist:/usr/share/datasets/fashion-mnist"
-CLAIMS = ("tokens", "budget", "mixer", "depth", "overlap")  # reproduce.CLAIMS, named here: --help loads no torch
+CLAIMS = ("tokens", "budget", "mixer", "depth", "overlap")  # study.claims.CLAIMS, named here: --help loads no torch
 
 
 def register(sub: Any) -> None:
@@ -127,7 +127,8 @@ def _curves(args: argparse.Namespace) -> None:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from ..study.claims import CLAIMS as ALL
-    from ..study.claims import StudyStopped, parse_seconds, run_claim
+    from ..study.report import write_report
+    from ..study.runs import StudyStopped, parse_seconds, run_claim
 
     if args.seeds < 1 or args.epochs < 1:
         raise InputError(
@@ -139,7 +140,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     command = "t2t-vit " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
     for claim in claims:
         try:
-            path = run_claim(
+            setup = run_claim(
                 claim,
                 args.data,
                 range(args.seeds),
@@ -147,13 +148,11 @@ def _reproduce(args: argparse.Namespace) -> int:
                 seconds,
                 args.train_subset or None,
                 args.output,
-                args.results,
                 progress=True,
-                command=command,
             )
         except StudyStopped as e:
             signum, where = e.args
             print(f"t2t-vit reproduce: stopped at {where}; the same command continues it", file=sys.stderr)
             return 128 + signum
-        print(path.read_text())
+        print(write_report(claim, setup, Path(args.results), command).read_text())
     return 0
