@@ -29,14 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from t2t_vit import create_model  # noqa: E402
 from t2t_vit.deploy.benchmark import device_name, time_steps  # noqa: E402
-from t2t_vit.deploy.runtimes import (  # noqa: E402
-    Runner,
-    format_agreement,
-    load_runner,
-    model_runner,
-    random_model,
-    top1_agreement,
-)
+from t2t_vit.deploy.runtimes import Runner, load_runner, model_runner  # noqa: E402
+from t2t_vit.deploy.speed import format_agreement, random_model, top1_agreement  # noqa: E402
 from t2t_vit.errors import InputError  # noqa: E402
 
 MODEL, IMG_SIZE, BATCHES = "t2t_vit_14", 224, (1, 16)

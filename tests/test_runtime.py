@@ -16,6 +16,7 @@ from PIL import Image
 from t2t_vit import InputError, create_model, load_model
 from t2t_vit.cli import deploy, main
 from t2t_vit.deploy import runtimes as rt
+from t2t_vit.deploy import speed
 
 from .conftest import assert_close_reordered, network_reorder_tolerance
 
@@ -127,11 +128,11 @@ def test_int8_weights_keep_the_logits_and_the_top1(checkpoint, runtime, request)
     # A wrong scale or zero point errs by the logits' own size (100%); no quantization at all, by 0.
     rel = np.linalg.norm(a - b) / np.linalg.norm(a)
     assert 0 < rel < 0.1, rel
-    res = rt.top1_agreement(fp32, int8, "digits")
+    res = speed.top1_agreement(fp32, int8, "digits")
     assert res["n"] == 360 and res["agreement"] >= 0.95, res
     assert abs(res["other_top1"] - res["reference_top1"]) <= 1 - res["agreement"]
     line = f"int8 top-1 agreement with fp32 on digits: {100 * res['agreement']:.1f}% (360 images)"
-    assert rt.format_agreement(res).startswith(line)
+    assert speed.format_agreement(res).startswith(line)
     if runtime == "onnxruntime":
         import onnx
 
@@ -345,7 +346,7 @@ def test_torch_benchmark_reports_latency_and_honours_threads():
     saved = torch.get_num_threads()
     try:
         cfg = BenchConfig("t2t_vit_7", img_size=32, batch_size=2, warmup=0, repeats=1)
-        res = rt.benchmark_torch(cfg, threads=1, memory=False, peak_gflops=1.0)
+        res = speed.benchmark_torch(cfg, threads=1, memory=False, peak_gflops=1.0)
     finally:
         torch.set_num_threads(saved)
     assert res["threads"] == 1 and res["runtime"] == "torch" and res["int8"] is False

@@ -90,7 +90,7 @@ def register(sub: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from ..deploy.runtimes import predict
+    from ..deploy.predict import predict
 
     results = predict(
         args.images,
@@ -98,11 +98,11 @@ def _predict(args: argparse.Namespace) -> None:
         args.model,
         args.top_k,
         args.batch_size,
-        args.runtime,
-        args.threads,
-        args.int8,
-        args.device,
-        args.precision,
+        device=args.device,
+        precision=args.precision,
+        runtime=args.runtime,
+        threads=args.threads,
+        int8=args.int8,
     )
     if args.json:
         print(json.dumps(results, indent=1))
@@ -125,12 +125,8 @@ def _export(args: argparse.Namespace) -> None:
 
 def _benchmark(args: argparse.Namespace) -> None:
     from ..deploy.benchmark import BenchConfig, format_result
-    from ..deploy.runtimes import (
-        benchmark_runtime,
-        benchmark_torch,
-        check_runtime,
-        format_runtime_result,
-    )
+    from ..deploy.runtimes import check_runtime
+    from ..deploy.speed import benchmark_runtime, benchmark_torch, format_runtime_result
 
     check_runtime(args.runtime, args.int8)
     if args.loader is not None:

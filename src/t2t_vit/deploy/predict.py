@@ -1,4 +1,5 @@
-"""Classify image files with a checkpoint: top-k classes with names and probabilities."""
+"""Classify image files with a checkpoint: top-k classes with names and probabilities, run by PyTorch (on any device,
+in any precision) or by a CPU deployment runtime."""
 
 import glob
 import logging
@@ -8,8 +9,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from PIL import Image
 
+from ..device import autocast_dtype, pick_device
 from ..errors import InputError
 from ..factory import load_model
+from .runtimes import check_runtime, load_runner
 
 _logger = logging.getLogger(__name__)
 
@@ -46,7 +49,6 @@ def class_names(num_classes: int, stored: Optional[Sequence[str]]) -> List[str]:
     return [str(i) for i in range(num_classes)]
 
 
-@torch.no_grad()
 def predict(
     inputs: Sequence[str],
     checkpoint: str,
@@ -55,18 +57,31 @@ def predict(
     batch_size: int = 32,
     device: str = "cpu",
     precision: str = "auto",
+    runtime: str = "torch",
+    threads: Optional[int] = None,
+    int8: bool = False,
 ) -> List[Dict[str, Any]]:
-    """One record per image: {"file", "top_k": [{"class", "index", "prob"}]} or {"file", "error"} if unreadable;
-    under `precision`'s autocast ("auto": as training evaluates, bf16 on CUDA, fp32 on the CPU)."""
-    from ..device import autocast_dtype, pick_device
+    """One record per image: {"file", "top_k": [{"class", "index", "prob"}]} or {"file", "error"} if unreadable.
+    torch runs on `device` under `precision`'s autocast ("auto": as training evaluates, bf16 on CUDA, fp32 on the
+    CPU); onnxruntime and openvino run the cached ONNX export on the CPU in fp32, with int8 weights if `int8`.
+    `threads`: CPU threads (None: the runtime's default)."""
+    check_runtime(runtime, int8)
+    if runtime != "torch":
+        if device != "cpu" or precision not in ("auto", "fp32"):
+            raise InputError(f"--device and --precision apply to --runtime torch: {runtime} runs fp32 on the CPU")
+        paths = expand_inputs(inputs)
+        runner = load_runner(checkpoint, model_name, runtime, threads, int8)
+        return classify(paths, lambda images: torch.from_numpy(runner(images.numpy())), runner.meta, top_k, batch_size)
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     dev = pick_device(device)
     amp_dtype = autocast_dtype(precision, dev)
     model, meta = load_model(checkpoint, model_name)
     model = model.to(dev).eval()
 
     def logits(images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.no_grad(), torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             return model(images.to(dev)).float()
 
     return classify(expand_inputs(inputs), logits, meta, top_k, batch_size)
