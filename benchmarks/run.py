@@ -3,7 +3,7 @@
     python benchmarks/run.py            # CPU fp32; on a GPU also bf16, with and without torch.compile
     python benchmarks/run.py --quick    # small batch, few repeats: checks the script, not the machine
 
-Writes benchmarks/results/{cpu,cuda}.md and .json (`--tag T` writes {cpu,cuda}_T.* instead, e.g. for a run
+Writes benchmarks/results/{cpu,cuda_steps}.md and .json (`--tag T` writes {cpu,cuda_steps}_T.* instead, e.g. for a run
 under other allocator settings). Every number is a median of repeated steps after warm-up; ratios compare the
 two models timed in turns within the same run.
 """
@@ -126,7 +126,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         write_table("cpu" + suffix, rows, command, rows[0]["matmul_peak_gflops"], targets=not args.quick)
     if torch.cuda.is_available():
         rows = run_suite("cuda", "bf16", 2 if args.quick else 64, repeats, warmup, [False, True], args.models)
-        write_table("cuda" + suffix, rows, command, rows[0]["matmul_peak_gflops"], targets=False)
+        write_table("cuda_steps" + suffix, rows, command, rows[0]["matmul_peak_gflops"], targets=False)
     else:
         print(f"no CUDA device here ({device_name('cpu')}): GPU rows skipped")
 

@@ -30,6 +30,9 @@ from ..models.cost import model_cost
 _logger = logging.getLogger(__name__)
 
 MODES = ("infer", "train")
+# AdamW as torch implements it by default (one kernel per op over all parameters: foreach), fused (one kernel per
+# update: what `t2t-vit train` runs), or one parameter at a time (torch's implementation when the authors trained)
+OPTIMIZERS = {"adamw": {}, "fused": dict(fused=True), "for-loop": dict(foreach=False)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -47,6 +50,7 @@ class BenchConfig:
     warmup: int = 2
     repeats: int = 5
     model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)  # constructor arguments beyond the name
+    optimizer: str = "adamw"  # the training step's AdamW: an OPTIMIZERS key
 
     def check(self) -> None:
         """InputError naming the bad field; also checks that the model exists and tiles `img_size`."""
@@ -54,6 +58,8 @@ class BenchConfig:
             raise InputError(f"mode={self.mode!r} is not one of {MODES}")
         if self.dtype not in DTYPES:
             raise InputError(f"dtype={self.dtype!r} is not one of {tuple(DTYPES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer={self.optimizer!r} is not one of {tuple(OPTIMIZERS)}")
         if self.batch_size < 1 or self.repeats < 1 or self.warmup < 0:
             raise InputError(
                 f"batch size {self.batch_size}, repeats {self.repeats} and warm-up {self.warmup} must be positive "
@@ -99,7 +105,8 @@ def make_step(model: torch.nn.Module, cfg: BenchConfig) -> Callable[[], None]:
     model.train()
     net = torch.compile(model) if cfg.compile else model
     y = torch.randint(0, model.num_classes, (cfg.batch_size,), device=device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, **OPTIMIZERS[cfg.optimizer])
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
 
     def train() -> None:

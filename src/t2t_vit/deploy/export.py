@@ -21,7 +21,7 @@ def export_onnx(model: nn.Module, path: Path, meta: Dict[str, Any], opset: int =
     import onnx
 
     model = model.eval()
-    x = torch.zeros(2, *meta["data_config"]["input_size"])
+    x = torch.zeros(2, *meta["data_config"]["input_size"], device=next(model.parameters()).device)
     torch.onnx.export(
         model,
         (x,),
