@@ -16,11 +16,11 @@ from t2t_vit.checkpoint import read_checkpoint
 from t2t_vit.config import DEFAULTS, config_names, parse_overrides, resolve_config
 from t2t_vit.data import create_dataset
 from t2t_vit.training.engine import unwrap
+from t2t_vit.training.evaluate import evaluate_checkpoint
 from t2t_vit.training.run import (
     build_criterion,
     build_optimizer,
     build_scheduler,
-    evaluate_checkpoint,
     scaled_lr,
     train,
 )

@@ -110,7 +110,7 @@ def _checkpoint_stem(path: str) -> str:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from ..training.run import evaluate_checkpoint
+    from ..training.evaluate import evaluate_checkpoint
 
     r = evaluate_checkpoint(
         args.checkpoint,
@@ -134,7 +134,8 @@ def _demo(args: argparse.Namespace) -> int:
     import shutil
     import time
 
-    from ..training.run import evaluate_checkpoint, train
+    from ..training.evaluate import evaluate_checkpoint
+    from ..training.run import train
 
     cfg = resolve_config("digits", {"name": "demo"})
     run_dir = Path(cfg["output"]) / cfg["name"]
