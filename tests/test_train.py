@@ -24,6 +24,7 @@ from t2t_vit.training.run import (
     scaled_lr,
     train,
 )
+from t2t_vit.training.run_dir import RunDir
 from t2t_vit.training.setup import TimeSchedule, check_config, compiled
 
 from .conftest import tiny_train_config
@@ -331,17 +332,15 @@ def test_log_interval_gives_a_line_where_no_bar_shows(tmp_path, caplog):
 
 
 def test_eval_every_skips_epochs_but_never_the_end_of_a_process_or_a_run(tmp_path, caplog):
-    from t2t_vit.study.visualize import read_metrics
-
     cfg = tiny_train_config(tmp_path, epochs=4, eval_every=3, stop_after_epochs=2, model_ema=True)
     with caplog.at_level("INFO", logger="t2t_vit.training.metrics"):
         first = train(cfg, progress=False)  # stops after 2 epochs: the 2nd is evaluated, the 1st not
     assert "epoch 1/4  lr" in caplog.text and "not evaluated (eval_every)" in caplog.text
-    m = read_metrics(first["run_dir"])
+    m = RunDir(first["run_dir"]).read_metrics()
     assert m["val_top1"][0] != m["val_top1"][0] and first["val_top1"] == m["val_top1"][1]
     assert first["best"]["epoch"] == 2 and (Path(first["run_dir"]) / "best.pth.tar").is_file()
     out = train(dict(cfg, stop_after_epochs=None), resume="auto", progress=False)
-    m = read_metrics(out["run_dir"])
+    m = RunDir(out["run_dir"]).read_metrics()
     measured = [e for e, v in zip(m["epoch"], m["val_top1"]) if v == v]  # NaN where not evaluated
     assert measured == [2, 3, 4]  # 3: every 3rd; 2: a process's end; 4: the run's end
     assert [e for e, v in zip(m["epoch"], m["ema_val_top1"]) if v == v] == measured
@@ -350,10 +349,8 @@ def test_eval_every_skips_epochs_but_never_the_end_of_a_process_or_a_run(tmp_pat
 
 
 def test_eval_every_evaluates_where_a_time_budget_ends_the_run(tmp_path):
-    from t2t_vit.study.visualize import read_metrics
-
     out = train(tiny_train_config(tmp_path, epochs=50, eval_every=100, time_budget=0.5), progress=False)
-    m = read_metrics(out["run_dir"])
+    m = RunDir(out["run_dir"]).read_metrics()
     assert len(m["epoch"]) < 50 and m["val_top1"][-1] == out["val_top1"]
     assert all(v != v for v in m["val_top1"][:-1])  # the epochs before it: not evaluated
 

@@ -224,7 +224,7 @@ RESUME_CHANGEABLE = frozenset(
         "rollback_lr_factor",
     )
 )
-HISTORY_KEY = "resumes"  # config.yaml's record of what each resume changed; not a config key
+HISTORY_KEY = "resumes"  # where a run directory's saved config records what each resume changed; not a config key
 
 _RANGE = re.compile(r"^(int|number)(?: (>=|>) (\S+)| in ([\[(])(\S+), (\S+)([\])]))?$")
 
@@ -382,7 +382,7 @@ def parse_overrides(args: Sequence[str]) -> Dict[str, Any]:
 
 def resolve_config(config_file: Optional[Path] = None, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """DEFAULTS, then the YAML file, then the overrides, each value checked against its key's rule; unknown keys are
-    an InputError naming close ones. A run's own config.yaml works as a config (its resume history is left out)."""
+    an InputError naming close ones. The config a run directory saved works as one (its resume history left out)."""
     cfg = copy.deepcopy(DEFAULTS)
     layers: List[tuple] = []
     overrides = overrides or {}
@@ -417,7 +417,7 @@ def save_config(cfg: Dict[str, Any], path: Path, history: Optional[List[Dict[str
 
 
 def read_history(path: Path) -> List[Dict[str, Any]]:
-    """The resume history a run directory's config.yaml holds (empty if none)."""
+    """The resume history a run directory's saved config holds (empty if none)."""
     try:
         data = yaml.load(Path(path).read_text(), _Loader) if Path(path).is_file() else None
     except yaml.YAMLError:

@@ -58,7 +58,7 @@ def register(sub: Any) -> None:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", help="'auto' (continue the run directory's last.pth.tar) or a checkpoint path")
+    p.add_argument("--resume", help="'auto' (continue the run directory's last checkpoint) or a checkpoint path")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
     p.set_defaults(func=_train, takes_overrides=True)
 
@@ -136,16 +136,18 @@ def _demo(args: argparse.Namespace) -> int:
 
     from ..training.evaluate import evaluate_checkpoint
     from ..training.run import train
+    from ..training.run_dir import RunDir
 
     cfg = resolve_config("digits", {"name": "demo"})
-    run_dir = Path(cfg["output"]) / cfg["name"]
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # each demo starts afresh
+    run_dir = RunDir.of(cfg)
+    if run_dir.path.exists():
+        shutil.rmtree(run_dir.path)  # each demo starts afresh
     start = time.perf_counter()
     if train(cfg).get("stopped"):
         print("t2t-vit demo: stopped; run `make demo` again to start over", file=sys.stderr)
         return 130
-    metrics = evaluate_checkpoint(str(run_dir / "last.pth.tar"), cfg["data"], workers=0, progress=False)
-    print(f"run directory: {run_dir} (last.pth.tar, metrics.csv, curves.png); {time.perf_counter() - start:.0f} s")
+    metrics = evaluate_checkpoint(str(run_dir.last), cfg["data"], workers=0, progress=False)
+    files = ", ".join(p.name for p in (run_dir.last, run_dir.metrics, run_dir.curves))
+    print(f"run directory: {run_dir} ({files}); {time.perf_counter() - start:.0f} s")
     print(f"held-out top-1: {metrics['top1']:.1f}%")
     return 0

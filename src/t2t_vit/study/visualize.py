@@ -2,7 +2,6 @@
 head and as attention rollout, and training curves, as `t2t-vit visualize` draws them.
 """
 
-import csv
 import math
 from functools import partial
 from pathlib import Path
@@ -12,53 +11,13 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..training.metrics import plot_curves as plot_curves  # the curves of run directories, as training draws them
+from ..training.run_dir import RunDir
 
 
 def read_metrics(run_dir: Path) -> Dict[str, List[float]]:
-    """metrics.csv of a run directory as columns of floats (NaN where empty)."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        raise InputError(f"{str(run_dir)!r} has no metrics.csv: pass a run directory written by `t2t-vit train`")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {
-        k: [float(r[k]) if r.get(k) not in (None, "") else float("nan") for r in rows]
-        for k in (rows[0] if rows else {})
-    }
-
-
-def plot_curves(run_dirs: Sequence[Path], out: Path) -> Path:
-    """Loss (train and held-out) and held-out top-1 per epoch of one or more runs, side by side, as a PNG."""
-    plt = _pyplot()
-    fig, (ax_loss, ax_top1) = plt.subplots(1, 2, figsize=(11, 4))
-    for run_dir in run_dirs:
-        m = read_metrics(run_dir)
-        if not m:
-            continue
-        name = Path(run_dir).name
-        label = (lambda what: f"{name} {what}") if len(run_dirs) > 1 else (lambda what: what)
-        (line,) = ax_loss.plot(m["epoch"], m["train_loss"], label=label("train"))
-        ax_loss.plot(*_measured(m, "val_loss"), "--", color=line.get_color(), label=label("held-out"))
-        ax_top1.plot(*_measured(m, "val_top1"), color=line.get_color(), label=label("model"))
-        if any(v == v for v in m.get("ema_val_top1", [])):  # NaN != NaN: plot EMA only where measured
-            ax_top1.plot(*_measured(m, "ema_val_top1"), ":", color=line.get_color(), label=label("EMA"))
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_top1.set(xlabel="epoch", ylabel="top-1 (%)", title="held-out top-1")
-    for ax in (ax_loss, ax_top1):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def _measured(m: Dict[str, List[float]], key: str) -> Tuple[List[float], List[float]]:
-    """(epochs, values) of column `key` where it was measured: one line through the evaluated epochs (eval_every)."""
-    pairs = [(e, v) for e, v in zip(m["epoch"], m[key]) if v == v]
-    return [e for e, _ in pairs], [v for _, v in pairs]
+    """A run directory's metrics per epoch, as columns of floats (NaN where not measured)."""
+    return RunDir(run_dir).read_metrics()
 
 
 def _pyplot() -> Any:

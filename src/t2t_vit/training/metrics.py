@@ -1,15 +1,18 @@
-"""A run's per-epoch record: metrics.csv (its schema), TensorBoard when installed, the summary line, curves.png."""
+"""A run's per-epoch record: the schema of its metrics file, TensorBoard when installed, the summary line, and the
+curves drawn from it (at a run's end, and by `t2t-vit visualize curves`)."""
 
 import csv
 import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Sequence, Tuple
+
+from .run_dir import RunDir
 
 _logger = logging.getLogger(__name__)
 
-# Columns of a run directory's metrics.csv, one row per epoch (empty where not measured).
+# Columns of a run directory's metrics file, one row per epoch (empty where not measured).
 METRICS_COLUMNS = (
     "epoch",
     "lr",
@@ -34,35 +37,39 @@ METRICS_COLUMNS = (
 
 
 class MetricsLog:
-    """Rank 0 writes `run_dir`/metrics.csv (atomically, each epoch), TensorBoard scalars under tb/, and at the
-    end curves.png; other ranks write nothing."""
+    """Rank 0 writes the run directory's metrics (atomically, each epoch), TensorBoard scalars, and at the end the
+    curves; other ranks write nothing."""
 
-    def __init__(self, run_dir: Path, is_main: bool) -> None:
-        self.path, self.is_main = Path(run_dir) / "metrics.csv", is_main
+    def __init__(self, run_dir: RunDir, is_main: bool) -> None:
+        self.run_dir, self.is_main = run_dir, is_main
         self.tb = None
         if is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
+                self.tb = SummaryWriter(str(run_dir.tb))
             except ImportError:
                 pass
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def log(self, row: Dict[str, Any], total_epochs: int) -> None:
         """Record one epoch's row (METRICS_COLUMNS); rows of that epoch or later, re-run after a resume, go."""
         if not self.is_main:
             return
-        rows = []
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < row["epoch"]]
+        rows = [r for r in self.run_dir.metric_rows() if int(r["epoch"]) < row["epoch"]]
         rows.append({k: ("" if row.get(k) is None else row[k]) for k in METRICS_COLUMNS})
-        tmp = self.path.with_suffix(".tmp")
+        path = self.run_dir.metrics
+        tmp = path.with_suffix(".tmp")
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
+        os.replace(tmp, path)
         if self.tb is not None:
             for k, v in row.items():
                 if k != "epoch" and isinstance(v, (int, float)) and not math.isnan(v):
@@ -70,15 +77,11 @@ class MetricsLog:
         _logger.info(summary(row, total_epochs))
 
     def close(self) -> None:
-        """Draw curves.png from metrics.csv and close TensorBoard."""
+        """Draw the curves of the metrics written so far and close TensorBoard."""
         if not self.is_main:
             return
-        if self.path.is_file():
-            from ..study.visualize import (
-                plot_curves,  # matplotlib only now, not when training starts
-            )
-
-            plot_curves([self.path.parent], self.path.parent / "curves.png")
+        if self.run_dir.metrics.is_file():
+            plot_curves([self.run_dir.path], self.run_dir.curves)
         if self.tb is not None:
             self.tb.close()
 
@@ -97,3 +100,41 @@ def summary(row: Dict[str, Any], total_epochs: int) -> str:
         if row.get(key):
             text += f"  {key} {row[key]}"
     return text + f"  {row['epoch_time_s']:.1f} s"
+
+
+def plot_curves(run_dirs: Sequence[Path], out: Path) -> Path:
+    """Loss (train and held-out) and held-out top-1 per epoch of one or more runs, side by side, as a PNG."""
+    import matplotlib  # only now, not when training starts
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_top1) = plt.subplots(1, 2, figsize=(11, 4))
+    for run_dir in run_dirs:
+        m = RunDir(run_dir).read_metrics()
+        if not m:
+            continue
+        name = Path(run_dir).name
+        label = (lambda what: f"{name} {what}") if len(run_dirs) > 1 else (lambda what: what)
+        (line,) = ax_loss.plot(m["epoch"], m["train_loss"], label=label("train"))
+        ax_loss.plot(*_measured(m, "val_loss"), "--", color=line.get_color(), label=label("held-out"))
+        ax_top1.plot(*_measured(m, "val_top1"), color=line.get_color(), label=label("model"))
+        if any(v == v for v in m.get("ema_val_top1", [])):  # NaN != NaN: plot EMA only where measured
+            ax_top1.plot(*_measured(m, "ema_val_top1"), ":", color=line.get_color(), label=label("EMA"))
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_top1.set(xlabel="epoch", ylabel="top-1 (%)", title="held-out top-1")
+    for ax in (ax_loss, ax_top1):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _measured(m: Dict[str, List[float]], key: str) -> Tuple[List[float], List[float]]:
+    """(epochs, values) of column `key` where it was measured: one line through the evaluated epochs (eval_every)."""
+    pairs = [(e, v) for e, v in zip(m["epoch"], m[key]) if v == v]
+    return [e for e, _ in pairs], [v for _, v in pairs]

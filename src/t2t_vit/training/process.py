@@ -1,14 +1,10 @@
-"""The process a run lives in: torchrun ranks, the device, seeds and RNG states, stop signals, the run lock."""
+"""The process a run lives in: torchrun ranks, the device, seeds and RNG states, stop signals."""
 
-import json
 import logging
 import os
 import random
 import signal
-import socket
-import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -134,80 +130,3 @@ class StopSignal:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-class RunLock:
-    """One run per run directory: `.lock` holds the owner's pid, host and torchrun run id.
-
-    A lock whose owner is gone (same host, pid not running), or that a torchrun restart of the same run left
-    behind, is taken over with a warning; a live owner is an InputError naming it.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / ".lock"
-        self.held = False
-
-    def acquire(self) -> None:
-        me = dict(
-            pid=os.getpid(),
-            host=socket.gethostname(),
-            run_id=os.environ.get("TORCHELASTIC_RUN_ID"),
-            since=time.strftime("%Y-%m-%d %H:%M:%S"),
-        )
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over_if_stale(me)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return
-        raise InputError(f"could not take the lock {str(self.path)!r}: another run keeps taking it")
-
-    def _take_over_if_stale(self, me: Dict[str, Any]) -> None:
-        try:
-            owner = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            owner = {}
-        if not owner:  # unreadable or half-written: an owner dying while writing it
-            _logger.warning("taking over the unreadable lock %s", self.path)
-        elif owner.get("run_id") and owner.get("run_id") == me["run_id"]:
-            _logger.warning(
-                "taking over %s from pid %s on %s: a torchrun restart of the same run",
-                self.path,
-                owner.get("pid"),
-                owner.get("host"),
-            )
-        elif owner.get("host") == me["host"] and not _alive(int(owner.get("pid", 0))):
-            _logger.warning(
-                "taking over the stale lock %s of pid %s (no longer running) on %s",
-                self.path,
-                owner.get("pid"),
-                owner.get("host"),
-            )
-        else:
-            raise InputError(
-                f"run directory {str(self.path.parent)!r} is in use by pid {owner.get('pid')} on "
-                f"{owner.get('host')} (since {owner.get('since')}): wait for that run, stop it, or pass --name NAME "
-                f"for a separate run (if that run is gone, delete {str(self.path)!r})"
-            )
-        self.path.unlink(missing_ok=True)
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True

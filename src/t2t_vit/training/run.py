@@ -6,7 +6,6 @@ The command line calls these: `t2t-vit train|finetune`, and `torchrun --nproc_pe
 
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -14,7 +13,6 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..config import read_history, save_config
 from ..data.device_batches import DeviceBatches
 from ..errors import InputError
 from .engine import (
@@ -26,7 +24,8 @@ from .engine import (
     unwrap,
 )
 from .metrics import MetricsLog
-from .process import StopSignal, agree, seed_everything, setup_distributed
+from .process import StopSignal, seed_everything, setup_distributed
+from .run_dir import RunDir, read_first_good
 from .setup import (
     TimeSchedule,
     build_criterion,
@@ -37,18 +36,9 @@ from .setup import (
     build_scheduler,
     check_config,
     compiled,
-    open_run_dir,
-    run_dir_of,
     scaled_lr,
 )
-from .state import (
-    LAST,
-    TrainState,
-    checkpoints_to_resume,
-    read_first_good,
-    resume_changes,
-    saved_checkpoints,
-)
+from .state import TrainState, resume_changes
 
 __all__ = ["build_criterion", "build_optimizer", "build_scheduler", "scaled_lr", "train"]
 
@@ -59,7 +49,7 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = Tr
     """Run (or continue, with `resume` "auto" or a checkpoint path) the training a config describes.
 
     Returns the last epoch's metrics, the run directory and the best epoch; or, stopped by a signal, `stopped`
-    (the signal's number) with the epoch and step it stopped at, all saved in last.pth.tar.
+    (the signal's number) with the epoch and step it stopped at, all saved in the run directory.
     """
     # runtime: ranks, device; the same seed everywhere for the weights (and so the EMA) every rank starts from
     cfg = check_config(cfg)
@@ -69,31 +59,15 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = Tr
         resume = "auto"  # torchrun restarted the workers: continue where they stopped
         _logger.info("restart %s under torchrun: --resume auto", os.environ["TORCHELASTIC_RESTART_COUNT"])
 
-    # the run directory: one run at a time; nothing is left behind if the start fails
-    run_dir = run_dir_of(cfg)
-    lock, created, error = None, None, None
-    if is_main:
-        try:
-            lock, created = open_run_dir(run_dir)
-        except InputError as e:
-            error = str(e)
-    agree(error, world)
-    try:
-        paths = checkpoints_to_resume(run_dir, resume)
+    run_dir = RunDir.of(cfg)
+    with run_dir.opened(is_main, world):  # one run at a time; nothing is left behind if the start fails
+        paths = run_dir.checkpoints_to_resume(resume)
         seed_everything(cfg["seed"])
-        result = _run(cfg, paths, progress, rank, world, device, run_dir)
-    except BaseException:
-        if created is not None and not saved_checkpoints(run_dir):
-            shutil.rmtree(created, ignore_errors=True)  # a failed start: nothing of it is worth keeping
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
-    return result
+        return _run(cfg, paths, progress, rank, world, device, run_dir)
 
 
 def _run(
-    cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, world: int, device: torch.device, run_dir: Path
+    cfg: Dict[str, Any], paths: List[Path], progress: bool, rank: int, world: int, device: torch.device, run_dir: RunDir
 ) -> Dict[str, Any]:
     is_main = rank == 0
     # data
@@ -144,7 +118,7 @@ def _run(
         world=world,
         info=dict(config=cfg, meta=meta),
     )
-    history = read_history(run_dir / "config.yaml")
+    history = run_dir.history()
     if paths:
         path, saved = read_first_good(paths)
         changes = resume_changes(saved.get("config"), cfg, path)
@@ -164,7 +138,7 @@ def _run(
                 )
             )
     if is_main:
-        save_config(cfg, run_dir / "config.yaml", history)
+        run_dir.write_config(cfg, history)
         _logger.info(
             "%s on %s: %d train / %d held-out images, %d classes, %s x %d process(es), global batch %d, lr %.2e",
             arch,
@@ -244,7 +218,7 @@ def _run(
                 capped = out["stopped"] == "signal" and stop.received is None  # the time budget, mid-epoch
                 if out["stopped"] == "signal" and not capped:
                     state.save(run_dir)
-                    _logger.warning("stopped at %s; saved %s", where, run_dir / LAST)
+                    _logger.warning("stopped at %s; saved %s", where, run_dir.last)
                     return dict(row, run_dir=str(run_dir), stopped=stop.received, at=where)
                 train_stats, t0 = epoch_result(state.totals, device), time.perf_counter()
                 stopping = stop_after and epoch + 1 - first_epoch >= stop_after
@@ -301,12 +275,12 @@ def _schedule_at(
         scheduler.step(state.epoch)
 
 
-def _rollback(state: TrainState, run_dir: Path, scheduler: Any, lr: float, cfg: Dict[str, Any], where: str) -> None:
+def _rollback(state: TrainState, run_dir: RunDir, scheduler: Any, lr: float, cfg: Dict[str, Any], where: str) -> None:
     """Reload the weights and optimizer of the last good checkpoint at a lower lr and go on past the failing batch;
     InputError after nonfinite_limit failures with no good update between."""
     if state.totals.nonfinite_in_a_row >= cfg["nonfinite_limit"]:
         raise InputError(_nonfinite_message(where, run_dir, f"{cfg['nonfinite_limit']} failures in a row; "))
-    path, saved = read_first_good(saved_checkpoints(run_dir))
+    path, saved = run_dir.read_saved()
     scales = [group["lr_scale"] for group in state.optimizer.param_groups]
     state.load_weights(saved)
     for group, scale in zip(state.optimizer.param_groups, scales):
@@ -323,9 +297,9 @@ def _rollback(state: TrainState, run_dir: Path, scheduler: Any, lr: float, cfg: 
     )
 
 
-def _nonfinite_message(where: str, run_dir: Path, why: str = "") -> str:
+def _nonfinite_message(where: str, run_dir: RunDir, why: str = "") -> str:
     return (
-        f"non-finite loss after {where}: {why}the run stopped and {str(run_dir / LAST)!r} holds the state without the "
+        f"non-finite loss after {where}: {why}the run stopped and {str(run_dir.last)!r} holds the state without the "
         "failing steps. Continue with --resume auto and a lower --lr, --clip-grad 1.0, or --nonfinite skip|rollback; "
         "or check the data"
     )

@@ -1,10 +1,9 @@
 """The builders of a run, each from the resolved config: data, model, optimizer with its parameter groups, schedule,
-loss with mixup/cutmix; plus the config checks and the run directory with its lock."""
+loss with mixup/cutmix; plus the config checks."""
 
 import logging
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -13,11 +12,10 @@ import torch
 from torch import nn
 
 from .. import data as data_lib
-from ..config import check_values, data_tag
+from ..config import check_values
 from ..data import tensor_batches as tensor_data
 from ..errors import InputError
 from ..factory import create_model, load_model
-from .process import RunLock
 
 _logger = logging.getLogger(__name__)
 
@@ -42,29 +40,6 @@ def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return cfg
 
 
-def open_run_dir(run_dir: Path) -> Tuple[RunLock, Optional[Path]]:
-    """Create `run_dir` (if needed) and take its lock: (the lock, the topmost directory this created, if any).
-    InputError if the output path is a file, not writable, or the directory is in use by another run."""
-    missing = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
-    existing = run_dir.parents[len(missing) - 1] if missing else run_dir
-    if not existing.is_dir():
-        raise InputError(f"output {str(existing)!r} is a file, not a directory: choose another --output or --name")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"output {str(existing)!r} is not writable: choose another --output")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create run directory {str(run_dir)!r} ({e.strerror}): choose another --output")
-    lock = RunLock(run_dir)
-    try:
-        lock.acquire()
-    except BaseException:
-        if missing:
-            shutil.rmtree(missing[-1], ignore_errors=True)
-        raise
-    return lock, missing[-1] if missing else None
-
-
 def data_config_of(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The evaluation preprocessing a checkpoint stores (timm's data config keys)."""
     size = cfg["img_size"] if isinstance(cfg["img_size"], (list, tuple)) else (cfg["img_size"], cfg["img_size"])
@@ -75,12 +50,6 @@ def data_config_of(cfg: Dict[str, Any]) -> Dict[str, Any]:
         std=list(cfg["std"]),
         crop_pct=cfg["crop_pct"],
     )
-
-
-def run_dir_of(cfg: Dict[str, Any]) -> Path:
-    """output/name; name defaults to model-data."""
-    model = cfg["model"] or Path(str(cfg["init_checkpoint"])).name.split(".")[0]
-    return Path(cfg["output"]).expanduser() / (cfg["name"] or f"{model}-{data_tag(cfg['data'])}")
 
 
 def scaled_lr(cfg: Dict[str, Any], world: int) -> Tuple[int, float]:

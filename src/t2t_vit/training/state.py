@@ -10,20 +10,18 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ..checkpoint import link_or_copy, read_checkpoint, save_checkpoint
 from ..config import RESUME_CHANGEABLE
 from ..errors import InputError
 from .engine import EpochTotals, unwrap
 from .process import gather, rng_state, set_rng_state
+from .run_dir import RunDir
 
 _logger = logging.getLogger(__name__)
-
-LAST, PREVIOUS, BEST = "last.pth.tar", "previous.pth.tar", "best.pth.tar"
 
 # best_metric -> (which evaluation, which number, +1 if higher is better else -1)
 BEST_METRICS = {
@@ -120,21 +118,14 @@ class TrainState:
             self.world,
         )
 
-    def save(self, run_dir: Path, is_best: bool = False, keep_every: int = 0) -> None:
-        """Write `run_dir`/last.pth.tar (the one it replaces stays as previous.pth.tar), and link it as
-        best.pth.tar and, at the end of every `keep_every`-th epoch, epoch_N.pth.tar; all atomic and flushed to
-        disk. Every rank calls it; rank 0 writes."""
+    def save(self, run_dir: RunDir, is_best: bool = False, keep_every: int = 0) -> None:
+        """Save to `run_dir` as its last checkpoint, also its best if `is_best` and, at the end of every
+        `keep_every`-th epoch, that epoch's. Every rank calls it; rank 0 writes."""
         state = self.state_dict()
         if self.rank != 0:
             return
-        last = Path(run_dir) / LAST
-        if last.is_file():
-            link_or_copy(last, last.with_name(PREVIOUS))
-        save_checkpoint(state, last)
-        if is_best:
-            link_or_copy(last, last.with_name(BEST))
-        if keep_every and self.epoch % keep_every == 0 and self.totals.batches == 0:
-            link_or_copy(last, last.with_name(f"epoch_{self.epoch}.pth.tar"))
+        kept = keep_every and self.epoch % keep_every == 0 and self.totals.batches == 0
+        run_dir.save(state, is_best, self.epoch if kept else None)
 
     def update_best(self, metric: str, evals: Dict[str, Dict[str, float]]) -> bool:
         """Record epoch `self.epoch`'s `metric` (a BEST_METRICS name, read from evals["val"] or evals["ema"]) if it
@@ -145,49 +136,6 @@ class TrainState:
             return False
         self.best = dict(metric=metric, value=value, epoch=self.epoch)
         return True
-
-
-def saved_checkpoints(run_dir: Path) -> List[Path]:
-    """`run_dir`'s last, previous and best checkpoints that exist, in the order a resume or a rollback tries them."""
-    return [p for p in (Path(run_dir) / n for n in (LAST, PREVIOUS, BEST)) if p.is_file()]
-
-
-def checkpoints_to_resume(run_dir: Path, resume: Optional[str]) -> List[Path]:
-    """The checkpoints `resume` names, best first ("auto": `run_dir`'s last, then previous, then best; or a path);
-    empty to start afresh, which a run directory already holding a run refuses."""
-    found = saved_checkpoints(run_dir)
-    if resume is None:
-        if found:
-            raise InputError(
-                f"run directory {str(run_dir)!r} already holds a run: pass --resume auto to continue it, or "
-                "--name NAME to start another"
-            )
-        return []
-    if resume == "auto":
-        if not found:
-            _logger.info("--resume auto: no checkpoint in %s yet, starting fresh", run_dir)
-        return found
-    path = Path(resume)
-    if not path.is_file():
-        raise InputError(f"--resume {resume!r}: no such checkpoint file (or use --resume auto)")
-    return [path]
-
-
-def read_first_good(paths: List[Path]) -> Tuple[Path, Dict[str, Any]]:
-    """The first of `paths` that reads as a training checkpoint of ours, warning for each one passed over."""
-    errors = []
-    for path in paths:
-        try:
-            state = read_checkpoint(path)
-            if not isinstance(state, dict) or "optimizer" not in state or "epoch" not in state:
-                raise InputError(f"{str(path)!r} is not a training checkpoint of ours (no optimizer state)")
-        except InputError as e:
-            errors.append(str(e))
-            continue
-        if errors:
-            _logger.warning("%s; resuming from %s instead", "; ".join(errors), path)
-        return path, state
-    raise InputError("; ".join(errors) + ": no checkpoint to resume from")
 
 
 def resume_changes(saved: Optional[Dict[str, Any]], cfg: Dict[str, Any], path: Path) -> Dict[str, Tuple[Any, Any]]:
