@@ -15,6 +15,7 @@ from t2t_vit import InputError, create_model
 from t2t_vit.checkpoint import read_checkpoint
 from t2t_vit.config import DEFAULTS, config_names, parse_overrides, resolve_config
 from t2t_vit.data import create_dataset
+from t2t_vit.training.budget import TimeSchedule
 from t2t_vit.training.engine import unwrap
 from t2t_vit.training.evaluate import evaluate_checkpoint
 from t2t_vit.training.run import (
@@ -25,7 +26,7 @@ from t2t_vit.training.run import (
     train,
 )
 from t2t_vit.training.run_dir import RunDir
-from t2t_vit.training.setup import TimeSchedule, check_config, compiled
+from t2t_vit.training.setup import check_config, compiled
 
 from .conftest import tiny_train_config
 

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from .budget import Budget
 from .process import rng_state, set_rng_state
 
 _logger = logging.getLogger(__name__)
@@ -35,12 +36,11 @@ class StepContext:
     clip_grad: Optional[float] = None
     nonfinite: str = "stop"  # on a NaN/inf loss: stop, skip (drop the update) or rollback (the caller reloads)
     nonfinite_limit: int = 10  # skip: stop after this many non-finite steps in a row
-    should_stop: Callable[[], bool] = field(default=lambda: False)  # e.g. SIGTERM received
+    should_stop: Callable[[], bool] = field(default=lambda: False)  # a stop asked from outside: SIGTERM, SIGINT
+    budget: Budget = field(default_factory=Budget)  # the training clock and the time budget
     epochs: int = 0  # of the whole run, for "epoch 3/25" (0: not shown)
     log_interval: int = 0  # without a progress bar, log a line at each read (0: never)
     sync_every: int = 50  # updates between the host's reads of the device's flags (the same on every rank)
-    clock: Optional[Callable[[], float]] = None  # the run's training seconds on this rank
-    agreed_seconds: float = 0.0  # the clock as all ranks agree on it: its maximum over ranks at the last read
 
 
 @dataclass
@@ -111,6 +111,8 @@ class _Mark:
 # The device's pending flags since the host last read them: non-finite updates, failures in a row, whether the epoch
 # is halted (every later update dropped) and the index of the update it halted at.
 NONFINITE, IN_A_ROW, HALTED, HALTED_AT = range(4)
+# Why a process asks to stop, in rising precedence: the ranks agree on the highest any of them asks.
+ASKED = (None, "budget", "signal")
 
 
 def _fresh_flags(in_a_row: float, device: torch.device) -> torch.Tensor:
@@ -127,18 +129,20 @@ def train_one_epoch(
     progress: bool = True,
 ) -> Dict[str, Any]:
     """Train epoch `epoch` (counted from 1) over `loader`, from its sampler's position (`totals.batches` batches
-    in, when resumed), adding to `totals`. Returns the updates done in the run so far and why it ended: None (the
-    epoch is done), "signal" (`ctx.should_stop()` turned true; at an update boundary), "nonfinite" (a NaN/inf
-    gradient with ctx.nonfinite "stop", or ctx.nonfinite_limit in a row with "skip"), or "rollback" (a NaN/inf
-    gradient with "rollback"; the caller reloads the last checkpoint and calls again to go on past it).
+    in, when resumed), adding to `totals`. Returns the updates done in the run so far and why it ended: "done"
+    (the epoch is), "budget" (the time budget spent by a process's own clock), "signal" (`ctx.should_stop()` turned
+    true), both at an update boundary, "nonfinite" (a NaN/inf gradient with ctx.nonfinite "stop", or
+    ctx.nonfinite_limit in a row with "skip"), or "rollback" (a NaN/inf gradient with "rollback"; the caller reloads
+    the last checkpoint and calls again to go on past it).
 
     The host never waits for the device within an interval of `ctx.sync_every` updates. A non-finite gradient drops
     its update on the device, as GradScaler does with `found_inf`, and is counted there; with "stop" and
     "rollback", and after the limit with "skip", the epoch halts: every later update is dropped too. At the
     interval's end (or the epoch's) the host reads the flags once and, if halted, puts the epoch back to the update
     boundary before the failing update ("stop") or after it, RNGs and totals too, so a checkpoint saved then
-    resumes as if nothing past it had run. A signal stops one process at the next update boundary; ranks agree on
-    it at the reads. The progress bar, or without one a log line per read, shows the mean loss so far, lr, img/s.
+    resumes as if nothing past it had run. A signal or the budget stops one process at the next update boundary;
+    ranks agree on it (and on the clock, into `ctx.budget`) at the reads. The progress bar, or without one a log
+    line per read, shows the mean loss so far, lr, img/s.
     """
     model.train()
     device = ctx.device
@@ -154,20 +158,20 @@ def train_one_epoch(
     pending = _fresh_flags(totals.nonfinite_in_a_row, device)
     marks = [_Mark.take(totals, pending, updates_done, 0)]
     ctx.optimizer.zero_grad(set_to_none=True)
-    micro, seen, stopped = 0, 0, None
+    micro, seen, stopped = 0, 0, "done"
 
-    def read(stop: bool) -> bool:
+    def read(asked: Optional[str]) -> bool:
         """The interval's one host read; True when the epoch stops here."""
         nonlocal pending, marks, updates_done, seen, stopped
         full = len(marks) > every  # a whole interval: the bar refreshes, or a log line
-        stopped, stop, mean_loss = _read(ctx, totals, marks, pending, stop)
+        halted, asked, mean_loss = _read(ctx, totals, marks, pending, asked)
         updates_done, seen = marks[-1].updates, marks[-1].seen
         pending = _fresh_flags(totals.nonfinite_in_a_row, device)
         marks = [_Mark.take(totals, pending, updates_done, seen)]
         if full or not bar.disable:
             _show(bar, ctx, name, totals.batches, steps, mean_loss, seen * _world() / (time.perf_counter() - start))
-        stopped = stopped or ("signal" if stop else None)
-        return stopped is not None
+        stopped = halted or asked or "done"
+        return stopped != "done"
 
     for images, targets, counts in bar:
         micro += 1
@@ -194,30 +198,30 @@ def train_one_epoch(
         if ctx.scheduler is not None and ctx.sched_on_updates:
             ctx.scheduler.step_update(num_updates=updates_done)
         marks.append(_Mark.take(totals, pending, updates_done, seen))
-        stop = ctx.should_stop()
-        if (len(marks) > every or (stop and not distributed) or totals.batches == steps) and read(stop):
+        asked = "signal" if ctx.should_stop() else "budget" if ctx.budget.spent(ctx.budget.seconds()) else None
+        if (len(marks) > every or (asked and not distributed) or totals.batches == steps) and read(asked):
             break
-    if stopped is None and len(marks) > 1:  # batches left over that made no update: read what the last ones did
-        read(False)
+    if stopped == "done" and len(marks) > 1:  # batches left over that made no update: read what the last ones did
+        read(None)
     bar.close()
     totals.seconds = seconds_before + time.perf_counter() - start
     return dict(updates=updates_done, stopped=stopped)
 
 
 def _read(
-    ctx: StepContext, totals: EpochTotals, marks: List[_Mark], pending: torch.Tensor, stop: bool
-) -> Tuple[Optional[str], bool, float]:
-    """Read the device's flags, the running loss, whether any rank was asked to stop and the latest clock of any
-    rank (into `ctx.agreed_seconds`; both a collective when distributed), in one transfer; fold the flags into
-    `totals`. A halted epoch goes back to its mark before ("stop") or after the failing update, which becomes the
-    last of `marks`. Returns (why it stops, stop asked, mean loss)."""
+    ctx: StepContext, totals: EpochTotals, marks: List[_Mark], pending: torch.Tensor, asked: Optional[str]
+) -> Tuple[Optional[str], Optional[str], float]:
+    """Read the device's flags, the running loss, the stop any rank asked for (ASKED) and the latest clock of any
+    rank (into `ctx.budget`; both a collective when distributed), in one transfer; fold the flags into `totals`. A
+    halted epoch goes back to its mark before ("stop") or after the failing update, which becomes the last of
+    `marks`. Returns (why the epoch halted, the stop asked, mean loss)."""
     device = pending.device
-    seconds = ctx.clock() if ctx.clock is not None else 0.0
-    agreed = _all_reduce(torch.tensor([float(stop), seconds], device=device), dist.ReduceOp.MAX)
+    agreed = torch.tensor([float(ASKED.index(asked)), ctx.budget.seconds()], device=device)
+    agreed = _all_reduce(agreed, dist.ReduceOp.MAX)
     values = torch.cat([pending, totals.loss, agreed]).tolist()  # type: ignore[list-item]
-    flags, (loss_sum, n), stop = values[:4], values[4:6], values[6] > 0
-    ctx.agreed_seconds = values[7]
-    stopped = None
+    flags, (loss_sum, n), asked = values[:4], values[4:6], ASKED[int(values[6])]
+    ctx.budget.agreed = values[7]
+    halted = None
     if flags[HALTED]:
         back = int(flags[HALTED_AT]) + (0 if ctx.nonfinite == "stop" else 1)
         mark = marks[back]
@@ -226,10 +230,10 @@ def _read(
         totals.__dict__.update(vars(dataclasses.replace(mark.totals, loss=mark.totals.loss.clone())))
         flags = mark.pending.tolist()
         loss_sum, n = totals.loss.tolist()  # type: ignore[union-attr]
-        stopped = "rollback" if ctx.nonfinite == "rollback" else "nonfinite"
+        halted = "rollback" if ctx.nonfinite == "rollback" else "nonfinite"
     totals.nonfinite += int(flags[NONFINITE])
     totals.nonfinite_in_a_row = int(flags[IN_A_ROW])
-    return stopped, stop, loss_sum / max(n, 1.0)
+    return halted, asked, loss_sum / max(n, 1.0)
 
 
 def _show(bar: Any, ctx: StepContext, name: str, step: int, steps: int, loss: float, img_per_s: float) -> None:

@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -121,18 +121,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], updat
         updates_per_epoch=updates_per_epoch,
     )
     return scheduler, cfg["epochs"] + cfg["cooldown_epochs"]
-
-
-class TimeSchedule:
-    """A per-update timm schedule driven by the clock: after s of `budget` training seconds it gives the lr of
-    update s / budget x `updates`, so that the schedule ends at the budget at whatever pace the machine goes."""
-
-    def __init__(self, scheduler: Any, updates: float, budget: float, seconds: Callable[[], float]) -> None:
-        self.scheduler, self.updates, self.budget, self.seconds = scheduler, updates, budget, seconds
-
-    def step_update(self, num_updates: int) -> None:
-        """`num_updates` is not used: the clock says where the schedule is."""
-        self.scheduler.step_update(num_updates=round(self.updates * min(1.0, self.seconds() / self.budget)))
 
 
 def build_criterion(cfg: Dict[str, Any], num_classes: int) -> Tuple[nn.Module, Any]:
