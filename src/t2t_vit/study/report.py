@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
+from ..training.run_dir import RunDir
 from .claims import ARMS, CLAIMS, LEARNED, LEVEL, MATCH, RECIPE, SAME_MARGIN, arm_cost, arm_kwargs
 from .runs import arm_runs, budget_names, run_dir
 
@@ -205,7 +206,7 @@ def feature_maps(budget: Dict[str, Any], out_dir: Path) -> List[str]:
     from .visualize import plot_feature_maps
 
     epochs = budget_names(budget["epochs"], budget["seconds"])["epochs"]
-    paths = [run_dir(budget["output"], epochs, arm, budget["seeds"][0]) / "last.pth.tar" for arm, _ in FIGURE_2]
+    paths = [RunDir(run_dir(budget["output"], epochs, arm, budget["seeds"][0])).last for arm, _ in FIGURE_2]
     if not all(p.is_file() for p in paths):
         return []
     models = [(label, load_model(p)[0].eval()) for (_, label), p in zip(FIGURE_2, paths)]

@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..config import resolve_config
 from ..errors import InputError
 from ..training.run import train
+from ..training.run_dir import RunDir
 from .claims import ARMS, CLAIMS, FASHION, RECIPE
-from .visualize import read_metrics
 
 _logger = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ def run_dir(output: str, budget: str, arm: str, seed: int) -> Path:
 
 
 def arm_runs(output: str, budget: str, arm: str, seeds: Sequence[int]) -> List[Dict[str, List[float]]]:
-    """metrics.csv of each seed's run of `arm` under `budget` that has written one."""
-    dirs = [run_dir(output, budget, arm, s) for s in seeds]
-    return [read_metrics(d) for d in dirs if (d / "metrics.csv").is_file()]
+    """The metrics of each seed's run of `arm` under `budget` that has written them."""
+    dirs = [RunDir(run_dir(output, budget, arm, s)) for s in seeds]
+    return [d.read_metrics() for d in dirs if d.metrics.is_file()]
 
 
 def _seconds_per_epoch(output: str, budget: str, arm: str, seeds: Sequence[int]) -> Optional[float]:
