@@ -197,3 +197,44 @@ def test_benchmark_loader_prints_the_input_path_beside_the_model(capsys):
     assert res["input"]["path"] == "TensorBatches" and res["input"]["img_per_s"] > 0 and res["model_img_per_s"] > 0
     assert res["bound_by"] in ("input", "model") and res["batch_size"] == 16
     assert main(["benchmark", "--loader", "digits"]) == 2 and "--config NAME" in capsys.readouterr().err
+
+
+class _InfGradient(torch.autograd.Function):
+    """Identity forward, an infinite gradient backward: a finite loss whose gradients overflow at any scale."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def test_an_overflow_the_grad_scaler_handles_is_not_a_nonfinite_step():
+    """fp16's dynamic loss scaling overflows by design (at the start, after each growth interval): GradScaler drops
+    the update and halves its scale, and with nonfinite: stop the epoch goes on. A non-finite loss is a failure, and
+    so is an overflow at the scale's floor (1: the gradients themselves overflow). A CPU GradScaler at 1e38 stands
+    in for fp16's scale: the gradients (10 and 1) times 1e38 or 5e37 overflow fp32, times 2.5e37 they do not."""
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    params, x = list(model.parameters()), torch.full((1, 3), 10.0)
+
+    def step(scaler, k, loss_of=lambda y: y.sum()) -> bool:
+        """One update; whether it was dropped."""
+        ctx = engine.StepContext(optimizer=opt, criterion=None, device=torch.device("cpu"), scaler=scaler)
+        before = [p.detach().clone() for p in params]
+        loss = loss_of(model(x))
+        scaler.scale(loss).backward()
+        engine._update(model, params, ctx, pending, True, k, (~torch.isfinite(loss.detach())).float())
+        return all(torch.equal(a, b) for a, b in zip(before, params))
+
+    pending = engine._fresh_flags(0.0, torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1e38)
+    assert [step(scaler, k) for k in range(4)] == [True, True, False, False]
+    assert scaler.get_scale() == float(torch.tensor(1e38) / 4) and pending.tolist() == [0.0, 0.0, 0.0, -1.0]
+    assert step(scaler, 4, lambda y: y.sum() * float("nan"))  # a non-finite loss: dropped, counted, halted
+    assert pending.tolist() == [1.0, 1.0, 1.0, 4.0]
+    pending = engine._fresh_flags(0.0, torch.device("cpu"))
+    assert step(torch.amp.GradScaler("cpu", init_scale=1.0), 0, lambda y: _InfGradient.apply(y).sum())
+    assert pending.tolist() == [1.0, 1.0, 1.0, 0.0]  # an overflow at the floor: a failure

@@ -115,6 +115,11 @@ NONFINITE, IN_A_ROW, HALTED, HALTED_AT = range(4)
 ASKED = (None, "budget", "signal")
 
 
+# GradScaler's scale at or below which an overflow is the gradients' own, not the scale's: a failure, like a
+# non-finite loss. Above it, dynamic loss scaling overflows by design (at the start, after each growth interval).
+SCALE_FLOOR = 1.0
+
+
 def _fresh_flags(in_a_row: float, device: torch.device) -> torch.Tensor:
     return torch.tensor([0.0, in_a_row, 0.0, -1.0], device=device)
 
@@ -159,6 +164,7 @@ def train_one_epoch(
     marks = [_Mark.take(totals, pending, updates_done, 0)]
     ctx.optimizer.zero_grad(set_to_none=True)
     micro, seen, stopped = 0, 0, "done"
+    finite = torch.ones((), device=device)  # 1 while every loss of this update's micro-batches is finite
 
     def read(asked: Optional[str]) -> bool:
         """The interval's one host read; True when the epoch stops here."""
@@ -188,12 +194,14 @@ def train_one_epoch(
             scaled = loss / ctx.accum_steps
             (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
         loss = loss.detach().float()
+        finite = finite * torch.isfinite(loss).float()
         n = torch.isfinite(loss).float() * len(images)  # a non-finite loss adds nothing to the mean
         totals.loss += torch.stack([torch.nan_to_num(loss, 0.0, 0.0, 0.0) * n, n])
         seen += len(images)
         if not last_micro:
             continue
-        _update(model, params, ctx, pending, device_skip, len(marks) - 1)
+        _update(model, params, ctx, pending, device_skip, len(marks) - 1, 1 - finite)
+        finite = torch.ones((), device=device)
         updates_done += 1  # the schedule follows the data, also over a dropped update
         if ctx.scheduler is not None and ctx.sched_on_updates:
             ctx.scheduler.step_update(num_updates=updates_done)
@@ -269,10 +277,20 @@ def takes_found_inf(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def _update(
-    model: nn.Module, params: List[torch.Tensor], ctx: StepContext, pending: torch.Tensor, device_skip: bool, k: int
+    model: nn.Module,
+    params: List[torch.Tensor],
+    ctx: StepContext,
+    pending: torch.Tensor,
+    device_skip: bool,
+    k: int,
+    loss_failed: Optional[torch.Tensor] = None,
 ) -> None:
     """One optimizer update, dropped on the device when the gradient is not finite or the epoch is halted; updates
-    `pending` (non-finite count, failures in a row, halted, the update index `k` it halted at) without a host read.
+    `pending` (failures, failures in a row, halted, the update index `k` it halted at) without a host read.
+
+    A failure is a non-finite gradient; with a GradScaler, only a non-finite loss (`loss_failed`, 1 or 0 on the
+    device) or an overflow at the scale's floor: above it the scaler's own overflow drops the update and halves the
+    scale, as `GradScaler.step` would, and the run goes on.
     """
     opt = ctx.optimizer
     if ctx.scaler is not None:
@@ -282,12 +300,16 @@ def _update(
     if ctx.clip_grad:
         torch.nn.utils.clip_grads_with_norm_(params, ctx.clip_grad, norm)
     bad = (~torch.isfinite(norm)).float()  # the same on every rank: the gradients are all-reduced
+    failed = bad
+    if ctx.scaler is not None:  # the scale as a device tensor (get_scale() would read it on the host)
+        at_floor = (ctx.scaler._scale.reshape(()) <= SCALE_FLOOR).float()
+        failed = torch.maximum(bad * at_floor, loss_failed if loss_failed is not None else torch.zeros_like(bad))
     halted = pending[HALTED]
-    in_a_row = (pending[IN_A_ROW] + 1) * bad
-    halt_now = bad if ctx.nonfinite != "skip" else (in_a_row >= ctx.nonfinite_limit).float()
+    in_a_row = (pending[IN_A_ROW] + 1) * failed
+    halt_now = failed if ctx.nonfinite != "skip" else (in_a_row >= ctx.nonfinite_limit).float()
     drop = torch.maximum(bad, halted)
     running = 1 - halted
-    pending[NONFINITE] += bad * running
+    pending[NONFINITE] += failed * running
     pending[IN_A_ROW] = torch.where(halted > 0, pending[IN_A_ROW], in_a_row)
     pending[HALTED_AT] = torch.where((halt_now * running) > 0, float(k), pending[HALTED_AT])
     pending[HALTED] = torch.maximum(halted, halt_now)
