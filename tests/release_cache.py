@@ -18,7 +18,7 @@ import torch
 
 from t2t_vit.models import RELEASES
 
-from .conftest import REFERENCE, official_state_dict
+from .helpers import REFERENCE, official_state_dict
 
 
 def write_release_cache(root: Path) -> Path:

@@ -8,7 +8,7 @@ Exits 0 and prints PASS when the final model, EMA and metrics.csv (timings aside
 """
 
 import argparse
-import csv
+import json
 import os
 import random
 import signal
@@ -17,14 +17,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import torch
 
-from t2t_vit.checkpoint import read_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = "{embed_dim: 32, depth: 1, num_heads: 2, token_dim: 16, soft_splits: [[3, 1, 1], [3, 1, 1], [3, 2, 1]]}"
+from .helpers import TINY_MODEL, last_checkpoint, metrics_rows, subprocess_env
 
 
 def _torchrun(out: Path, name: str, restarts: int) -> List[str]:
@@ -52,7 +49,7 @@ def _torchrun(out: Path, name: str, restarts: int) -> List[str]:
         "--batch-size",
         "32",
         "--model-kwargs",
-        MODEL,
+        json.dumps(TINY_MODEL),
         "--drop-path",
         "0.1",
         "--model-ema",
@@ -64,13 +61,6 @@ def _torchrun(out: Path, name: str, restarts: int) -> List[str]:
         "--log-interval",
         "5",
     ]
-
-
-def _env() -> Dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
 
 
 def _workers(agent: int) -> List[int]:
@@ -86,13 +76,6 @@ def _workers(agent: int) -> List[int]:
     return sorted(pids)
 
 
-def _rows(run_dir: Path) -> List[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return [
-            {k: v for k, v in r.items() if k not in ("img_per_s", "epoch_time_s", "train_s")} for r in csv.DictReader(f)
-        ]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interruptions", type=int, default=20)
@@ -104,7 +87,7 @@ def main() -> int:
     start = time.time()
 
     print(f"uninterrupted run in {out / 'straight'} ...", flush=True)
-    done = subprocess.run(_torchrun(out, "straight", 0), env=_env(), cwd=out, capture_output=True, text=True)
+    done = subprocess.run(_torchrun(out, "straight", 0), env=subprocess_env(), cwd=out, capture_output=True, text=True)
     if done.returncode != 0:
         print(done.stdout[-3000:] + done.stderr[-3000:])
         return 1
@@ -112,7 +95,7 @@ def main() -> int:
 
     log = open(out / "soak.log", "w")
     agent = subprocess.Popen(
-        _torchrun(out, "soak", args.interruptions), env=_env(), cwd=out, stdout=log, stderr=subprocess.STDOUT
+        _torchrun(out, "soak", args.interruptions), env=subprocess_env(), cwd=out, stdout=log, stderr=subprocess.STDOUT
     )
     sent: List[str] = []
     while len(sent) < args.interruptions and agent.poll() is None:
@@ -138,9 +121,9 @@ def main() -> int:
     wall = time.time() - start
 
     a, b = out / "straight", out / "soak"
-    sa, sb = (read_checkpoint(p / "last.pth.tar") for p in (a, b))
+    sa, sb = last_checkpoint(a), last_checkpoint(b)
     same = all(torch.equal(sa[k][n], sb[k][n]) for k in ("model", "model_ema") for n in sa[k])
-    same = same and _rows(a) == _rows(b) and sa["epoch"] == sb["epoch"]
+    same = same and metrics_rows(a) == metrics_rows(b) and sa["epoch"] == sb["epoch"]
     kinds = {s: sent.count(s) for s in sorted(set(sent))}
     print(
         f"{len(sent)} interruptions {kinds}; torchrun exit {code}; final epoch {sb['epoch']}; "

@@ -1,7 +1,12 @@
-"""The authors' checkpoints in every layout they come in, and the errors for files that are not one."""
+"""The authors' checkpoints in every layout their tools wrote, loaded every way a user can, and the errors for files
+that are not a checkpoint or would run code, from every loader and command."""
 
+import argparse
 import logging
-import os
+import pickle
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import timm
@@ -9,70 +14,68 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 import t2t_vit
-from t2t_vit import InputError, create_model, load_checkpoint
+from t2t_vit import InputError, create_model, load_checkpoint, load_model
+from t2t_vit.checkpoint import read_checkpoint
+from t2t_vit.cli import main
 
-from .conftest import official_state_dict
-
-X = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-
-
-@pytest.fixture(scope="module")
-def authors_t2t_vit_7(official_keys):
-    """A state dict in the authors' layout and the logits a model holding exactly those weights gives."""
-    sd = official_state_dict(official_keys, "t2t_vit_7")
-    model = timm.create_model("t2t_vit_7").eval()
-    for name, tensor in model.state_dict().items():
-        tensor.copy_(sd[name])
-    with torch.no_grad():
-        return sd, model(X)
-
-
-def _logits(model):
-    with torch.no_grad():
-        return model.eval()(X)
-
+from .helpers import (
+    TINY_MODEL,
+    LoopbackServer,
+    RunsCode,
+    checkpoint_saver_layout,
+    digit_files,
+    logits_of,
+    official_state_dict,
+    one_line_error,
+)
 
 LAYOUTS = {
-    "bare": lambda sd: sd,
-    "state_dict": lambda sd: {"state_dict": sd, "epoch": 309},
-    "state_dict_ema": lambda sd: {"state_dict_ema": sd},
-    "model": lambda sd: {"model": sd, "optimizer": {}},
-    "module_prefix": lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}},
+    "bare": lambda w: w.ema,
+    "state_dict": lambda w: {"state_dict": w.ema, "epoch": 309},
+    "state_dict_ema": lambda w: {"state_dict_ema": w.ema},
+    "model": lambda w: {"model": w.ema, "optimizer": {}},
+    "module_prefix": lambda w: {"state_dict": {f"module.{k}": v for k, v in w.ema.items()}},
+    # timm's CheckpointSaver (the authors' main.py): raw and EMA weights, optimizer, args
+    "checkpoint_saver": lambda w: checkpoint_saver_layout(w.raw, w.ema),
+    # transfer_learning.py (their CIFAR fine-tunes): {'net': DataParallel state dict, 'acc', 'epoch'}
+    "transfer_learning": lambda w: {"net": {f"module.{k}": v for k, v in w.ema.items()}, "acc": 98.3, "epoch": 59},
 }
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_each_layout_loads_three_ways(tmp_path, authors_t2t_vit_7, layout):
-    sd, expected = authors_t2t_vit_7
+    """create_model, load_checkpoint and timm's pretrained=True give the logits of the (EMA) weights."""
+    w = authors_t2t_vit_7
     path = tmp_path / "71.7_T2T_ViT_7.pth.tar"
-    torch.save(LAYOUTS[layout](sd), path)
-    assert torch.equal(_logits(create_model("t2t_vit_7", checkpoint_path=path)), expected)
-    assert torch.equal(_logits(load_checkpoint(timm.create_model("t2t_vit_7"), path, use_ema=True)), expected)
+    torch.save(LAYOUTS[layout](w), path)
+    assert torch.equal(logits_of(create_model("t2t_vit_7", checkpoint_path=path), w.images), w.logits)
+    model = load_checkpoint(timm.create_model("t2t_vit_7"), path, use_ema=True)
+    assert torch.equal(logits_of(model, w.images), w.logits)
     model = timm.create_model("t2t_vit_7", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    assert torch.equal(_logits(model), expected)
+    assert torch.equal(logits_of(model, w.images), w.logits)
 
 
-def test_ema_weights_are_preferred_when_asked(tmp_path, authors_t2t_vit_7):
-    sd, expected = authors_t2t_vit_7
-    other = {k: v + 1 for k, v in sd.items()}
-    path = tmp_path / "both.pth.tar"
-    torch.save({"state_dict": other, "state_dict_ema": sd}, path)
-    assert torch.equal(_logits(create_model("t2t_vit_7", checkpoint_path=path)), expected)
-    raw = create_model("t2t_vit_7", checkpoint_path=path, use_ema=False)
-    assert torch.equal(raw.cls_token, other["cls_token"])
+def test_raw_weights_beside_ema_ones_load_when_asked_and_the_file_names_its_model(tmp_path, authors_t2t_vit_7):
+    w = authors_t2t_vit_7
+    path = tmp_path / "checkpoint-309.pth.tar"  # CheckpointSaver's own name for it: no model in the name
+    torch.save(checkpoint_saver_layout(w.raw, w.ema), path)
+    raw = create_model("t2t_vit_7", checkpoint_path=path, use_ema=False).state_dict()
+    assert all(torch.equal(raw[k], v) for k, v in w.raw.items())
+    model, meta = load_model(path)  # no --model: the file records arch "T2t_vit_7"
+    assert meta["arch"] == "t2t_vit_7" and torch.equal(logits_of(model, w.images), w.logits)
 
 
 def test_safetensors_file_loads(tmp_path, authors_t2t_vit_7):
     from safetensors.torch import save_file
 
-    sd, expected = authors_t2t_vit_7
+    w = authors_t2t_vit_7
     path = tmp_path / "t2t_vit_7.safetensors"
-    save_file(sd, str(path))
-    assert torch.equal(_logits(create_model("t2t_vit_7", checkpoint_path=path)), expected)
+    save_file(w.ema, str(path))
+    assert torch.equal(logits_of(create_model("t2t_vit_7", checkpoint_path=path), w.images), w.logits)
 
 
 def test_other_num_classes_drops_the_head_with_a_note(tmp_path, authors_t2t_vit_7, caplog):
-    sd, _ = authors_t2t_vit_7
+    sd = authors_t2t_vit_7.ema
     path = tmp_path / "ckpt.pth.tar"
     torch.save({"state_dict_ema": sd}, path)
     with caplog.at_level(logging.WARNING):
@@ -87,7 +90,7 @@ def test_other_num_classes_drops_the_head_with_a_note(tmp_path, authors_t2t_vit_
 
 @pytest.mark.parametrize("img_size,grid", [(384, (24, 24)), ((224, 320), (14, 20))])
 def test_other_img_size_resamples_the_position_table(tmp_path, authors_t2t_vit_7, img_size, grid):
-    sd, _ = authors_t2t_vit_7
+    sd = authors_t2t_vit_7.ema
     path = tmp_path / "ckpt.pth.tar"
     torch.save(sd, path)
     model = create_model("t2t_vit_7", checkpoint_path=path, img_size=img_size)
@@ -112,23 +115,6 @@ def test_transformer_checkpoint_into_performer_model(tmp_path, official_keys):
         create_model("t2t_vit_14", checkpoint_path=path)
 
 
-def test_truncated_file(tmp_path, authors_t2t_vit_7):
-    path = tmp_path / "ckpt.pth.tar"
-    torch.save(authors_t2t_vit_7[0], path)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(InputError, match=r"could not be read: truncated, corrupt or not a checkpoint"):
-        create_model("t2t_vit_7", checkpoint_path=path)
-
-
-def test_not_a_checkpoint(tmp_path):
-    path = tmp_path / "notes.txt"
-    path.write_text("these are not weights\n")
-    with pytest.raises(InputError, match=r"notes.txt"):
-        create_model("t2t_vit_7", checkpoint_path=path)
-    with pytest.raises(InputError, match=r"does not exist"):
-        create_model("t2t_vit_7", checkpoint_path=tmp_path / "missing.pth")
-
-
 def test_checkpoint_without_a_state_dict(tmp_path):
     path = tmp_path / "ckpt.pth"
     torch.save({"epoch": 3, "args": {"lr": 0.1}}, path)
@@ -136,61 +122,134 @@ def test_checkpoint_without_a_state_dict(tmp_path):
         create_model("t2t_vit_7", checkpoint_path=path)
 
 
-class _RunsCode:
-    """Unpickling this would create a file: the loader must refuse it without running it."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
-
-
-def test_pickle_that_would_run_code_is_refused_unexecuted(tmp_path):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pth.tar"
-    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": _RunsCode(str(marker))}, path)
-    with pytest.raises(InputError, match=r"refused unread \(weights_only=True\)"):
-        create_model("t2t_vit_7", checkpoint_path=path)
-    assert not marker.exists()
-    assert b"mkdir" in path.read_bytes()  # the file really carries the call
-
-
 def test_unknown_model_name():
     with pytest.raises(InputError, match=r"unknown model 't2t_vit_15'.*did you mean .*t2t_vit_1"):
         create_model("t2t_vit_15")
 
 
-def test_wrong_channel_count():
-    model = timm.create_model("t2t_vit_7", img_size=64, depth=1)
-    with pytest.raises(InputError, match=r"input has 1 channels but the model takes 3.*in_chans=1"):
-        model(torch.randn(1, 1, 64, 64))
-
-
-def test_size_the_splits_cannot_tile():
-    model = timm.create_model("t2t_vit_7", depth=1, dynamic_img_size=True)
-    with pytest.raises(InputError, match=r"image height 230 cannot be tiled.*224 or 240.*multiple of 16"):
-        model(torch.randn(1, 3, 230, 224))
-    with pytest.raises(InputError, match=r"image width 100 cannot be tiled"):
-        timm.create_model("t2t_vit_7", img_size=(64, 100))
-
-
-def test_other_size_without_dynamic_img_size():
-    model = timm.create_model("t2t_vit_7", depth=1)
-    with pytest.raises(InputError, match=r"16x16 token grid but the position table is for 14x14.*dynamic_img_size"):
-        model(torch.randn(1, 3, 256, 256))
-
-
 def test_public_api():
-    assert {"create_model", "list_models", "load_checkpoint", "InputError"} <= set(t2t_vit.__all__)
+    assert {"create_model", "list_models", "load_checkpoint", "load_model", "InputError"} <= set(t2t_vit.__all__)
     assert {"t2t_vit_7", "t2t_vit_14", "t2t_vit_t_24", "t2t_vit_14_wide"} <= set(t2t_vit.list_models())
 
 
 def test_authors_384_file_builds_a_384_model(tmp_path, official_keys):
-    from t2t_vit import load_model
-
     path = tmp_path / "83.3_T2T_ViT_14.pth.tar"
     torch.save({"state_dict_ema": official_state_dict(official_keys, "t2t_vit_14@384")}, path)
     model, meta = load_model(path, "t2t_vit_14")
     assert model.img_size == (384, 384) and meta["data_config"]["input_size"] == (3, 384, 384)
     assert torch.equal(model.pos_embed, official_state_dict(official_keys, "t2t_vit_14@384")["pos_embed"])
+
+
+# ----------------------------------------------------------------------------------------------- files that are not
+# a checkpoint, or would run code: every way a user hands one over ends in one InputError (a command: exit code 2 and
+# one line on stderr naming the file, nothing written)
+
+TINY = dict(TINY_MODEL, img_size=16)  # the model a loader builds before it reads the file: the file decides
+LOADERS = {
+    "read_checkpoint": read_checkpoint,
+    "create_model": lambda path: create_model("t2t_vit_7", checkpoint_path=path, **TINY),
+    "load_checkpoint": lambda path: load_checkpoint(timm.create_model("t2t_vit_7", **TINY), path),
+    "load_model": lambda path: load_model(path, "t2t_vit_7"),
+    "pretrained_file": lambda path: timm.create_model(
+        "t2t_vit_7", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY
+    ),
+}
+
+
+def _as_pytorch_model_bin(path: Path) -> Path:
+    """A folder timm's `local-dir:` reads (config.json, pytorch_model.bin) holding the file at `path`."""
+    folder = path.with_name(path.name + ".dir")
+    folder.mkdir()
+    shutil.copy(path, folder / "pytorch_model.bin")
+    (folder / "config.json").write_text('{"architecture": "t2t_vit_7", "num_classes": 1000, "pretrained_cfg": {}}')
+    return folder
+
+
+def _pretrained_over_http(path: Path):
+    server = LoopbackServer()
+    try:
+        url = server.serve("/" + path.name, path.read_bytes())
+        return timm.create_model("t2t_vit_7", pretrained=True, pretrained_cfg_overlay=dict(url=url), **TINY)
+    finally:
+        server.close()
+
+
+SOURCES = {  # timm's other ways to pretrained weights: each serves the file at `path` its way
+    "pretrained_url": _pretrained_over_http,
+    "local_dir": lambda path: timm.create_model(f"local-dir:{_as_pytorch_model_bin(path)}", pretrained=True, **TINY),
+}
+COMMANDS = {  # each hands the command the file at {path}; what it would write goes under {out}
+    "predict": "predict {image} --checkpoint {path}",
+    "predict_onnxruntime": "predict {image} --checkpoint {path} --runtime onnxruntime",
+    "eval": "eval --checkpoint {path} --data digits --workers 0",
+    "export": "export --checkpoint {path} --format onnx --output {out}/model.onnx",
+    "convert": "convert {path} --out {out}",
+    "visualize": "visualize features {image} --checkpoint {path} --out {out}/f.png",
+    "train_resume": "train --config digits --output {out} --resume {path}",
+    "finetune": "finetune --checkpoint {path} --data digits --output {out}",
+}
+
+
+def _error_of(entry: str, path: Path, tmp_path: Path, capsys) -> str:
+    """The error `entry` ends with on the file at `path`: a loader's InputError (one line naming the file), a
+    source's InputError, or a command's one line on stderr (exit code 2, nothing written)."""
+    if entry in SOURCES:
+        with pytest.raises(InputError) as info:
+            SOURCES[entry](path)
+        return str(info.value)
+    if entry in LOADERS:
+        with pytest.raises(InputError) as info:
+            LOADERS[entry](path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+        return str(info.value)
+    (image,) = digit_files(tmp_path / "images", 1)
+    out = tmp_path / "out"
+    argv = [arg.format(path=path, image=image, out=out) for arg in COMMANDS[entry].split()]
+    assert main(argv) == 2
+    assert not out.exists()
+    return one_line_error(capsys, f"t2t-vit {argv[0]}: error:", str(path))
+
+
+def _cut_in_half(path: Path) -> bytes:
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, path)
+    return path.read_bytes()[: path.stat().st_size // 2]
+
+
+NOT_CHECKPOINTS = {  # file name -> (writes its bytes, None: no such file; what the error says of it)
+    "notes.txt": (lambda path: b"these are not weights\n", r"is not a PyTorch checkpoint \(it starts with b'these"),
+    "noise.pth": (lambda path: bytes(range(7, 64)), r"is not a PyTorch checkpoint \(it starts with b'\\x07"),
+    "empty.pth": (lambda path: b"", r"is not a PyTorch checkpoint \(it is empty\)"),
+    "truncated.pth.tar": (_cut_in_half, r"could not be read: truncated, corrupt or not a checkpoint"),
+    "missing.pth": (None, r"does not exist|no such checkpoint file"),
+}
+
+
+@pytest.mark.parametrize("entry", [*LOADERS, *COMMANDS])
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path, capsys, monkeypatch, entry):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # onnxruntime's cache, if it came to that
+    for name, (content, says) in NOT_CHECKPOINTS.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content(path))
+        message = _error_of(entry, path, tmp_path, capsys)
+        assert re.search(says, message) and "pickled objects" not in message, (name, message)
+
+
+@pytest.mark.parametrize("entry", [*LOADERS, *SOURCES, *COMMANDS])
+def test_a_pickle_that_would_run_code_is_refused_unread(tmp_path, capsys, monkeypatch, hub_cache, entry):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    marker = tmp_path / "pwned"
+    # a state dict and the one class besides tensors a checkpoint may hold (timm's args), and a call to os.mkdir
+    evil = {"state_dict": {"w": torch.zeros(2)}, "args": argparse.Namespace(model="t2t_vit_7")}
+    evil["payload"] = RunsCode(str(marker))
+    files = [tmp_path / "evil.pth.tar", tmp_path / "legacy.pth", tmp_path / "plain.pkl"]
+    torch.save(evil, files[0])
+    torch.save(evil, files[1], _use_new_zipfile_serialization=False)  # torch's format before 1.6
+    files[2].write_bytes(pickle.dumps(evil, protocol=2))
+    for path in files:
+        assert b"mkdir" in path.read_bytes()  # the file really carries the call
+        message = _error_of(entry, path, tmp_path, capsys)
+        assert "refused unread (weights_only=True)" in message, (path.name, message)
+        assert not marker.exists()
+    assert not hub_cache.exists() or not list(hub_cache.iterdir())  # no refused download is kept
+    assert [name for _, name in t2t_vit.checkpoint.SAFE_GLOBALS] == ["argparse.Namespace"]

@@ -13,7 +13,7 @@ from t2t_vit.data import create_transform
 from t2t_vit.data.device_batches import DeviceBatches, erase_boxes, random_erase
 from t2t_vit.training.run import train
 
-from .conftest import tiny_train_config
+from .helpers import tiny_train_config
 
 READS = ("item", "tolist", "__bool__")  # every way a tensor's value reaches Python (each a sync on CUDA)
 # the loader's own CPU tensors, which never touch the device: the sampler's permutation, the crop boxes, the seed

@@ -13,24 +13,17 @@ from PIL import Image
 
 from t2t_vit.training.process import rng_state, set_rng_state
 
-from .conftest import tiny_train_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT, free_port, subprocess_env, tiny_train_config
 
 
-def _env(**extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"), **extra)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT"):
-        env.pop(key, None)
-    return env
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _train_on_two_ranks(cfg: dict, out: Path) -> list:
+    """`train(cfg)` under torchrun with 2 gloo processes (tests/ddp_probe.py); each rank's last weights and EMA."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tests.ddp_probe"]
+    done = subprocess.run(
+        [*cmd, json.dumps(cfg), str(out)], env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [torch.load(out / f"rank{rank}.pt") for rank in (0, 1)]
 
 
 def test_ranks_share_one_ema_and_no_batch_is_ever_empty(tmp_path):
@@ -54,20 +47,7 @@ def test_ranks_share_one_ema_and_no_batch_is_ever_empty(tmp_path):
         epochs=2,
         warmup_epochs=0,
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "tests.ddp_probe",
-        json.dumps(cfg),
-        str(tmp_path),
-    ]
-    done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    r0, r1 = _train_on_two_ranks(cfg, tmp_path)
     for key in ("model", "ema"):  # identical, bitwise: the EMA starts from the weights DDP gave every rank
         assert all(torch.equal(r0[key][k], r1[key][k]) for k in r0[key]), key
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
@@ -89,7 +69,7 @@ def _backend_of_a_cpu_run(rank: int, port: int, out: str) -> None:
 
 
 def test_device_cpu_uses_gloo_on_a_machine_with_gpus(tmp_path):
-    ctx, port = mp.get_context("spawn"), _free_port()
+    ctx, port = mp.get_context("spawn"), free_port()
     procs = [ctx.Process(target=_backend_of_a_cpu_run, args=(r, port, str(tmp_path))) for r in range(2)]
     for p in procs:
         p.start()
@@ -131,20 +111,7 @@ def test_ranks_on_a_time_budget_take_the_same_lr_and_end_together(tmp_path):
     cfg = tiny_train_config(
         tmp_path, epochs=1000, time_budget=2, schedule_on_time=True, log_interval=1, model_ema=False, warmup_epochs=0
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "tests.ddp_probe",
-        json.dumps(cfg),
-        str(tmp_path),
-    ]
-    done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    r0, r1 = _train_on_two_ranks(cfg, tmp_path)
     assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert 1 < len(rows) < 1001 and rows[-1].split(",")[4]  # ended by the budget, evaluated there

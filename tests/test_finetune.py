@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-import t2t_vit
 from t2t_vit import InputError, create_model, load_model
 from t2t_vit.checkpoint import read_checkpoint
 from t2t_vit.config import resolve_config
@@ -16,23 +15,23 @@ from t2t_vit.deploy.export import export
 from t2t_vit.deploy.predict import predict
 from t2t_vit.training.run import build_optimizer, train
 
-from .conftest import (
+from .helpers import (
+    DIGIT_CLASSES,
+    REFERENCE,
+    REFERENCE_TINY,
     assert_close_reordered,
+    digit_files,
     network_reorder_tolerance,
+    official_state_dict,
     tiny_train_config,
 )
 
-TINY = dict(embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0, token_dim=64)  # the reference tiny model's sizes
 
-
-@pytest.fixture(scope="module")
-def authors_tiny_checkpoint(tmp_path_factory) -> Path:
-    """The authors' tiny Performer model (64 px, 10 classes), in their release layout."""
-    return Path(__file__).parent / "data" / "reference" / "tiny" / "tiny_performer.pth.tar"
-
-
-def test_finetune_from_the_authors_layout_to_new_classes_and_resolution(tmp_path, authors_tiny_checkpoint):
+def test_finetune_from_the_authors_layout_to_new_classes_and_resolution(tmp_path):
     """64 px / 10-class authors' checkpoint -> digits at 32 px: new head, resampled positions, loss falls."""
+    authors_tiny = REFERENCE_TINY["tiny_performer"]  # the authors' tiny Performer model, in their release layout
+    authors_tiny_checkpoint = REFERENCE / "tiny" / authors_tiny["checkpoint"]
+    sizes = {k: authors_tiny["constructor"][k] for k in ("embed_dim", "depth", "num_heads", "mlp_ratio", "token_dim")}
     cfg = resolve_config(
         "finetune_cifar",
         dict(
@@ -50,7 +49,7 @@ def test_finetune_from_the_authors_layout_to_new_classes_and_resolution(tmp_path
             name="ft",
             crop_padding=4,
             hflip=0.0,
-            model_kwargs=dict(TINY, soft_splits=[[7, 4, 2], [3, 2, 1], [3, 1, 1]]),
+            model_kwargs=dict(sizes, soft_splits=[[7, 4, 2], [3, 2, 1], [3, 1, 1]]),
         ),
     )
     cfg.update(init_checkpoint=str(authors_tiny_checkpoint), model="t2t_vit_7")
@@ -63,12 +62,11 @@ def test_finetune_from_the_authors_layout_to_new_classes_and_resolution(tmp_path
     authors = read_checkpoint(authors_tiny_checkpoint)["state_dict_ema"]
     moved = (state["model"]["blocks.0.attn.qkv.weight"] - authors["blocks.0.attn.qkv.weight"]).abs().max()
     assert 0 < moved < 0.5  # the backbone trained, gently
-    assert state["meta"]["arch"] == "t2t_vit_7" and state["meta"]["class_names"] == [str(i) for i in range(10)]
+    assert state["meta"]["arch"] == "t2t_vit_7" and state["meta"]["class_names"] == DIGIT_CLASSES
 
 
-def test_finetune_our_checkpoint_needs_only_its_path(tmp_path):
-    first = train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)
-    ckpt = Path(first["run_dir"]) / "last.pth.tar"
+def test_finetune_our_checkpoint_needs_only_its_path(tmp_path, tiny_run):
+    ckpt = tiny_run / "last.pth.tar"
     cfg = tiny_train_config(
         tmp_path,
         name="ft",
@@ -105,28 +103,13 @@ def test_param_groups_backbone_ratio_and_layer_decay():
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
 
 
-@pytest.fixture(scope="module")
-def our_checkpoint(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("run")
-    result = train(tiny_train_config(tmp, epochs=1, warmup_epochs=0), progress=False)
-    return Path(result["run_dir"]) / "last.pth.tar"
-
-
-def _digit_files(folder: Path, n: int = 4) -> list:
-    from sklearn.datasets import load_digits
-
-    folder.mkdir(parents=True, exist_ok=True)
-    digits = load_digits()
-    paths = []
-    for i in range(n):
-        path = folder / f"digit_{digits.target[i]}_{i}.png"
-        Image.fromarray(np.uint8(digits.images[i] * 255 / 16)).save(path)
-        paths.append(path)
-    return paths
+@pytest.fixture
+def our_checkpoint(tiny_run) -> Path:
+    return tiny_run / "last.pth.tar"
 
 
 def test_predict_files_folders_globs_and_unreadable(tmp_path, our_checkpoint):
-    files = _digit_files(tmp_path / "imgs")
+    files = digit_files(tmp_path / "imgs")
     (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png")
     results = predict(
         [str(files[0]), str(tmp_path / "imgs"), str(tmp_path / "imgs" / "*.png")], str(our_checkpoint), top_k=3
@@ -135,7 +118,7 @@ def test_predict_files_folders_globs_and_unreadable(tmp_path, our_checkpoint):
     bad = [r for r in results if "error" in r]
     assert len(good) == 1 + 4 + 4 and len(bad) == 2 and bad[0]["file"].endswith("broken.png")
     top = good[0]["top_k"]
-    assert len(top) == 3 and top[0]["class"] in [str(i) for i in range(10)] and top[0]["prob"] >= top[1]["prob"]
+    assert len(top) == 3 and top[0]["class"] in DIGIT_CLASSES and top[0]["prob"] >= top[1]["prob"]
     assert abs(sum(t["prob"] for t in top)) <= 1.0 + 1e-6
     with pytest.raises(InputError, match=r"not a file, a folder or a glob"):
         predict([str(tmp_path / "missing.png")], str(our_checkpoint))
@@ -144,7 +127,7 @@ def test_predict_files_folders_globs_and_unreadable(tmp_path, our_checkpoint):
 def test_predict_cli_json(tmp_path, our_checkpoint, capsys):
     from t2t_vit.cli import main
 
-    files = _digit_files(tmp_path / "imgs", 2)
+    files = digit_files(tmp_path / "imgs", 2)
     assert main(["predict", *map(str, files), "--checkpoint", str(our_checkpoint), "--json", "--top-k", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [Path(r["file"]).name for r in out] == [f.name for f in files] and len(out[0]["top_k"]) == 2
@@ -160,7 +143,7 @@ def test_one_precision_story_for_eval_and_predict(tmp_path, our_checkpoint, caps
         autocast_dtype("auto", torch.device("cpu")) is None
         and autocast_dtype("fp16", torch.device("cpu")) == torch.float16
     )
-    files = _digit_files(tmp_path / "imgs", 3)
+    files = digit_files(tmp_path / "imgs", 3)
     fp32, auto = (predict(list(map(str, files)), str(our_checkpoint), precision=p) for p in ("fp32", "auto"))
     assert fp32 == auto
     bf16 = predict(list(map(str, files)), str(our_checkpoint), precision="bf16")
@@ -201,7 +184,7 @@ def test_our_preprocessing_reaches_the_model_and_visualize(tmp_path, our_checkpo
             list(np.atleast_1d(stored[k])) for k in ("mean", "std", "crop_pct", "interpolation")
         ]
     assert meta["data_config"]["input_size"] == tuple(stored["input_size"])
-    (img,) = _digit_files(tmp_path / "imgs", 1)
+    (img,) = digit_files(tmp_path / "imgs", 1)
     x, _ = load_image(img, model)
     with Image.open(img) as pic:
         expected = create_transform({}, meta["data_config"], training=False)(pic.convert("RGB"))
@@ -209,8 +192,6 @@ def test_our_preprocessing_reaches_the_model_and_visualize(tmp_path, our_checkpo
 
 
 def test_predict_names_imagenet_classes_for_authors_checkpoints(tmp_path, official_keys):
-    from .conftest import official_state_dict
-
     path = tmp_path / "71.7_T2T_ViT_7.pth.tar"
     torch.save({"state_dict_ema": official_state_dict(official_keys, "t2t_vit_7")}, path)
     img = tmp_path / "x.png"
@@ -234,7 +215,7 @@ def test_safetensors_round_trip(tmp_path, our_checkpoint):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), ref.eval()(x))
-    assert meta["class_names"] == [str(i) for i in range(10)]
+    assert meta["class_names"] == DIGIT_CLASSES
     again = create_model("t2t_vit_7", checkpoint_path=out, **meta["model_kwargs"])
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
 
@@ -254,8 +235,6 @@ def test_torchscript_export(tmp_path, our_checkpoint):
 @pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14"])
 def test_onnx_parity_at_224_with_batch_1_and_3(tmp_path, official_keys, name):
     ort = pytest.importorskip("onnxruntime")
-    from .conftest import official_state_dict
-
     ckpt = tmp_path / "release.pth.tar"
     torch.save({"state_dict_ema": official_state_dict(official_keys, name)}, ckpt)
     out = export(str(ckpt), "onnx", str(tmp_path / "model.onnx"), model_name=name)
@@ -272,7 +251,3 @@ def test_onnx_parity_at_224_with_batch_1_and_3(tmp_path, official_keys, name):
         assert_close_reordered(torch.from_numpy(logits), expected, network_reorder_tolerance(model, expected, 224))
     meta = {p.key: p.value for p in __import__("onnx").load(str(out)).metadata_props}
     assert json.loads(meta["t2t_vit"])["arch"] == name
-
-
-def test_public_api_covers_the_tools():
-    assert {"create_model", "load_model"} <= set(t2t_vit.__all__)

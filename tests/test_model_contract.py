@@ -25,7 +25,7 @@ from t2t_vit.models import (
     TokenPerformer,
 )
 
-from .conftest import (
+from .helpers import (
     assert_checkpointing_keeps_gradients,
     assert_close_reordered,
     assert_timm_head_contract,
@@ -66,11 +66,11 @@ SWITCHES = (
 )
 
 
-def _small(name: str, **kwargs) -> T2TViT:
+def _small(name: str, img_size=IMG, **kwargs) -> T2TViT:
     """A fast stand-in at 64 px with the model's real stem and block types: two blocks (the dense model: two
     dense layers, a transition, one dense layer)."""
     size = dict(block_config=(2, 1)) if name == "t2t_vit_dense" else dict(depth=2)
-    return t2t_vit.create_model(name, img_size=IMG, **size, **kwargs)
+    return t2t_vit.create_model(name, img_size=img_size, **size, **kwargs)
 
 
 def _images(n: int = 2, seed: int = 0) -> torch.Tensor:
@@ -207,16 +207,19 @@ def test_torchscript_and_fx(name, attn_impl):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_input_it_cannot_take_raises_input_error(name):
+def test_input_it_cannot_take_raises_input_error_naming_the_fix(name):
     model = _small(name).eval()
     with torch.no_grad():
-        with pytest.raises(InputError, match="1 channels but the model takes 3"):
+        with pytest.raises(InputError, match=r"1 channels but the model takes 3.*in_chans=1"):
             model(torch.randn(1, 1, IMG, IMG))
         with pytest.raises(InputError, match="batch of images"):
             model(torch.randn(3, IMG, IMG))
-        with pytest.raises(InputError, match="image height 72 cannot be tiled"):
+        with pytest.raises(InputError, match=r"image height 72 cannot be tiled.*64 or 80 \(a multiple of 16\)"):
             model(torch.randn(1, 3, 72, IMG))
-        with pytest.raises(InputError, match="image width 100 cannot be tiled"):
+        with pytest.raises(InputError, match=r"image width 100 cannot be tiled.*96 or 112"):
             model(torch.randn(1, 3, IMG, 100))
-        with pytest.raises(InputError, match="position table"):  # tiled, but not the model's size
+        # tiled, but not the model's size
+        with pytest.raises(InputError, match=r"8x8 token grid but the position table is for 4x4.*dynamic_img_size"):
             model(torch.randn(1, 3, 2 * IMG, 2 * IMG))
+    with pytest.raises(InputError, match=r"image width 100 cannot be tiled"):  # an img_size it cannot tile
+        _small(name, img_size=(IMG, 100))

@@ -12,14 +12,13 @@ from t2t_vit.errors import InputError
 from t2t_vit.models import T2TViT, TokenPerformer, sinusoid_table
 from t2t_vit.models.kernels import _performer_kernel, _performer_kernel_eager
 
-from .conftest import (
+from .helpers import (
+    SMALL,
     UNIT_ROUNDOFF,
     assert_close_reordered,
     network_reorder_tolerance,
     reordered_sum_tolerance,
 )
-
-SMALL = dict(img_size=64, depth=2)  # fast stand-ins with the real T2T module and block layout
 
 
 def test_registered_in_timm_on_import():

@@ -10,15 +10,13 @@ from t2t_vit import load_checkpoint
 from t2t_vit.models import T2TViT
 from t2t_vit.models.cost import count_params, model_cost
 
-from .conftest import REFERENCE, assert_close_reordered, network_reorder_tolerance
-
-TINY = json.loads((REFERENCE / "tiny" / "README.json").read_text())["models"]
+from .helpers import REFERENCE, REFERENCE_TINY, assert_close_reordered, network_reorder_tolerance
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", sorted(REFERENCE_TINY))
 @pytest.mark.parametrize("attn_impl", ["sdpa", "eager"])
 def test_tiny_reference_logits(name, attn_impl):
-    spec = TINY[name]
+    spec = REFERENCE_TINY[name]
     model = T2TViT(**spec["constructor"], attn_impl=attn_impl).eval()
     assert count_params(model) == spec["params"]
     # the authors' nn.LayerNorm default; timm's 1e-6 would move these logits by ~1.2e-5, inside the bound below

@@ -1,114 +1,37 @@
-"""The authors' release as users meet it: every layout their tools wrote, the CIFAR tags, `pretrained=True` over
-HTTP (a loopback server), `t2t-vit download` and `convert`, and a hostile pickle refused by every path."""
+"""The authors' release as users meet it: the Token Labeling and CIFAR files, `pretrained=True` over HTTP (a
+loopback server) and with other input channels, `t2t-vit download` and `convert`. Their files' layouts, and files
+that are not a checkpoint or would run code, are tests/test_checkpoint.py's."""
 
-import argparse
-import http.server
+import json
 import logging
 import os
-import threading
 
 import pytest
 import timm
 import torch
 
-import t2t_vit
 from t2t_vit import InputError, create_model, load_model
 from t2t_vit.cli import main as cli_main
 from t2t_vit.models import RELEASES
 
-from .conftest import (
+from .helpers import (
     UNIT_ROUNDOFF,
     assert_close_reordered,
+    checkpoint_saver_layout,
+    logits_of,
     official_state_dict,
     reordered_sum_tolerance,
 )
 
-X = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
 
-
-def _logits(model, x=X):
-    with torch.no_grad():
-        return model.eval()(x)
-
-
-@pytest.fixture(scope="module")
-def weights(official_keys):
-    """Two sets of t2t_vit_7 weights in the authors' layout (raw and EMA) and the logits of the EMA ones."""
-    ema = official_state_dict(official_keys, "t2t_vit_7", seed=0)
-    raw = official_state_dict(official_keys, "t2t_vit_7", seed=1)
-    model = timm.create_model("t2t_vit_7")
-    model.load_state_dict(ema)
-    return raw, ema, _logits(model)
-
-
-def checkpoint_saver_layout(raw, ema):
-    """What timm 0.3.4's CheckpointSaver wrote for the authors' main.py: args as an argparse.Namespace, a real
-    AdamW state, the native AMP scaler's state, EMA weights beside the raw ones."""
-    model = timm.create_model("t2t_vit_7")
-    model.load_state_dict(raw)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.03)
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    optimizer.step()  # creates step, exp_avg, exp_avg_sq per parameter
-    args = argparse.Namespace(
-        model="T2t_vit_7",
-        lr=1e-3,
-        weight_decay=0.03,
-        img_size=224,
-        batch_size=64,
-        model_ema=True,
-        model_ema_decay=0.99996,
-        mixup=0.8,
-        aa="rand-m9-mstd0.5-inc1",
-    )
-    scaler = {
-        "scale": 65536.0,
-        "growth_factor": 2.0,
-        "backoff_factor": 0.5,
-        "growth_interval": 2000,
-        "_growth_tracker": 417,
-    }
-    return {
-        "epoch": 309,
-        "arch": args.model,
-        "state_dict": raw,
-        "optimizer": optimizer.state_dict(),
-        "version": 2,
-        "args": args,
-        "amp_scaler": scaler,
-        "state_dict_ema": ema,
-        "metric": 71.7,
-    }
-
-
-def test_checkpoint_saver_layout_loads_ema_first(tmp_path, weights):
-    raw, ema, expected = weights
-    path = tmp_path / "checkpoint-309.pth.tar"  # CheckpointSaver's own name for it
-    torch.save(checkpoint_saver_layout(raw, ema), path)
-    assert torch.equal(_logits(create_model("t2t_vit_7", checkpoint_path=path)), expected)
-    assert torch.equal(create_model("t2t_vit_7", checkpoint_path=path, use_ema=False).cls_token, raw["cls_token"])
-    model = timm.create_model("t2t_vit_7", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    assert torch.equal(_logits(model), expected)
-    model, meta = load_model(path)  # no --model: the file records arch "T2t_vit_7"
-    assert meta["arch"] == "t2t_vit_7" and torch.equal(_logits(model), expected)
-
-
-def test_transfer_learning_layout_loads(tmp_path, weights):
-    """transfer_learning.py saved {'net': DataParallel state dict, 'acc', 'epoch'}."""
-    _, ema, expected = weights
-    path = tmp_path / "ckpt_0.01_0.0005_98.3.pth"
-    torch.save({"net": {f"module.{k}": v for k, v in ema.items()}, "acc": 98.3, "epoch": 59}, path)
-    assert torch.equal(_logits(create_model("t2t_vit_7", checkpoint_path=path)), expected)
-
-
-def test_aux_head_is_dropped_with_one_line_or_kept(tmp_path, weights, caplog):
-    _, ema, expected = weights
+def test_aux_head_is_dropped_with_one_line_or_kept(tmp_path, authors_t2t_vit_7, caplog):
+    ema, x, expected = authors_t2t_vit_7.ema, authors_t2t_vit_7.images, authors_t2t_vit_7.logits
     aux = {"aux_head.weight": torch.randn(1000, 256) * 0.05, "aux_head.bias": torch.randn(1000) * 0.05}
     path = tmp_path / "84.2_T2T_ViT_24.pth.tar"
     torch.save({"state_dict_ema": {**ema, **aux}}, path)
     with caplog.at_level(logging.INFO, logger="t2t_vit"):
         model = create_model("t2t_vit_7", checkpoint_path=path)
-    assert torch.equal(_logits(model), expected)
+    assert torch.equal(logits_of(model, x), expected)
     assert [r.message for r in caplog.records if "auxiliary" in r.message] == [
         "the checkpoint's auxiliary token head (aux_head, 1000 classes, from Token Labeling) is dropped: "
         "create the model with aux_head=True to keep it"
@@ -116,13 +39,13 @@ def test_aux_head_is_dropped_with_one_line_or_kept(tmp_path, weights, caplog):
     model = create_model("t2t_vit_7", checkpoint_path=path, aux_head=True).eval()
     assert torch.equal(model.aux_head.weight, aux["aux_head.weight"])
     with torch.no_grad():
-        tokens = model.forward_features(X)
+        tokens = model.forward_features(x)
         token_logits = tokens[:, 1:] @ aux["aux_head.weight"].t() + aux["aux_head.bias"]
         logits = expected + 0.5 * token_logits.max(dim=1).values
         # aux_head's sums (256 products and the bias) reordered, passed through the max; each side rounds the addition
         abs_terms = tokens[:, 1:].abs() @ aux["aux_head.weight"].abs().t() + aux["aux_head.bias"].abs()
         bound = 0.5 * reordered_sum_tolerance(abs_terms.max(dim=1).values, 256 + 1) + 2 * UNIT_ROUNDOFF * logits.abs()
-        assert_close_reordered(model(X), logits, bound)
+        assert_close_reordered(model(x), logits, bound)
 
 
 def test_cifar_release_tags(tmp_path, official_keys, capsys):
@@ -173,68 +96,22 @@ def test_cifar_release_tags(tmp_path, official_keys, capsys):
     assert "red.png: " in capsys.readouterr().out
 
 
-class _Server:
-    """A loopback HTTP server: path -> (body, Content-Length to announce); counts the requests per path."""
-
-    def __init__(self) -> None:
-        self.files, self.hits = {}, {}
-        files, hits = self.files, self.hits
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                hits[self.path] = hits.get(self.path, 0) + 1
-                if self.path not in files:
-                    self.send_error(404)
-                    return
-                body, length = files[self.path]
-                self.send_response(200)
-                self.send_header("Content-Length", str(length))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def serve(self, path: str, body: bytes, length: int = -1) -> str:
-        self.files[path] = (body, len(body) if length < 0 else length)
-        return self.url + path
-
-
-@pytest.fixture
-def server():
-    s = _Server()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
-    return tmp_path / "hub" / "checkpoints"
-
-
-def test_pretrained_downloads_once_into_the_hub_cache(tmp_path, weights, server, hub_cache):
-    raw, ema, expected = weights
+def test_pretrained_downloads_once_into_the_hub_cache(tmp_path, authors_t2t_vit_7, server, hub_cache):
+    w = authors_t2t_vit_7
     source = tmp_path / "src.pth.tar"
-    torch.save(checkpoint_saver_layout(raw, ema), source)
+    torch.save(checkpoint_saver_layout(w.raw, w.ema), source)
     url = server.serve("/main/71.7_T2T_ViT_7.pth.tar", source.read_bytes())
     for _ in range(2):
         model = timm.create_model("t2t_vit_7", pretrained=True, pretrained_cfg_overlay=dict(url=url))
-        assert torch.equal(_logits(model), expected)
+        assert torch.equal(logits_of(model, w.images), w.logits)
     assert server.hits == {"/main/71.7_T2T_ViT_7.pth.tar": 1}  # the second call is a cache hit
     assert (hub_cache / "71.7_T2T_ViT_7.pth.tar").read_bytes() == source.read_bytes()
     assert list(hub_cache.iterdir()) == [hub_cache / "71.7_T2T_ViT_7.pth.tar"]
 
 
-def test_truncated_download_is_refused_and_not_cached(tmp_path, weights, server, hub_cache):
-    raw, ema, _ = weights
+def test_truncated_download_is_refused_and_not_cached(tmp_path, authors_t2t_vit_7, server, hub_cache):
     source = tmp_path / "src.pth.tar"
-    torch.save({"state_dict_ema": ema}, source)
+    torch.save({"state_dict_ema": authors_t2t_vit_7.ema}, source)
     body = source.read_bytes()
     short = server.serve("/short.pth.tar", body[: len(body) // 2], length=len(body))  # the connection drops
     with pytest.raises(InputError, match=r"download of .*/short.pth.tar stopped after [\d,]+ of [\d,]+ bytes"):
@@ -259,10 +136,9 @@ def test_offline_error_names_the_address_and_the_file_alternative(hub_cache):
         timm.create_model("t2t_vit_14_wide", pretrained=True)
 
 
-def test_download_command(tmp_path, weights, server, capsys):
-    _, ema, _ = weights
+def test_download_command(tmp_path, authors_t2t_vit_7, server, capsys):
     source = tmp_path / "src.pth.tar"
-    torch.save({"state_dict_ema": ema}, source)
+    torch.save({"state_dict_ema": authors_t2t_vit_7.ema}, source)
     url = server.serve("/mirror/81.5_T2T_ViT_14.pth.tar", source.read_bytes())
     assert cli_main(["download", "t2t_vit_14", "--url", url, "--dir", str(tmp_path / "w")]) == 0
     assert capsys.readouterr().out.strip() == f"t2t_vit_14.in1k: {tmp_path / 'w' / '81.5_T2T_ViT_14.pth.tar'}"
@@ -273,67 +149,29 @@ def test_download_command(tmp_path, weights, server, capsys):
     assert "cannot put the download in" in capsys.readouterr().err
 
 
-def test_convert_gives_a_local_dir_timm_loads(tmp_path, weights, capsys):
-    raw, ema, expected = weights
+def test_convert_gives_a_local_dir_timm_loads(tmp_path, authors_t2t_vit_7, capsys):
+    w = authors_t2t_vit_7
     path = tmp_path / "71.7_T2T_ViT_7.pth.tar"
-    torch.save(checkpoint_saver_layout(raw, ema), path)
+    torch.save(checkpoint_saver_layout(w.raw, w.ema), path)
     out = tmp_path / "hub"
     assert cli_main(["convert", str(path), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
-    import json
-
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "t2t_vit_7" and config["num_classes"] == 1000
     assert config["pretrained_cfg"]["mean"] == [0.485, 0.456, 0.406]
     card = (out / "README.md").read_text()
     assert "71.7_T2T_ViT_7.pth.tar" in card and "71.7% top-1" in card and "Tokens-to-Token ViT" in card
     model = timm.create_model(f"local-dir:{out}", pretrained=True)
-    assert torch.equal(_logits(model), expected)
+    assert torch.equal(logits_of(model, w.images), w.logits)
     (tmp_path / "file").write_text("")
     assert cli_main(["convert", str(path), "--out", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
 
 
-class _RunsCode:
-    """Unpickling this would create a folder: every loader must refuse it without running it."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
-
-
-def test_a_pickle_that_runs_code_is_refused_by_every_path(tmp_path, weights, server, hub_cache):
-    _, ema, _ = weights
-    marker = tmp_path / "pwned"
-    evil = {"state_dict": ema, "args": argparse.Namespace(model="t2t_vit_7"), "payload": _RunsCode(str(marker))}
-    path = tmp_path / "evil.pth.tar"
-    torch.save(evil, path)
-    folder = tmp_path / "evil_dir"
-    folder.mkdir()
-    (folder / "pytorch_model.bin").write_bytes(path.read_bytes())
-    (folder / "config.json").write_text('{"architecture": "t2t_vit_7", "num_classes": 1000, "pretrained_cfg": {}}')
-    url = server.serve("/evil.pth.tar", path.read_bytes())
-    refused = r"refused unread \(weights_only=True\)"
-    with pytest.raises(InputError, match=refused):
-        create_model("t2t_vit_7", checkpoint_path=path)
-    with pytest.raises(InputError, match=refused):
-        load_model(path)
-    with pytest.raises(InputError, match=refused):
-        timm.create_model("t2t_vit_7", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    with pytest.raises(InputError, match=refused):
-        timm.create_model("t2t_vit_7", pretrained=True, pretrained_cfg_overlay=dict(url=url))
-    with pytest.raises(InputError, match=refused):
-        timm.create_model(f"local-dir:{folder}", pretrained=True)
-    assert not marker.exists()
-    assert [name for _, name in t2t_vit.checkpoint.SAFE_GLOBALS] == ["argparse.Namespace"]
-
-
-def test_pretrained_weights_adapt_to_other_input_channels(tmp_path, weights):
+def test_pretrained_weights_adapt_to_other_input_channels(tmp_path, authors_t2t_vit_7):
     """As timm adapts a first convolution: the T2T module's first linear map summed over the colour channels of
     its (C, kh, kw) patches for one channel, repeated and rescaled for four; the norm before it averaged/repeated."""
-    _, ema, _ = weights
+    ema = authors_t2t_vit_7.ema
     path = tmp_path / "71.7_T2T_ViT_7.pth.tar"
     torch.save({"state_dict_ema": ema}, path)
     overlay = dict(file=str(path))
@@ -342,7 +180,7 @@ def test_pretrained_weights_adapt_to_other_input_channels(tmp_path, weights):
     layer = gray.tokens_to_token.attention1
     assert torch.equal(layer.kqv.weight, w.sum(1))
     assert torch.equal(layer.norm1.weight, ema["tokens_to_token.attention1.norm1.weight"].reshape(3, 49).mean(0))
-    assert _logits(gray, torch.rand(1, 1, 224, 224)).shape == (1, 5)
+    assert logits_of(gray, torch.rand(1, 1, 224, 224)).shape == (1, 5)
     four = timm.create_model("t2t_vit_7", pretrained=True, in_chans=4, pretrained_cfg_overlay=overlay)
     torch.testing.assert_close(
         four.tokens_to_token.attention1.kqv.weight.reshape(192, 4, 49), torch.cat([w, w[:, :1]], 1) * 3 / 4

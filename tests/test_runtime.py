@@ -11,32 +11,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from t2t_vit import InputError, create_model, load_model
+from t2t_vit import InputError, load_model
 from t2t_vit.cli import deploy, main
 from t2t_vit.deploy import runtimes as rt
 from t2t_vit.deploy import speed
 
-from .conftest import assert_close_reordered, network_reorder_tolerance
+from .helpers import (
+    DIGIT_CLASSES,
+    TINY_DATA_CONFIG,
+    assert_close_reordered,
+    digit_files,
+    network_reorder_tolerance,
+    one_line_error,
+)
 
 ISOLATED = "T2T_VIT_TEST_ISOLATED"  # set in a child pytest that runs one case away from the others
 
 pytest.importorskip("onnxruntime", reason="needs pip install 't2t-vit[deploy]'")
 pytest.importorskip("onnx", reason="needs pip install 't2t-vit[deploy]'")
 
-DIGITS = [str(i) for i in range(10)]
-TINY = dict(
-    img_size=16,
-    num_classes=10,
-    embed_dim=32,
-    depth=1,
-    num_heads=2,
-    mlp_ratio=2.0,
-    token_dim=16,
-    soft_splits=[[3, 1, 1], [3, 1, 1], [3, 2, 1]],
-)
-DATA_CONFIG = dict(input_size=(3, 16, 16), interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
 RUNTIMES = ["onnxruntime", "openvino"]
 
 
@@ -48,13 +42,10 @@ def user_cache(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """Our layout, a one-block model at 16 px with the digits' 10 classes and preprocessing: built, not trained."""
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth.tar"
-    torch.manual_seed(0)
-    model = create_model("t2t_vit_7", **TINY)
-    meta = dict(arch="t2t_vit_7", model_kwargs=TINY, class_names=DIGITS, data_config=DATA_CONFIG, grid_size=None)
-    torch.save({"model": model.state_dict(), "meta": meta}, path)
+def checkpoint(tmp_path_factory, tiny_checkpoint) -> Path:
+    """The tiny checkpoint in a folder of this module's: the runtimes cache their ONNX exports beside it."""
+    path = tmp_path_factory.mktemp("runtime") / tiny_checkpoint.name
+    shutil.copy2(tiny_checkpoint, path)
     return path
 
 
@@ -75,14 +66,6 @@ def _needs(runtime: str) -> None:
     pytest.importorskip(runtime, reason="needs pip install 't2t-vit[deploy]'")
 
 
-def _one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_fp32_logits_equal_eager_pytorch(checkpoint, runtime):
     _needs(runtime)
@@ -98,7 +81,7 @@ def test_fp32_logits_equal_eager_pytorch(checkpoint, runtime):
         # (the first soft split's 16 x 16 tokens): ~3e-5 x the largest logit, below 1e-4 for logits up to 3.
         assert_close_reordered(logits, expected, network_reorder_tolerance(model, expected, 16))
         assert (logits - expected).abs().max() < 1e-4
-    assert runner.meta["class_names"] == DIGITS and runner.name == f"{runtime} fp32"
+    assert runner.meta["class_names"] == DIGIT_CLASSES and runner.name == f"{runtime} fp32"
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -159,7 +142,7 @@ def test_the_onnx_cache_is_written_once_reused_and_renewed(own_checkpoint, monke
     model, meta = load_model(own_checkpoint)  # the checkpoint changes: new weights, a new mtime
     with torch.no_grad():
         model.head.bias.add_(1.0)
-    torch.save({"model": model.state_dict(), "meta": dict(meta, data_config=DATA_CONFIG)}, own_checkpoint)
+    torch.save({"model": model.state_dict(), "meta": dict(meta, data_config=TINY_DATA_CONFIG)}, own_checkpoint)
     stat = own_checkpoint.stat()
     os.utime(own_checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     second = rt.load_runner(str(own_checkpoint), runtime="onnxruntime")
@@ -245,47 +228,30 @@ def test_a_missing_runtime_library_names_the_extra(checkpoint, tmp_path, monkeyp
     with pytest.raises(InputError, match=rf"needs {missing}, which is not installed: pip install 't2t-vit\[deploy\]'"):
         rt.load_runner(str(checkpoint), runtime=argv[1], int8="--int8" in argv)
     assert main(["predict", str(tmp_path), "--checkpoint", str(checkpoint), *argv]) == 2
-    _one_line_error(capsys, "t2t-vit predict: error:", "pip install 't2t-vit[deploy]'")
+    one_line_error(capsys, "t2t-vit predict: error:", "pip install 't2t-vit[deploy]'")
 
 
 def test_bad_input_is_one_line(checkpoint, tmp_path, capsys):
-    img = _digit_files(tmp_path / "imgs", 1)[0]
+    img = digit_files(tmp_path / "imgs", 1)[0]
     assert main(["predict", str(img), "--checkpoint", str(checkpoint), "--int8"]) == 2
-    _one_line_error(capsys, "--int8", "use --runtime onnxruntime or --runtime openvino")
+    one_line_error(capsys, "--int8", "use --runtime onnxruntime or --runtime openvino")
     assert main(["benchmark", "--model", "t2t_vit_7", "--int8"]) == 2
-    _one_line_error(capsys, "t2t-vit benchmark: error:", "--runtime onnxruntime")
-    garbage = tmp_path / "garbage.pth.tar"
-    garbage.write_bytes(b"not a checkpoint")
-    for ckpt, needle in ((garbage, "is not a PyTorch checkpoint"), (tmp_path / "missing.pth", "does not exist")):
-        assert main(["predict", str(img), "--checkpoint", str(ckpt), "--runtime", "onnxruntime"]) == 2
-        _one_line_error(capsys, "t2t-vit predict: error:", str(ckpt), needle)
+    one_line_error(capsys, "t2t-vit benchmark: error:", "--runtime onnxruntime")
     assert (
         main(["predict", str(img), "--checkpoint", str(checkpoint), "--runtime", "onnxruntime", "--device", "cuda"])
         == 2
     )
-    _one_line_error(capsys, "--device and --precision apply to --runtime torch")
+    one_line_error(capsys, "--device and --precision apply to --runtime torch")
     assert main(["benchmark", "--model", "t2t_vit_7", "--runtime", "onnxruntime", "--mode", "train"]) == 2
-    _one_line_error(capsys, "--mode train: for --runtime torch only")
+    one_line_error(capsys, "--mode train: for --runtime torch only")
     assert main(["benchmark", "--model", "t2t_vit_7", "--runtime", "onnxruntime", "--agreement", "digits"]) == 2
-    _one_line_error(capsys, "--agreement needs --checkpoint")
+    one_line_error(capsys, "--agreement needs --checkpoint")
     assert main(["benchmark", "--runtime", "onnxruntime"]) == 2
-    _one_line_error(capsys, "--model NAME")
-
-
-def _digit_files(folder: Path, n: int) -> list:
-    from sklearn.datasets import load_digits
-
-    folder.mkdir(parents=True, exist_ok=True)
-    digits = load_digits()
-    paths = []
-    for i in range(n):
-        paths.append(folder / f"digit_{digits.target[i]}_{i}.png")
-        Image.fromarray(np.uint8(digits.images[i] * 255 / 16)).save(paths[-1])
-    return paths
+    one_line_error(capsys, "--model NAME")
 
 
 def test_cli_predict_with_onnxruntime_names_the_classes_torch_names(checkpoint, tmp_path, capsys):
-    _digit_files(tmp_path / "imgs", 6)
+    digit_files(tmp_path / "imgs", 6)
     base = ["predict", str(tmp_path / "imgs"), "--checkpoint", str(checkpoint), "--top-k", "3", "--batch-size", "4"]
     outputs = {}
     for runtime in ("torch", "onnxruntime"):

@@ -25,8 +25,7 @@ from t2t_vit.data.tensor_batches import TensorBatches, crop_boxes, resized_crops
 from t2t_vit.training.run import train
 from t2t_vit.training.setup import build_data, data_config_of
 
-from .conftest import tiny_train_config
-from .test_reliability import _assert_same_run, _hook_criterion, _state
+from .helpers import assert_same_run, hook_criterion, last_checkpoint, tiny_train_config
 
 
 def test_crop_boxes_follow_random_resized_crop():
@@ -68,12 +67,12 @@ def test_the_digits_recipe_takes_the_tensor_path_and_randaugment_does_not():
 def test_a_signal_mid_epoch_resumes_exactly_on_the_tensor_path(tmp_path, monkeypatch):
     cfg = dict(drop_path=0.1, scale=[0.6, 1.0], hflip=0.5, train_subset=704)  # 11 steps an epoch
     straight = train(tiny_train_config(tmp_path / "a", **cfg), progress=False)
-    _hook_criterion(monkeypatch, {15: signal.SIGTERM})
+    hook_criterion(monkeypatch, {15: signal.SIGTERM})
     stopped = train(tiny_train_config(tmp_path / "b", **cfg), progress=False)
-    assert stopped["at"].startswith("epoch 2 step 4 ") and _state(stopped["run_dir"])["step_in_epoch"] == 4
+    assert stopped["at"].startswith("epoch 2 step 4 ") and last_checkpoint(stopped["run_dir"])["step_in_epoch"] == 4
     monkeypatch.undo()
     train(tiny_train_config(tmp_path / "b", **cfg), resume="auto", progress=False)
-    _assert_same_run(straight["run_dir"], tmp_path / "b" / "run")
+    assert_same_run(straight["run_dir"], tmp_path / "b" / "run")
 
 
 # ---------------------------------------------------------------------- the same draws as the per-image (PIL) path

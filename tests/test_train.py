@@ -1,6 +1,6 @@
 """Training: the paper's recipe, resume, distributed equivalence, and bad input handled without a traceback."""
 
-import os
+import json
 import signal
 import subprocess
 import sys
@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from t2t_vit import InputError, create_model
-from t2t_vit.checkpoint import read_checkpoint
 from t2t_vit.config import DEFAULTS, config_names, parse_overrides, resolve_config
 from t2t_vit.data import create_dataset
 from t2t_vit.training.budget import TimeSchedule
@@ -28,10 +26,7 @@ from t2t_vit.training.run import (
 from t2t_vit.training.run_dir import RunDir
 from t2t_vit.training.setup import check_config, compiled
 
-from .conftest import tiny_train_config
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from .helpers import TINY_MODEL, free_port, image_folder, last_checkpoint, subprocess_env, tiny_train_config
 
 # ----------------------------------------------------------------------------------------------- the recipe
 
@@ -154,25 +149,6 @@ def test_overrides_from_the_command_line():
 # ----------------------------------------------------------------------------------------------- runs
 
 
-def _weights(run_dir) -> dict:
-    return read_checkpoint(Path(run_dir) / "last.pth.tar")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun_env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     common = [
         "--config",
@@ -189,15 +165,14 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
         "--ratio",
         "[1.0, 1.0]",
         "--model-kwargs",
-        "{embed_dim: 32, depth: 1, num_heads: 2, token_dim: 16, t2t_mixer: transformer, "
-        "soft_splits: [[3, 1, 1], [3, 1, 1], [3, 2, 1]]}",
+        json.dumps(dict(TINY_MODEL, t2t_mixer="transformer")),
     ]  # no dropout anywhere: ranks draw no randomness
     torchrun = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         "-m",
         "t2t_vit",
         "train",
@@ -209,10 +184,10 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
     ]
     single = [sys.executable, "-m", "t2t_vit", "train", *common, "--batch-size", "64", "--name", "single"]
     for cmd in (torchrun, single):
-        done = subprocess.run(cmd, env=_torchrun_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(cmd, env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    ddp, one = _weights(tmp_path / "ddp")["model"], _weights(tmp_path / "single")["model"]
-    assert _weights(tmp_path / "ddp")["updates"] == 1437 // 64
+    ddp, one = last_checkpoint(tmp_path / "ddp")["model"], last_checkpoint(tmp_path / "single")["model"]
+    assert last_checkpoint(tmp_path / "ddp")["updates"] == 1437 // 64
     assert max((ddp[k] - one[k]).abs().max().item() for k in one) <= 1e-5
 
 
@@ -234,9 +209,9 @@ def test_a_signal_checkpoints_exits_non_zero_and_says_how_to_continue(tmp_path, 
         "--epochs",
         "30",
         "--model-kwargs",
-        "{embed_dim: 32, depth: 1, num_heads: 2, token_dim: 16, soft_splits: [[3, 1, 1], [3, 1, 1], [3, 2, 1]]}",
+        json.dumps(TINY_MODEL),
     ]
-    proc = subprocess.Popen(cmd, env=_torchrun_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=subprocess_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while not (tmp_path / "sig" / "metrics.csv").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -246,34 +221,21 @@ def test_a_signal_checkpoints_exits_non_zero_and_says_how_to_continue(tmp_path, 
     assert f"{sig.name} received" in out and "held-out top-1" not in out
     last = [line for line in out.splitlines() if line.startswith("t2t-vit train: stopped at epoch")]
     assert last and last[0].endswith("--resume auto") and " --name sig " in last[0], out
-    state = _weights(tmp_path / "sig")
+    state = last_checkpoint(tmp_path / "sig")
     assert 1 <= state["epoch"] < 30 and not (tmp_path / "sig" / ".lock").exists()
     from t2t_vit.cli import main
 
     assert (
         main([*cmd[3:], "--resume", "auto", "--stop-after-epochs", "1"]) == 0
     )  # the command it printed, less 29 epochs
-    assert _weights(tmp_path / "sig")["epoch"] == state["epoch"] + 1
+    assert last_checkpoint(tmp_path / "sig")["epoch"] == state["epoch"] + 1
 
 
 # ----------------------------------------------------------------------------------------------- bad input
 
 
-def _image_folder(root: Path, classes=("cat", "dog", "owl"), per_class=4, corrupt: int = 0) -> Path:
-    g = torch.Generator().manual_seed(0)
-    for split in ("train", "val"):
-        for c in classes:
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                pixels = (torch.rand(20, 20, 3, generator=g) * 255).byte().numpy()
-                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
-    for i in range(corrupt):
-        (root / "train" / classes[0] / f"broken{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    return root
-
-
 def test_corrupt_images_are_skipped_and_counted(tmp_path, caplog):
-    data = _image_folder(tmp_path / "data", corrupt=1)
+    data = image_folder(tmp_path / "data", corrupt=1)
     cfg = tiny_train_config(tmp_path, data=str(data), batch_size=4, epochs=1, warmup_epochs=0)
     with caplog.at_level("WARNING"):
         result = train(cfg, progress=False)
@@ -296,21 +258,15 @@ def test_missing_or_empty_data_dirs(tmp_path):
         create_dataset(f"mnist:{tmp_path / 'idx'}", "train")
 
 
-def test_class_count_mismatch_with_a_checkpoint(tmp_path):
-    result = train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)
-    data = _image_folder(tmp_path / "three")
-    ckpt = Path(result["run_dir"]) / "last.pth.tar"
+def test_eval_of_a_checkpoint_on_data_of_another_class_count_names_the_fix(tmp_path, tiny_run):
+    ckpt = tiny_run / "last.pth.tar"
     with pytest.raises(InputError, match=r"head has 10 classes but .* has 3: .*fine-tune"):
-        evaluate_checkpoint(str(ckpt), str(data), progress=False)
-    with pytest.raises(InputError, match=r"cannot resume .* with data 'digits' -> .*--init-checkpoint"):
-        train(tiny_train_config(tmp_path, data=str(data), batch_size=4), resume=str(ckpt), progress=False)
+        evaluate_checkpoint(str(ckpt), str(image_folder(tmp_path / "three")), progress=False)
     metrics = evaluate_checkpoint(str(ckpt), "digits", progress=False)  # our checkpoint needs no --model
     assert metrics["n"] == 360 and metrics["model"] == "t2t_vit_7" and 0 <= metrics["top1"] <= 100
 
 
-def test_unknown_model_and_existing_run(tmp_path):
-    with pytest.raises(InputError, match=r"unknown model 't2t_vit_99'"):
-        train(tiny_train_config(tmp_path, model="t2t_vit_99"), progress=False)
+def test_a_directory_holding_a_run_is_not_started_over(tmp_path):
     train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)
     with pytest.raises(InputError, match=r"already holds a run: pass --resume auto"):
         train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0), progress=False)
@@ -349,11 +305,15 @@ def test_eval_every_skips_epochs_but_never_the_end_of_a_process_or_a_run(tmp_pat
     assert (Path(out["run_dir"]) / "curves.png").is_file()
 
 
-def test_eval_every_evaluates_where_a_time_budget_ends_the_run(tmp_path):
-    out = train(tiny_train_config(tmp_path, epochs=50, eval_every=100, time_budget=0.5), progress=False)
+def test_a_time_budget_ends_the_run_mid_epoch_evaluated_and_finished(tmp_path):
+    cfg = tiny_train_config(tmp_path, epochs=50, eval_every=100, time_budget=0.5)
+    out = train(cfg, progress=False)
     m = RunDir(out["run_dir"]).read_metrics()
-    assert len(m["epoch"]) < 50 and m["val_top1"][-1] == out["val_top1"]
+    assert len(m["epoch"]) < 50 and m["train_s"][-1] >= 0.5 and out["train_seconds"] == m["train_s"][-1]
+    assert m["val_top1"][-1] == out["val_top1"]  # evaluated where the budget ended it, though not an eval_every epoch
     assert all(v != v for v in m["val_top1"][:-1])  # the epochs before it: not evaluated
+    again = train(cfg, resume="auto", progress=False)  # nothing left: the run is finished
+    assert len(RunDir(again["run_dir"]).read_metrics()["epoch"]) == len(m["epoch"])
 
 
 @pytest.mark.parametrize("name", [n for n in config_names() if resolve_config(n)["model"]])  # fine-tuning: the
