@@ -1,0 +1,33 @@
+"""`make gpu-check`'s dry run: the script runs on the CPU at tiny sizes, so it cannot rot between the rare sessions
+that are lent a GPU."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_gpu_check_dry_run_runs_every_section_and_names_what_it_skips(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    result = json.loads((tmp_path / "cuda.json").read_text())
+    checks = {c["name"]: c for c in result["checks"]}
+    tests = [c for c in result["checks"] if c["section"] == "tests"]
+    assert len(tests) >= 10 and all(c["status"] == "skipped" and "CUDA is not available" in c["detail"] for c in tests)
+    assert checks["SIGTERM stop and resume"]["status"] == "passed"
+    assert checks["benchmark --loader digits"]["status"] == "passed"
+    assert {c["status"] for c in result["checks"]} <= {"passed", "skipped"}
+    assert all(c["detail"] for c in result["checks"] if c["status"] == "skipped")  # each says why
+    rows = {(r["mode"], r["model"], r["variant"]) for r in result["speed"]}
+    assert ("train", "t2t_vit_14", "authors' code") in rows and ("infer", "vit_small_patch16_224", "DeiT-S") in rows
+    assert all(r["img_per_s"] > 0 and r["mfu_measured"] > 0 for r in result["speed"])
+    page = (tmp_path / "cuda.md").read_text()
+    assert "## Checks" in page and "## Throughput at 224 px" in page and result["env"]["commit"] in page
