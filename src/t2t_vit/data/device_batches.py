@@ -45,7 +45,8 @@ def random_erase(x: torch.Tensor, boxes: torch.Tensor, mode: str, g: Optional[to
     n, c, height, width = x.shape
     rows = torch.arange(height, device=x.device).view(1, height, 1)
     cols = torch.arange(width, device=x.device).view(1, 1, width)
-    for box in boxes.to(x.device).unbind(1):  # one pass per erasure (recount, usually 1)
+    # one pass per erasure (recount, usually 1); the boxes cross without the host waiting for the device
+    for box in boxes.to(x.device, non_blocking=True).unbind(1):
         top, left, h, w = box.unbind(1)
         inside = (
             (rows >= top.view(-1, 1, 1))

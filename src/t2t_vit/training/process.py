@@ -19,17 +19,21 @@ _logger = logging.getLogger(__name__)
 
 def setup_distributed(device_name: str = "auto") -> Tuple[int, int, torch.device]:
     """(rank, world size, this rank's device); under torchrun, initialises the process group with the backend of
-    the device the run uses (nccl for CUDA, gloo for the CPU, also on a machine that has GPUs)."""
+    the device the run uses (nccl for CUDA, gloo for the CPU, also on a machine that has GPUs). One process under
+    torchrun gets its group too, so that it runs the collectives a run of many runs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_name, local_rank)
-    if world == 1:
+    if world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return 0, 1, device
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    rank = int(os.environ["RANK"])
     if not dist.is_initialized():
-        _init_process_group("nccl" if device.type == "cuda" else "gloo", int(os.environ["RANK"]), world)
-    return int(os.environ["RANK"]), world, device
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        _init_process_group(backend, rank, world)
+        _logger.info("process group %s: rank %d of %d", backend, rank, world)
+    return rank, world, device
 
 
 def _init_process_group(backend: str, rank: int, world: int) -> None:
