@@ -5,9 +5,10 @@ from .ablations import ABLATIONS, T2TViTDense
 from .checkpoint_filter import checkpoint_filter_fn, load_checkpoint
 from .layers import Attention, Block, sinusoid_table
 from .stems import ConvolutionStem, HardSplitStem, make_stem
-from .t2t_vit import T2TViT
+from .t2t_vit import set_pretrained_source
 from .tokens_to_token import T2TModule, TokenAttention, TokenPerformer, TokenTransformer, soft_split
 from .variants import RELEASES, VARIANTS
+from .vit import T2TViT
 
 __all__ = [
     "ABLATIONS",
@@ -26,6 +27,7 @@ __all__ = [
     "checkpoint_filter_fn",
     "load_checkpoint",
     "make_stem",
+    "set_pretrained_source",
     "sinusoid_table",
     "soft_split",
 ]

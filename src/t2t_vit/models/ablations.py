@@ -17,8 +17,9 @@ from torch import nn
 
 from ..errors import InputError
 from .layers import Block
-from .t2t_vit import T2TViT, _create, _init_weights
+from .t2t_vit import _create
 from .variants import FIRST_LAYER, _cfg
+from .vit import T2TViT, _init_weights
 
 
 class SqueezeExcite(nn.Module):
