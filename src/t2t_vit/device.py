@@ -1,7 +1,8 @@
 """The device a process computes on and the precision it computes in: picked from what `--device` and
 `--precision` say and what is here. Training, evaluation and prediction all go through these."""
 
-from typing import Optional
+import contextlib
+from typing import Any, Optional
 
 import torch
 
@@ -37,3 +38,8 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> Any:
+    """torch.autocast to `dtype` on `device`'s type; no autocast for None (fp32)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

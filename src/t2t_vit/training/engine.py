@@ -1,9 +1,8 @@
-"""The loops: one training epoch and one evaluation pass. No argument parsing, no file I/O."""
+"""The training loop: one epoch, its device-side update and its totals. No argument parsing, no file I/O."""
 
 import contextlib
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -13,8 +12,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from ..device import autocast
 from .budget import Budget
-from .process import rng_state, set_rng_state
+from .process import all_reduce, rng_state, set_rng_state, world_size
 
 _logger = logging.getLogger(__name__)
 
@@ -76,20 +76,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
-
-
-def _all_reduce(values: torch.Tensor, op: Any = None) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(values, op=op or dist.ReduceOp.SUM)
-    return values
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 @dataclass
@@ -157,7 +143,7 @@ def train_one_epoch(
     bar = tqdm(loader, desc=name, disable=None if progress else True, leave=False, dynamic_ncols=True)
     steps = totals.batches + len(loader)
     start, seconds_before = time.perf_counter(), totals.seconds
-    every, distributed = ctx.sync_every or 50, _world() > 1
+    every, distributed = ctx.sync_every or 50, world_size() > 1
     params = [p for p in unwrap(model).parameters() if p.requires_grad]
     device_skip = takes_found_inf(ctx.optimizer)
     pending = _fresh_flags(totals.nonfinite_in_a_row, device)
@@ -175,7 +161,7 @@ def train_one_epoch(
         pending = _fresh_flags(totals.nonfinite_in_a_row, device)
         marks = [_Mark.take(totals, pending, updates_done, seen)]
         if full or not bar.disable:
-            _show(bar, ctx, name, totals.batches, steps, mean_loss, seen * _world() / (time.perf_counter() - start))
+            _show(bar, ctx, name, totals.batches, steps, mean_loss, seen * world_size() / (time.perf_counter() - start))
         stopped = halted or asked or "done"
         return stopped != "done"
 
@@ -189,7 +175,7 @@ def train_one_epoch(
             images, targets = ctx.mixup(images, targets)
         sync = model.no_sync() if hasattr(model, "no_sync") and not last_micro else contextlib.nullcontext()
         with sync:
-            with _autocast(device, ctx.amp_dtype):
+            with autocast(device, ctx.amp_dtype):
                 loss = ctx.criterion(model(images), targets)
             scaled = loss / ctx.accum_steps
             (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
@@ -225,7 +211,7 @@ def _read(
     `marks`. Returns (why the epoch halted, the stop asked, mean loss)."""
     device = pending.device
     agreed = torch.tensor([float(ASKED.index(asked)), ctx.budget.seconds()], device=device)
-    agreed = _all_reduce(agreed, dist.ReduceOp.MAX)
+    agreed = all_reduce(agreed, dist.ReduceOp.MAX)
     values = torch.cat([pending, totals.loss, agreed]).tolist()  # type: ignore[list-item]
     flags, (loss_sum, n), asked = values[:4], values[4:6], ASKED[int(values[6])]
     ctx.budget.agreed = values[7]
@@ -258,13 +244,13 @@ def epoch_result(totals: EpochTotals, device: torch.device) -> Dict[str, Any]:
     steps and rollbacks (a collective when distributed)."""
     loss = totals.loss if totals.loss is not None else torch.zeros(2, device=device)
     counts = [float(totals.skipped), float(totals.scaled), float(totals.nonfinite)]
-    sums = _all_reduce(torch.cat([loss, torch.tensor(counts, device=device)]))
+    sums = all_reduce(torch.cat([loss, torch.tensor(counts, device=device)]))
     return dict(
         loss=(sums[0] / sums[1].clamp(min=1)).item(),
         img_per_s=sums[1].item() / max(totals.seconds, 1e-9),
         skipped=int(sums[2].item()),
         scaled=int(sums[3].item()),
-        nonfinite=int(sums[4].item()) // _world(),  # every rank counts each non-finite step
+        nonfinite=int(sums[4].item()) // world_size(),  # every rank counts each non-finite step
         rollbacks=totals.rollbacks,
         seconds=totals.seconds,
     )
@@ -338,47 +324,3 @@ def update_ema(ema: nn.Module, model: nn.Module, keep: torch.Tensor) -> None:
                 ema_v.copy_(v)
         weight = (1.0 - ema.decay) * keep
         torch._foreach_lerp_(ema_values, values, [weight] * len(values))
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Any,
-    device: torch.device,
-    amp_dtype: Optional[torch.dtype] = None,
-    progress: bool = False,
-    desc: str = "eval",
-) -> Dict[str, float]:
-    """Top-1, top-5 (%), cross-entropy loss and img/s over `loader`, summed over all ranks."""
-    model.eval()
-    sums = torch.zeros(5, device=device)  # loss x n, top-1 hits, top-5 hits, n, skipped
-    criterion = nn.CrossEntropyLoss(reduction="sum")
-    start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
-    for images, targets, counts in bar:
-        sums[4] += counts[0]
-        if len(images) == 0:
-            continue
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
-            logits = model(images)
-        logits = logits.float()
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top5 == targets[:, None]
-        sums[0] += criterion(logits, targets)
-        sums[1] += hits[:, 0].sum()
-        sums[2] += hits.any(dim=1).sum()
-        sums[3] += len(targets)
-    elapsed = time.perf_counter() - start
-    sums = _all_reduce(sums)
-    n = sums[3].item()
-    if n == 0:
-        return dict(loss=math.nan, top1=math.nan, top5=math.nan, img_per_s=0.0, n=0, skipped=int(sums[4].item()))
-    return dict(
-        loss=sums[0].item() / n,
-        top1=100.0 * sums[1].item() / n,
-        top5=100.0 * sums[2].item() / n,
-        img_per_s=n / max(elapsed, 1e-9),
-        n=int(n),
-        skipped=int(sums[4].item()),
-    )

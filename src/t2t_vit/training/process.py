@@ -134,3 +134,15 @@ class StopSignal:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def world_size() -> int:
+    """The processes of the run: the process group's size, 1 without one."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce(values: torch.Tensor, op: Any = None) -> torch.Tensor:
+    """`values` reduced (summed by default) over the ranks in place; unchanged without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values, op=op or dist.ReduceOp.SUM)
+    return values

@@ -18,7 +18,8 @@ from torch import nn
 from ..data.device_batches import DeviceBatches
 from ..errors import InputError
 from .budget import Budget
-from .engine import EpochTotals, StepContext, epoch_result, evaluate, train_one_epoch, unwrap
+from .engine import EpochTotals, StepContext, epoch_result, train_one_epoch, unwrap
+from .evaluate import evaluate
 from .metrics import MetricsLog
 from .process import StopSignal, seed_everything, setup_distributed
 from .run_dir import RunDir, read_first_good
