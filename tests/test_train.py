@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from t2t_vit import InputError, create_model
-from t2t_vit.config import DEFAULTS, config_names, parse_overrides, resolve_config
+from t2t_vit.config import config_names, parse_overrides, resolve_config
+from t2t_vit.config_keys import DEFAULTS
 from t2t_vit.data import create_dataset
 from t2t_vit.training.budget import TimeSchedule
 from t2t_vit.training.engine import unwrap

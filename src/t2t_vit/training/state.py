@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..config import RESUME_CHANGEABLE
+from ..config_keys import RESUME_CHANGEABLE
 from ..errors import InputError
 from .engine import EpochTotals, unwrap
 from .process import gather, rng_state, set_rng_state
