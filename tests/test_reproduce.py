@@ -11,8 +11,8 @@ from scipy import stats
 
 from t2t_vit.config import resolve_config
 from t2t_vit.errors import InputError
-from t2t_vit.study.claims import ARMS, CLAIMS, LEARNED, MATCH, RECIPE, arm_cost
-from t2t_vit.study.report import _step_speeds, claim_markdown, feature_maps, mean_difference, verdict, write_report
+from t2t_vit.study.claims import ARMS, CLAIMS, LEARNED, MATCH, RECIPE, arm_cost, arm_step_speeds
+from t2t_vit.study.report import claim_markdown, feature_maps, mean_difference, verdict, write_report
 from t2t_vit.study.runs import parse_seconds, run_claim, run_dir
 from t2t_vit.study.visualize import read_metrics
 from t2t_vit.training.run import train
@@ -132,7 +132,7 @@ def test_arms_compared_are_matched_in_cost_or_say_why_not():
 
 def test_the_mixer_page_times_its_arms_side_by_side():
     arms = CLAIMS["mixer"].arms
-    speeds = _step_speeds(arms, repeats=1, warmup=0)
+    speeds = arm_step_speeds(arms, repeats=1, warmup=0)
     assert list(speeds) == arms and all(v > 0 for v in speeds.values())
     budget = dict(data="digits", seeds=[0, 1], epochs=1, seconds=1.0, train_subset=None, command="c")
     summary = dict(

@@ -2,8 +2,9 @@
 trained from the study's recipe on Fashion-MNIST at 28 px, its cost, and the rules of a verdict (MATCH, SAME_MARGIN,
 LEVEL, LEARNED). `runs` trains the arms; `report` turns their runs into docs/results/."""
 
+import statistics
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from ..models.cost import model_cost
 
@@ -116,3 +117,30 @@ def _timm_cost(name: str, kwargs: Dict[str, Any]) -> Tuple[int, int]:
         with FlopCounterMode(display=False) as counter:
             model(torch.empty(1, 3, 28, 28))
     return sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2
+
+
+def arm_memory(arm: str) -> float:
+    """Peak MiB of one training step of `arm` (batch 128, 28 px)."""
+    from ..deploy.benchmark import BenchConfig, measure_memory
+
+    step = BenchConfig(
+        ARMS[arm]["model"], mode="train", batch_size=128, img_size=28, model_kwargs=arm_kwargs(arm), repeats=3
+    )
+    return measure_memory(step, "sdpa")
+
+
+def arm_step_speeds(arms: Sequence[str], repeats: int = 20, warmup: int = 2) -> Dict[str, float]:
+    """Training img/s of each arm's step (batch 128, 28 px, fp32), the arms taking turns in this process: the runs'
+    own img/s come from different hours of a machine whose pace drifts."""
+    import torch
+
+    from ..deploy.benchmark import BenchConfig, make_step, time_steps
+    from ..factory import create_model
+
+    steps = {}
+    for arm in arms:
+        torch.manual_seed(0)
+        model = create_model(ARMS[arm]["model"], img_size=28, **arm_kwargs(arm))
+        steps[arm] = make_step(model, BenchConfig(ARMS[arm]["model"], mode="train", batch_size=128, img_size=28))
+    times = time_steps(steps, "cpu", warmup, repeats)
+    return {arm: 128 / statistics.median(t) for arm, t in times.items()}

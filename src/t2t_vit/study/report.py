@@ -12,7 +12,18 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from ..training.run_dir import RunDir
-from .claims import ARMS, CLAIMS, LEARNED, LEVEL, MATCH, RECIPE, SAME_MARGIN, arm_cost, arm_kwargs
+from .claims import (
+    CLAIMS,
+    LEARNED,
+    LEVEL,
+    MATCH,
+    RECIPE,
+    SAME_MARGIN,
+    arm_cost,
+    arm_kwargs,
+    arm_memory,
+    arm_step_speeds,
+)
 from .runs import arm_runs, budget_names, run_dir
 
 # --- statistics
@@ -85,36 +96,6 @@ def summarize(name: str, budget: Dict[str, Any]) -> Dict[str, Any]:
     return dict(claim=name, budget=budget, budget_names=names, arms=arms, comparisons=comparisons)
 
 
-# --- measurements the report takes
-
-
-def _memory(arm: str) -> float:
-    """Peak MiB of one training step of `arm` (batch 128, 28 px)."""
-    from ..deploy.benchmark import BenchConfig, measure_memory
-
-    step = BenchConfig(
-        ARMS[arm]["model"], mode="train", batch_size=128, img_size=28, model_kwargs=arm_kwargs(arm), repeats=3
-    )
-    return measure_memory(step, "sdpa")
-
-
-def _step_speeds(arms: Sequence[str], repeats: int = 20, warmup: int = 2) -> Dict[str, float]:
-    """Training img/s of each arm's step (batch 128, 28 px, fp32), the arms taking turns in this process: the runs'
-    own img/s come from different hours of a machine whose pace drifts."""
-    import torch
-
-    from ..deploy.benchmark import BenchConfig, make_step, time_steps
-    from ..factory import create_model
-
-    steps = {}
-    for arm in arms:
-        torch.manual_seed(0)
-        model = create_model(ARMS[arm]["model"], img_size=28, **arm_kwargs(arm))
-        steps[arm] = make_step(model, BenchConfig(ARMS[arm]["model"], mode="train", batch_size=128, img_size=28))
-    times = time_steps(steps, "cpu", warmup, repeats)
-    return {arm: 128 / statistics.median(t) for arm, t in times.items()}
-
-
 # --- the report
 
 
@@ -166,12 +147,15 @@ def environment() -> Dict[str, str]:
         ).stdout.strip()
     except OSError:
         commit = ""
+    machine = f"{device_name('cpu')}, {len(os.sched_getaffinity(0))} cores"
+    if torch.cuda.is_available():
+        machine = f"{torch.cuda.get_device_name()}, {machine}"
     return dict(
-        commit=commit or "unknown",
+        commit=commit or os.environ.get("T2T_COMMIT", "unknown"),  # a copy of the tree without .git: the caller's
         t2t_vit=__version__,
         torch=torch.__version__,
         python=sys.version.split()[0],
-        machine=f"{device_name('cpu')}, {len(os.sched_getaffinity(0))} cores",
+        machine=machine,
     )
 
 
@@ -181,8 +165,8 @@ def write_report(name: str, budget: Dict[str, Any], out_dir: Path, command: str 
     budget = dict(budget, command=command)
     summary = summarize(name, budget)
     if name == "mixer":
-        summary["memory_mib"] = {arm: _memory(arm) for arm in summary["arms"]}
-        summary["step_img_per_s"] = _step_speeds(list(summary["arms"]))
+        summary["memory_mib"] = {arm: arm_memory(arm) for arm in summary["arms"]}
+        summary["step_img_per_s"] = arm_step_speeds(list(summary["arms"]))
     summary["environment"] = environment()
     out_dir.mkdir(parents=True, exist_ok=True)
     if name == "tokens":
@@ -314,25 +298,31 @@ def claim_markdown(summary: Dict[str, Any]) -> str:
 
 
 def write_summary_table(out_dir: Path) -> Path:
-    """README.md opening with one row per comparison and budget of every claim written so far."""
-    rows, pending = [], []
+    """README.md opening with one row per comparison and budget of every claim written so far: the pages in
+    `out_dir`, and those of another machine in a folder beside them (e.g. h200/: a budget of its own, so named)."""
+    rows, pending, machines = [], [], set()
     for name, claim in CLAIMS.items():
-        path = out_dir / f"{name}.json"
-        s = json.loads(path.read_text()) if path.is_file() else {}
-        if "comparisons" not in s:  # not run yet, or a file of the earlier format
+        found = [(out_dir / f"{name}.json", "")] + [(p, p.parent.name) for p in sorted(out_dir.glob(f"*/{name}.json"))]
+        summaries = [(json.loads(path.read_text()), folder) for path, folder in found if path.is_file()]
+        summaries = [(s, folder) for s, folder in summaries if "comparisons" in s]  # not an earlier format's
+        if not summaries:
             pending.append(name)
             continue
         first = len(rows)
-        for c in s["comparisons"]:
-            sign = ">" if c["expected"] == ">" else "≈"
-            for key, label in s["budget_names"].items():
-                r, a, b = c[key], s["arms"][c["a"]]["budgets"][key], s["arms"][c["b"]]["budgets"][key]
-                paper = claim.paper_numbers if len(rows) == first else ""  # once per claim, on its first row
-                rows.append(
-                    f"| [{name}]({name}.md): {c['a']} {sign} {c['b']} | {paper} | "
-                    f"{_fmt(a['mean'])} ± {_fmt(a['sd'])} vs {_fmt(b['mean'])} ± {_fmt(b['sd'])} | "
-                    f"[{_fmt(r['low'], '+.2f')}, {_fmt(r['high'], '+.2f')}] | {r['verdict']} | {label} |"
-                )
+        for s, folder in summaries:
+            machines.add(s.get("environment", {}).get("machine", "?"))
+            page = f"{folder}/{name}.md" if folder else f"{name}.md"
+            for c in s["comparisons"]:
+                sign = ">" if c["expected"] == ">" else "≈"
+                for key, label in s["budget_names"].items():
+                    r, a, b = c[key], s["arms"][c["a"]]["budgets"][key], s["arms"][c["b"]]["budgets"][key]
+                    paper = claim.paper_numbers if len(rows) == first else ""  # once per claim, on its first row
+                    rows.append(
+                        f"| [{name}]({page}): {c['a']} {sign} {c['b']} | {paper} | "
+                        f"{_fmt(a['mean'])} ± {_fmt(a['sd'])} vs {_fmt(b['mean'])} ± {_fmt(b['sd'])} | "
+                        f"[{_fmt(r['low'], '+.2f')}, {_fmt(r['high'], '+.2f')}] | {r['verdict']} | "
+                        f"{label}{f' ({folder})' if folder else ''} |"
+                    )
     lines = [
         "# The paper's claims at small scale",
         "",
@@ -341,8 +331,8 @@ def write_summary_table(out_dir: Path) -> Path:
         "|---|---|---|---|---|---|",
         *rows,
         "",
-        "Fashion-MNIST at 28 px on the CPU; each claim's page gives the setup, the arms' cost, every seed and "
-        "the command. `t2t-vit reproduce CLAIM` re-runs one.",
+        f"Fashion-MNIST at 28 px on {'; '.join(sorted(machines)) or 'the CPU'}; each claim's page gives the setup, "
+        "the arms' cost, every seed and the command. `t2t-vit reproduce CLAIM` re-runs one.",
         "",
     ]
     if pending:

@@ -5,7 +5,7 @@ budget), so that an interrupted study continues where it stopped and an arm that
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import resolve_config
 from ..errors import InputError
@@ -69,6 +69,50 @@ def _span(output: str, budget: str, arm: str, seeds: Sequence[int], seconds: flo
     return seconds / per_epoch if per_epoch else None
 
 
+def planned_runs(
+    name: str,
+    budget: str,
+    data: str = FASHION,
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 2,
+    seconds: float = 600.0,
+    train_subset: Optional[int] = None,
+    output: str = "runs/reproduce",
+) -> List[Tuple[str, int, Dict[str, Any]]]:
+    """(arm, seed, config overrides) of every run of claim `name` under `budget` ("epochs" or "time"), in the order
+    they train. A capped run's schedule spans the epochs its arm trains in `seconds` at the pace of its equal-epoch
+    runs, so those go first."""
+    if name not in CLAIMS:
+        raise InputError(f"unknown claim {name!r}: one of {', '.join(CLAIMS)}, or all")
+    claim, names = CLAIMS[name], budget_names(epochs, seconds)
+    spans = {
+        arm: _span(output, names["epochs"], arm, seeds, seconds) if budget == "time" else None for arm in claim.arms
+    }
+    # capped runs take turns across the arms, seed by seed, so that a drift in the machine's pace hits each alike
+    if budget == "epochs":
+        order = [(a, s) for a in claim.arms for s in seeds]
+    else:
+        order = [(a, s) for s in seeds for a in claim.arms]
+    runs = []
+    for arm, seed in order:
+        span = spans[arm]
+        overrides = dict(
+            ARMS[arm],
+            data=data,
+            seed=seed,
+            train_subset=train_subset,
+            output=str(Path(output) / names[budget]),
+            name=run_dir(output, "", arm, seed).name,
+            epochs=max(1, math.ceil(2 * span)) if span else epochs,
+            schedule_epochs=span,
+            warmup_epochs=min(1, math.ceil(span or epochs) - 1),
+        )
+        if budget == "time":  # the lr follows the training seconds and ends at the cap, at any pace
+            overrides.update(time_budget=seconds, schedule_on_time=True)
+        runs.append((arm, seed, overrides))
+    return runs
+
+
 def run_claim(
     name: str,
     data: str = FASHION,
@@ -81,34 +125,9 @@ def run_claim(
 ) -> Dict[str, Any]:
     """Train every arm of claim `name` with every seed under both budgets (the equal-epoch runs first, whose speed
     sizes the capped runs' schedules), resuming what exists. Returns the study's setup, as `write_report` takes it."""
-    if name not in CLAIMS:
-        raise InputError(f"unknown claim {name!r}: one of {', '.join(CLAIMS)}, or all")
-    claim, names = CLAIMS[name], budget_names(epochs, seconds)
+    names = budget_names(epochs, seconds)
     for budget in ("epochs", "time"):
-        spans = {
-            arm: _span(output, names["epochs"], arm, seeds, seconds) if budget == "time" else None for arm in claim.arms
-        }
-        # capped runs take turns across the arms, seed by seed, so that a drift in the machine's pace hits each alike
-        order = (
-            [(a, s) for a in claim.arms for s in seeds]
-            if budget == "epochs"
-            else [(a, s) for s in seeds for a in claim.arms]
-        )
-        for arm, seed in order:
-            span = spans[arm]
-            overrides = dict(
-                ARMS[arm],
-                data=data,
-                seed=seed,
-                train_subset=train_subset,
-                output=str(Path(output) / names[budget]),
-                name=run_dir(output, "", arm, seed).name,
-                epochs=max(1, math.ceil(2 * span)) if span else epochs,
-                schedule_epochs=span,
-                warmup_epochs=min(1, math.ceil(span or epochs) - 1),
-            )
-            if budget == "time":  # the lr follows the training seconds and ends at the cap, at any pace
-                overrides.update(time_budget=seconds, schedule_on_time=True)
+        for arm, seed, overrides in planned_runs(name, budget, data, seeds, epochs, seconds, train_subset, output):
             _logger.info("%s, %s budget: %s, seed %d", name, names[budget], arm, seed)
             result = train(resolve_config(RECIPE, overrides), resume="auto", progress=progress)
             if result.get("stopped"):  # a signal: the same command continues the study from here
