@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The torch build to install; override e.g. `make test TORCH="torch torchvision"`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint soak install clean
+.PHONY: demo test lint soak install clean gpu-pack gpu-check gpu-study
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,26 @@ lint: install
 # Slow, not part of `test`: 2 gloo processes under torchrun, interrupted 20 times, end as the uninterrupted run.
 soak: install
 	$(PY) -m tests.soak
+
+# A lent GPU machine has its own python3 with torch and timm and no .venv; `make gpu-pack` (here) puts what its
+# targets need into .gpu/ (ignored; carried): Fashion-MNIST and the commit. benchmarks/README.md has the device call.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_OUT ?= $(if $(OUT),$(OUT),benchmarks/results)
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+
+gpu-pack:
+	@test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || { echo "no Fashion-MNIST in $(FASHION_MNIST): apt-get install -y dataset-fashion-mnist, or FASHION_MNIST=DIR"; exit 2; }
+	mkdir -p .gpu/fashion-mnist
+	cp $(FASHION_MNIST)/*-ubyte.gz .gpu/fashion-mnist/
+	git rev-parse --short HEAD > .gpu/COMMIT
+
+# <= 7 minutes on one H200: the CUDA tests, throughput against the authors' code and DeiT-S, the real loop on CUDA.
+gpu-check:
+	PYTHONPATH=src $(GPU_PY) benchmarks/gpu_check.py --out $(GPU_OUT)
+
+# <= 9 minutes on one H200: t2t-vit reproduce all on the full Fashion-MNIST, 5 seeds, several runs at once.
+gpu-study:
+	PYTHONPATH=src $(GPU_PY) benchmarks/gpu_study.py --out $(GPU_OUT)
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

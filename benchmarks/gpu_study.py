@@ -1,0 +1,135 @@
+"""`make gpu-study`: the paper's claims (`t2t-vit reproduce all`) at a budget where the models have learned, on one
+GPU in at most 9 minutes: the full Fashion-MNIST, 5 seeds, enough epochs to near convergence, several runs at once
+on the one GPU (each run a `t2t-vit train` process of its own; the capped runs share the GPU alike, arm for arm).
+
+The pages go to docs/results/<machine>/ beside the CPU study's, and docs/results/README.md's table gains them as a
+budget of their own; everything written is also packed into OUT/gpu_study.tar.gz (a device call returns few files).
+
+    PYTHONPATH=src python3 benchmarks/gpu_study.py [--seeds 5] [--epochs 15] [--budget 60s] [--jobs 8]
+    python benchmarks/gpu_study.py --dry-run       # digits on the CPU, 2 seeds, 1 epoch: the script runs
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+from t2t_vit.config import resolve_config  # noqa: E402
+from t2t_vit.study.claims import CLAIMS, RECIPE  # noqa: E402
+from t2t_vit.study.report import write_report, write_summary_table  # noqa: E402
+from t2t_vit.study.runs import budget_names, parse_seconds, planned_runs  # noqa: E402
+
+FASHION_DIRS = (ROOT / ".gpu" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
+Run = Tuple[str, int, Dict[str, Any]]
+
+
+def _train(overrides: Dict[str, Any], configs: Path, deadline: float) -> Tuple[str, float, Optional[str]]:
+    """One run in a process of its own (`t2t-vit train --config` its resolved config), stopped by SIGTERM (it saves
+    and exits) at `deadline`: (name, seconds, error or None)."""
+    name = f"{Path(overrides['output']).name}/{overrides['name']}"
+    config = configs / f"{name.replace('/', '-')}.yaml"
+    config.write_text(yaml.safe_dump(resolve_config(RECIPE, overrides)))
+    cmd = [sys.executable, "-m", "t2t_vit", "train", "--config", str(config), "--resume", "auto", "--no-progress"]
+    start = time.monotonic()
+    if start > deadline:
+        return name, 0.0, "not started: past the deadline"
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        try:
+            proc.wait(timeout=max(deadline - start, 1))
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait()
+            return name, time.monotonic() - start, "stopped at the deadline (saved; resumable)"
+        err.seek(0)
+        error = None if proc.returncode == 0 else f"exit {proc.returncode}: {err.read().strip()[-300:]}"
+    return name, time.monotonic() - start, error
+
+
+def run_all(runs: List[Run], jobs: int, device: str, configs: Path, deadline: float) -> List[str]:
+    """Every run (each once: claims share arms), `jobs` at once; the failures, and the runs the deadline cut."""
+    unique: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    for _, _, overrides in runs:
+        unique.setdefault((overrides["output"], overrides["name"]), dict(overrides, device=device))
+    problems = []
+    with ThreadPoolExecutor(jobs) as pool:
+        for job in as_completed([pool.submit(_train, o, configs, deadline) for o in unique.values()]):
+            name, seconds, error = job.result()
+            print(f"  {name}: {seconds:.0f} s{f' {error}' if error else ''}", flush=True)
+            if error:
+                problems.append(f"{name}: {error}")
+    return problems
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dry-run", action="store_true", help="digits on the CPU, tiny: the script runs, nothing more")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=15, help="the equal-epoch budget (default 15)")
+    p.add_argument("--budget", default="60s", help="the capped runs' training seconds (default 60s)")
+    p.add_argument("--jobs", type=int, default=8, help="runs at once on the one GPU (default 8)")
+    p.add_argument("--deadline", type=float, default=520, help="seconds after which no run is waited for")
+    p.add_argument("--fashion-mnist", help="folder of the four IDX files (default: .gpu/fashion-mnist)")
+    p.add_argument("--results", help="where the pages go (default: docs/results/<the GPU's short name>)")
+    p.add_argument("--out", default=os.environ.get("OUT", "."), help="where gpu_study.tar.gz goes (default: $OUT)")
+    args = p.parse_args(argv)
+    import torch
+
+    if args.dry_run:
+        device, data, seeds, epochs, seconds, subset = "cpu", "digits", range(2), 1, 5.0, 256
+        results = Path(args.results or "/tmp/gpu_study_dry/results")
+        output = str(results.parent / "runs")
+    else:
+        if not torch.cuda.is_available():
+            print("gpu_study: no CUDA device here; --dry-run runs it on the CPU", file=sys.stderr)
+            return 2
+        candidates = [Path(args.fashion_mnist)] if args.fashion_mnist else FASHION_DIRS
+        folder = next((d for d in candidates if any(d.glob("train-images-idx3-ubyte*"))), None)
+        if folder is None:
+            print("gpu_study: no Fashion-MNIST IDX files: run `make gpu-pack` first", file=sys.stderr)
+            return 2
+        device, data, seeds, subset = "cuda", f"fashion-mnist:{folder}", range(args.seeds), None
+        epochs, seconds = args.epochs, parse_seconds(args.budget)
+        gpu = torch.cuda.get_device_name().split()[-1].lower()  # "NVIDIA H200" -> h200
+        results = Path(args.results or ROOT / "docs" / "results" / gpu)
+        output = str(ROOT / "runs" / f"reproduce-{gpu}")
+    commit = ROOT / ".gpu" / "COMMIT"
+    if commit.is_file():
+        os.environ.setdefault("T2T_COMMIT", commit.read_text().strip())
+    start = time.monotonic()
+    deadline = start + args.deadline
+    problems: List[str] = []
+    with tempfile.TemporaryDirectory(prefix="gpu_study_") as configs:
+        for budget in ("epochs", "time"):  # the capped runs' schedules follow the pace of the equal-epoch runs
+            runs = [r for c in CLAIMS for r in planned_runs(c, budget, data, seeds, epochs, seconds, subset, output)]
+            print(f"{budget_names(epochs, seconds)[budget]}: {len(runs)} runs, {args.jobs} at once", flush=True)
+            problems += run_all(runs, args.jobs, device, Path(configs), deadline)
+    setup = dict(data=data, seeds=list(seeds), epochs=epochs, seconds=seconds, train_subset=subset, output=output)
+    command = "make gpu-study" if not args.dry_run else "python benchmarks/gpu_study.py --dry-run"
+    for name in CLAIMS:
+        write_report(name, setup, results, command)
+    written = [results]
+    if not args.dry_run:
+        written.append(write_summary_table(results.parent))
+    out = Path(args.out) / "gpu_study.tar.gz"
+    with tarfile.open(out, "w:gz") as tar:
+        for path in written:
+            tar.add(path, arcname=str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name))
+    wall = time.monotonic() - start
+    print(f"wrote {results} and {out}: {wall:.0f} s; {len(problems)} problems", *problems, sep="\n")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
