@@ -172,6 +172,15 @@ def digit_files(folder: Path, n: int = 4) -> List[Path]:
     return paths
 
 
+def tiny_canvases(root: Path, seed: int = 0, **overrides) -> Path:
+    """8 train and 4 val digit canvases (`data.canvases`) written into `root` in well under a second: a folder that
+    both coco:DIR and masks:DIR read."""
+    from t2t_vit.data.canvases import CanvasConfig, write_canvases
+
+    write_canvases(root, CanvasConfig(seed=seed, train=8, val=4, **overrides))
+    return root
+
+
 # ----------------------------------------------------------------------------------------------- runs
 
 TIMING = ("img_per_s", "epoch_time_s", "train_s")  # the only metrics.csv columns a resumed run may differ in
