@@ -241,14 +241,21 @@ class T2TModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H2 * W2, embed_dim)."""
+        return self.forward_restructurized(x, False)[0]
+
+    def forward_restructurized(
+        self, x: torch.Tensor, keep_images: bool = True
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The tokens and, if `keep_images`, the two re-structurized token images T1, T2 (B, token_dim, H_i, W_i)
+        that the soft splits of iterations 1 and 2 cut (strides s0 and s0 s1 of the image)."""
         if not self.channels_last:
-            return self._forward_eager(x)
+            return self._forward_eager(x, keep_images)
         if torch.jit.is_scripting():
-            return self._forward_fused(x)
-        return self._forward_sliced(x)
+            return self._forward_fused(x, keep_images)
+        return self._forward_sliced(x, keep_images)
 
     @torch.jit.unused
-    def _forward_sliced(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_sliced(self, x: torch.Tensor, keep_images: bool) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """The fused path over slices of the batch on CPU: each image is computed on its own anyway, and in slices
         of about CPU_SLICE_TOKENS first-split tokens the first layers' tensors stay in cache.
 
@@ -256,22 +263,23 @@ class T2TModule(nn.Module):
         the splits as strided slices.
         """
         if torch.onnx.is_in_onnx_export():
-            return self._forward_fused(x, slices=True)
+            return self._forward_fused(x, keep_images, slices=True)
         if (
             isinstance(x, torch.fx.Proxy)
             or torch.jit.is_tracing()
             or torch.compiler.is_compiling()
             or x.device.type != "cpu"
         ):
-            return self._forward_fused(x)
+            return self._forward_fused(x, keep_images)
         k0, s0, p0 = self.soft_splits[0]
         tokens = split_size(x.shape[2], k0, s0, p0) * split_size(x.shape[3], k0, s0, p0)
         n = max(1, CPU_SLICE_TOKENS // max(tokens, 1))
         if n >= x.shape[0]:
-            return self._forward_fused(x)
-        return torch.cat([self._forward_fused(c) for c in x.split(n)])
+            return self._forward_fused(x, keep_images)
+        parts = [self._forward_fused(c, keep_images) for c in x.split(n)]
+        return torch.cat([t for t, _ in parts]), [torch.cat(level) for level in zip(*(i for _, i in parts))]
 
-    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_eager(self, x: torch.Tensor, keep_images: bool) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """The authors' layout, step for step: unfold, tokens back to (B, C, H, W) between the splits."""
         B, _, H, W = x.shape
         (k0, s0, p0), (k1, s1, p1), (k2, s2, p2) = self.soft_splits
@@ -281,18 +289,23 @@ class T2TModule(nn.Module):
         # iteration 1: re-structurization, a T2T layer over the tokens, then the tokens reshaped into an image
         x = self.attention1(x)  # (B, H0 * W0, token_dim)
         x = x.transpose(1, 2).reshape(B, -1, H, W)  # (B, token_dim, H0, W0)
+        images: List[torch.Tensor] = [x] if keep_images else []
         # iteration 1: soft split
         x = soft_split(x, k1, s1, p1)  # (B, H1 * W1, token_dim k1^2)
         H, W = split_size(H, k1, s1, p1), split_size(W, k1, s1, p1)
         # iteration 2: re-structurization
         x = self.attention2(x)
         x = x.transpose(1, 2).reshape(B, -1, H, W)  # (B, token_dim, H1, W1)
+        if keep_images:
+            images.append(x)
         # iteration 2: soft split
         x = soft_split(x, k2, s2, p2)  # (B, H2 * W2, token_dim k2^2)
         # final tokens: project to the backbone width
-        return self.project(x)  # (B, H2 * W2, embed_dim)
+        return self.project(x), images  # (B, H2 * W2, embed_dim)
 
-    def _forward_fused(self, x: torch.Tensor, slices: bool = False) -> torch.Tensor:
+    def _forward_fused(
+        self, x: torch.Tensor, keep_images: bool = False, slices: bool = False
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """The same steps channels-last: patch features ordered (kh, kw, C), no transposes between the splits.
         `slices`: each split as kernel^2 strided slices instead of one strided copy (for ONNX)."""
         B, _, H, W = x.shape
@@ -303,16 +316,19 @@ class T2TModule(nn.Module):
         # iteration 1: re-structurization; the tokens (B, H0 * W0, token_dim) are already the channels-last image
         x = self.attention1(x, self.in_chans)
         x = x.reshape(B, H, W, -1)  # (B, H0, W0, token_dim), a view
+        images: List[torch.Tensor] = [x.permute(0, 3, 1, 2)] if keep_images else []  # (B, token_dim, H0, W0) view
         # iteration 1: soft split
         x = soft_split_channels_last(x, k1, s1, p1, slices)  # (B, H1 * W1, k1^2 token_dim)
         H, W = split_size(H, k1, s1, p1), split_size(W, k1, s1, p1)
         # iteration 2: re-structurization
         x = self.attention2(x, self.token_dim)
         x = x.reshape(B, H, W, -1).permute(0, 3, 1, 2)  # (B, token_dim, H1, W1), channels-last memory
+        if keep_images:
+            images.append(x)
         # iteration 2: soft split and final tokens: project, as one convolution with the projection's weights
         w = self.project.weight.reshape(self.project.out_features, -1, k2, k2)  # (E, C k^2) -> (E, C, k, k)
         x = F.conv2d(x, w, self.project.bias, stride=s2, padding=p2)
-        return x.flatten(2).transpose(1, 2)  # (B, E, H2, W2) -> (B, H2 * W2, E)
+        return x.flatten(2).transpose(1, 2), images  # (B, E, H2, W2) -> (B, H2 * W2, E)
 
 
 def _check_soft_splits(soft_splits: Sequence[Sequence[int]]) -> List[Tuple[int, int, int]]:
