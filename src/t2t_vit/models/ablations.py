@@ -139,6 +139,8 @@ class T2TViTDense(T2TViT):
         for fixed in ("depth", "block_fn"):
             if fixed in kwargs:
                 raise InputError(f"the dense model takes block_config (layers per stage), not {fixed}")
+        if kwargs.get("feature_pyramid") is not None:
+            raise InputError("the dense model's width changes from stage to stage: it has no feature_pyramid")
         super().__init__(
             embed_dim=embed_dim,
             depth=0,

@@ -1,6 +1,7 @@
 """Fitting foreign state dicts to a T2T-ViT: the authors' checkpoints and ours, wrapped (DDP, torch.compile), at
-another resolution, with another head or another number of input channels; InputError naming the variant a
-checkpoint that fits no model was made for. `load_checkpoint` reads a file (`checkpoint`), fits it and loads it.
+another resolution, with another head or another number of input channels, into a features-only model or one with
+a feature pyramid; InputError naming the variant a checkpoint that fits no model was made for. `load_checkpoint`
+reads a file (`checkpoint`), fits it and loads it.
 """
 
 import logging
@@ -11,6 +12,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models import adapt_input_conv
+from timm.models._features import FeatureGetterNet
 from torch import nn
 
 from ..checkpoint import extract_state_dict, read_checkpoint
@@ -48,10 +50,13 @@ def checkpoint_filter_fn(
 
     Strips `module.` / `_orig_mod.` prefixes, resamples the position table to the model's token grid (from
     `old_grid`, or a square grid), drops a head of another class count with a logged note, and Token Labeling's
-    auxiliary head unless the model has one.
+    auxiliary head unless the model has one. A features-only model takes it without what it pruned (head, final
+    norm, later blocks: `pruned_keys`); the layers a feature pyramid adds stay at their initialisation where the
+    checkpoint has none (the authors' never do). Each with a logged line.
     """
     sd = {_strip_prefixes(k): v for k, v in state_dict.items()}
     own = model.state_dict()
+    _fit_features(sd, model, own)
     pos = sd.get("pos_embed")
     if pos is not None and pos.shape != own["pos_embed"].shape and pos.shape[-1] == own["pos_embed"].shape[-1]:
         n = pos.shape[1] - 1
@@ -88,6 +93,24 @@ def checkpoint_filter_fn(
             f"{width}, depth {depth}: {fix}"
         )
     return sd
+
+
+def _fit_features(sd: Dict[str, torch.Tensor], model: nn.Module, own: Dict[str, torch.Tensor]) -> None:
+    """Drop from `sd` what a features-only model pruned; fill in from `own` the feature pyramid's new layers."""
+    pruned = [k for k in getattr(model, "pruned_keys", ()) if k in sd]
+    if pruned:
+        parts = sorted({".".join(k.split(".")[: 2 if k.startswith("blocks.") else 1]) for k in pruned})
+        _logger.info(
+            "the features-only model has no %s: their %d tensors are not loaded", ", ".join(parts), len(pruned)
+        )
+        for k in pruned:
+            del sd[k]
+    new = [k for k in own if k.startswith("pyramid.") and k not in sd]
+    if new:
+        _logger.info(
+            "not in the checkpoint, the feature pyramid's new layers stay at initialisation: %s", ", ".join(new)
+        )
+        sd.update({k: own[k] for k in new})
 
 
 def _fit_heads(sd: Dict[str, torch.Tensor], model: nn.Module, own: Dict[str, torch.Tensor]) -> None:
@@ -157,11 +180,13 @@ def load_checkpoint(
 
     Accepts a bare state dict or a dict with `state_dict`, `state_dict_ema`, `model` or `model_ema`; keys may
     carry a `module.` prefix. A head for another class count is dropped with a logged note, the position table
-    is resampled to the model's img_size. Anything else that does not fit raises InputError.
+    is resampled to the model's img_size. `model` may be timm's features-only wrapper (`features_only=True`): the
+    model inside takes the checkpoint. Anything else that does not fit raises InputError.
     """
     state_dict = extract_state_dict(read_checkpoint(path), use_ema, source=f"checkpoint {str(path)!r}")
-    state_dict = checkpoint_filter_fn(state_dict, model, old_grid)
-    result = model.load_state_dict(state_dict, strict=False)
+    target = model.model if isinstance(model, FeatureGetterNet) else model
+    state_dict = checkpoint_filter_fn(state_dict, target, old_grid)
+    result = target.load_state_dict(state_dict, strict=False)
     if result.missing_keys:
         _logger.info("not in the checkpoint, left at initialisation: %s", ", ".join(result.missing_keys))
     _logger.info("loaded %s", path)

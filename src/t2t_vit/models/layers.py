@@ -1,12 +1,15 @@
-"""Backbone layers: multi-head attention (SDPA or eager), the pre-norm block, the sinusoid table."""
+"""Backbone layers: multi-head attention (SDPA or eager), the pre-norm block, the sinusoid table and its fit to a
+token grid."""
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, Mlp, register_notrace_function, resample_abs_pos_embed
 from torch import nn
 from torch.jit import Final
+
+from ..errors import InputError
 
 ATTN_IMPLS = ("sdpa", "eager")
 
@@ -99,3 +102,26 @@ def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = angle[:, 0::2].sin()
     table[:, 1::2] = angle[:, 1::2].cos()
     return table.float().unsqueeze(0)
+
+
+@register_notrace_function
+def fit_pos_embed(
+    pos_embed: torch.Tensor, grid: Tuple[int, int], base_grid: Tuple[int, int], dynamic: bool
+) -> torch.Tensor:
+    """The position table for a token grid: as stored, or resampled (bicubic) when `dynamic` and sizes differ."""
+    if grid[0] == base_grid[0] and grid[1] == base_grid[1]:
+        return pos_embed
+    if torch.jit.is_scripting() or not dynamic:  # scripted models take their own img_size only
+        raise InputError(
+            "the input gives a "
+            + str(grid[0])
+            + "x"
+            + str(grid[1])
+            + " token grid but the position table is for "
+            + str(base_grid[0])
+            + "x"
+            + str(base_grid[1])
+            + ": feed images of the model's img_size, create the "
+            "model with that img_size, or pass dynamic_img_size=True"
+        )
+    return resample_abs_pos_embed(pos_embed, list(grid), list(base_grid), num_prefix_tokens=1)

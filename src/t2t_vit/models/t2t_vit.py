@@ -26,7 +26,7 @@ def set_pretrained_source(source: PretrainedSource) -> None:
 
 
 def _create(variant: str, pretrained: bool = False, model_cls: type = T2TViT, **kwargs: Any) -> T2TViT:
-    out_indices = kwargs.pop("out_indices", 3)
+    out_indices = kwargs.pop("out_indices", 3 if kwargs.get("feature_pyramid") is None else 4)  # pyramid: all
     if pretrained and _pretrained_source is not None:  # a release address, a file or a local-dir: load_pretrained
         kwargs["pretrained_cfg_overlay"] = _pretrained_source(
             variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")

@@ -8,17 +8,20 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from timm.layers import register_notrace_function, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import register_notrace_function, to_2tuple, trunc_normal_
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..errors import InputError
-from .layers import ATTN_IMPLS, Attention, Block, sinusoid_table
+from .layers import ATTN_IMPLS, Attention, Block, fit_pos_embed, sinusoid_table
+from .pyramid import T2TFeaturePyramid, make_pyramid
 from .stems import make_stem
 from .tokens_to_token import DEFAULT_SOFT_SPLITS, T2TModule, TokenAttention, TokenPerformer, grid_size, split_grid
 
 GLOBAL_POOLS = ("token", "avg", "")
+# a leaf for fx, not traced into: torch.fx.wrap patches the name in the calling module, so it is declared here
+torch.fx.wrap("fit_pos_embed")
 
 
 @torch.fx.wrap
@@ -35,30 +38,6 @@ def check_image(x: torch.Tensor, in_chans: int, soft_splits: List[Tuple[int, int
             f"(e.g. grayscale to RGB), or create the model with in_chans={x.shape[1]}"
         )
     return grid_size((int(x.shape[2]), int(x.shape[3])), soft_splits)
-
-
-@torch.fx.wrap
-@register_notrace_function
-def fit_pos_embed(
-    pos_embed: torch.Tensor, grid: Tuple[int, int], base_grid: Tuple[int, int], dynamic: bool
-) -> torch.Tensor:
-    """The position table for a token grid: as stored, or resampled (bicubic) when `dynamic` and sizes differ."""
-    if grid[0] == base_grid[0] and grid[1] == base_grid[1]:
-        return pos_embed
-    if torch.jit.is_scripting() or not dynamic:  # scripted models take their own img_size only
-        raise InputError(
-            "the input gives a "
-            + str(grid[0])
-            + "x"
-            + str(grid[1])
-            + " token grid but the position table is for "
-            + str(base_grid[0])
-            + "x"
-            + str(base_grid[1])
-            + ": feed images of the model's img_size, create the "
-            "model with that img_size, or pass dynamic_img_size=True"
-        )
-    return resample_abs_pos_embed(pos_embed, list(grid), list(base_grid), num_prefix_tokens=1)
 
 
 class T2TViT(nn.Module):
@@ -90,6 +69,10 @@ class T2TViT(nn.Module):
         block_fn: the backbone block class, called as Block is (see models/ablations.py for others).
         aux_head: add Token Labeling's auxiliary head over the patch tokens; the logits become
             head(class token) + 0.5 * max over tokens of aux_head(token), as Token Labeling evaluates.
+        feature_pyramid: None (default): `forward_intermediates` and `feature_info` are the blocks, all at the
+            token stride. "t2t": four levels, the T2T module's re-structurized token images, the last block and its
+            max-pool (strides 4, 8, 16, 32 at 224 px); "simple": ViTDet's simple feature pyramid from the last
+            block (the same strides). See models/pyramid.py.
     """
 
     def __init__(
@@ -118,6 +101,7 @@ class T2TViT(nn.Module):
         patch_size: int = 16,
         block_fn: type = Block,
         aux_head: bool = False,
+        feature_pyramid: Optional[str] = None,
     ) -> None:
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
@@ -156,6 +140,11 @@ class T2TViT(nn.Module):
         )
         reduction = math.prod(s for _, s, _ in self.soft_splits)
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)]
+        self.pyramid = None
+        if feature_pyramid is not None:
+            self.pyramid, self.feature_info = make_pyramid(
+                feature_pyramid, self.tokens_to_token, token_dim, embed_dim, depth
+            )
         self.norm = norm_layer(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.aux_head = nn.Linear(embed_dim, num_classes) if aux_head and num_classes > 0 else None
@@ -190,7 +179,8 @@ class T2TViT(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(
-            stem=r"^cls_token|^pos_embed|^tokens_to_token", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]
+            stem=r"^cls_token|^pos_embed|^tokens_to_token",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^pyramid", (99999,))],
         )
 
     @torch.jit.ignore
@@ -211,17 +201,22 @@ class T2TViT(nn.Module):
         if self.aux_head is not None:
             self.aux_head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else None
 
+    def _position_table(self, x: torch.Tensor) -> Tuple[Tuple[int, int], torch.Tensor]:
+        """The token grid of images `x` (InputError if they are not a batch the model takes) and its positions."""
+        if torch.jit.is_scripting():  # TorchScript: the model's own img_size only
+            return self.tokens_to_token.feat_size(x.shape[2], x.shape[3]), self.pos_embed
+        grid = check_image(x, self.in_chans, self.soft_splits)
+        return grid, fit_pos_embed(self.pos_embed, grid, self.grid_size, self.dynamic_img_size)
+
+    def _embed(self, x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, N, C) -> with the class token and positions (B, 1 + N, C)."""
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        return self.pos_drop(x + pos_embed)
+
     def _tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Images -> (tokens with class token and positions (B, 1 + N, C), token grid)."""
-        if torch.jit.is_scripting():
-            grid = self.tokens_to_token.feat_size(x.shape[2], x.shape[3])
-            pos_embed = self.pos_embed  # TorchScript: the model's own img_size only
-        else:
-            grid = check_image(x, self.in_chans, self.soft_splits)
-            pos_embed = fit_pos_embed(self.pos_embed, grid, self.grid_size, self.dynamic_img_size)
-        x = self.tokens_to_token(x)
-        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
-        return self.pos_drop(x + pos_embed), grid
+        grid, pos_embed = self._position_table(x)
+        return self._embed(self.tokens_to_token(x), pos_embed), grid
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, _ = self._tokens(x)
@@ -263,17 +258,25 @@ class T2TViT(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Block outputs as feature maps (NCHW, class token dropped) or token sequences (NLC), timm-style.
+        """Block outputs as feature maps (NCHW, class token dropped) or token sequences (NLC), timm-style; with
+        `feature_pyramid`, the pyramid's levels instead (`feature_info` lists either).
 
         Args:
-            indices: the last n blocks if int, all if None, else these block indices.
-            norm: apply the final norm to each intermediate.
-            stop_early: stop after the last requested block.
+            indices: the last n blocks (levels) if int, all if None, else these indices.
+            norm: apply the final norm to each intermediate (pyramid: to the last block, before the pyramid).
+            stop_early: stop after the last requested block (pyramid: skip the blocks if no level needs them).
             output_fmt: "NCHW" or "NLC".
             intermediates_only: return only the intermediates.
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise InputError(f"output_fmt={output_fmt!r} must be 'NCHW' or 'NLC'")
+        if self.pyramid is not None:
+            take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+            x, levels = self._pyramid_levels(x, norm, stop_early and max_index < self.pyramid.first_block_level)
+            intermediates = [levels[i] for i in take_indices]
+            if output_fmt == "NLC":
+                intermediates = [y.flatten(2).transpose(1, 2) for y in intermediates]  # (B, C, H, W) -> (B, HW, C)
+            return intermediates if intermediates_only else (x, intermediates)
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         B = x.shape[0]
         x, (H, W) = self._tokens(x)
@@ -290,16 +293,41 @@ class T2TViT(nn.Module):
             return intermediates
         return self.norm(x), intermediates
 
+    def _pyramid_levels(
+        self, x: torch.Tensor, norm: bool, skip_blocks: bool
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """(final tokens, the pyramid's levels, finest first); `skip_blocks`: the T2T module's levels only."""
+        B = x.shape[0]
+        (H, W), pos_embed = self._position_table(x)
+        if isinstance(self.pyramid, T2TFeaturePyramid):
+            x, images = self.tokens_to_token.forward_restructurized(x)
+        else:
+            x, images = self.tokens_to_token(x), []
+        x = self._embed(x, pos_embed)
+        if skip_blocks:
+            return self.norm(x), images
+        x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing else self.blocks(x)
+        y = (self.norm(x) if norm else x)[:, self.num_prefix_tokens :]
+        return self.norm(x), self.pyramid(images, y.reshape(B, H, W, -1).permute(0, 3, 1, 2))  # (B, C, H, W)
+
     def prune_intermediate_layers(
         self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> List[int]:
-        """Drop the blocks (and optionally norm and head) that the requested intermediates do not need."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
+        """Drop the blocks (and optionally norm and head) that the requested intermediates do not need; the
+        state-dict keys that go are kept in `pruned_keys`, so that a checkpoint still loads (`load_checkpoint`)."""
+        before = set(self.state_dict())
+        if self.pyramid is not None:
+            take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+            if max_index < self.pyramid.first_block_level:
+                self.blocks = self.blocks[:0]
+        else:
+            take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+            self.blocks = self.blocks[: max_index + 1]
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
             self.reset_classifier(0, "")
+        self.pruned_keys = sorted(before - set(self.state_dict()))
         return take_indices
 
 
