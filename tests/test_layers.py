@@ -18,6 +18,7 @@ LAYERS = {
     "models": 1,
     "factory": 2,
     "pretrained": 2,
+    "dense": 2,
     "data": 3,
     "training": 4,
     "deploy": 5,

@@ -1,0 +1,127 @@
+"""Semantic segmentation over the feature pyramid: Panoptic FPN's semantic head (Kirillov et al., "Panoptic Feature
+Pyramid Networks", CVPR 2019) on a FeaturePyramidBackbone, per-pixel logits at the input's size."""
+
+from typing import Dict, List, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+from .backbone import FeaturePyramidBackbone
+
+IGNORE_INDEX = 255
+Images = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def _conv_stage(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3 x 3 convolution, GroupNorm (32 groups, or fewer that divide the width), ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.GroupNorm(next(g for g in (32, 16, 8, 4, 2, 1) if out_channels % g == 0), out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SemanticFPNHead(nn.Module):
+    """Each FPN level up to the finest one's stride through 3 x 3 conv-GN-ReLU stages with a 2x bilinear upsampling
+    after each (one stage without upsampling for the finest), summed, then a 1 x 1 convolution to the classes."""
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, strides: Sequence[int]) -> None:
+        super().__init__()
+        self.upsamplings = [(s // strides[0]).bit_length() - 1 for s in strides]  # log2 of each level's ratio
+        self.branches = nn.ModuleList(
+            nn.Sequential(*[_conv_stage(in_channels if i == 0 else channels, channels) for i in range(max(1, n))])
+            for n in self.upsamplings
+        )
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, levels: List[torch.Tensor]) -> torch.Tensor:
+        """FPN maps, finest first -> logits (B, K, H0, W0) at the finest level's size."""
+        out = None
+        for x, branch, n in zip(levels, self.branches, self.upsamplings):
+            for stage in branch:
+                x = stage(x)
+                if n:
+                    x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+            out = x if out is None else out + x
+        return self.classifier(out)
+
+
+class SemanticSegmenter(nn.Module):
+    """Images float in [0, 1], a batch (B, C, H, W) or a list of (C, H, W) -> normalised, padded at the right and
+    bottom to a multiple of `size_divisible` (zeros) and to one size (a list), backbone + head, logits upsampled
+    (bilinear) and cropped back to (B, K, H, W), H and W the batch's largest (a list: the part past each image's own
+    size is padding, which `segmentation_collate`'s masks mark ignored). Train mode: `model(images, masks)` ->
+    {"loss_seg": cross-entropy over the pixels not `ignore_index`}; masks int64 (B, H, W) or a list of (H, W)."""
+
+    def __init__(
+        self,
+        backbone: FeaturePyramidBackbone,
+        num_classes: int,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        size_divisible: int,
+        head_channels: int = 128,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = SemanticFPNHead(backbone.out_channels, head_channels, num_classes, backbone.strides)
+        self.num_classes, self.size_divisible, self.ignore_index = num_classes, size_divisible, ignore_index
+        self.register_buffer("image_mean", torch.tensor(image_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std).view(-1, 1, 1), persistent=False)
+
+    def forward(
+        self, images: Images, masks: Union[torch.Tensor, Sequence[torch.Tensor], None] = None
+    ) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
+        x, (height, width) = self._batch(images)
+        logits = self.head(list(self.backbone(x).values()))
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        logits = logits[..., :height, :width]
+        if not self.training:
+            return logits
+        if masks is None:
+            raise InputError("in training mode the segmenter takes masks: model(images, masks)")
+        target = self._masks(masks, height, width, images)
+        loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum")
+        return {"loss_seg": loss / (target != self.ignore_index).sum().clamp(min=1)}  # no NaN for an all-ignored batch
+
+    def _batch(self, images: Images) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Normalised images padded into one batch (B, C, H', W') with H', W' multiples of size_divisible, and the
+        batch's largest (H, W)."""
+        items = list(images.unbind(0) if isinstance(images, torch.Tensor) and images.dim() == 4 else images)
+        for item in items:
+            if not isinstance(item, torch.Tensor) or item.dim() != 3 or not item.is_floating_point():
+                kind = f"a {item.dtype} tensor of shape {tuple(item.shape)}" if isinstance(item, torch.Tensor) else item
+                raise InputError(
+                    f"the segmenter takes float images in [0, 1], (B, C, H, W) or a list of (C, H, W): got {kind} "
+                    "(uint8 images: image.float() / 255)"
+                )
+        height, width = max(i.shape[-2] for i in items), max(i.shape[-1] for i in items)
+        m = self.size_divisible
+        padded_h, padded_w = -(-height // m) * m, -(-width // m) * m
+        batch = torch.stack(
+            [
+                F.pad((i - self.image_mean) / self.image_std, (0, padded_w - i.shape[-1], 0, padded_h - i.shape[-2]))
+                for i in items
+            ]
+        )
+        return batch, (height, width)
+
+    def _masks(
+        self, masks: Union[torch.Tensor, Sequence[torch.Tensor]], height: int, width: int, images: Images
+    ) -> torch.Tensor:
+        """Masks (B, height, width), each padded with ignore_index; InputError if one's size is not its image's."""
+        items = list(masks.unbind(0) if isinstance(masks, torch.Tensor) and masks.dim() == 3 else masks)
+        if len(items) != len(images):
+            raise InputError(f"{len(images)} images but {len(items)} masks: give one mask (H, W) per image")
+        for image, mask in zip(images, items):
+            if tuple(mask.shape) != tuple(image.shape[-2:]):
+                raise InputError(
+                    f"a mask of shape {tuple(mask.shape)} for an image of {tuple(image.shape[-2:])}: masks are (H, W) "
+                    "class indices at their image's size"
+                )
+        return torch.stack(
+            [F.pad(m.long(), (0, width - m.shape[-1], 0, height - m.shape[-2]), value=self.ignore_index) for m in items]
+        )
