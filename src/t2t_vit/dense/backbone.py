@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
+from timm.layers import freeze_batch_norm_2d
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
@@ -43,13 +44,15 @@ def create_body(
 ) -> nn.Module:
     """The features-only network `name` names: a registered T2T-ViT as the pyramid `pyramid` ("t2t" or "simple") at
     any image size (dynamic_img_size), or `timm:NAME` (a CNN's features at strides 4 to 32). `checkpoint_path` loads
-    into it without the classifier (an authors' release or ours for a T2T-ViT; any file timm reads for a CNN)."""
+    into it without the classifier (an authors' release or ours for a T2T-ViT; any file timm reads for a CNN). A
+    pretrained CNN's BatchNorm is frozen, as torchvision's detection backbones are: detection batches are small."""
     kwargs = dict(backbone_kwargs or {})
     if name.startswith("timm:"):
         kwargs.setdefault("out_indices", CNN_LEVELS)
         if checkpoint_path is not None:
             kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint_path)))
-        return create_model(name, features_only=True, **kwargs)
+        body = create_model(name, features_only=True, **kwargs)
+        return freeze_batch_norm_2d(body) if kwargs.get("pretrained") else body
     kwargs.setdefault("dynamic_img_size", True)
     return create_model(name, checkpoint_path, features_only=True, feature_pyramid=pyramid, **kwargs)
 

@@ -3,12 +3,15 @@ segmentation), with anchors sized for the pyramid's strides and torchvision's tr
 unless asked otherwise."""
 
 import inspect
+import math
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
@@ -45,6 +48,10 @@ class DetectionTransform(GeneralizedRCNNTransform):
         if self.keep_size and max(image.shape[-2:]) <= self.max_size:
             return image, target
         return super().resize(image, target)
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        return text.replace(f"min_size={self.min_size}", "min_size=None") if self.keep_size else text
 
 
 def anchor_generator(strides: Sequence[int], octaves: int = 1) -> AnchorGenerator:
@@ -84,6 +91,9 @@ def create_detector(
         _check_kwargs(RetinaNet, kwargs)
         strides = [*backbone.strides, 2 * backbone.strides[-1], 4 * backbone.strides[-1]]  # P6, P7
         kwargs.setdefault("anchor_generator", anchor_generator(strides, OCTAVES))
+        num_anchors = kwargs["anchor_generator"].num_anchors_per_location()[0]
+        norm = partial(nn.GroupNorm, math.gcd(32, backbone.out_channels))  # torchvision's v2 head: trains steadier
+        kwargs.setdefault("head", RetinaNetHead(backbone.out_channels, num_anchors, num_classes, norm_layer=norm))
         model: nn.Module = RetinaNet(backbone, num_classes, **kwargs)
     else:
         cls = MaskRCNN if task == "instance" else FasterRCNN
