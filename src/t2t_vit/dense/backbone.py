@@ -75,6 +75,12 @@ def normalization(body: nn.Module, in_chans: int) -> Tuple[List[float], List[flo
     return mean, std
 
 
+def group_norm(channels: int) -> nn.GroupNorm:
+    """The heads' GroupNorm: 32 groups (Wu and He's), fewer where the width has not 2 channels for each, so that a
+    1 x 1 map (the top level of a small image) still has 2 values per group to normalise."""
+    return nn.GroupNorm(math.gcd(32, max(channels // 2, 1)), channels)
+
+
 def backbone_parameter_name(name: str) -> Optional[str]:
     """A dense model's parameter name -> its name inside the backbone network (the T2T-ViT's own, e.g.
     "blocks.3.attn.qkv.weight", "tokens_to_token.attention1.kqv.weight", "cls_token"; a timm CNN's), or None for the

@@ -3,8 +3,6 @@ segmentation), with anchors sized for the pyramid's strides and torchvision's tr
 unless asked otherwise."""
 
 import inspect
-import math
-from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -16,7 +14,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from ..errors import InputError
-from .backbone import FeaturePyramidBackbone
+from .backbone import FeaturePyramidBackbone, group_norm
 
 DETECTORS = ("fasterrcnn", "retinanet")
 ANCHOR_RATIOS = (0.5, 1.0, 2.0)
@@ -92,8 +90,8 @@ def create_detector(
         strides = [*backbone.strides, 2 * backbone.strides[-1], 4 * backbone.strides[-1]]  # P6, P7
         kwargs.setdefault("anchor_generator", anchor_generator(strides, OCTAVES))
         num_anchors = kwargs["anchor_generator"].num_anchors_per_location()[0]
-        norm = partial(nn.GroupNorm, math.gcd(32, backbone.out_channels))  # torchvision's v2 head: trains steadier
-        kwargs.setdefault("head", RetinaNetHead(backbone.out_channels, num_anchors, num_classes, norm_layer=norm))
+        # GroupNorm in the head's convolutions, as torchvision's v2: the tiny RetinaNet's loss wandered without
+        kwargs.setdefault("head", RetinaNetHead(backbone.out_channels, num_anchors, num_classes, norm_layer=group_norm))
         model: nn.Module = RetinaNet(backbone, num_classes, **kwargs)
     else:
         cls = MaskRCNN if task == "instance" else FasterRCNN
@@ -102,6 +100,7 @@ def create_detector(
         kwargs.setdefault("box_roi_pool", MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2))
         if cls is MaskRCNN:
             kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2))
-        model = cls(backbone, num_classes, **kwargs)
+        given = {"box_predictor", "mask_predictor"} & set(kwargs)  # torchvision: then num_classes is theirs to say
+        model = cls(backbone, None if given else num_classes, **kwargs)
     model.transform = DetectionTransform(min_size, max_size, image_mean, image_std, size_divisible)
     return model

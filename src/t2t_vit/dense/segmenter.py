@@ -8,18 +8,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from .backbone import FeaturePyramidBackbone
+from .backbone import FeaturePyramidBackbone, group_norm
 
 IGNORE_INDEX = 255
 Images = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
 def _conv_stage(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3 x 3 convolution, GroupNorm (32 groups, or fewer that divide the width), ReLU."""
+    """3 x 3 convolution, GroupNorm, ReLU."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.GroupNorm(next(g for g in (32, 16, 8, 4, 2, 1) if out_channels % g == 0), out_channels),
-        nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), group_norm(out_channels), nn.ReLU(inplace=True)
     )
 
 
