@@ -1,7 +1,8 @@
 """The last stage of the input path, on the training device: uint8 batches cross pinned and non-blocking (on CUDA
 one batch ahead, on a side stream), then are normalised and randomly erased there, a batch at a time.
 
-Loaders hand over uint8 images (N, C, H, W), or float ones already normalised (the in-memory `TensorBatches`). The
+Loaders hand over uint8 images (N, C, H, W), or float ones already normalised (the in-memory `TensorBatches`), or
+for dense tasks lists of images and target dicts (detection) or padded images and masks (segmentation). The
 erasing draws from generators seeded by (seed, epoch, batch number), never from the global RNGs, so a run resumed
 mid-epoch erases what the uninterrupted one erased, whatever ran ahead.
 """
@@ -62,24 +63,49 @@ def random_erase(x: torch.Tensor, boxes: torch.Tensor, mode: str, g: Optional[to
     return x
 
 
+def to_device(x: Any, device: torch.device) -> Any:
+    """`x` with its tensors on `device`, copied without blocking: a tensor, or lists, tuples and dicts of them (a
+    detection batch's images and target dicts); other values as they are."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    return x
+
+
+def _tensors(x: Any) -> Iterator[torch.Tensor]:
+    """The tensors in `x`, as `to_device` finds them."""
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (list, tuple, dict)):
+        for v in x.values() if isinstance(x, dict) else x:
+            yield from _tensors(v)
+
+
 class DeviceBatches:
     """`loader`'s (images, targets, counts) on `device`, uint8 images normalised there with `data_config`'s mean and
-    std, and in training randomly erased (`reprob`, `remode`, `recount`) with per-batch seeds. Passes `sampler`
-    and `len` through, so the training loop sees a loader."""
+    std, and in training randomly erased (`reprob`, `remode`, `recount`) with per-batch seeds. Without a data config
+    (dense tasks, whose models normalise inside) images become floats in [0, 1]: one batch, or a list of images of
+    different sizes (detection); targets may be dicts of tensors. Passes `sampler` and `len` through, so the training
+    loop sees a loader."""
 
     def __init__(
         self,
         loader: Any,
         device: torch.device,
-        data_config: Dict[str, Any],
+        data_config: Optional[Dict[str, Any]] = None,
         erasing: Optional[Tuple[float, str, int]] = None,
         seed: int = 0,
     ) -> None:
         self.loader, self.device, self.seed = loader, device, seed
         self.erasing = erasing if erasing and erasing[0] > 0 else None
-        channels = data_config["input_size"][0]
-        self.mean = torch.tensor(data_config["mean"][:channels], device=device).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(data_config["std"][:channels], device=device).view(1, -1, 1, 1) * 255
+        self.mean, self.std = torch.zeros((), device=device), torch.full((), 255.0, device=device)
+        if data_config is not None:
+            channels = data_config["input_size"][0]
+            self.mean = torch.tensor(data_config["mean"][:channels], device=device).view(-1, 1, 1) * 255
+            self.std = torch.tensor(data_config["std"][:channels], device=device).view(-1, 1, 1) * 255
 
     @property
     def sampler(self) -> Any:
@@ -88,11 +114,11 @@ class DeviceBatches:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def _prepare(self, images: torch.Tensor, targets: torch.Tensor, number: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        images = images.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
-        if images.dtype == torch.uint8:
-            images = (images.float() - self.mean) / self.std
+    def _prepare(self, images: Any, targets: Any, number: int) -> Tuple[Any, Any]:
+        images, targets = to_device(images, self.device), to_device(targets, self.device)
+        if isinstance(images, list):
+            return [self._float(image) for image in images], targets
+        images = self._float(images)
         if self.erasing is not None and len(images):
             prob, mode, count = self.erasing
             epoch = self.sampler.epoch
@@ -104,12 +130,16 @@ class DeviceBatches:
             images = random_erase(images, boxes, mode, noise)
         return images, targets
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor, Any]]:
+    def _float(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (.., C, H, W) as normalised floats; float ones (the in-memory path's) as they are."""
+        return (images.float() - self.mean) / self.std if images.dtype == torch.uint8 else images
+
+    def __iter__(self) -> Iterator[Tuple[Any, Any, Tuple[int, int]]]:
         batch_size = getattr(self.loader, "batch_size", None) or 1
         first = getattr(self.sampler, "start", 0) // batch_size
         if self.device.type != "cuda":
             for number, (images, targets, counts) in enumerate(self.loader, first):
-                yield (*self._prepare(images, targets, number), counts)
+                yield (*self._prepare(images, targets, number), _counts(counts))
             return
         stream = torch.cuda.Stream(self.device)  # copies and normalising overlap the step before
         ahead = None
@@ -119,8 +149,13 @@ class DeviceBatches:
             if ahead is not None:
                 yield ahead
             torch.cuda.current_stream(self.device).wait_stream(stream)
-            for t in prepared:
+            for t in _tensors(prepared):
                 t.record_stream(torch.cuda.current_stream(self.device))
-            ahead = (*prepared, counts)
+            ahead = (*prepared, _counts(counts))
         if ahead is not None:
             yield ahead
+
+
+def _counts(counts: Any) -> Tuple[int, int]:
+    """(unreadable, high-depth) images of a batch: the dense collates count the unreadable ones only."""
+    return counts if isinstance(counts, tuple) else (counts, 0)

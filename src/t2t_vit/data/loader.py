@@ -193,9 +193,11 @@ def create_loader(
     rank: int = 0,
     seed: int = 0,
     pin_memory: bool = False,
+    collate_fn: Callable = collate,
 ) -> DataLoader:
     """A loader over this rank's share; training loaders drop the last partial batch and seed each sample's
-    augmentation from (seed, epoch, index) through `TrainSamples`."""
+    augmentation from (seed, epoch, index) through `TrainSamples`. `collate_fn` makes the batches (dense tasks: the
+    lists or padded masks of `dense_transforms`)."""
     workers = min(workers, os.cpu_count() or 1)
     sampler = EpochSampler(len(dataset), world, rank, shuffle=training, seed=seed)  # type: ignore[arg-type]
     return DataLoader(
@@ -203,7 +205,7 @@ def create_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=pin_memory,
         drop_last=training,
         persistent_workers=workers > 0,
