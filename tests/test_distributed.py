@@ -13,7 +13,7 @@ from PIL import Image
 
 from t2t_vit.training.process import rng_state, set_rng_state
 
-from .helpers import ROOT, free_port, subprocess_env, tiny_train_config
+from .helpers import ROOT, free_port, metrics_rows, subprocess_env, tiny_train_config
 
 
 def _train_on_two_ranks(cfg: dict, out: Path) -> list:
@@ -50,8 +50,7 @@ def test_ranks_share_one_ema_and_no_batch_is_ever_empty(tmp_path):
     r0, r1 = _train_on_two_ranks(cfg, tmp_path)
     for key in ("model", "ema"):  # identical, bitwise: the EMA starts from the weights DDP gave every rank
         assert all(torch.equal(r0[key][k], r1[key][k]) for k in r0[key]), key
-    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    assert [r.split(",")[10] for r in rows[1:]] == ["1", "1"]  # skipped: the unreadable image, each epoch
+    assert [r["skipped"] for r in metrics_rows(tmp_path / "run")] == ["1", "1"]  # the unreadable image, each epoch
 
 
 def _backend_of_a_cpu_run(rank: int, port: int, out: str) -> None:

@@ -7,20 +7,62 @@ from typing import Any, Dict, Tuple
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's IMAGENET_DEFAULT_MEAN/STD, written out: this module loads without torch
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+TASKS = ("classification", "detection", "instance", "segmentation")  # the values of `task`
+
 # Each key: (default, rule, meaning); `check_value` reads the rule. The defaults are the paper's recipe (T2T-ViT-14
 # on ImageNet-1k); the package's configs/ hold each training command's overrides. `t2t-vit train --help` lists this
 # table.
 SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
+    "task": {
+        "task": (
+            "classification",
+            "one of " + "|".join(TASKS),
+            "what the model learns: classes of images, or on a `model` backbone boxes (detection), boxes and masks "
+            "(instance) or a class per pixel (segmentation) from coco:DIR, masks:DIR, canvases or "
+            "fashion-canvases:DIR data",
+        ),
+        "detector": (
+            "fasterrcnn",
+            "text",
+            "detection: fasterrcnn or retinanet, torchvision's, on the backbone's pyramid (instance: Mask R-CNN)",
+        ),
+        "feature_pyramid": (
+            "t2t",
+            "one of t2t|simple",
+            "dense tasks: the backbone's four levels, t2t (the T2T module's token images, the last block, its "
+            "max-pool: no new weights) or simple (ViTDet's, from the last block)",
+        ),
+        "detector_min_size": (
+            None,
+            "? int >= 1",
+            "detection, instance: the detector resizes shorter sides to this; null: each image at its own size",
+        ),
+        "detector_max_size": (1333, "int >= 1", "detection, instance: the detector shrinks longer sides past this"),
+        "dense_kwargs": (
+            {},
+            "mapping",
+            "dense tasks: more arguments of the model, e.g. {fpn_channels: 128} or torchvision's detector options "
+            "{box_detections_per_img: 50}",
+        ),
+    },
     "model": {
-        "model": ("t2t_vit_14", "? text", "registered model (`t2t-vit models`), or timm:NAME for a timm baseline"),
+        "model": (
+            "t2t_vit_14",
+            "? text",
+            "registered model (`t2t-vit models`), or timm:NAME for a timm baseline; a dense task's backbone",
+        ),
         "model_kwargs": (
             {},
             "mapping",
             "extra constructor arguments, e.g. {soft_splits: [[3, 2, 1], [3, 2, 1], [3, 1, 1]]}",
         ),
-        "img_size": (224, "size", "input size in pixels"),
+        "img_size": (224, "size", "input size in pixels (dense tasks: the backbone's, resampled to each image's)"),
         "in_chans": (3, "int >= 1", "input channels"),
-        "num_classes": (None, "? int >= 1", "classes of the head; null: the dataset's class count"),
+        "num_classes": (
+            None,
+            "? int >= 1",
+            "classes of the head (detection: the background counted); null: the dataset's class count",
+        ),
         "drop": (0.0, "number in [0, 1)", "dropout after the position table and in the MLPs"),
         "drop_path": (0.1, "number in [0, 1)", "stochastic depth rate of the last block (linear in depth)"),
         "init_checkpoint": (None, "? text", "weights to start from: ours, or the authors' (then `model` names it)"),
@@ -30,7 +72,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
             None,
             "? text",
             "digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, cifar100:DIR, hfds/..., or an "
-            "ImageFolder root with train/ and val/",
+            "ImageFolder root with train/ and val/; dense tasks: coco:DIR[:JSON], masks:DIR, canvases, "
+            "fashion-canvases:DIR",
         ),
         "train_subset": (None, "? int >= 1", "train on N images of the training split (a fixed stratified choice)"),
         "download": (False, "bool", "fetch the dataset where the source can (CIFAR)"),
@@ -140,9 +183,10 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
             "last epoch, the time budget, stop_after_epochs)",
         ),
         "best_metric": (
-            "top1",
-            "one of top1|ema_top1|loss|ema_loss",
-            "what best.pth.tar keeps: top1, ema_top1, loss or ema_loss",
+            None,
+            "? one of top1|ema_top1|loss|ema_loss|map|ema_map|miou|ema_miou",
+            "what best.pth.tar keeps: top1, loss (classification), map (detection, instance), miou "
+            "(segmentation), each also of the EMA (ema_top1, ...); null: the task's own (top1, map, miou)",
         ),
         "stop_after_epochs": (
             None,
@@ -171,6 +215,13 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
 }
 DEFAULTS: Dict[str, Any] = {key: default for keys in SCHEMA.values() for key, (default, _, _) in keys.items()}
 RULES: Dict[str, str] = {key: rule for keys in SCHEMA.values() for key, (_, rule, _) in keys.items()}
+
+# Keys a dense task has no use for (its models normalise their [0, 1] input and take no mixed or smoothed labels):
+# on a dense task, one set away from its default is an error naming it; at the default it is left alone.
+CLASSIFICATION_ONLY = (
+    "train_subset mean std interpolation crop_pct train_crop crop_padding scale ratio color_jitter aa "
+    "train_interpolation reprob remode recount mixup cutmix mixup_prob mixup_switch_prob mixup_mode smoothing"
+).split()
 
 # What `--resume` may change (applied: the schedule is rebuilt at the resumed step, the data position kept); any
 # other key differing from the checkpoint's config is an error, since the run would no longer be the one it continues.

@@ -1,3 +1,4 @@
 """Training runs: the run (orchestration), run_dir (the run directory's one owner), budget (the clock), setup
-(builders), state (save = resume), process (torchrun, seeds, signals), engine (one epoch), metrics, evaluate.
-Imports the layers below it: models, factory, checkpoint, data, config; never study/ or deploy/."""
+(builders), tasks (what classification and the dense tasks do differently: data, model, a step's loss), state (save =
+resume), process (torchrun, seeds, signals), engine (one epoch), metrics, evaluate. Imports the layers below it:
+models, factory, checkpoint, data, dense, config; never study/ or deploy/."""

@@ -12,9 +12,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ..device import autocast
 from .budget import Budget
 from .process import all_reduce, rng_state, set_rng_state, world_size
+from .tasks import classification_loss
 
 _logger = logging.getLogger(__name__)
 
@@ -24,8 +24,9 @@ class StepContext:
     """What a training step needs besides the model and the batch."""
 
     optimizer: torch.optim.Optimizer
-    criterion: nn.Module
+    criterion: Callable  # of the model's output and the targets
     device: torch.device
+    compute_loss: Callable = classification_loss  # the task's step: (model, images, targets, ctx) -> loss
     scheduler: Any = None  # timm scheduler; stepped per update when sched_on_updates
     sched_on_updates: bool = False
     mixup: Optional[Callable] = None
@@ -170,18 +171,14 @@ def train_one_epoch(
         last_micro = micro % ctx.accum_steps == 0
         totals.batches += 1
         totals.skipped, totals.scaled = totals.skipped + counts[0], totals.scaled + counts[1]
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        if ctx.mixup is not None:
-            images, targets = ctx.mixup(images, targets)
         sync = model.no_sync() if hasattr(model, "no_sync") and not last_micro else contextlib.nullcontext()
         with sync:
-            with autocast(device, ctx.amp_dtype):
-                loss = ctx.criterion(model(images), targets)
+            loss = ctx.compute_loss(model, images, targets, ctx)
             scaled = loss / ctx.accum_steps
             (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
         loss = loss.detach().float()
         finite = finite * torch.isfinite(loss).float()
-        n = torch.isfinite(loss).float() * len(images)  # a non-finite loss adds nothing to the mean
+        n = torch.isfinite(loss).float() * len(images)  # images, in a batch or a list; a non-finite loss adds nothing
         totals.loss += torch.stack([torch.nan_to_num(loss, 0.0, 0.0, 0.0) * n, n])
         seen += len(images)
         if not last_micro:

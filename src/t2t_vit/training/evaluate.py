@@ -10,11 +10,13 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import data as data_lib
+from ..checkpoint import extract_state_dict, read_checkpoint
 from ..data.device_batches import DeviceBatches
 from ..device import autocast, autocast_dtype, pick_device
 from ..errors import InputError
 from ..factory import load_model
-from .process import all_reduce
+from .process import all_reduce, gather, world_size
+from .tasks import dense_collate, dense_dataset, dense_model
 
 
 @torch.no_grad()
@@ -25,8 +27,13 @@ def evaluate(
     amp_dtype: Optional[torch.dtype] = None,
     progress: bool = False,
     desc: str = "eval",
+    task: str = "classification",
+    num_classes: int = 0,
 ) -> Dict[str, float]:
-    """Top-1, top-5 (%), cross-entropy loss and img/s over `loader`, summed over all ranks."""
+    """Top-1, top-5 (%), cross-entropy loss and img/s over `loader`, summed over all ranks; for a dense task what
+    `evaluate_dense` measures."""
+    if task != "classification":
+        return evaluate_dense(model, loader, device, task, num_classes, amp_dtype, progress, desc)
     model.eval()
     sums = torch.zeros(5, device=device)  # loss x n, top-1 hits, top-5 hits, n, skipped
     criterion = nn.CrossEntropyLoss(reduction="sum")
@@ -61,6 +68,55 @@ def evaluate(
     )
 
 
+@torch.no_grad()
+def evaluate_dense(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    task: str,
+    num_classes: int,
+    amp_dtype: Optional[torch.dtype] = None,
+    progress: bool = False,
+    desc: str = "eval",
+) -> Dict[str, float]:
+    """COCO's box mAP, AP50 and AP75 (detection, instance; and instance the masks' as mask_map, ...) or mIoU and pixel
+    accuracy (segmentation), in %, and img/s over `loader`, the metrics' states merged over all ranks."""
+    from ..dense.metrics import CocoMeanAP, SegmentationScores
+
+    def new_metric() -> Any:
+        return SegmentationScores(num_classes) if task == "segmentation" else CocoMeanAP(masks=task == "instance")
+
+    model.eval()
+    metric, n, skipped = new_metric(), 0, 0
+    start = time.perf_counter()
+    for images, targets, counts in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
+        skipped += counts[0]
+        if len(images) == 0:
+            continue
+        with autocast(device, amp_dtype):
+            out = model(images)
+        metric.update(_fp32(out), targets)
+        n += len(images)
+    elapsed = time.perf_counter() - start
+    world = world_size()
+    merged = new_metric()
+    for state in gather(metric.state(), world):
+        merged.merge(state)
+    total = all_reduce(torch.tensor([float(n), float(skipped)], device=device))
+    scores = {key: 100.0 * value for key, value in merged.compute().items()}
+    n = int(total[0].item())
+    return dict(scores, img_per_s=n / max(elapsed, 1e-9), n=n, skipped=int(total[1].item()))
+
+
+def _fp32(out: Any) -> Any:
+    """A model's output (logits, or a list of prediction dicts) with its floating-point tensors in fp32."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, list):
+        return [_fp32(o) for o in out]
+    return {k: _fp32(v) for k, v in out.items()} if isinstance(out, dict) else out
+
+
 def evaluate_checkpoint(
     checkpoint: str,
     data: str,
@@ -72,12 +128,39 @@ def evaluate_checkpoint(
     download: bool = False,
     progress: bool = True,
     precision: str = "auto",
+    task: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Top-1, top-5, loss and img/s of a checkpoint (ours, or the authors' with `model_name`) on a dataset's
     held-out split, with the checkpoint's preprocessing (the release's: crop 0.9, bicubic, ImageNet mean/std), under
-    `precision`'s autocast ("auto": as training evaluates, bf16 on CUDA, fp32 on the CPU)."""
+    `precision`'s autocast ("auto": as training evaluates, bf16 on CUDA, fp32 on the CPU). A dense checkpoint of
+    ours gives what `evaluate_dense` measures; its task is the one it records (`task`, when given, must be it)."""
     dev = pick_device(device)
     amp_dtype = autocast_dtype(precision, dev)
+    saved = read_checkpoint(checkpoint)
+    meta = saved.get("meta") if isinstance(saved, dict) else None
+    saved_task = (meta or {}).get("task", "classification")
+    if task is not None and task != saved_task:
+        raise InputError(
+            f"{checkpoint!r} holds a {saved_task} model, not {task}: drop --task or pass --task {saved_task}"
+        )
+    if saved_task != "classification":
+        if model_name is not None and model_name != meta["arch"]:
+            raise InputError(f"{checkpoint!r} holds a {meta['arch']} backbone, not a {model_name}: drop --model")
+        model = dense_model(meta)
+        model.load_state_dict(extract_state_dict(saved, use_ema, source=f"checkpoint {checkpoint!r}"))
+        val_set = dense_dataset(data, "val", saved_task, meta["data_config"]["input_size"][0])
+        if saved_task != "segmentation" and len(val_set.classes) != meta["num_classes"]:
+            raise InputError(
+                f"the checkpoint's detector has {meta['num_classes']} classes (the background counted) but {data} has "
+                f"{len(val_set.classes)}: evaluate on the data it was trained on"
+            )
+        loader = data_lib.create_loader(
+            val_set, batch_size, False, workers, pin_memory=dev.type == "cuda", collate_fn=dense_collate(saved_task)
+        )
+        scores = evaluate_dense(
+            model.to(dev), DeviceBatches(loader, dev), dev, saved_task, meta["num_classes"], amp_dtype, progress
+        )
+        return dict(scores, model=meta["arch"], task=saved_task)
     model, meta = load_model(checkpoint, model_name, use_ema=use_ema)
     data_config = meta["data_config"]
     val_set = data_lib.create_dataset(data, "val", download, data_config["input_size"][0])
@@ -93,4 +176,4 @@ def evaluate_checkpoint(
     loader = DeviceBatches(
         data_lib.create_loader(val_set, batch_size, False, workers, pin_memory=dev.type == "cuda"), dev, data_config
     )
-    return dict(evaluate(model.to(dev), loader, dev, amp_dtype, progress=progress), model=meta["arch"])
+    return dict(evaluate(model.to(dev), loader, dev, amp_dtype, progress=progress), model=meta["arch"], task=saved_task)

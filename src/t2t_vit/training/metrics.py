@@ -12,17 +12,17 @@ from .run_dir import RunDir
 
 _logger = logging.getLogger(__name__)
 
+# What a held-out pass measures, each task its own (the others' stay empty): classification loss, top-1 and top-5;
+# detection and instance COCO's box mAP, AP50 and AP75, instance also the masks' mAP; segmentation mIoU and pixel
+# accuracy (all but loss in %).
+HELD_OUT = ("loss", "top1", "top5", "map", "map50", "map75", "mask_map", "miou", "pixel_acc")
 # Columns of a run directory's metrics file, one row per epoch (empty where not measured).
 METRICS_COLUMNS = (
     "epoch",
     "lr",
     "train_loss",
-    "val_loss",
-    "val_top1",
-    "val_top5",
-    "ema_val_loss",
-    "ema_val_top1",
-    "ema_val_top5",
+    *(f"val_{key}" for key in HELD_OUT),
+    *(f"ema_val_{key}" for key in HELD_OUT),
     "img_per_s",
     "skipped",
     "scaled",
@@ -86,15 +86,29 @@ class MetricsLog:
             self.tb.close()
 
 
+# how the summary line shows each held-out number; the EMA's shows the first of HEADLINE measured
+LABELS = dict(
+    loss="loss {:.4f}",
+    top1="top-1 {:.2f}%",
+    top5="top-5 {:.2f}%",
+    map="mAP {:.2f}%",
+    map50="AP50 {:.2f}%",
+    map75="AP75 {:.2f}%",
+    mask_map="mask mAP {:.2f}%",
+    miou="mIoU {:.2f}%",
+    pixel_acc="pixel acc {:.2f}%",
+)
+HEADLINE = ("top1", "map", "miou")  # each task's main number
+
+
 def summary(row: Dict[str, Any], total_epochs: int) -> str:
     """One epoch's row as the line a log shows."""
     text = f"epoch {row['epoch']}/{total_epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f}  "
-    if row["val_top1"] is None:
-        text += "not evaluated (eval_every)"
-    else:
-        text += f"held-out loss {row['val_loss']:.4f}  top-1 {row['val_top1']:.2f}%  top-5 {row['val_top5']:.2f}%"
-    if row["ema_val_top1"] is not None:
-        text += f"  EMA top-1 {row['ema_val_top1']:.2f}%"
+    held_out = [LABELS[k].format(row[f"val_{k}"]) for k in HELD_OUT if row.get(f"val_{k}") is not None]
+    text += "held-out " + "  ".join(held_out) if held_out else "not evaluated (eval_every)"
+    ema = [LABELS[k].format(row[f"ema_val_{k}"]) for k in HEADLINE if row.get(f"ema_val_{k}") is not None]
+    if ema:
+        text += f"  EMA {ema[0]}"
     text += f"  {row['img_per_s']:.0f} img/s  skipped {row['skipped']}"
     for key in ("scaled", "nonfinite", "rollbacks"):
         if row.get(key):
@@ -103,27 +117,32 @@ def summary(row: Dict[str, Any], total_epochs: int) -> str:
 
 
 def plot_curves(run_dirs: Sequence[Path], out: Path) -> Path:
-    """Loss (train and held-out) and held-out top-1 per epoch of one or more runs, side by side, as a PNG."""
+    """Loss (train and held-out) and the held-out headline (top-1, mAP or mIoU: the first measured) per epoch of one
+    or more runs, side by side, as a PNG."""
     import matplotlib  # only now, not when training starts
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_top1) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4))
+    shown = []
     for run_dir in run_dirs:
         m = RunDir(run_dir).read_metrics()
         if not m:
             continue
         name = Path(run_dir).name
         label = (lambda what: f"{name} {what}") if len(run_dirs) > 1 else (lambda what: what)
+        key = next((k for k in HEADLINE if any(v == v for v in m.get(f"val_{k}", []))), "top1")  # NaN != NaN
+        shown.append(LABELS[key].split()[0])
         (line,) = ax_loss.plot(m["epoch"], m["train_loss"], label=label("train"))
         ax_loss.plot(*_measured(m, "val_loss"), "--", color=line.get_color(), label=label("held-out"))
-        ax_top1.plot(*_measured(m, "val_top1"), color=line.get_color(), label=label("model"))
-        if any(v == v for v in m.get("ema_val_top1", [])):  # NaN != NaN: plot EMA only where measured
-            ax_top1.plot(*_measured(m, "ema_val_top1"), ":", color=line.get_color(), label=label("EMA"))
+        ax_score.plot(*_measured(m, f"val_{key}"), color=line.get_color(), label=label("model"))
+        if any(v == v for v in m.get(f"ema_val_{key}", [])):  # plot EMA only where measured
+            ax_score.plot(*_measured(m, f"ema_val_{key}"), ":", color=line.get_color(), label=label("EMA"))
+    what = " / ".join(dict.fromkeys(shown)) or "top-1"
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_top1.set(xlabel="epoch", ylabel="top-1 (%)", title="held-out top-1")
-    for ax in (ax_loss, ax_top1):
+    ax_score.set(xlabel="epoch", ylabel=f"{what} (%)", title=f"held-out {what}")
+    for ax in (ax_loss, ax_score):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -15,20 +15,17 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..data.device_batches import DeviceBatches
 from ..errors import InputError
 from .budget import Budget
-from .engine import EpochTotals, StepContext, epoch_result, train_one_epoch, unwrap
+from .engine import EpochTotals, StepContext, epoch_result, train_one_epoch
 from .evaluate import evaluate
-from .metrics import MetricsLog
+from .metrics import HELD_OUT, MetricsLog
 from .process import StopSignal, seed_everything, setup_distributed
 from .run_dir import RunDir, read_first_good
 from .setup import (
     Data,
     build_criterion,
-    build_data,
     build_ema,
-    build_model,
     build_optimizer,
     build_scheduler,
     check_config,
@@ -36,6 +33,7 @@ from .setup import (
     scaled_lr,
 )
 from .state import TrainState, resume_changes
+from .tasks import DENSE_TASKS, build_data, build_model, classification_loss, dense_loss
 
 __all__ = ["build_criterion", "build_optimizer", "build_scheduler", "scaled_lr", "train"]
 
@@ -122,22 +120,18 @@ def _build(
 ) -> Tuple[_Run, TrainState]:
     """Data, model with the wrappers its steps run through, EMA, optimizer, schedule, loss, mixed precision; and
     the state they start from."""
-    # data
-    pin = device.type == "cuda"
-    data = build_data(cfg, world, rank, pin)
-    data.train_loader = DeviceBatches(
-        data.train_loader, device, data.config, (cfg["reprob"], cfg["remode"], cfg["recount"]), cfg["seed"]
-    )
-    data.val_loader = DeviceBatches(data.val_loader, device, data.config)
-    num_classes = cfg["num_classes"] or len(data.classes)
+    # data, its batches on the device
+    data = build_data(cfg, world, rank, device)
     updates_per_epoch = len(data.train_loader) // cfg["accum_steps"]
 
-    # model, the wrappers the steps run through, its EMA (after DDP has given every rank rank 0's weights)
-    arch, model, model_kwargs = build_model(cfg, num_classes)
-    model = model.to(device)
+    # the task's model with what its checkpoints record to rebuild it, the wrappers the steps run through, its EMA
+    # (after DDP has given every rank rank 0's weights)
+    model, meta = build_model(cfg, data)
+    model, num_classes, arch = model.to(device), meta["num_classes"], meta["arch"]
     train_model = compiled(model, device) if cfg["compile"] else model
     if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if pin else None)
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=ids)
     ema = build_ema(cfg, model)
     seed_everything(cfg["seed"] + rank)  # each rank's own draws: dropout, drop path, mixup
 
@@ -152,6 +146,7 @@ def _build(
         optimizer=optimizer,
         criterion=criterion,
         device=device,
+        compute_loss=dense_loss if cfg["task"] in DENSE_TASKS else classification_loss,
         scheduler=scheduler,
         sched_on_updates=cfg["sched_on_updates"],
         mixup=mixup,
@@ -168,14 +163,6 @@ def _build(
     )
 
     # the state a checkpoint saves, with what its readers need to rebuild the model
-    net = unwrap(model)
-    meta = dict(
-        arch=arch,
-        model_kwargs=model_kwargs,
-        class_names=data.classes,
-        data_config=data.config,
-        grid_size=list(net.grid_size) if hasattr(net, "grid_size") else None,
-    )
     state = TrainState(
         model,
         optimizer,
@@ -190,7 +177,7 @@ def _build(
     if rank == 0:
         _logger.info(
             "%s on %s: %d train / %d held-out images, %d classes, %s x %d process(es), global batch %d, lr %.2e",
-            arch,
+            arch if cfg["task"] == "classification" else f"{cfg['task']} on {arch}",
             cfg["data"],
             len(data.train_set),
             len(data.val_set),
@@ -265,9 +252,12 @@ def _end_of_epoch(run: _Run, state: TrainState, metrics: MetricsLog, ends: bool)
     val: Dict[str, Any] = {}
     ema_val: Dict[str, Any] = {}
     if ends or epoch % cfg["eval_every"] == 0:
-        val = evaluate(run.model, run.data.val_loader, ctx.device, ctx.amp_dtype, desc="held-out")
+        held_out = dict(task=cfg["task"], num_classes=state.info["meta"]["num_classes"])
+        val = evaluate(run.model, run.data.val_loader, ctx.device, ctx.amp_dtype, desc="held-out", **held_out)
         if ctx.ema is not None:
-            ema_val = evaluate(ctx.ema.module, run.data.val_loader, ctx.device, ctx.amp_dtype, desc="held-out EMA")
+            ema_val = evaluate(
+                ctx.ema.module, run.data.val_loader, ctx.device, ctx.amp_dtype, "held-out EMA", **held_out
+            )
     state.train_seconds += train_stats["seconds"]
     state.epoch, state.totals = epoch, EpochTotals()
     is_best = bool(val) and state.update_best(cfg["best_metric"], dict(val=val, ema=ema_val))
@@ -276,12 +266,8 @@ def _end_of_epoch(run: _Run, state: TrainState, metrics: MetricsLog, ends: bool)
         epoch=epoch,
         lr=ctx.optimizer.param_groups[0]["lr"],
         train_loss=train_stats["loss"],
-        val_loss=val.get("loss"),
-        val_top1=val.get("top1"),
-        val_top5=val.get("top5"),
-        ema_val_loss=ema_val.get("loss"),
-        ema_val_top1=ema_val.get("top1"),
-        ema_val_top5=ema_val.get("top5"),
+        **{f"val_{key}": val.get(key) for key in HELD_OUT},
+        **{f"ema_val_{key}": ema_val.get(key) for key in HELD_OUT},
         img_per_s=train_stats["img_per_s"],
         skipped=train_stats["skipped"] + val.get("skipped", 0),
         scaled=train_stats["scaled"],

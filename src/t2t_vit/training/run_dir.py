@@ -35,9 +35,10 @@ class RunDir:
 
     @classmethod
     def of(cls, cfg: Dict[str, Any]) -> "RunDir":
-        """output/name; name defaults to model-data."""
+        """output/name; name defaults to model-data (model-task-data for a dense task)."""
         model = cfg["model"] or Path(str(cfg["init_checkpoint"])).name.split(".")[0]
-        return cls(Path(cfg["output"]).expanduser() / (cfg["name"] or f"{model}-{data_tag(cfg['data'])}"))
+        task = "" if cfg.get("task", "classification") == "classification" else f"{cfg['task']}-"
+        return cls(Path(cfg["output"]).expanduser() / (cfg["name"] or f"{model}-{task}{data_tag(cfg['data'])}"))
 
     def __str__(self) -> str:
         return str(self.path)

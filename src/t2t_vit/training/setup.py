@@ -6,30 +6,47 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .. import data as data_lib
 from ..config import check_values
+from ..config_keys import CLASSIFICATION_ONLY, DEFAULTS
 from ..data import tensor_batches as tensor_data
 from ..errors import InputError
 from ..factory import create_model, load_model
 
 _logger = logging.getLogger(__name__)
 
+# what a task's held-out pass measures that best_metric may keep (the first: the default); each also of the EMA
+TASK_METRICS = {
+    "classification": ("top1", "loss"),
+    "detection": ("map",),
+    "instance": ("map",),
+    "segmentation": ("miou",),
+}
+
 
 def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The config with every value checked against its key's rule (and normalised, 1e3 -> 1000 for an int), or an
-    InputError for a config no run can start from; before anything is built or written."""
+    InputError for a config no run can start from; before anything is built or written. best_metric null becomes
+    the task's own."""
     cfg = check_values(cfg)
+    task = cfg["task"]
     if cfg["data"] is None:
         raise InputError("no data: pass --data (digits, fashion-mnist:DIR, an ImageFolder root, ...)")
+    cfg["best_metric"] = cfg["best_metric"] or TASK_METRICS[task][0]
+    if cfg["best_metric"].removeprefix("ema_") not in TASK_METRICS[task]:
+        measured = ", ".join(f"{m}, ema_{m}" for m in TASK_METRICS[task])
+        raise InputError(f"best_metric {cfg['best_metric']!r} is not measured for {task}: use one of {measured}")
     if cfg["best_metric"].startswith("ema") and not cfg["model_ema"]:
         raise InputError(f"best_metric {cfg['best_metric']!r} needs model_ema: true")
-    if (cfg["mixup"] > 0 or cfg["cutmix"] > 0) and cfg["batch_size"] % 2:
+    if task == "classification" and (cfg["mixup"] > 0 or cfg["cutmix"] > 0) and cfg["batch_size"] % 2:
         raise InputError(f"batch_size {cfg['batch_size']} must be even with mixup/cutmix on")
+    if task != "classification":
+        _check_dense(cfg)
     if cfg["init_checkpoint"] and not Path(cfg["init_checkpoint"]).expanduser().is_file():
         raise InputError(f"checkpoint {cfg['init_checkpoint']!r} to start from does not exist: check the path")
     if cfg["schedule_on_time"] and not (cfg["time_budget"] and cfg["sched_on_updates"]):
@@ -38,6 +55,28 @@ def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
             "--time-budget SECONDS and --sched-on-updates true, or --schedule-on-time false"
         )
     return cfg
+
+
+def _check_dense(cfg: Dict[str, Any]) -> None:
+    """A dense task's keys: no classification key set away from its default (it would do nothing), a detector that
+    exists (instance: Mask R-CNN's)."""
+    from ..dense.detectors import DETECTORS
+
+    task = cfg["task"]
+    moved = [key for key in CLASSIFICATION_ONLY if cfg[key] != DEFAULTS[key]]
+    if moved:
+        given = ", ".join(f"{key} {cfg[key]!r}" for key in moved)
+        raise InputError(
+            f"{task} has no use for the classification keys it was given ({given}): remove them from the command "
+            "line or config"
+        )
+    if cfg["detector"] not in DETECTORS:
+        raise InputError(f"detector {cfg['detector']!r} is not one of {', '.join(DETECTORS)}")
+    named = {"min_size", "max_size", "pyramid", "detector", "backbone_kwargs"} & set(cfg["dense_kwargs"])
+    if named:
+        raise InputError(f"dense_kwargs {', '.join(sorted(named))}: set by config keys (detector_min_size, ...)")
+    if task == "instance" and cfg["detector"] != "fasterrcnn":
+        raise InputError(f"instance is Mask R-CNN, a fasterrcnn with masks: drop --detector {cfg['detector']}")
 
 
 def data_config_of(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -60,22 +99,24 @@ def scaled_lr(cfg: Dict[str, Any], world: int) -> Tuple[int, float]:
 
 def param_groups(model: nn.Module, cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Parameter groups: no weight decay on norms, biases, the class token and the position table (fixed tensors
-    are left out); lr_scale = backbone_lr_ratio off the head, times layer_decay ** depth-from-top if set.
+    are left out); lr_scale = backbone_lr_ratio off the head, times layer_decay ** depth-from-top if set. A dense
+    model's neck and heads, the parameters `backbone_parameter_name` places outside its T2T-ViT, count as the head.
 
     With freeze_backbone only the head trains (the rest stops requiring gradients).
     """
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    block_of = {n: int(m.group(1)) for n, _ in model.named_parameters() if (m := re.match(r"blocks\.(\d+)\.", n))}
+    inner = {name: _backbone_name(cfg["task"], name) for name, _ in model.named_parameters()}  # None: the head
+    skip = no_weight_decay(model)
+    block_of = {n: int(m.group(1)) for n, b in inner.items() if b and (m := re.match(r"blocks\.(\d+)\.", b))}
     top = max(block_of.values(), default=-1) + 2  # layers: 0 the stem (T2T module, tokens), then blocks, then norm
 
     def layer_of(name: str) -> int:
         if name in block_of:
             return block_of[name] + 1
-        return 0 if name.split(".")[0] in ("cls_token", "pos_embed", "tokens_to_token") else top
+        return 0 if (inner[name] or "").split(".")[0] in ("cls_token", "pos_embed", "tokens_to_token") else top
 
     groups: Dict[Tuple[float, float], Dict[str, Any]] = {}
     for name, p in model.named_parameters():
-        head = name.startswith("head.")
+        head = inner[name] is None
         if cfg["freeze_backbone"] and not head:
             p.requires_grad_(False)
         if not p.requires_grad:
@@ -87,6 +128,27 @@ def param_groups(model: nn.Module, cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
         group = groups.setdefault((decay, scale), dict(params=[], weight_decay=decay, lr_scale=scale))
         group["params"].append(p)
     return list(groups.values())
+
+
+def _backbone_name(task: str, name: str) -> Optional[str]:
+    """A parameter's name inside the T2T-ViT (the classifier: itself), or None for the head (a dense model's neck and
+    heads)."""
+    if task == "classification":
+        return None if name.startswith("head.") else name
+    from ..dense import backbone_parameter_name
+
+    return backbone_parameter_name(name)
+
+
+def no_weight_decay(model: nn.Module) -> set:
+    """The full names of the parameters that `no_weight_decay()` of the model or of a module inside it names (timm's
+    convention: a dense model's T2T-ViT names its class token and position table)."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if hasattr(module, "no_weight_decay")
+        for name in module.no_weight_decay()
+    }
 
 
 FUSED = ("adamw", "adam", "sgd", "momentum")  # torch's optimizers that drop an update on the device (found_inf)
@@ -123,11 +185,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], updat
     return scheduler, cfg["epochs"] + cfg["cooldown_epochs"]
 
 
-def build_criterion(cfg: Dict[str, Any], num_classes: int) -> Tuple[nn.Module, Any]:
-    """The training loss and the mixup/cutmix function (None when off); label smoothing lives in either."""
+def build_criterion(cfg: Dict[str, Any], num_classes: int) -> Tuple[Callable, Any]:
+    """The training loss and the mixup/cutmix function (None when off); label smoothing lives in either. A dense
+    task's loss is the sum of the losses its model returns."""
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
+    if cfg["task"] != "classification":
+        return sum_of_losses, None
     if cfg["mixup"] > 0 or cfg["cutmix"] > 0:
         mixup = Mixup(
             mixup_alpha=cfg["mixup"],
@@ -142,6 +207,12 @@ def build_criterion(cfg: Dict[str, Any], num_classes: int) -> Tuple[nn.Module, A
     if cfg["smoothing"] > 0:
         return LabelSmoothingCrossEntropy(cfg["smoothing"]), None
     return nn.CrossEntropyLoss(), None
+
+
+def sum_of_losses(losses: Dict[str, torch.Tensor], targets: Any) -> torch.Tensor:
+    """A dense model's training losses (classifier, box regression, objectness, mask, ...) summed, as torchvision's
+    references train them."""
+    return torch.stack([loss.float() for loss in losses.values()]).sum()
 
 
 @dataclass
@@ -177,12 +248,16 @@ def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
     val_loader = data_lib.create_loader(
         val_set, cfg["val_batch_size"] or 2 * cfg["batch_size"], False, workers, world, rank, cfg["seed"], pin
     )
+    check_batches(train_set, train_loader, cfg["batch_size"])
+    return Data(train_set, val_set, classes, data_config, train_loader, val_loader)
+
+
+def check_batches(train_set: Any, train_loader: Any, batch_size: int) -> None:
+    """InputError if the training split gives this process no batch."""
     if len(train_loader) == 0:
         raise InputError(
-            f"{len(train_set)} training images are fewer than one batch of {cfg['batch_size']} per process: "
-            "lower --batch-size"
+            f"{len(train_set)} training images are fewer than one batch of {batch_size} per process: lower --batch-size"
         )
-    return Data(train_set, val_set, classes, data_config, train_loader, val_loader)
 
 
 def loader_workers(workers: Any) -> int:

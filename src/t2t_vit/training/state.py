@@ -29,6 +29,10 @@ BEST_METRICS = {
     "ema_top1": ("ema", "top1", 1),
     "loss": ("val", "loss", -1),
     "ema_loss": ("ema", "loss", -1),
+    "map": ("val", "map", 1),
+    "ema_map": ("ema", "map", 1),
+    "miou": ("val", "miou", 1),
+    "ema_miou": ("ema", "miou", 1),
 }
 
 
