@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any, List
 
 from ..config import data_tag, describe_keys, parse_overrides, resolve_config
+from ..config_keys import TASKS
 from .common import checkpoint_args, non_negative_int, positive_int, precision_arg
+
+HEADLINES = (("val_top1", "top-1"), ("val_map", "mAP"), ("val_miou", "mIoU"))  # a run's main held-out number
 
 
 def register(sub: Any) -> None:
@@ -40,9 +43,14 @@ def register(sub: Any) -> None:
     f.add_argument("--config", default="finetune_cifar", help="YAML file or shipped config (default: finetune_cifar)")
     _run_args(f)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's held-out split: top-1, top-5, loss, img/s")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on a dataset's held-out split: top-1, top-5, loss, img/s (detection: mAP; "
+        "segmentation: mIoU)",
+    )
     checkpoint_args(e)
     e.add_argument("--data", required=True, help="dataset spec; its held-out split is used")
+    e.add_argument("--task", choices=TASKS, help="the checkpoint's task, checked against the one it records")
     e.add_argument("--batch-size", type=positive_int, default=128)
     e.add_argument("--workers", type=non_negative_int, default=4)
     e.add_argument("--device", default="auto")
@@ -83,8 +91,9 @@ def _train(args: argparse.Namespace, overrides: List[str]) -> int:
             file=sys.stderr,
         )
         return 128 + result["stopped"]
-    if result.get("val_top1") is not None:
-        print(f"held-out top-1: {result['val_top1']:.2f}%  (run directory: {result['run_dir']})")
+    held_out = [f"{name}: {result[key]:.2f}%" for key, name in HEADLINES if result.get(key) is not None]
+    if held_out:
+        print(f"held-out {held_out[0]}  (run directory: {result['run_dir']})")
     return 0
 
 
@@ -124,10 +133,19 @@ def _eval(args: argparse.Namespace) -> None:
         args.download,
         not args.no_progress,
         args.precision,
+        args.task,
     )
+    if r["task"] == "classification":
+        scores = f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}"
+    elif r["task"] == "segmentation":
+        scores = f"mIoU {r['miou']:.2f}%  pixel acc {r['pixel_acc']:.2f}%"
+    else:
+        scores = f"mAP {r['map']:.2f}%  AP50 {r['map50']:.2f}%  AP75 {r['map75']:.2f}%"
+        scores += f"  mask mAP {r['mask_map']:.2f}%" if "mask_map" in r else ""
+    what = r["model"] if r["task"] == "classification" else f"{r['model']} {r['task']}"
     print(
-        f"{r['model']} on {args.data} ({r['n']} images): top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  "
-        f"loss {r['loss']:.4f}  {r['img_per_s']:.0f} img/s" + (f"  skipped {r['skipped']}" if r["skipped"] else "")
+        f"{what} on {args.data} ({r['n']} images): {scores}  {r['img_per_s']:.0f} img/s"
+        + (f"  skipped {r['skipped']}" if r["skipped"] else "")
     )
 
 
