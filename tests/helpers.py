@@ -181,6 +181,55 @@ def tiny_canvases(root: Path, seed: int = 0, **overrides) -> Path:
     return root
 
 
+# A one-block T2T-ViT-7 backbone (the paper's soft splits: levels at strides 4 to 32) under a 16-wide neck and small
+# heads: a dense run on `tiny_canvases` trains in about a second per task.
+TINY_BACKBONE = dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0, token_dim=16)
+SMALL_HEADS = dict(
+    detection=dict(
+        fpn_channels=16,
+        rpn_pre_nms_top_n_train=100,
+        rpn_post_nms_top_n_train=50,
+        rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=50,
+        rpn_batch_size_per_image=32,
+        box_batch_size_per_image=32,
+    ),
+    segmentation=dict(fpn_channels=16, head_channels=16),
+)
+
+
+def tiny_dense_config(tmp_path: Union[str, Path], task: str, canvases: Path, **overrides) -> dict:
+    """A seconds-long dense run (the defaults otherwise) on `tiny_canvases` in `canvases`: TINY_BACKBONE and
+    SMALL_HEADS, 2 epochs of 4 batches of 2, EMA on, into `tmp_path`/run."""
+    from t2t_vit.config import resolve_config
+
+    cfg = resolve_config(
+        None,
+        dict(
+            task=task,
+            data=f"masks:{canvases}" if task == "segmentation" else f"coco:{canvases}",
+            model="t2t_vit_7",
+            model_kwargs=copy.deepcopy(TINY_BACKBONE),
+            img_size=64,
+            dense_kwargs=copy.deepcopy(SMALL_HEADS["segmentation" if task == "segmentation" else "detection"]),
+            output=str(tmp_path),
+            name="run",
+            epochs=2,
+            warmup_epochs=1,
+            cooldown_epochs=0,
+            batch_size=2,
+            lr=1e-3,
+            lr_base_batch=2,
+            model_ema_decay=0.9,
+            workers=0,
+            device="cpu",
+            log_interval=1000,
+        ),
+    )
+    cfg.update(overrides)
+    return cfg
+
+
 # ----------------------------------------------------------------------------------------------- runs
 
 TIMING = ("img_per_s", "epoch_time_s", "train_s")  # the only metrics.csv columns a resumed run may differ in
