@@ -2,8 +2,11 @@
 a signal, are evaluated by `t2t-vit eval` as they were in training; their parameter groups follow the backbone's
 layers; bad combinations are one line."""
 
+import json
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,16 +14,19 @@ import torch
 
 from t2t_vit.cli import main
 from t2t_vit.data.device_batches import DeviceBatches
+from t2t_vit.training.evaluate import evaluate_checkpoint
 from t2t_vit.training.run import train
 from t2t_vit.training.setup import check_config, param_groups
 from t2t_vit.training.tasks import build_data, build_model
 
 from .helpers import (
+    ROOT,
     assert_same_run,
     hook_criterion,
     last_checkpoint,
     metrics_rows,
     one_line_error,
+    subprocess_env,
     tiny_canvases,
     tiny_dense_config,
 )
@@ -96,6 +102,31 @@ def test_eval_of_a_dense_checkpoint_reports_what_training_measured(capsys, canva
     other = "detection" if task == "segmentation" else "segmentation"
     assert main(["eval", "--checkpoint", checkpoint, "--data", spec, "--task", other]) == 2
     one_line_error(capsys, f"holds a {task} model, not {other}")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_two_gloo_ranks_train_one_model_and_score_the_whole_held_out_split(tmp_path, canvases, task):
+    """Each rank scores half the held-out canvases; their merged scores are one process's on all of them (a batch of
+    one: padding to a batch's largest canvas moves the scores a little)."""
+    cfg = tiny_dense_config(tmp_path, task, canvases, batch_size=1, val_batch_size=1, epochs=1, warmup_epochs=0)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tests.ddp_probe"]
+    done = subprocess.run(
+        [*cmd, json.dumps(cfg), str(tmp_path)], env=subprocess_env(), cwd=ROOT, capture_output=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
+    assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
+    (row,) = metrics_rows(tmp_path / "run")
+    alone = evaluate_checkpoint(
+        str(tmp_path / "run" / "last.pth.tar"),
+        cfg["data"],
+        batch_size=1,
+        workers=0,
+        use_ema=False,
+        device="cpu",
+        progress=False,
+    )
+    assert alone["n"] == 4 and [float(row[f"val_{k}"]) for k in SCORES[task]] == [alone[k] for k in SCORES[task]]
 
 
 @pytest.mark.parametrize(
