@@ -8,6 +8,7 @@ import sys
 import pytest
 import timm
 import torch
+from torchvision.transforms.functional import pil_to_tensor
 
 from t2t_vit import InputError
 from t2t_vit.data.dense import create_dense_dataset
@@ -132,8 +133,9 @@ def test_min_size_resizes_as_torchvision_does_and_boxes_come_back():
     assert (found["boxes"][:, 2] > 64 * 123 / 77).any()  # in the input's coordinates, not the resized image's
 
 
-def test_segmenter_logits_are_at_the_input_size():
-    model = _tiny("segmenter", num_classes=5).eval()
+@pytest.mark.parametrize("pyramid", ["t2t", "simple"])
+def test_segmenter_logits_are_at_the_input_size(pyramid):
+    model = _tiny("segmenter", num_classes=5, pyramid=pyramid).eval()
     with torch.no_grad():
         assert model(torch.rand(2, 3, *ODD_SIZES[0])).shape == (2, 5, *ODD_SIZES[0])
         # a list of sizes: the batch's largest, the rest of each padding (as segmentation_collate's ignored masks)
@@ -227,6 +229,12 @@ def test_bad_arguments_name_the_fix():
         create_dense_model("detection", num_classes=1)
     with pytest.raises(InputError, match="RetinaNet takes no box_score_thresh"):
         create_dense_model("detection", num_classes=3, detector="retinanet", box_score_thresh=0.1, **TINY)
+    with pytest.raises(InputError, match="instance segmentation is Mask R-CNN"):
+        create_dense_model("instance", num_classes=3, detector="retinanet")
+    with pytest.raises(InputError, match="the segmenter takes no min_size"):
+        create_dense_model("segmentation", num_classes=3, min_size=64)
+    with pytest.raises(InputError, match="size_divisible=8: .* tile multiples of 16 only: use 32"):
+        create_dense_model("segmentation", num_classes=3, size_divisible=8, **TINY)
     segmenter = _tiny("segmenter", num_classes=3).eval()
     with pytest.raises(InputError, match=r"float images in \[0, 1\].*image.float\(\) / 255"):
         segmenter(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
@@ -335,8 +343,7 @@ def test_draw_detections_marks_the_boxes_and_masks_only():
     image = torch.full((3, 60, 80), 0.5)
     target = _target((A, 1), (B, 2), masks=True)
     prediction = _prediction(target, [0.9, 0.3])  # the second under the threshold
-    drawn = torch.as_tensor(list(draw_detections(image, prediction, ["__background__", "a", "b"]).getdata()))
-    drawn = drawn.reshape(60, 80, 3).permute(2, 0, 1)
+    drawn = pil_to_tensor(draw_detections(image, prediction, ["__background__", "a", "b"]))
     plain = (image * 255).round().to(torch.uint8)
     assert drawn.shape == plain.shape
     assert (drawn[:, 10:31, 10:41] != plain[:, 10:31, 10:41]).any(dim=0).float().mean() > 0.9  # tinted and framed
@@ -349,8 +356,7 @@ def test_draw_segmentation_tints_the_classes_not_the_background():
     mask = torch.zeros(60, 80, dtype=torch.int64)
     mask[30:50, 20:60] = 2
     mask[55:, :] = 255
-    drawn = draw_segmentation(image, mask, ["background", "a", "b"])
-    assert drawn.size == (80, 60)
-    pixels = torch.as_tensor(list(drawn.getdata())).reshape(60, 80, 3)
-    assert (pixels[30:50, 20:60] != 128).any(-1).all()  # class b, blended in its colour
-    assert (pixels[20:, 65:] == 128).all() and (pixels[52:, :] == 128).all()  # background and ignored: as they were
+    drawn = pil_to_tensor(draw_segmentation(image, mask, ["background", "a", "b"]))
+    assert drawn.shape == (3, 60, 80)
+    assert (drawn[:, 30:50, 20:60] != 128).any(0).all()  # class b, blended in its colour
+    assert (drawn[:, 20:, 65:] == 128).all() and (drawn[:, 52:, :] == 128).all()  # background and ignored: unchanged

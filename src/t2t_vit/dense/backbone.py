@@ -14,7 +14,9 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
+from ..errors import InputError
 from ..factory import create_model
+from ..models.tokens_to_token import tiles
 
 CNN_LEVELS = (1, 2, 3, 4)  # a timm CNN's features at strides 4, 8, 16, 32 (index 0 is the stem's, stride 2)
 _BODY_PREFIX = re.compile(r"^(?:module\.|_orig_mod\.)*backbone\.body\.(?:model\.)?")  # DDP, compile, timm's wrapper
@@ -57,13 +59,22 @@ def create_body(
     return create_model(name, checkpoint_path, features_only=True, feature_pyramid=pyramid, **kwargs)
 
 
-def size_divisible(body: nn.Module) -> int:
-    """The multiple the models pad images to: a multiple of the soft splits' stride (they tile every such size of a
-    model they tile at its img_size) that the top level's stride divides, so that every level is the image's size
-    over its stride exactly (anchors and the top-down pathway line up)."""
+def size_divisible(body: nn.Module, multiple: Optional[int] = None) -> int:
+    """The multiple the models pad images to: by default a multiple of the soft splits' stride (they tile every such
+    size of a model they tile at its img_size) that the top level's stride divides, so that every level is the
+    image's size over its stride exactly (anchors and the top-down pathway line up). A `multiple` asked for is
+    checked: the soft splits must tile it."""
     top = max(body.feature_info.reduction())
     splits = getattr(getattr(body, "model", None), "soft_splits", None)
-    return top if splits is None else math.lcm(math.prod(s for _, s, _ in splits), top)
+    if multiple is None:
+        return top if splits is None else math.lcm(math.prod(s for _, s, _ in splits), top)
+    if splits is not None and not tiles(multiple, splits):
+        step = math.prod(s for _, s, _ in splits)
+        raise InputError(
+            f"size_divisible={multiple}: the soft splits {tuple(splits)} tile multiples of {step} only: use "
+            f"{math.lcm(step, top)} (the default) or another multiple of {step}"
+        )
+    return multiple
 
 
 def normalization(body: nn.Module, in_chans: int) -> Tuple[List[float], List[float]]:

@@ -16,6 +16,7 @@ __all__ = ["TASKS", "backbone_parameter_name", "create_dense_model"]
 
 TASKS = ("detection", "instance", "segmentation")
 FPN_CHANNELS = 256
+SEGMENTER_KWARGS = {"fpn_channels", "size_divisible", "head_channels", "ignore_index"}
 
 
 def create_dense_model(
@@ -46,13 +47,18 @@ def create_dense_model(
         raise InputError(f"task {task!r} is not one of {TASKS}")
     if detector not in DETECTORS:
         raise InputError(f"detector {detector!r} is not one of {DETECTORS}")
+    if task == "instance" and detector != "fasterrcnn":
+        raise InputError(f"instance segmentation is Mask R-CNN (detector='fasterrcnn'), not {detector}")
+    if task == "segmentation" and set(kwargs) - SEGMENTER_KWARGS:
+        unknown = ", ".join(sorted(set(kwargs) - SEGMENTER_KWARGS))
+        raise InputError(f"the segmenter takes no {unknown}: its options are {', '.join(sorted(SEGMENTER_KWARGS))}")
     least = 1 if task == "segmentation" else 2
     if not isinstance(num_classes, int) or num_classes < least:
         counts = "the mask's classes" if task == "segmentation" else "the classes with the background (len(classes))"
         raise InputError(f"num_classes={num_classes!r} for {task}: give {counts}, at least {least}")
     body = create_body(backbone, pyramid, checkpoint_path, backbone_kwargs)
     mean, std = normalization(body, (backbone_kwargs or {}).get("in_chans", 3))
-    multiple = kwargs.pop("size_divisible", None) or size_divisible(body)
+    multiple = size_divisible(body, kwargs.pop("size_divisible", None))
     channels = kwargs.pop("fpn_channels", FPN_CHANNELS)
     if task == "segmentation":
         return SemanticSegmenter(FeaturePyramidBackbone(body, channels), num_classes, mean, std, multiple, **kwargs)
