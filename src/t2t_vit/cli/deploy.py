@@ -2,13 +2,17 @@
 
 import argparse
 import json
-from typing import Any
+from typing import Any, Dict, List
 
+from ..config_keys import TASKS
 from ..errors import InputError
 from .common import checkpoint_args, non_negative_int, positive_int, precision_arg
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 RUNTIMES = ("torch", "onnxruntime", "openvino")
+TOP_K, BATCH_SIZE = 5, 32  # predict's defaults for a classifier
+DRAWINGS = "predictions"  # where predict draws a dense checkpoint's predictions by default
+SCORE_THRESHOLD = 0.5  # as deploy.dense_predict's; not imported, so that --help loads no torch
 
 
 def runtime_args(p: argparse.ArgumentParser) -> None:
@@ -29,11 +33,32 @@ def runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("predict", help="classify image files, folders or globs with a checkpoint")
+    p = sub.add_parser(
+        "predict",
+        help="classify image files, folders or globs with a checkpoint; or draw a dense one's boxes, masks, class map",
+        description="A classification checkpoint prints each image's top-k classes. A detection, instance or "
+        f"segmentation checkpoint draws its predictions on each image, written as DIR/<image stem>.png (--out, default "
+        f"{DRAWINGS}/), and prints what it wrote; with --json it prints the predictions instead and draws only where "
+        "--out is given: boxes [x0, y0, x1, y1] in the image's pixels, instance masks as COCO RLE ({size, counts}, "
+        "as pycocotools' mask.decode reads it) with their area, a class map as each class's pixels and fraction.",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="files, folders (searched recursively) or globs")
     checkpoint_args(p)
-    p.add_argument("--top-k", type=positive_int, default=5)
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--task", choices=TASKS, help="the checkpoint's task, checked against the one it records")
+    p.add_argument("--top-k", type=positive_int, help=f"classification: the classes listed (default {TOP_K})")
+    p.add_argument("--batch-size", type=positive_int, help=f"classification: images a step (default {BATCH_SIZE})")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help=f"detection, instance, segmentation: the folder for the drawings (default {DRAWINGS}; with --json: none)",
+    )
+    p.add_argument(
+        "--score-thresh",
+        type=_fraction,
+        metavar="S",
+        help=f"detection, instance: the lowest score drawn and listed (default {SCORE_THRESHOLD})",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite drawings that exist")
     p.add_argument("--device", default="cpu")
     precision_arg(p)
     runtime_args(p)
@@ -89,15 +114,38 @@ def register(sub: Any) -> None:
     b.set_defaults(func=_benchmark)
 
 
-def _predict(args: argparse.Namespace) -> None:
-    from ..deploy.predict import predict
+def _fraction(text: str) -> float:
+    """A number in [0, 1] (a score threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1]")
+    return value
 
+
+def _refuse(given: Dict[str, bool], why: str) -> None:
+    """InputError naming the options given that the checkpoint's task has no use for."""
+    names = [name for name, is_given in given.items() if is_given]
+    if names:
+        raise InputError(f"{', '.join(names)}: {why}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from ..deploy.predict import checkpoint_task, predict
+
+    task = checkpoint_task(args.checkpoint, args.task)
+    if task != "classification":
+        return _predict_dense(args, task)
+    dense_only = {"--out": args.out is not None, "--score-thresh": args.score_thresh is not None, "--force": args.force}
+    _refuse(dense_only, f"for a dense checkpoint; {args.checkpoint!r} holds a classification model")
     results = predict(
         args.images,
         args.checkpoint,
         args.model,
-        args.top_k,
-        args.batch_size,
+        args.top_k or TOP_K,
+        args.batch_size or BATCH_SIZE,
         device=args.device,
         precision=args.precision,
         runtime=args.runtime,
@@ -112,6 +160,64 @@ def _predict(args: argparse.Namespace) -> None:
                 print(f"{r['file']}: skipped, {r['error']}")
             else:
                 print(f"{r['file']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top_k"]))
+    _none_read(results)
+
+
+def _predict_dense(args: argparse.Namespace, task: str) -> None:
+    from ..deploy.dense_predict import predict_dense
+
+    classification_only = {
+        "--top-k": args.top_k is not None,
+        "--batch-size": args.batch_size is not None,
+        f"--runtime {args.runtime}": args.runtime != "torch",
+        "--int8": args.int8,
+    }
+    why = f"for a classification checkpoint; {args.checkpoint!r} holds a {task} model, run by torch an image at a time"
+    _refuse(classification_only, why)
+    if task == "segmentation":
+        _refuse({"--score-thresh": args.score_thresh is not None}, "for detection and instance: a class map has none")
+    threshold = SCORE_THRESHOLD if args.score_thresh is None else args.score_thresh
+    records = predict_dense(
+        args.images,
+        args.checkpoint,
+        args.model,
+        task,
+        threshold,
+        args.out if args.out is not None or args.json else DRAWINGS,
+        args.force,
+        args.device,
+        args.precision,
+        args.threads,
+    )
+    results = []
+    for r in records:
+        results.append(r)
+        if not args.json:
+            print(f"{r['file']}: skipped, {r['error']}" if "error" in r else _dense_line(r, threshold))
+    if args.json:
+        print(json.dumps(results, indent=1))
+    _none_read(results)
+
+
+def _dense_line(r: Dict[str, Any], threshold: float, most: int = 5) -> str:
+    """One image's predictions in a line: the best detections, or the classes by the share of the map they cover."""
+    if "classes" in r:
+        parts = [f"{c['name']} {100 * c['fraction']:.1f}%" for c in sorted(r["classes"], key=lambda c: -c["pixels"])]
+        what = ", ".join(parts[:most]) + (f" and {len(parts) - most} more" if len(parts) > most else "")
+    elif r["detections"]:
+        parts = [f"{d['name']} {d['score']:.2f}" for d in r["detections"]]
+        n = len(parts)
+        what = (
+            f"{n} object{'s' if n > 1 else ''}: "
+            + ", ".join(parts[:most])
+            + (f" and {n - most} more" if n > most else "")
+        )
+    else:
+        what = f"no object scoring {threshold} or more"
+    return f"{r['file']}: {what} -> wrote {r['drawing']}"
+
+
+def _none_read(results: List[Dict[str, Any]]) -> None:
     if all("error" in r for r in results):  # some readable: exit 0, the skipped ones are listed above
         raise InputError(f"none of the {len(results)} inputs could be read: give image files (PNG, JPEG, ...)")
 

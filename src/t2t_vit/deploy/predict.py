@@ -1,5 +1,6 @@
 """Classify image files with a checkpoint: top-k classes with names and probabilities, run by PyTorch (on any device,
-in any precision) or by a CPU deployment runtime."""
+in any precision) or by a CPU deployment runtime. `checkpoint_task` tells a classifier's checkpoint from a dense one's
+(`dense_predict`)."""
 
 import glob
 import logging
@@ -9,9 +10,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from PIL import Image
 
+from ..checkpoint import SAFE_GLOBALS, read_checkpoint
 from ..device import autocast_dtype, pick_device
 from ..errors import InputError
 from ..factory import load_model
+from ..training.evaluate import checked_task
 from .runtimes import check_runtime, load_runner
 
 _logger = logging.getLogger(__name__)
@@ -49,6 +52,19 @@ def class_names(num_classes: int, stored: Optional[Sequence[str]]) -> List[str]:
     return [str(i) for i in range(num_classes)]
 
 
+def checkpoint_task(checkpoint: str, task: Optional[str] = None) -> str:
+    """The task `checkpoint` records (classification where it records none, as the authors' files), its tensors left
+    unread where torch can map the file; InputError naming the file if it cannot be read, or if `task` is given and
+    is another."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            saved = torch.load(Path(checkpoint), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # safetensors, torch's legacy format, or not a checkpoint: the loader's full read names why
+        saved = read_checkpoint(checkpoint)
+    meta = saved.get("meta") if isinstance(saved, dict) else None
+    return checked_task(checkpoint, meta if isinstance(meta, dict) else None, task)
+
+
 def predict(
     inputs: Sequence[str],
     checkpoint: str,
@@ -64,7 +80,8 @@ def predict(
     """One record per image: {"file", "top_k": [{"class", "index", "prob"}]} or {"file", "error"} if unreadable.
     torch runs on `device` under `precision`'s autocast ("auto": as training evaluates, bf16 on CUDA, fp32 on the
     CPU); onnxruntime and openvino run the cached ONNX export on the CPU in fp32, with int8 weights if `int8`.
-    `threads`: CPU threads (None: the runtime's default)."""
+    `threads`: CPU threads (None: the runtime's default). A dense checkpoint is an InputError (`dense_predict`)."""
+    checkpoint_task(checkpoint, "classification")
     check_runtime(runtime, int8)
     if runtime != "torch":
         if device != "cpu" or precision not in ("auto", "fp32"):

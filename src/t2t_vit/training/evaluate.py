@@ -1,5 +1,5 @@
 """Held-out evaluation: one pass over a loader (each epoch's), and a saved checkpoint, ours or the authors'
-(`t2t-vit eval`)."""
+(`t2t-vit eval`); a checkpoint's task checked and its dense model rebuilt (`t2t-vit predict` too)."""
 
 import math
 import time
@@ -117,6 +117,30 @@ def _fp32(out: Any) -> Any:
     return {k: _fp32(v) for k, v in out.items()} if isinstance(out, dict) else out
 
 
+def checked_task(checkpoint: str, meta: Optional[Dict[str, Any]], task: Optional[str] = None) -> str:
+    """The task a checkpoint's `meta` records (classification where it records none, as the authors' files); an
+    InputError when `task` is given and is another."""
+    saved_task = (meta or {}).get("task", "classification")
+    if task is not None and task != saved_task:
+        raise InputError(
+            f"{checkpoint!r} holds a {saved_task} model, not {task}: drop --task or pass --task {saved_task}"
+        )
+    return saved_task
+
+
+def dense_checkpoint_model(
+    checkpoint: str, saved: Dict[str, Any], model_name: Optional[str] = None, use_ema: bool = True
+) -> nn.Module:
+    """The dense model of a checkpoint of ours (`saved`, as `read_checkpoint` returns it) rebuilt from its meta, with
+    its EMA weights (`use_ema`) or raw ones; `model_name`, when given, must be its backbone."""
+    meta = saved["meta"]
+    if model_name is not None and model_name != meta["arch"]:
+        raise InputError(f"{checkpoint!r} holds a {meta['arch']} backbone, not a {model_name}: drop --model")
+    model = dense_model(meta)
+    model.load_state_dict(extract_state_dict(saved, use_ema, source=f"checkpoint {checkpoint!r}"))
+    return model
+
+
 def evaluate_checkpoint(
     checkpoint: str,
     data: str,
@@ -138,16 +162,9 @@ def evaluate_checkpoint(
     amp_dtype = autocast_dtype(precision, dev)
     saved = read_checkpoint(checkpoint)
     meta = saved.get("meta") if isinstance(saved, dict) else None
-    saved_task = (meta or {}).get("task", "classification")
-    if task is not None and task != saved_task:
-        raise InputError(
-            f"{checkpoint!r} holds a {saved_task} model, not {task}: drop --task or pass --task {saved_task}"
-        )
+    saved_task = checked_task(checkpoint, meta, task)
     if saved_task != "classification":
-        if model_name is not None and model_name != meta["arch"]:
-            raise InputError(f"{checkpoint!r} holds a {meta['arch']} backbone, not a {model_name}: drop --model")
-        model = dense_model(meta)
-        model.load_state_dict(extract_state_dict(saved, use_ema, source=f"checkpoint {checkpoint!r}"))
+        model = dense_checkpoint_model(checkpoint, saved, model_name, use_ema)
         val_set = dense_dataset(data, "val", saved_task, meta["data_config"]["input_size"][0])
         if saved_task != "segmentation" and len(val_set.classes) != meta["num_classes"]:
             raise InputError(
