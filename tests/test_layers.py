@@ -15,6 +15,7 @@ LAYERS = {
     "config": 0,
     "device": 0,
     "checkpoint": 0,
+    "hub": 0,
     "models": 1,
     "factory": 2,
     "pretrained": 2,

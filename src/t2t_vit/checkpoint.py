@@ -8,6 +8,7 @@ Layouts accepted, as the authors' tools and ours write them:
                                          state_dict_ema, metric}
     transfer_learning.py (CIFAR)        {net: DataParallel state dict ("module." keys), acc, epoch}
     ours                                {model, model_ema, optimizer, ..., meta}
+    hub folder, `hf-hub:USER/REPO`      config.json beside model.safetensors or pytorch_model.bin (`hub`)
 """
 
 import errno
@@ -22,6 +23,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
+from . import hub
 from .errors import InputError
 
 _logger = logging.getLogger(__name__)
@@ -35,9 +37,14 @@ SAFE_GLOBALS = [(types.SimpleNamespace, "argparse.Namespace")]
 
 def read_checkpoint(path: PathLike) -> Any:
     """Read a `.pth`/`.pth.tar`/`.pt` (with `weights_only=True`) or `.safetensors` file; InputError if unreadable.
+    A hub folder or an `hf-hub:USER/REPO` name reads as {"state_dict", "meta"}, the meta from its config.json.
 
     A pickle that would run code or build arbitrary objects is refused by `weights_only=True`, never executed.
     """
+    if hub.is_hub_source(path):
+        folder = hub.resolve(path)
+        weights = extract_state_dict(read_checkpoint(hub.weights_in(folder)), source=f"checkpoint {str(path)!r}")
+        return {"state_dict": weights, "meta": hub.meta_of(hub.read_config(folder))}
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint {str(path)!r} does not exist or is not a file: check the path")

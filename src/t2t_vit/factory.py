@@ -10,6 +10,7 @@ from torch import nn
 
 from .checkpoint import authors_arch, extract_state_dict, read_checkpoint
 from .errors import InputError
+from .hub import class_names
 from .models.checkpoint_filter import checkpoint_filter_fn, load_checkpoint
 from .models.variants import RELEASES
 
@@ -59,7 +60,9 @@ def load_model(
     meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
     if meta is None:
         model_name, sizes = _authors_model(Path(path), checkpoint, state_dict, model_name)
-        meta = dict(arch=model_name, model_kwargs={}, class_names=None, data_config=None)
+        release = RELEASES.get(model_name)  # a release's classes are its data set's (CIFAR-10/100, ImageNet-1k)
+        names = class_names(release.num_classes, release.dataset) if release else None
+        meta = dict(arch=model_name, model_kwargs={}, class_names=names, data_config=None)
         kwargs = {**sizes, **overrides}
     else:
         if model_name is not None and model_name.split(".")[0] != meta["arch"].split(".")[0]:
