@@ -1,10 +1,12 @@
-"""The released weights: where they are, fetching them (only when asked), and hub-ready folders for timm.
+"""The released weights: where they are, fetching them (only when asked), and the folders `t2t-vit convert` writes
+for timm and transformers (config with class names, model card), pushed to the Hugging Face Hub when asked.
 
 `pretrained=True` (timm or ours), `t2t-vit download` and `local-dir:` folders all end in the project's safe reader
 (`checkpoint.read_checkpoint`: weights_only, argparse.Namespace the one class allowed), never in an unpickler that
 could run code.
 """
 
+import json
 import logging
 import os
 import urllib.error
@@ -13,7 +15,9 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
+import yaml
 
+from . import hub
 from .checkpoint import read_checkpoint
 from .errors import InputError
 from .models.t2t_vit import set_pretrained_source
@@ -23,7 +27,6 @@ _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 CHUNK = 1 << 20
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what a local-dir folder may hold, preferred first
 
 
 def release_of(name: str) -> Tuple[str, Release]:
@@ -121,7 +124,7 @@ def pretrained_overlay(variant: str, pretrained_cfg: Any, overlay: Optional[Dict
     if cfg.source == "hf-hub" or cfg.state_dict is not None:
         return overlay
     if cfg.source == "local-dir":
-        overlay.update(source="", file=str(_weights_in(Path(cfg.file))))
+        overlay.update(source="", file=str(hub.weights_in(Path(cfg.file))))
     elif cfg.file:
         pass
     elif cfg.url:
@@ -136,81 +139,152 @@ def pretrained_overlay(variant: str, pretrained_cfg: Any, overlay: Optional[Dict
     return overlay
 
 
-def _weights_in(folder: Path) -> Path:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    raise InputError(f"{str(folder)!r} holds none of {', '.join(WEIGHT_FILES)}: write it with `t2t-vit convert`")
+HUB_DATASETS = {  # data set -> its id on the Hub, for the card's `datasets`
+    "imagenet-1k": "imagenet-1k",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "fashion-mnist": "fashion_mnist",
+    "mnist": "mnist",
+}
+DATASET_NAMES = {"imagenet-1k": "ImageNet-1k", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+AUTHORS_LICENSE = "bsd-3-clause-clear"  # the authors' repository (and so their weights): The Clear BSD License
+AUTHORS_REPO = "https://github.com/yitu-opensource/T2T-ViT"
 
 
 def convert(
     checkpoint: PathLike, out: PathLike, model_name: Optional[str] = None, push_to_hub: Optional[str] = None
 ) -> Path:
-    """Write the folder timm's hub loader reads: model.safetensors, config.json and a README.md model card.
+    """Write the folder timm and transformers read: model.safetensors, config.json (with the class names) and a
+    README.md model card; with `push_to_hub` (USER/REPO) also upload that folder as one commit (needs a login).
 
-    `timm.create_model("local-dir:OUT", pretrained=True)` then gives the checkpoint's model; with `push_to_hub`
-    (a repo id) the folder goes to the Hugging Face Hub through timm's `push_to_hf_hub` (needs a login).
+    `timm.create_model("local-dir:OUT", pretrained=True)`, `AutoModelForImageClassification.from_pretrained(OUT)` and
+    `pipeline("image-classification", model=OUT)` then give the checkpoint's model (after `import t2t_vit`).
     """
-    from timm.models import push_to_hf_hub, save_for_hf
+    from timm.models import save_for_hf
 
     from .factory import load_model
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {str(out)!r} is a file: give a folder to write the model into")
+    if push_to_hub is not None:
+        _check_push(push_to_hub)
     model, meta = load_model(checkpoint, model_name)
-    model.pretrained_cfg = {**model.pretrained_cfg, "architecture": meta["arch"].split(".")[0]}
-    data = {k: meta["data_config"][k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
-    model_args = {k: v for k, v in meta["model_kwargs"].items() if k != "num_classes"}
-    config = dict(label_names=meta["class_names"]) if meta.get("class_names") else {}
-    save_for_hf(model, str(out), model_config=config, model_args=model_args, safe_serialization=True, data_config=data)
-    (out / "README.md").write_text(model_card(Path(checkpoint).name, meta, model))
-    if push_to_hub:
-        try:
-            push_to_hf_hub(
-                model,
-                push_to_hub,
-                model_config=config,
-                model_args=model_args,
-                data_config=data,
-                model_card=dict(details=dict(source=Path(checkpoint).name)),
-            )
-        except Exception as e:  # the Hub's client raises its own types for login, network and permission
-            raise InputError(
-                f"{out} was written, but pushing it to {push_to_hub!r} failed ({type(e).__name__}: {e}): log in with "
-                "`huggingface-cli login` and check the repo id and your network"
-            ) from None
+    release = RELEASES.get(meta["arch"])
+    arch = meta["arch"].split(".")[0]
+    names = hub.class_names(model.num_classes, release.dataset if release else None, meta.get("class_names"))
+    model.pretrained_cfg = _pretrained_cfg(model.pretrained_cfg, arch, meta["arch"], release, checkpoint)
+    data = {k: meta["data_config"][k] for k in hub.DATA_KEYS}
+    save_for_hf(model, str(out), model_config=dict(label_names=names), safe_serialization=True, data_config=data)
+    config_path = out / hub.CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    # transformers' TimmWrapper passes num_classes itself (from the root num_classes): never twice
+    config.get("model_args", {}).pop("num_classes", None)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    location = f"{hub.HUB_PREFIX}{push_to_hub}" if push_to_hub else str(out.resolve())
+    result = None if release else _recorded_result(checkpoint)
+    (out / "README.md").write_text(model_card(Path(checkpoint).name, meta, model, location, release, result))
+    if push_to_hub is not None:
+        push_folder(out, push_to_hub)
     return out
 
 
-def model_card(source: str, meta: Dict[str, Any], model: torch.nn.Module) -> str:
-    """A README.md for the hub folder: what the weights are, where they came from, how to load and cite them."""
+def _pretrained_cfg(
+    cfg: Dict[str, Any], arch: str, name: str, release: Optional[Release], checkpoint: PathLike
+) -> Dict[str, Any]:
+    """The pretrained cfg the folder records: the release's tag and description, or none for our own weights."""
+    cfg = {k: v for k, v in cfg.items() if k not in ("tag", "description", "url", "hf_hub_id")}
+    cfg.update(architecture=arch, license=AUTHORS_LICENSE if release else "other")
+    if release is not None:
+        cfg.update(tag=name.split(".", 1)[1], description=f"authors' release {release.file}")
+    else:
+        cfg.update(description=f"converted from {Path(checkpoint).name} by t2t-vit convert")
+    return cfg
+
+
+def _recorded_result(checkpoint: PathLike) -> Optional[Dict[str, Any]]:
+    """{metric, value, epoch, data} of one of our checkpoints whose weights are those its best top-1 was measured
+    on (the epoch it records and the EMA or raw weights, as `load_model` reads them), else None."""
+    from .config import data_tag
+
+    saved = read_checkpoint(checkpoint)
+    best = saved.get("best") if isinstance(saved, dict) else None
+    if not best or best.get("metric") not in ("top1", "ema_top1") or best.get("epoch") != saved.get("epoch"):
+        return None
+    if (best["metric"] == "ema_top1") != isinstance(saved.get("model_ema"), dict):
+        return None
+    data = (saved.get("config") or {}).get("data")
+    return dict(best, data=data_tag(data) if data else None)
+
+
+def model_card(
+    source: str,
+    meta: Dict[str, Any],
+    model: torch.nn.Module,
+    location: str,
+    release: Optional[Release] = None,
+    result: Optional[Dict[str, Any]] = None,
+) -> str:
+    """The folder's README.md: Hub front matter (library, task, license, data, metrics with their source), what the
+    weights are, and timm and transformers snippets that load them from `location` (a folder or `hf-hub:` name)."""
     from .models.cost import count_params
 
-    release = next((r for r in RELEASES.values() if r.file == source), None)
     arch = meta["arch"].split(".")[0]
-    top1 = f"{release.top1}% top-1 on {release.dataset} (the authors' figure)" if release else "not measured here"
-    params = count_params(model)
+    front, figure = _front_matter(meta["arch"], release, result)
     size = "x".join(str(s) for s in meta["data_config"]["input_size"][1:])
-    origin = f" (the authors' release, {release.url})" if release else ""
+    if release is not None:
+        origin = f"the authors' release `{source}` ({release.url})"
+        accuracy = f"{figure}% top-1 on {DATASET_NAMES[release.dataset]} (the authors' figure, {AUTHORS_REPO})"
+        license_text = f"The Clear BSD License, as the authors' repository ({AUTHORS_REPO}) releases the weights."
+    else:
+        origin = f"`{source}`, a checkpoint of `t2t-vit train`"
+        accuracy = f"{figure}% top-1" if figure else "not recorded"
+        accuracy += " (measure it with `t2t-vit eval --checkpoint THIS_FOLDER --data DATA`)"
+        license_text = "Not set (`other`): the weights are yours, so set the license that applies before sharing them."
+    repo = location[len(hub.HUB_PREFIX) :] if location.startswith(hub.HUB_PREFIX) else location
+    timm_name = location if location.startswith(hub.HUB_PREFIX) else f"local-dir:{location}"
+    yaml_text = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000)
     return f"""---
-library_name: timm
-license: other
-tags: [image-classification, timm, t2t-vit]
----
+{yaml_text}---
 # {arch}
 
-Tokens-to-Token ViT ({arch}) converted from `{source}` by `t2t-vit convert`.
+Tokens-to-Token ViT ({arch}, Yuan et al., ICCV 2021) image classifier, converted by `t2t-vit convert` from {origin}.
 
-- Source file: `{source}`{origin}
-- Accuracy: {top1}
-- Classes: {model.num_classes}; input {size} px; parameters and fixed tensors: {params:,}
-- License: the authors' release is under the Clear BSD License (https://github.com/yitu-opensource/T2T-ViT);
-  check it before redistributing.
+- Accuracy: {accuracy}
+- Classes: {model.num_classes} (names in config.json); input {size} px; parameters and fixed tensors: \
+{count_params(model):,}
+- License: {license_text}
+
+The architecture is registered in timm by the `t2t-vit` package (`pip install t2t-vit`, `pip install 't2t-vit[hf]'`
+for transformers): import `t2t_vit` before loading. Both snippets classify `image.jpg`.
+
+## timm
 
 ```python
-import timm, t2t_vit  # t2t_vit registers the architecture
-model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True)
+import timm
+import torch
+from PIL import Image
+
+import t2t_vit  # noqa: F401  (registers the T2T-ViT architectures in timm)
+
+model = timm.create_model("{timm_name}", pretrained=True).eval()
+transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
+with torch.no_grad():
+    probs = model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)).softmax(-1)[0]
+names = model.pretrained_cfg["label_names"]
+for p, i in zip(*probs.topk({min(5, model.num_classes)})):
+    print(f"{{names[i]}}: {{p:.3f}}")
+```
+
+## transformers
+
+```python
+from transformers import pipeline
+
+import t2t_vit  # noqa: F401  (registers the T2T-ViT architectures in timm)
+
+classify = pipeline("image-classification", model="{repo}")
+print(classify("image.jpg"))
 ```
 
 ## Citation
@@ -226,6 +300,102 @@ model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True)
 }}
 ```
 """
+
+
+def _front_matter(
+    name: str, release: Optional[Release], result: Optional[Dict[str, Any]]
+) -> Tuple[Dict[str, Any], Optional[float]]:
+    """The card's YAML header as the Hub reads it, and the top-1 it reports (None if none). A release's figure is
+    the authors' (its source: their repository); ours is the best top-1 the training run recorded for these weights
+    (self-reported, so without a source link), named with its epoch and data."""
+    dataset = release.dataset if release else (result or {}).get("data")
+    front: Dict[str, Any] = dict(
+        library_name="timm",
+        pipeline_tag="image-classification",
+        license=AUTHORS_LICENSE if release else "other",
+        tags=["image-classification", "timm", "transformers", "t2t-vit", "vision-transformer"],
+    )
+    if dataset in HUB_DATASETS:
+        front["datasets"] = [HUB_DATASETS[dataset]]
+    if release is None and result is None:
+        return front, None
+    metric = dict(type="accuracy", name="Top-1 accuracy", value=release.top1 if release else round(result["value"], 2))
+    entry: Dict[str, Any] = dict(
+        task=dict(type="image-classification", name="Image Classification"),
+        dataset=dict(
+            name=DATASET_NAMES.get(dataset or "", dataset or "held-out data"),
+            type=HUB_DATASETS.get(dataset or "", dataset or "custom"),
+            split="validation",
+        ),
+        metrics=[metric],
+    )
+    if release is not None:
+        entry["source"] = dict(name="Tokens-to-Token ViT (ICCV 2021), the authors' release table", url=AUTHORS_REPO)
+    else:
+        metric["name"] += f" (t2t-vit train, epoch {result['epoch']}, {result['metric']})"
+    front.update(metrics=["accuracy"], **{"model-index": [dict(name=name, results=[entry])]})
+    return front, metric["value"]
+
+
+def _cause(error: BaseException, kind: type) -> Any:
+    """The first exception of `kind` in `error`'s chain (itself, what it was raised from or during), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _check_push(repo_id: str) -> None:
+    """InputError before any work when `repo_id` is no repo id or no Hub login is found (no network used)."""
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise InputError(f"--push-to-hub {repo_id!r} is not a Hub repo id: write USER/REPO") from None
+    if get_token() is None:
+        raise InputError(
+            f"not logged in to the Hugging Face Hub, so nothing can go to {repo_id}: run `hf auth login` "
+            "(or set HF_TOKEN to a write token) and try again"
+        )
+
+
+def push_folder(folder: Path, repo_id: str) -> str:
+    """Upload `folder` to the model repo `repo_id` (created if missing; yours, it gets a new commit) in one commit;
+    the commit's URL. Every failure is one InputError line: no login, no network, a repo you may not write."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    _check_push(repo_id)
+    api = HfApi(library_name="t2t-vit")
+    written = f"{folder} was written, but pushing it to {repo_id} failed"
+    try:
+        repo = api.create_repo(repo_id, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo.repo_id, folder_path=str(folder), commit_message="Add a T2T-ViT converted by t2t-vit convert"
+        )
+    except Exception as e:  # the client's own types: HTTP errors (some wrapped), transport errors, bad metadata
+        http = _cause(e, HfHubHTTPError)
+        status = http.response.status_code if http is not None and http.response is not None else None
+        if status is None:
+            raise InputError(
+                f"{written}: could not reach the Hub at {constants.ENDPOINT} ({type(e).__name__}: "
+                f"{hub.one_line(e, 200)}); check the network, then run the command again"
+            ) from None
+        why = {
+            401: "the Hub refused the login (401): run `hf auth login` with a write token",
+            403: f"you may not write to {repo_id} (403): it belongs to another user or organization, or the token is "
+            "read-only; push to a repo of your own",
+            404: f"no repo {repo_id} and none could be made (404): check the user or organization name",
+        }.get(status, f"the Hub answered {status} ({hub.one_line(http, 200)})")
+        raise InputError(f"{written}: {why}") from None
+    _logger.info("pushed %s to %s", folder, info.commit_url)
+    return info.commit_url
 
 
 set_pretrained_source(pretrained_overlay)

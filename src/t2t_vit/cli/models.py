@@ -1,4 +1,5 @@
-"""`t2t-vit models`, `download`, `convert`: the model zoo, the authors' released weights, hub-ready folders."""
+"""`t2t-vit models`, `download`, `convert`: the model zoo, the authors' released weights, folders for timm and
+transformers (and the Hugging Face Hub)."""
 
 import argparse
 import json
@@ -25,11 +26,19 @@ def register(sub: Any) -> None:
     d.add_argument("--url", default=None, help="fetch from this address instead (a mirror)")
     d.set_defaults(func=_download)
 
-    c = sub.add_parser("convert", help="write a checkpoint as a folder timm's hub loader reads (local-dir:, the Hub)")
+    c = sub.add_parser(
+        "convert",
+        help="write a checkpoint as a folder timm and transformers load (local-dir:, the Hub), class names included",
+    )
     c.add_argument("checkpoint", metavar="FILE", help="our checkpoint, or an authors' release file")
     c.add_argument("--model", default=None, help="model name or release tag (the authors' files without `arch`)")
     c.add_argument("--out", required=True, help="folder to write model.safetensors, config.json, README.md into")
-    c.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload it (needs a Hub login)")
+    c.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="USER/REPO",
+        help="also upload the folder to this Hugging Face model repo (made if missing; needs `hf auth login`)",
+    )
     c.set_defaults(func=_convert)
 
 
@@ -107,10 +116,17 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
+    import logging
+
     from ..pretrained import convert
 
+    if not args.verbose:  # the Hub client's transport logs each request at INFO
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     out = convert(args.checkpoint, args.out, args.model, args.push_to_hub)
-    print(
-        f"wrote {out} (model.safetensors, config.json, README.md): "
-        f"timm.create_model('local-dir:{out}', pretrained=True)"
-    )
+    name = f"hf-hub:{args.push_to_hub}" if args.push_to_hub else f"local-dir:{out}"
+    print(f"wrote {out} (model.safetensors, config.json, README.md)")
+    if args.push_to_hub:
+        print(f"pushed it to the Hub as {args.push_to_hub}")
+    print(f"timm:         timm.create_model('{name}', pretrained=True)")
+    print(f"transformers: pipeline('image-classification', model='{args.push_to_hub or out}')  (import t2t_vit first)")
