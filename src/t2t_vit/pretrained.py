@@ -255,8 +255,8 @@ Tokens-to-Token ViT ({arch}, Yuan et al., ICCV 2021) image classifier, converted
 {count_params(model):,}
 - License: {license_text}
 
-The architecture is registered in timm by the `t2t-vit` package (`pip install t2t-vit`, `pip install 't2t-vit[hf]'`
-for transformers): import `t2t_vit` before loading. Both snippets classify `image.jpg`.
+The architecture is registered in timm by the `t2t_vit` package of the t2t-vit project (its `hf` extra adds
+transformers): import `t2t_vit` before loading. Both snippets classify `image.jpg`.
 
 ## timm
 
