@@ -160,6 +160,21 @@ def test_the_class_names_travel_to_predict(which, request, tmp_path, capsys):
     assert top and {top.group(1), top.group(2)} <= set(f.names), lines[0]
 
 
+def test_an_onnx_runtime_takes_the_folder(own_checkpoint, tmp_path, capsys):
+    """--runtime onnxruntime exports the folder's model once, cached beside its weights, and names its classes."""
+    pytest.importorskip("onnxruntime", reason="needs pip install 't2t-vit[deploy]'")
+    image = tmp_path / "image.png"
+    Image.new("RGB", (24, 24), (20, 140, 90)).save(image)
+    capsys.readouterr()
+    names = []
+    for runtime in ("torch", "onnxruntime"):
+        args = ["predict", str(image), "--checkpoint", str(own_checkpoint.out), "--runtime", runtime, "--top-k", "3"]
+        assert cli_main(args) == 0
+        names.append(re.findall(r"(\w+) \d+\.\d%", capsys.readouterr().out))
+    assert names[0] == names[1] and sorted(names[0]) == sorted(OWN_CLASSES)
+    assert (own_checkpoint.out / "model.safetensors.onnx").is_file()
+
+
 def test_imagenet_names_are_timms_own():
     from timm.data import ImageNetInfo
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from .. import __version__, hub
 from ..errors import InputError
 from ..factory import load_model
 from .export import META_FIELDS, META_KEY, export_onnx
@@ -221,14 +221,18 @@ def load_runner(
     if runtime == "torch":
         model, meta = load_model(path, model_name, use_ema=use_ema)
         return _torch_runner(model, meta, threads)
+    build = functools.partial(load_model, path, model_name, use_ema=use_ema)  # read only when not cached
+    in_hf_cache = str(checkpoint).startswith(hub.HUB_PREFIX)
+    if hub.is_hub_source(path):  # a hub folder or an hf-hub: name: its weight file keys the cache
+        path = hub.weights_in(hub.resolve(path))
+    candidates = checkpoint_cache_paths(path)[1:] if in_hf_cache else checkpoint_cache_paths(path)  # user cache
     if not path.is_file():
         raise InputError(f"checkpoint {str(path)!r} does not exist or is not a file: check the path")
     if not os.access(path, os.R_OK):
         raise InputError(f"checkpoint {str(path)!r} cannot be read (permission denied)")
     stat = path.stat()
     source = dict(size=stat.st_size, mtime_ns=stat.st_mtime_ns, ema=use_ema, model=model_name, exporter=EXPORTER)
-    build = functools.partial(load_model, path, model_name, use_ema=use_ema)  # read only when not cached
-    onnx_path, meta = cached_onnx(checkpoint_cache_paths(path), source, _exporter(build, source))
+    onnx_path, meta = cached_onnx(candidates, source, _exporter(build, source))
     return onnx_runner(onnx_path, meta, runtime, threads, int8)
 
 
