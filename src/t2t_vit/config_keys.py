@@ -164,6 +164,20 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
         ),
         "nonfinite_limit": (10, "int >= 1", "skip/rollback: stop after this many non-finite steps in a row"),
         "rollback_lr_factor": (0.5, "number in (0, 1)", "rollback: multiply the lr by this at each rollback"),
+        "rollback_limit": (
+            5,
+            "int >= 1",
+            "rollback: stop (non-zero exit, naming the lrs tried) after this many rollbacks with no healthy "
+            "epoch between",
+        ),
+        "spike_factor": (
+            10.0,
+            "? number > 1",
+            "loss-spike guard: an update's loss over this x the median of the last spike_window (and over the run's "
+            "first ones) counts as non-finite for `nonfinite`; a held-out loss over this x the run's best marks "
+            "a state as exploded, one a stop or rollback does not return to; null: off",
+        ),
+        "spike_window": (20, "int >= 2", "loss-spike guard: the losses of this many updates give the running median"),
     },
     "runtime": {
         "device": ("auto", "text", "auto, cpu, cuda or cuda:N"),
@@ -230,6 +244,6 @@ RESUME_CHANGEABLE = frozenset(
         "epochs schedule_epochs cooldown_epochs warmup_epochs warmup_lr lr lr_base_batch min_lr batch_size "
         "accum_steps val_batch_size workers clip_grad output name checkpoint_every eval_every best_metric "
         "stop_after_epochs time_budget log_interval device amp amp_dtype compile download nonfinite "
-        "nonfinite_limit rollback_lr_factor"
+        "nonfinite_limit rollback_lr_factor rollback_limit spike_factor spike_window"
     ).split()
 )
