@@ -31,6 +31,14 @@ KINDS = {  # (task, detector, kwargs of each kind)
     "retinanet": ("detection", "retinanet", {}),
     "maskrcnn": ("instance", "fasterrcnn", RCNN_SAMPLING),
     "segmenter": ("segmentation", "fasterrcnn", dict(head_channels=32)),
+    # the options the canvas demos use: a narrow box head; a full-resolution refinement and a lighter background
+    "fasterrcnn_narrow": ("detection", "fasterrcnn", dict(RCNN_SAMPLING, representation_size=64)),
+    "maskrcnn_narrow": ("instance", "fasterrcnn", dict(RCNN_SAMPLING, representation_size=64)),
+    "segmenter_refined": (
+        "segmentation",
+        "fasterrcnn",
+        dict(head_channels=32, detail_channels=8, class_weight=[0.1] + [1.0] * 10),
+    ),
 }
 # every detection kept, so that the bounds below are checked on boxes
 KEEP_ALL = dict(
@@ -73,7 +81,7 @@ def canvases(tmp_path_factory):
 def test_loss_falls_over_a_few_steps_on_canvases(canvases, kind):
     images, targets, masks, det_classes, seg_classes = canvases
     torch.manual_seed(0)
-    segmenter = kind == "segmenter"
+    segmenter = kind.startswith("segmenter")
     model = _tiny(kind, len(seg_classes if segmenter else det_classes)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
@@ -92,7 +100,7 @@ def test_every_parameter_trains(canvases):
     images, targets, masks, classes, _ = canvases
     for kind in KINDS:
         model = _tiny(kind, len(classes)).train()
-        sum(model(images[:2], (masks if kind == "segmenter" else targets)[:2]).values()).backward()
+        sum(model(images[:2], (masks if kind.startswith("segmenter") else targets)[:2]).values()).backward()
         assert [n for n, p in model.named_parameters() if p.grad is None] == [], kind
 
 
@@ -220,6 +228,36 @@ def test_backbone_parameter_name_sees_through_ddp_and_compile():
 # ----------------------------------------------------------------------------------------------- bad input
 
 
+def test_narrow_box_head_and_refinement_have_the_sizes_asked_for():
+    detector = _tiny("maskrcnn_narrow", num_classes=4)
+    assert detector.roi_heads.box_head.fc7.out_features == 64
+    assert detector.roi_heads.box_predictor.cls_score.out_features == 4
+    assert detector.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4
+    segmenter = _tiny("segmenter_refined", num_classes=11).eval()
+    assert segmenter.detail.image[0][0].out_channels == 8
+    # the refinement starts as the identity on the upsampled logits: a model without it, given the same weights,
+    # gives the same logits
+    plain = _tiny("segmenter", num_classes=11).eval()
+    plain.load_state_dict({k: v for k, v in segmenter.state_dict().items() if not k.startswith("detail.")})
+    image = torch.rand(1, 3, 45, 70)
+    with torch.no_grad():
+        torch.testing.assert_close(segmenter(image), plain(image))
+
+
+def test_class_weight_weighs_each_pixel_by_its_class():
+    """The loss is the weighted mean over the pixels: with weight 0 for class 0, the pixels of class 0 do not count."""
+    torch.manual_seed(0)
+    model = _tiny("segmenter", num_classes=3, class_weight=[0.0, 1.0, 2.0]).train()
+    image, mask = torch.rand(1, 3, 32, 32), torch.randint(0, 3, (1, 32, 32))  # 32: no padding to crop
+    head = []
+    model.head.register_forward_hook(lambda module, args, out: head.append(out))
+    loss = model(image, mask)["loss_seg"]
+    logits = torch.nn.functional.interpolate(head[0], size=(32, 32), mode="bilinear", align_corners=False)
+    per_pixel = torch.nn.functional.cross_entropy(logits, mask, reduction="none")
+    weights = torch.tensor([0.0, 1.0, 2.0])[mask]
+    torch.testing.assert_close(loss, (per_pixel * weights).sum() / weights.sum())
+
+
 def test_bad_arguments_name_the_fix():
     with pytest.raises(InputError, match="task 'panoptic' is not one of"):
         create_dense_model("panoptic", num_classes=3)
@@ -235,6 +273,10 @@ def test_bad_arguments_name_the_fix():
         create_dense_model("segmentation", num_classes=3, min_size=64)
     with pytest.raises(InputError, match="size_divisible=8: .* tile multiples of 16 only: use 32"):
         create_dense_model("segmentation", num_classes=3, size_divisible=8, **TINY)
+    with pytest.raises(InputError, match="class_weight has 2 values .* for 3 classes"):
+        create_dense_model("segmentation", num_classes=3, class_weight=[1.0, 1.0], **TINY)
+    with pytest.raises(InputError, match="FasterRCNN takes no detail_channels"):
+        create_dense_model("detection", num_classes=3, detail_channels=8, **TINY)
     segmenter = _tiny("segmenter", num_classes=3).eval()
     with pytest.raises(InputError, match=r"float images in \[0, 1\].*image.float\(\) / 255"):
         segmenter(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))

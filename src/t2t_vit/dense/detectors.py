@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
@@ -21,6 +23,7 @@ ANCHOR_RATIOS = (0.5, 1.0, 2.0)
 ANCHOR_STRIDES = 4  # an anchor's side in strides of its level (torchvision: 8 at its 800 px resize, 4 for RetinaNet)
 OCTAVES = 3  # RetinaNet's scales per level: 2^0, 2^(1/3), 2^(2/3)
 MAX_SIZE = 1333  # torchvision's longest side
+MASK_HEAD_WIDTH = 256  # torchvision's Mask R-CNN mask head's channels
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
@@ -61,6 +64,7 @@ def anchor_generator(strides: Sequence[int], octaves: int = 1) -> AnchorGenerato
 def _check_kwargs(cls: type, kwargs: Dict[str, Any]) -> None:
     """InputError naming the keyword arguments `cls` (a torchvision detector) does not take."""
     known = set(inspect.signature(cls).parameters) - {"backbone", "num_classes", "image_mean", "image_std", "kwargs"}
+    known |= {"representation_size"} if cls is not RetinaNet else set()
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise InputError(
@@ -83,7 +87,8 @@ def create_detector(
 ) -> nn.Module:
     """Faster R-CNN or RetinaNet (`detector`, task "detection") or Mask R-CNN (task "instance") over `backbone`,
     whose FPN must end in LastLevelMaxPool (R-CNN: levels + "pool") or LastLevelP6P7 (RetinaNet). `kwargs` go to
-    torchvision's constructor (e.g. box_score_thresh, score_thresh, detections_per_img)."""
+    torchvision's constructor (e.g. box_score_thresh, score_thresh, detections_per_img); R-CNN's also take
+    `representation_size`, the width of the box head's two layers (torchvision: 1024)."""
     levels = [str(i) for i in range(len(backbone.strides))]  # the RoI heads pool from these, not from the extras
     if task == "detection" and detector == "retinanet":
         _check_kwargs(RetinaNet, kwargs)
@@ -100,6 +105,12 @@ def create_detector(
         kwargs.setdefault("box_roi_pool", MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2))
         if cls is MaskRCNN:
             kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2))
+        width = kwargs.pop("representation_size", None)
+        if width is not None and "box_head" not in kwargs:
+            kwargs["box_head"] = TwoMLPHead(backbone.out_channels * 7 * 7, width)
+            kwargs.setdefault("box_predictor", FastRCNNPredictor(width, num_classes))
+            if cls is MaskRCNN and "mask_head" not in kwargs:  # torchvision's own, given the classes as the box's
+                kwargs.setdefault("mask_predictor", MaskRCNNPredictor(MASK_HEAD_WIDTH, MASK_HEAD_WIDTH, num_classes))
         given = {"box_predictor", "mask_predictor"} & set(kwargs)  # torchvision: then num_classes is theirs to say
         model = cls(backbone, None if given else num_classes, **kwargs)
     model.transform = DetectionTransform(min_size, max_size, image_mean, image_std, size_divisible)

@@ -16,7 +16,14 @@ __all__ = ["TASKS", "backbone_parameter_name", "create_dense_model"]
 
 TASKS = ("detection", "instance", "segmentation")
 FPN_CHANNELS = 256
-SEGMENTER_KWARGS = {"fpn_channels", "size_divisible", "head_channels", "ignore_index"}
+SEGMENTER_KWARGS = {
+    "fpn_channels",
+    "size_divisible",
+    "head_channels",
+    "ignore_index",
+    "detail_channels",
+    "class_weight",
+}
 
 
 def create_dense_model(
@@ -41,7 +48,8 @@ def create_dense_model(
         kwargs: `fpn_channels` (256), `size_divisible` (the multiple images are padded to; by default one the soft
             splits tile and the top level's stride divides); detection and instance: `min_size` (None keeps each
             image's size), `max_size` (1333) and the torchvision constructor's options; segmentation:
-            `head_channels` (128), `ignore_index` (255).
+            `head_channels` (128), `ignore_index` (255), `detail_channels` (0: none; a full-resolution refinement that
+            wide, for thin structures), `class_weight` (one per class: their weights in the loss).
     """
     if task not in TASKS:
         raise InputError(f"task {task!r} is not one of {TASKS}")

@@ -1,7 +1,8 @@
 """Semantic segmentation over the feature pyramid: Panoptic FPN's semantic head (Kirillov et al., "Panoptic Feature
-Pyramid Networks", CVPR 2019) on a FeaturePyramidBackbone, per-pixel logits at the input's size."""
+Pyramid Networks", CVPR 2019) on a FeaturePyramidBackbone, per-pixel logits at the input's size; optionally refined at
+full resolution by a shallow branch over the image, for structures thinner than the finest level's stride."""
 
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +47,29 @@ class SemanticFPNHead(nn.Module):
         return self.classifier(out)
 
 
+class DetailRefinement(nn.Module):
+    """Logits upsampled to the image's size, refined with what the image shows at full resolution (a U-Net-style skip):
+    two 3 x 3 conv-GN-ReLU stages over the image, concatenated with the logits, a 3 x 3 convolution added to them."""
+
+    def __init__(self, in_chans: int, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.image = nn.Sequential(_conv_stage(in_chans, channels), _conv_stage(channels, channels))
+        self.refine = nn.Conv2d(channels + num_classes, num_classes, 3, padding=1)
+        nn.init.zeros_(self.refine.weight)  # starts as the plain upsampled logits
+        nn.init.zeros_(self.refine.bias)
+
+    def forward(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return logits + self.refine(torch.cat([self.image(image), logits], dim=1))
+
+
 class SemanticSegmenter(nn.Module):
     """Images float in [0, 1], a batch (B, C, H, W) or a list of (C, H, W) -> normalised, padded at the right and
     bottom to a multiple of `size_divisible` (zeros) and to one size (a list), backbone + head, logits upsampled
     (bilinear) and cropped back to (B, K, H, W), H and W the batch's largest (a list: the part past each image's own
-    size is padding, which `segmentation_collate`'s masks mark ignored). Train mode: `model(images, masks)` ->
-    {"loss_seg": cross-entropy over the pixels not `ignore_index`}; masks int64 (B, H, W) or a list of (H, W)."""
+    size is padding, which `segmentation_collate`'s masks mark ignored); `detail_channels` > 0 adds a
+    DetailRefinement that wide. Train mode: `model(images, masks)` ->
+    {"loss_seg": cross-entropy over the pixels not `ignore_index`, each class weighted by `class_weight` (e.g. a
+    smaller weight for a background that covers most pixels)}; masks int64 (B, H, W) or a list of (H, W)."""
 
     def __init__(
         self,
@@ -62,11 +80,21 @@ class SemanticSegmenter(nn.Module):
         size_divisible: int,
         head_channels: int = 128,
         ignore_index: int = IGNORE_INDEX,
+        detail_channels: int = 0,
+        class_weight: Optional[Sequence[float]] = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = SemanticFPNHead(backbone.out_channels, head_channels, num_classes, backbone.strides)
+        self.detail = DetailRefinement(len(image_mean), detail_channels, num_classes) if detail_channels else None
         self.num_classes, self.size_divisible, self.ignore_index = num_classes, size_divisible, ignore_index
+        if class_weight is not None and (len(class_weight) != num_classes or min(class_weight) < 0):
+            raise InputError(
+                f"class_weight has {len(class_weight)} values ({min(class_weight, default=0)} the least) for "
+                f"{num_classes} classes: give one weight >= 0 per class, in class index order"
+            )
+        weight = torch.ones(num_classes) if class_weight is None else torch.tensor(class_weight, dtype=torch.float)
+        self.register_buffer("class_weight", weight, persistent=False)
         self.register_buffer("image_mean", torch.tensor(image_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(-1, 1, 1), persistent=False)
 
@@ -76,14 +104,17 @@ class SemanticSegmenter(nn.Module):
         x, (height, width) = self._batch(images)
         logits = self.head(list(self.backbone(x).values()))
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if self.detail is not None:
+            logits = self.detail(logits, x)
         logits = logits[..., :height, :width]
         if not self.training:
             return logits
         if masks is None:
             raise InputError("in training mode the segmenter takes masks: model(images, masks)")
         target = self._masks(masks, height, width, images)
-        loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum")
-        return {"loss_seg": loss / (target != self.ignore_index).sum().clamp(min=1)}  # no NaN for an all-ignored batch
+        loss = F.cross_entropy(logits, target, self.class_weight, ignore_index=self.ignore_index, reduction="sum")
+        valid = target[target != self.ignore_index]
+        return {"loss_seg": loss / self.class_weight[valid].sum().clamp(min=1)}  # no NaN for an all-ignored batch
 
     def _batch(self, images: Images) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Normalised images padded into one batch (B, C, H', W') with H', W' multiples of size_divisible, and the
