@@ -1,11 +1,12 @@
 """One set of defaults (the paper's ImageNet recipe), overridden by a YAML file, then by the command line."""
 
 import copy
+import errno
 import importlib.resources
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -91,7 +92,7 @@ def _check_rule(rule: str, key: str, value: Any, source: str, optional: bool) ->
     kind, op, bound, lo_br, lo, hi, hi_br = _RANGE.match(rule).groups()
     allowed = "an integer" if kind == "int" else "a number"
     allowed += f" {op} {bound}" if op else f" in {lo_br}{lo}, {hi}{hi_br}" if lo_br else ""
-    if not number or (kind == "int" and not float(value).is_integer()) or value != value:
+    if not number or value != value or (kind == "int" and not isinstance(value, int) and not value.is_integer()):
         raise fail(allowed)
     value = int(value) if kind == "int" else value
     if op and not (value >= float(bound) if op == ">=" else value > float(bound)):
@@ -119,13 +120,15 @@ def _known(key: str, source: str) -> str:
     return key
 
 
-def describe_keys() -> str:
-    """The config keys with their defaults and meanings, by section (for `t2t-vit train --help`)."""
+def describe_keys(defaults: Optional[Dict[str, Any]] = None) -> str:
+    """The config keys with their defaults (`defaults`: a command's own, e.g. its config's) and meanings, by section
+    (for `t2t-vit train --help`)."""
+    defaults = DEFAULTS if defaults is None else defaults
     lines = []
     for section, keys in SCHEMA.items():
         lines.append(f"{section}:")
-        for key, (default, _, meaning) in keys.items():
-            value = yaml.safe_dump(default, default_flow_style=True, width=1000).strip().removesuffix("\n...")
+        for key, (_, _, meaning) in keys.items():
+            value = yaml.safe_dump(defaults[key], default_flow_style=True, width=1000).strip().removesuffix("\n...")
             lines.append(f"  --{key.replace('_', '-'):<20} {value:<24} {meaning}")
     return "\n".join(lines)
 
@@ -150,7 +153,7 @@ def load_yaml(path: Path) -> Dict[str, Any]:
     try:
         data = yaml.load(path.read_text(), _Loader) or {}
     except yaml.YAMLError as e:
-        raise InputError(f"config {str(path)!r} is not valid YAML: {e}") from None
+        raise InputError(f"config {str(path)!r} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise InputError(f"config {str(path)!r} must be a mapping of keys to values")
     return data
@@ -173,15 +176,44 @@ def parse_overrides(args: Sequence[str]) -> Dict[str, Any]:
             key, value = arg.lstrip("-").split("=", 1)
         else:
             raise InputError(f"cannot read {arg!r}: overrides look like --key value, --key=value or key=value")
-        out[key.replace("-", "_")] = yaml.load(value, _Loader)
+        try:
+            out[key.replace("-", "_")] = yaml.load(value, _Loader)
+        except yaml.YAMLError as e:
+            raise InputError(
+                f"--{key.replace('_', '-')} {value!r} is not valid YAML ({yaml_problem(e)}): write it as in a YAML "
+                "file, e.g. '{embed_dim: 128}' or '[0.5, 0.5, 0.5]', quoted for the shell"
+            ) from None
         i += 1
     return out
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what the parser found and where, without the quoted source."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        context = f" {error.context}" if error.context else ""
+        return f"{error.problem}{context}{where}"
+    return " ".join(str(error).split())
+
+
 def resolve_config(config_file: Optional[Path] = None, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """DEFAULTS, then the YAML file, then the overrides, each value checked against its key's rule; unknown keys are
-    an InputError naming close ones. The config a run directory saved works as one (its resume history left out)."""
+    an InputError naming close ones. A mapping (model_kwargs, dense_kwargs) merges into the one before it key by key
+    (a key set to null is removed), except model_kwargs beside another `model`, which replaces it. The config a run
+    directory saved works as one (its resume history left out)."""
+    return _resolve(config_file, overrides)[0]
+
+
+def value_sources(config_file: Optional[Path] = None, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+    """Where `resolve_config` took each value from ("the defaults", "config 'NAME'", "the command line"), by key,
+    and by "key.inner" for each key of a mapping."""
+    return _resolve(config_file, overrides)[1]
+
+
+def _resolve(config_file: Optional[Path], overrides: Optional[Dict[str, Any]]) -> Tuple[Dict[str, Any], Dict[str, str]]:
     cfg = copy.deepcopy(DEFAULTS)
+    sources = {key: "the defaults" for key in cfg}
     layers: List[tuple] = []
     overrides = overrides or {}
     if config_file is not None:
@@ -193,9 +225,34 @@ def resolve_config(config_file: Optional[Path] = None, overrides: Optional[Dict[
         cfg["name"] = f"{stem}-{data_tag(overrides['data'])}" if moved else stem  # run names follow the data
     layers.append(("the command line", overrides))
     for source, layer in layers:
+        new_model = "model" in layer and layer["model"] != cfg["model"]
         for key, value in layer.items():
-            cfg[key] = check_value(_known(key, source), value, source)
-    return cfg
+            value = check_value(_known(key, source), value, source)
+            if isinstance(value, dict):  # a mapping: merged into the one before, unless made for another model
+                before = {} if key == "model_kwargs" and new_model else cfg[key]
+                value = {k: v for k, v in {**before, **value}.items() if v is not None}
+                sources.update({f"{key}.{inner}": source for inner in layer[key]})
+            cfg[key], sources[key] = value, source
+    return cfg, sources
+
+
+class ConfigError(InputError):
+    """An InputError about the values of config keys `keys`; the command line adds where each came from."""
+
+    def __init__(self, message: str, keys: Sequence[str]) -> None:
+        super().__init__(message)
+        self.keys = tuple(keys)
+
+
+def describe_sources(keys: Sequence[str], cfg: Dict[str, Any], sources: Dict[str, str]) -> str:
+    """Where the values of `keys` came from, grouped by source: "img_size, model_kwargs.depth from config 'digits';
+    model_kwargs.embed_dim from the command line" (each key of a mapping on its own)."""
+    by_source: Dict[str, List[str]] = {}
+    for key in keys:
+        named = [f"{key}.{inner}" for inner in cfg.get(key) or {}] if isinstance(cfg.get(key), dict) else [key]
+        for name in named:
+            by_source.setdefault(sources.get(name, sources.get(key, "the defaults")), []).append(name)
+    return "; ".join(f"{', '.join(names)} from {source}" for source, names in by_source.items())
 
 
 def data_tag(spec: Any) -> str:
@@ -210,8 +267,14 @@ def save_config(cfg: Dict[str, Any], path: Path, history: Optional[List[Dict[str
     """Write the config in effect, with the resume history under `resumes` (each resume's position and changes)."""
     out = dict(cfg, **({HISTORY_KEY: history} if history else {}))
     tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(yaml.safe_dump(out, sort_keys=False))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(yaml.safe_dump(out, sort_keys=False))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        fix = "no free space left there: free space, or choose another --output" if full else e.strerror or str(e)
+        raise InputError(f"cannot write {str(path)!r} ({fix})") from None
 
 
 def read_history(path: Path) -> List[Dict[str, Any]]:
