@@ -1,7 +1,9 @@
 """Making models: by registered name, optionally with weights, or from one of our checkpoints alone."""
 
 import difflib
+import inspect
 import math
+import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -44,6 +46,32 @@ def create_model(
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path, use_ema=use_ema)
     return model
+
+
+def constructor_keywords(name: str) -> Optional[List[str]]:
+    """The keyword arguments the class of model `name` (registered, or timm:NAME) takes, from its constructor's
+    signature and those of the base classes it passes **kwargs on to; None where they cannot be read (an unknown
+    name, no return annotation on its timm entry point, **kwargs that reach past the model's classes)."""
+    arch = name.removeprefix("timm:").split(".")[0]
+    if not timm.is_model(arch):
+        return None
+    try:
+        cls = typing.get_type_hints(timm.models.model_entrypoint(arch)).get("return")
+    except (NameError, TypeError):  # an annotation that does not resolve
+        return None
+    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
+        return None
+    names: List[str] = []
+    for klass in cls.__mro__:
+        if klass is nn.Module:
+            return None
+        if "__init__" not in vars(klass):
+            continue
+        params = list(inspect.signature(klass.__init__).parameters.values())[1:]  # without self
+        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return None
 
 
 def load_model(

@@ -8,22 +8,41 @@ import sys
 from pathlib import Path
 from typing import Any, List
 
-from ..config import data_tag, describe_keys, parse_overrides, resolve_config
+from ..config import (
+    ConfigError,
+    data_tag,
+    describe_keys,
+    describe_sources,
+    parse_overrides,
+    resolve_config,
+    value_sources,
+)
 from ..config_keys import TASKS
 from .common import checkpoint_args, non_negative_int, positive_int, precision_arg
 
+FINETUNE_CONFIG = "finetune_cifar"
 HEADLINES = (("val_top1", "top-1"), ("val_map", "mAP"), ("val_miou", "mIoU"))  # a run's main held-out number
 
 
+def _keys(config: Any = None) -> str:
+    """The --help epilog: the config keys with the defaults a command uses (its --config's where it has one)."""
+    where = f"--config {config}'s values over the defaults" if config else "their defaults"
+    return (
+        "config keys (--key value, dashes or underscores; values are YAML), with "
+        f"{where}. A mapping (--model-kwargs, --dense-kwargs) merges into the config's key by key ({{key: null}} "
+        "removes one), except --model-kwargs with another --model, which replaces it.\n"
+        + describe_keys(resolve_config(config) if config else None)
+    )
+
+
 def register(sub: Any) -> None:
-    keys = "config keys (--key value, dashes or underscores; values are YAML), with their defaults:\n" + describe_keys()
     p = sub.add_parser(
         "train",
         help="train a model (the paper's recipe by default)",
         description="Train with the defaults < --config YAML < --key value overrides, e.g. --data digits --epochs 30 "
         "--batch-size 64 --model-kwargs '{embed_dim: 128}'. Many processes: torchrun --nproc_per_node=8 -m t2t_vit "
         "train ...",
-        epilog=keys,
+        epilog=_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML file, or a config shipped with the package (e.g. t2t_vit_14, digits)")
@@ -35,12 +54,14 @@ def register(sub: Any) -> None:
         description="Fine-tune with the defaults < --config (default: the authors' CIFAR recipe) < --key value "
         "overrides, e.g. --data cifar10:DIR --img-size 384 --backbone-lr-ratio 0.1 --layer-decay 0.75 "
         "--freeze-backbone true.",
-        epilog=keys,
+        epilog=_keys(FINETUNE_CONFIG),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     f.add_argument("--checkpoint", required=True, help="weights to start from: ours, or an authors' file")
     f.add_argument("--model", help="model name or release tag (the authors' files whose name does not say it)")
-    f.add_argument("--config", default="finetune_cifar", help="YAML file or shipped config (default: finetune_cifar)")
+    f.add_argument(
+        "--config", default=FINETUNE_CONFIG, help=f"YAML file or shipped config (default: {FINETUNE_CONFIG})"
+    )
     _run_args(f)
 
     e = sub.add_parser(
@@ -76,12 +97,16 @@ def _train(args: argparse.Namespace, overrides: List[str]) -> int:
     from ..training.run import train
 
     values = parse_overrides(overrides)
-    cfg = resolve_config(args.config, values)
+    cfg, sources = resolve_config(args.config, values), value_sources(args.config, values)
     if args.command == "finetune":
         cfg["init_checkpoint"], cfg["model"] = args.checkpoint, args.model
+        sources.update(init_checkpoint="--checkpoint", model="--model" if args.model else "the checkpoint")
         if "name" not in values:  # named for where it starts and the data it learns
             cfg["name"] = f"{_checkpoint_stem(args.checkpoint)}-ft-{data_tag(cfg['data'])}"
-    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    try:
+        result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    except ConfigError as e:  # say where the values it names came from
+        raise ConfigError(f"{e} ({describe_sources(e.keys, cfg, sources)})", e.keys) from None
     if int(os.environ.get("RANK", "0")) != 0:
         return 128 + result["stopped"] if result.get("stopped") else 0
     if result.get("stopped"):  # a signal: the run is not finished, and says so to the shell and the scheduler

@@ -155,6 +155,8 @@ def _fit_in_chans(sd: Dict[str, torch.Tensor], model: nn.Module) -> None:
         chans = weight.shape[1]
     else:
         kk = model.soft_splits[0][0] ** 2
+        if weight.shape[1] % kk:  # another first kernel: not a channel count to adapt, a shape mismatch to report
+            return
         chans = weight.shape[1] // kk
     if chans == model.in_chans:
         return

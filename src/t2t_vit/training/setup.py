@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from .. import data as data_lib
-from ..config import check_values
+from ..config import ConfigError, check_values
 from ..config_keys import CLASSIFICATION_ONLY, DEFAULTS
 from ..data import tensor_batches as tensor_data
 from ..errors import InputError
-from ..factory import create_model, load_model
+from ..factory import constructor_keywords, create_model, load_model
 
 _logger = logging.getLogger(__name__)
 
@@ -31,8 +31,9 @@ TASK_METRICS = {
 
 def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The config with every value checked against its key's rule (and normalised, 1e3 -> 1000 for an int), or an
-    InputError for a config no run can start from; before anything is built or written. best_metric null becomes
-    the task's own."""
+    InputError for a config no run can start from; before anything is built or written: besides each key's rule,
+    mean/std against in_chans and model_kwargs against the model's constructor (a ConfigError naming the keys).
+    best_metric null becomes the task's own."""
     cfg = check_values(cfg)
     task = cfg["task"]
     if cfg["data"] is None:
@@ -47,14 +48,75 @@ def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
         raise InputError(f"batch_size {cfg['batch_size']} must be even with mixup/cutmix on")
     if task != "classification":
         _check_dense(cfg)
-    if cfg["init_checkpoint"] and not Path(cfg["init_checkpoint"]).expanduser().is_file():
-        raise InputError(f"checkpoint {cfg['init_checkpoint']!r} to start from does not exist: check the path")
+    if task == "classification":
+        _check_channels(cfg)
+    _check_model_kwargs(cfg)
+    if cfg["init_checkpoint"] and not _is_file(cfg["init_checkpoint"]):
+        raise ConfigError(
+            f"checkpoint {cfg['init_checkpoint']!r} to start from does not exist: check the path", ["init_checkpoint"]
+        )
     if cfg["schedule_on_time"] and not (cfg["time_budget"] and cfg["sched_on_updates"]):
         raise InputError(
             "schedule_on_time steps the lr by the seconds of a time budget, every update: set "
             "--time-budget SECONDS and --sched-on-updates true, or --schedule-on-time false"
         )
     return cfg
+
+
+def _is_file(path: str) -> bool:
+    """Whether `path` (~ expanded) is a file; False for a name no file can have (a NUL byte, an unknown ~user)."""
+    try:
+        return Path(path).expanduser().is_file()
+    except (ValueError, RuntimeError, OSError):
+        return False
+
+
+def _check_channels(cfg: Dict[str, Any]) -> None:
+    """mean and std: one value per input channel, or one for all."""
+    for key in ("mean", "std"):
+        if len(cfg[key]) not in (1, cfg["in_chans"]):
+            example = ", ".join(["0.5"] * cfg["in_chans"])
+            raise ConfigError(
+                f"{key} {cfg[key]} has {len(cfg[key])} values for {cfg['in_chans']} input channels (in_chans): give "
+                f"one per channel, e.g. --{key} '[{example}]', or one for all",
+                [key, "in_chans"],
+            )
+
+
+# constructor keywords the run sets from config keys, which model_kwargs may not set again
+SET_BY_KEYS = dict(num_classes="num_classes", img_size="img_size", in_chans="in_chans", drop_rate="drop")
+SET_BY_KEYS.update(drop_path_rate="drop_path")
+# what timm.create_model takes besides the model's constructor keywords
+TIMM_KEYWORDS = ("pretrained_cfg", "pretrained_cfg_overlay", "features_only", "out_indices", "output_stride")
+
+
+def _check_model_kwargs(cfg: Dict[str, Any]) -> None:
+    """model_kwargs: keywords the model's constructor takes (read from its signature), none a config key sets."""
+    if cfg["model"] is None:
+        return
+    kwargs = cfg["model_kwargs"]
+    for keyword, key in SET_BY_KEYS.items():
+        if keyword in kwargs:
+            raise ConfigError(
+                f"model_kwargs sets {keyword}, which config key {key} sets: use --{key.replace('_', '-')} instead",
+                ["model_kwargs"],
+            )
+    accepted = constructor_keywords(cfg["model"])
+    if accepted is None:  # not a registered model (create_model names it), or keywords that cannot be read
+        return
+    unknown = [k for k in kwargs if k not in accepted and k not in TIMM_KEYWORDS]
+    if unknown:
+        import difflib
+
+        def hinted(keyword: str) -> str:
+            close = difflib.get_close_matches(str(keyword), accepted, n=1)
+            return f"{keyword} (did you mean {close[0]}?)" if close else str(keyword)
+
+        own = ", ".join(k for k in accepted if k not in SET_BY_KEYS)
+        raise ConfigError(
+            f"model_kwargs {', '.join(map(hinted, unknown))}: not a keyword of {cfg['model']}, which takes {own}",
+            ["model", *(f"model_kwargs.{k}" for k in unknown)],
+        )
 
 
 def _check_dense(cfg: Dict[str, Any]) -> None:
@@ -233,6 +295,12 @@ def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
     train_set = data_lib.create_dataset(cfg["data"], "train", cfg["download"], cfg["in_chans"])
     val_set = data_lib.create_dataset(cfg["data"], "val", cfg["download"], cfg["in_chans"])
     classes = data_lib.dataset_classes(train_set)
+    if cfg["num_classes"] and cfg["num_classes"] < len(classes):
+        raise ConfigError(
+            f"num_classes {cfg['num_classes']} is fewer than the {len(classes)} classes of {cfg['data']}: pass "
+            f"--num-classes {len(classes)}, or leave num_classes null for the data's count",
+            ["num_classes", "data"],
+        )
     data_config = data_config_of(cfg)
     train_set.transform = data_lib.create_transform(cfg, data_config, training=True, uint8=True)
     val_set.transform = data_lib.create_transform(cfg, data_config, training=False, uint8=True)
@@ -281,12 +349,18 @@ def build_model(cfg: Dict[str, Any], num_classes: int) -> Tuple[str, nn.Module, 
     )
     if str(cfg["model"]).startswith("timm:"):  # a timm baseline: CNNs take any input size
         model_kwargs.pop("img_size")
-    if cfg["init_checkpoint"]:  # fine-tuning: a new head and position table where the sizes differ
-        model, meta = load_model(cfg["init_checkpoint"], cfg["model"], **model_kwargs)
-        return meta["arch"], model, meta["model_kwargs"]
-    if cfg["model"] is None:
+    if cfg["init_checkpoint"] is None and cfg["model"] is None:
         raise InputError("no model: pass --model NAME, or --init-checkpoint PATH to start from weights")
-    return cfg["model"], create_model(cfg["model"], **model_kwargs), model_kwargs
+    sizes = ["model", "model_kwargs", "img_size", "in_chans"]
+    try:
+        if cfg["init_checkpoint"]:  # fine-tuning: a new head and position table where the sizes differ
+            model, meta = load_model(cfg["init_checkpoint"], cfg["model"], **model_kwargs)
+            return meta["arch"], model, meta["model_kwargs"]
+        return cfg["model"], create_model(cfg["model"], **model_kwargs), model_kwargs
+    except ConfigError:
+        raise
+    except InputError as e:  # a size the model cannot take, or a checkpoint it does not fit
+        raise ConfigError(str(e), ["init_checkpoint", *sizes] if cfg["init_checkpoint"] else sizes) from None
 
 
 def compiled(model: nn.Module, device: torch.device) -> nn.Module:
