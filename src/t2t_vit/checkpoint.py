@@ -65,9 +65,15 @@ def read_checkpoint(path: PathLike) -> Any:
         raise InputError(f"checkpoint {str(path)!r} is not a PyTorch checkpoint ({e})") from None
     except Exception as e:  # a user's file can fail to parse in many ways; all mean the same to the user
         raise InputError(
-            f"checkpoint {str(path)!r} could not be read: truncated, corrupt or not a checkpoint ({e}). "
+            f"checkpoint {str(path)!r} could not be read: truncated, corrupt or not a checkpoint ({_gist(e)}). "
             "Download or copy it again"
         ) from None
+
+
+def _gist(error: Exception) -> str:
+    """A reader's error in one line, its first sentence (torch's zip reader adds a paragraph of advice)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text.split(". ")[0].removesuffix(".")
 
 
 def _check_torch_file(path: Path) -> None:

@@ -14,6 +14,7 @@ A `--data` spec names the source:
 import gzip
 import logging
 import math
+import os
 import struct
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -71,6 +72,12 @@ class ImageFiles(Dataset):
         try:
             folder = ImageFolder(str(root), loader=lambda p: p)  # paths only: images open in __getitem__
         except (FileNotFoundError, OSError) as e:
+            denied = _unreadable_folder(root)
+            if denied is not None:
+                raise InputError(
+                    f"cannot read {str(denied.filename)!r} ({denied.strerror}): give read access to the class "
+                    f"folders under {str(root)!r}, e.g. chmod -R a+rX {str(root)!r}"
+                ) from None
             raise InputError(
                 f"no images found under {str(root)!r} ({e}): it must hold one sub-folder of images per class"
             ) from None
@@ -90,6 +97,15 @@ class ImageFiles(Dataset):
             _logger.warning("skipping unreadable image %s (%s)", path, e)
             return None
         return (self.transform(img) if self.transform else img), label, int(scaled)
+
+
+def _unreadable_folder(root: Path) -> Optional[OSError]:
+    """The first error listing `root` or a folder under it (ImageFolder's walk passes over such folders silently)."""
+    errors: List[OSError] = []
+    for _ in os.walk(root, onerror=errors.append, followlinks=True):
+        if errors:
+            break
+    return errors[0] if errors else None
 
 
 # Pillow modes with more than 8 bits per sample, and the full-scale value of each (convert("RGB") clips them).

@@ -3,6 +3,7 @@ lock, creating and opening it, and the scan for the checkpoint a resume or a rol
 
 import contextlib
 import csv
+import errno
 import json
 import logging
 import os
@@ -78,7 +79,7 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise InputError(f"cannot create run directory {str(self)!r} ({e.strerror}): choose another --output")
+            raise InputError(f"cannot create run directory {str(self)!r} ({why_not_written(e, existing)})") from None
         try:
             self.lock.acquire()
         except BaseException:
@@ -158,21 +159,40 @@ class RunDir:
         }
 
 
+def why_not_written(error: OSError, folder: Path) -> str:
+    """Why a file could not be written in `folder`, with what to do: free space on a full disk, else another
+    --output."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no free space left in {str(folder)!r}: free space there, or choose another --output"
+    return f"{error.strerror or error}: choose another --output"
+
+
 def read_first_good(paths: List[Path]) -> Tuple[Path, Dict[str, Any]]:
-    """The first of `paths` that reads as a training checkpoint of ours, warning for each one passed over."""
-    errors = []
+    """The first of `paths` that reads as a training checkpoint of ours, warning for each one passed over; if none
+    does, one InputError naming them all and the first one's reason."""
+    errors: List[Tuple[Path, str]] = []
     for path in paths:
         try:
             state = read_checkpoint(path)
             if not isinstance(state, dict) or "optimizer" not in state or "epoch" not in state:
-                raise InputError(f"{str(path)!r} is not a training checkpoint of ours (no optimizer state)")
+                raise InputError(f"checkpoint {str(path)!r} is not a training checkpoint of ours (no optimizer state)")
         except InputError as e:
-            errors.append(str(e))
+            errors.append((path, str(e)))
             continue
         if errors:
-            _logger.warning("%s; resuming from %s instead", "; ".join(errors), path)
+            _logger.warning("%s; resuming from %s instead", "; ".join(e for _, e in errors), path)
         return path, state
-    raise InputError("; ".join(errors) + ": no checkpoint to resume from")
+    if len(errors) <= 1:
+        raise InputError(f"{errors[0][1] if errors else 'no checkpoint given'}: no checkpoint to resume from")
+    first, reason = errors[0]
+    reason = reason.removeprefix(f"checkpoint {str(first)!r} ").removesuffix(". Download or copy it again")
+    folders = {str(p.parent) for p, _ in errors}
+    where = f" in {folders.pop()!r}" if len(folders) == 1 else ""
+    names = ", ".join(p.name if where else str(p) for p, _ in errors)
+    raise InputError(
+        f"none of {names}{where} can be resumed from ({first.name} {reason}): move them aside to start afresh, or "
+        "pass --name NAME for another run"
+    )
 
 
 class RunLock:
@@ -199,8 +219,18 @@ class RunLock:
             except FileExistsError:
                 self._take_over_if_stale(me)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+            except OSError as e:
+                raise InputError(f"cannot take the lock {str(self.path)!r} ({why_not_written(e, self.path.parent)})")
+            try:
+                try:
+                    os.write(fd, json.dumps(me).encode())
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                self.path.unlink(missing_ok=True)
+                raise InputError(
+                    f"cannot write the lock {str(self.path)!r} ({why_not_written(e, self.path.parent)})"
+                ) from None
             self.held = True
             return
         raise InputError(f"could not take the lock {str(self.path)!r}: another run keeps taking it")
