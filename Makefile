@@ -27,9 +27,11 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-# Slow, not part of `test`: 2 gloo processes under torchrun, interrupted 20 times, end as the uninterrupted run.
+# Slow, not part of `test`: 2 gloo processes under torchrun, interrupted 20 times, end as the uninterrupted run;
+# then two torchrun agents (two nodes on this machine), the second killed with its worker and started again, twice.
 soak: install
 	$(PY) -m tests.soak
+	$(PY) -m tests.soak_nodes
 
 # A lent GPU machine has its own python3 with torch and timm and no .venv; `make gpu-pack` (here) puts what its
 # targets need into .gpu/ (ignored; carried): Fashion-MNIST and the commit. benchmarks/README.md has the device call.
