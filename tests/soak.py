@@ -29,7 +29,7 @@ from .helpers import TINY_MODEL, last_checkpoint, metrics_rows, subprocess_env
 
 # the log line a worker writes every --log-interval steps without a progress bar: "epoch 3/30 step 10/22  loss ..."
 STEP_LINE = re.compile(r"epoch (\d+)/\d+ step (\d+)/(\d+)")
-# how long an interruption may wait for its step before the soak gives up (a hung run: far above any pace)
+# how long the soak waits for a run's next step line before it gives up (a hung run: far above any pace's gap)
 STALL_S = 600
 
 
@@ -122,17 +122,19 @@ def plan(rng: random.Random, n: int, last_step: int, at_start: float = 0.25) -> 
 
 def wait_for(when: Interruption, log: StepLog, running: Callable[[], bool]) -> Optional[int]:
     """Wait until `when` comes; the step the run reached then (None: not yet at a step). Raises TimeoutError if
-    the run makes no progress for STALL_S; returns None at once if the run ends (`running` false)."""
-    start, reached = time.time(), None
+    no new step line comes for STALL_S; returns None at once if the run ends (`running` false)."""
+    start = progress = time.time()
+    reached = None
     while running():
         step = log.reached()
-        reached = step if step is not None else reached
+        if step is not None:
+            reached, progress = step, time.time()
         if when.at_step is None and (reached is not None or time.time() - start >= when.delay):
             return reached
         if when.at_step is not None and reached is not None and reached >= when.at_step:
             return reached
-        if time.time() - start > STALL_S:
-            raise TimeoutError(f"no step {when.at_step} within {STALL_S} s (last seen: {reached})")
+        if time.time() - progress > STALL_S:
+            raise TimeoutError(f"no new step line for {STALL_S} s on the way to step {when.at_step} (last: {reached})")
         time.sleep(0.1)
     return None
 

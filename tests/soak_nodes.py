@@ -130,7 +130,7 @@ def main() -> int:
                 time.sleep(0.1)
             steps.skip()  # a step line from now on is this round's
             reached = wait_for(schedule[len(at)], steps, soak.running)
-            if reached is None:
+            if not soak.running():
                 break
             killed = soak.kill(1)
             at.append(reached)
