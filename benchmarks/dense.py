@@ -79,11 +79,20 @@ RECIPE: Dict[str, Any] = dict(
     min_lr=1e-5,
     clip_grad=1.0,
     drop_path=0.0,
-    hflip=0.5,
+    hflip=0.0,  # a mirrored digit is another glyph
     model_ema=False,  # the reported mAP is the trained weights' own, at the last epoch
     img_size=128,  # a T2T-ViT's position table, resampled to each canvas (96-160 px, kept at its own size)
     detector_min_size=None,
-    dense_kwargs=dict(fpn_channels=128, representation_size=256),  # FPN width, the box head's two layers
+    dense_kwargs=dict(  # FPN width, the box head's two layers; proposals and samples sized for 1-4 objects a canvas
+        fpn_channels=64,
+        representation_size=256,
+        rpn_pre_nms_top_n_train=200,
+        rpn_post_nms_top_n_train=100,
+        rpn_batch_size_per_image=64,
+        rpn_pre_nms_top_n_test=200,
+        rpn_post_nms_top_n_test=50,
+        box_batch_size_per_image=32,
+    ),
     eval_every=1,
     workers=0,
     device="auto",
