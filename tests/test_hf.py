@@ -530,7 +530,7 @@ def hub_client(stand_in_hub, monkeypatch, tmp_path):
 @pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")  # inside the Hub client's LFS upload
 def test_push_failures_are_one_line(own_checkpoint, hub_client, monkeypatch, tmp_path, capsys):
     f, hub = own_checkpoint, hub_client
-    convert = ["convert", str(f.file), "--out", str(tmp_path / "out")]
+    convert = ["convert", str(f.file), "--out", str(tmp_path / "out"), "--force"]  # each push rewrites the folder
     # someone else's repo: the Hub refuses the write (the folder is written, nothing is committed)
     assert cli_main([*convert, "--push-to-hub", "someone/t2t-vit"]) == 2
     one_line_error(capsys, "was written, but pushing it to someone/t2t-vit failed", "you may not write", "(403)")

@@ -19,7 +19,7 @@ import pickle
 import shutil
 import types
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterable, Optional, Union
 
 import torch
 
@@ -214,3 +214,36 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def input_files(source: PathLike) -> list:
+    """The local files a checkpoint source reads: the file itself, or a hub folder's config and weights."""
+    text = str(source)
+    if text.startswith(hub.HUB_PREFIX):
+        return []
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return [path / name for name in (hub.CONFIG_FILE, *hub.WEIGHT_FILES)]
+    return [path]
+
+
+def check_new_file(out: PathLike, flag: str, force: bool, inputs: Iterable[PathLike] = ()) -> None:
+    """InputError if writing `out` would replace one of `inputs` (even with --force), or a file that exists
+    (unless `force`). `flag` names the option that gave `out`, e.g. "--output"."""
+    out = Path(out).expanduser()
+    if not (out.exists() or out.is_symlink()):
+        return
+    for src in inputs:
+        src = Path(src).expanduser()
+        if src.exists() and (out.resolve() == src.resolve() or os.path.samefile(out, src)):
+            raise InputError(f"{flag} {str(out)!r} is the input {str(src)!r}: write the output to another file")
+    if not force:
+        raise InputError(f"{flag} {str(out)!r} exists: pass --force to overwrite it, or give another name")
+
+
+def apply_umask(path: PathLike) -> None:
+    """Give a file the mode the user's umask asks for (0o666 & ~umask), as open() would have: some writers (e.g.
+    safetensors, tempfile.mkstemp) create files 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from . import hub
-from .checkpoint import read_checkpoint
+from .checkpoint import apply_umask, check_new_file, input_files, read_checkpoint
 from .errors import InputError
 from .models.t2t_vit import set_pretrained_source
 from .models.variants import RELEASES, Release
@@ -44,8 +44,9 @@ def cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def download(url: str, directory: Optional[PathLike] = None, progress: bool = False) -> Path:
-    """The file at `url` in `directory` (default: torch's hub cache), fetched once and checked.
+def download(url: str, directory: Optional[PathLike] = None, progress: bool = False, force: bool = False) -> Path:
+    """The file at `url` in `directory` (default: torch's hub cache), fetched once and checked: a file of that name
+    is used as it is, never replaced, unless `force` (then fetched again and replaced once complete).
 
     The transfer goes to a temporary file that becomes the cached one only when it is complete (every byte the
     server announced) and reads as a checkpoint; otherwise nothing is left behind and InputError says why.
@@ -53,7 +54,7 @@ def download(url: str, directory: Optional[PathLike] = None, progress: bool = Fa
     name = url.rstrip("/").rsplit("/", 1)[-1]
     folder = Path(directory) if directory is not None else cache_dir()
     dst = folder / name
-    if dst.is_file():
+    if dst.is_file() and not force:
         _logger.info("using %s (already downloaded)", dst)
         return dst
     created = not folder.exists()
@@ -152,13 +153,18 @@ AUTHORS_REPO = "https://github.com/yitu-opensource/T2T-ViT"
 
 
 def convert(
-    checkpoint: PathLike, out: PathLike, model_name: Optional[str] = None, push_to_hub: Optional[str] = None
+    checkpoint: PathLike,
+    out: PathLike,
+    model_name: Optional[str] = None,
+    push_to_hub: Optional[str] = None,
+    force: bool = False,
 ) -> Path:
     """Write the folder timm and transformers read: model.safetensors, config.json (with the class names) and a
     README.md model card; with `push_to_hub` (USER/REPO) also upload that folder as one commit (needs a login).
 
     `timm.create_model("local-dir:OUT", pretrained=True)`, `AutoModelForImageClassification.from_pretrained(OUT)` and
     `pipeline("image-classification", model=OUT)` then give the checkpoint's model (after `import t2t_vit`).
+    A folder that holds files is written into only with `force`, and never over the checkpoint itself.
     """
     from timm.models import save_for_hf
 
@@ -167,6 +173,7 @@ def convert(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {str(out)!r} is a file: give a folder to write the model into")
+    _check_folder(out, checkpoint, force)
     if push_to_hub is not None:
         _check_push(push_to_hub)
     model, meta = load_model(checkpoint, model_name)
@@ -176,6 +183,7 @@ def convert(
     model.pretrained_cfg = _pretrained_cfg(model.pretrained_cfg, arch, meta["arch"], release, checkpoint)
     data = {k: meta["data_config"][k] for k in hub.DATA_KEYS}
     save_for_hf(model, str(out), model_config=dict(label_names=names), safe_serialization=True, data_config=data)
+    apply_umask(out / hub.WEIGHT_FILES[0])  # safetensors writes 0600
     config_path = out / hub.CONFIG_FILE
     config = json.loads(config_path.read_text())
     # transformers' TimmWrapper passes num_classes itself (from the root num_classes): never twice
@@ -187,6 +195,18 @@ def convert(
     if push_to_hub is not None:
         push_folder(out, push_to_hub)
     return out
+
+
+def _check_folder(out: Path, checkpoint: PathLike, force: bool) -> None:
+    """InputError if `out` holds files (unless `force`), or if convert would write over the checkpoint it reads."""
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not force:
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise InputError(
+            f"--out {str(out)!r} holds files ({shown}): pass --force to replace them, or give a new folder"
+        )
+    for name in (hub.WEIGHT_FILES[0], hub.CONFIG_FILE, "README.md"):
+        check_new_file(out / name, "--out", True, input_files(checkpoint))
 
 
 def _pretrained_cfg(

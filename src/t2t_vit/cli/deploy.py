@@ -70,6 +70,7 @@ def register(sub: Any) -> None:
     e.add_argument("--format", required=True, choices=FORMATS)
     e.add_argument("--output", required=True, help="file to write")
     e.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA ones")
+    e.add_argument("--force", action="store_true", help="overwrite --output if it exists (never the checkpoint)")
     e.set_defaults(func=_export)
 
     b = sub.add_parser(
@@ -225,7 +226,7 @@ def _none_read(results: List[Dict[str, Any]]) -> None:
 def _export(args: argparse.Namespace) -> None:
     from ..deploy.export import export
 
-    out = export(args.checkpoint, args.format, args.output, args.model, not args.no_ema)
+    out = export(args.checkpoint, args.format, args.output, args.model, not args.no_ema, args.force)
     print(f"wrote {out} ({args.format})")
 
 

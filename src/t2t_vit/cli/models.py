@@ -24,6 +24,7 @@ def register(sub: Any) -> None:
     d.add_argument("name", metavar="NAME", help="a release tag (t2t_vit_14.in1k_ft_cifar10) or a model (its first tag)")
     d.add_argument("--dir", default=None, help="folder to put the file in (default: torch's hub cache)")
     d.add_argument("--url", default=None, help="fetch from this address instead (a mirror)")
+    d.add_argument("--force", action="store_true", help="fetch again and replace the file if it is there")
     d.set_defaults(func=_download)
 
     c = sub.add_parser(
@@ -33,6 +34,7 @@ def register(sub: Any) -> None:
     c.add_argument("checkpoint", metavar="FILE", help="our checkpoint, or an authors' release file")
     c.add_argument("--model", default=None, help="model name or release tag (the authors' files without `arch`)")
     c.add_argument("--out", required=True, help="folder to write model.safetensors, config.json, README.md into")
+    c.add_argument("--force", action="store_true", help="write into --out even if it holds files (never the input)")
     c.add_argument(
         "--push-to-hub",
         default=None,
@@ -111,7 +113,7 @@ def _download(args: argparse.Namespace) -> None:
     from ..pretrained import download, release_of
 
     tag, release = release_of(args.name)
-    path = download(args.url or release.url, args.dir, progress=True)
+    path = download(args.url or release.url, args.dir, progress=True, force=args.force)
     print(f"{tag}: {path}")
 
 
@@ -123,7 +125,7 @@ def _convert(args: argparse.Namespace) -> None:
     if not args.verbose:  # the Hub client's transport logs each request at INFO
         for name in ("httpx", "httpx2"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    out = convert(args.checkpoint, args.out, args.model, args.push_to_hub)
+    out = convert(args.checkpoint, args.out, args.model, args.push_to_hub, args.force)
     name = f"hf-hub:{args.push_to_hub}" if args.push_to_hub else f"local-dir:{out}"
     print(f"wrote {out} (model.safetensors, config.json, README.md)")
     if args.push_to_hub:

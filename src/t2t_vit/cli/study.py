@@ -3,7 +3,7 @@
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from ..errors import InputError
 
@@ -39,6 +39,7 @@ def register(sub: Any) -> None:
     p.add_argument("--block", type=int, default=0, help="block whose output tokens are shown (default: 0)")
     p.add_argument("--channels", type=int, default=36, help="channel maps per model (default: 36)")
     p.add_argument("--out", type=Path, default=Path("features.png"), help="PNG to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=_features)
 
     p = modes.add_parser("attention", help="class-token attention per head and attention rollout, over the image")
@@ -60,11 +61,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--heads", type=int, default=None, help="heads shown per block (default: all)")
     p.add_argument("--out", type=Path, default=Path("attention.png"), help="PNG to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=_attention)
 
     p = modes.add_parser("curves", help="loss and top-1 per epoch of one or more run directories")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="directories written by `t2t-vit train`")
     p.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=_curves)
 
     r = sub.add_parser(
@@ -108,21 +111,41 @@ def _features(args: argparse.Namespace) -> None:
             f"{len(names)} models but {len(checkpoints)} checkpoints: give one --checkpoint per --model, in order, "
             "with - for a model without one (or leave out --model: our checkpoints name their model)"
         )
+    inputs = [args.image, *(Path(c) for c in checkpoints if c is not None)]
+    out = _output(args, inputs)
     models = [_load(n, c, args.img_size) for n, c in zip(names, checkpoints)]
-    print(f"wrote {plot_feature_maps(args.image, models, args.out, args.block, args.channels)}")
+    _write(out, lambda path: plot_feature_maps(args.image, models, path, args.block, args.channels))
 
 
 def _attention(args: argparse.Namespace) -> None:
     from ..study.visualize import plot_attention
 
+    out = _output(args, [args.image] + ([Path(args.checkpoint)] if args.checkpoint else []))
     label, model = _load(args.model, args.checkpoint, args.img_size)
-    print(f"wrote {plot_attention(args.image, model, args.out, args.blocks, args.heads, label)}")
+    _write(out, lambda path: plot_attention(args.image, model, path, args.blocks, args.heads, label))
 
 
 def _curves(args: argparse.Namespace) -> None:
     from ..study.visualize import plot_curves
 
-    print(f"wrote {plot_curves(args.run_dirs, args.out)}")
+    out = _output(args, [d / "metrics.csv" for d in args.run_dirs])
+    _write(out, lambda path: plot_curves(args.run_dirs, path))
+
+
+def _output(args: argparse.Namespace, inputs: Sequence[Path]) -> Path:
+    """--out as the file it becomes, checked before any work."""
+    from ..study.visualize import output_path
+
+    return output_path(args.out, args.force, inputs)
+
+
+def _write(out: Path, draw: Callable[[Path], Any]) -> None:
+    """Draw into `out` and say so; a write the OS refuses is one line."""
+    try:
+        draw(out)
+    except OSError as e:
+        raise InputError(f"could not write --out {str(out)!r}: {e.strerror or e}") from None
+    print(f"wrote {out}")
 
 
 def _reproduce(args: argparse.Namespace) -> int:

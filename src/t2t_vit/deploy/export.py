@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from ..checkpoint import apply_umask, check_new_file, input_files
 from ..errors import InputError
 from ..factory import load_model
 
@@ -70,12 +71,21 @@ def check_output(out: Path, fmt: str) -> None:
         raise InputError(f"--output {str(out)!r} cannot be written: {str(folder)!r} is not writable")
 
 
-def export(checkpoint: str, fmt: str, output: str, model_name: Optional[str] = None, use_ema: bool = True) -> Path:
-    """Load a checkpoint (ours, or the authors' with `model_name`) and write it in `fmt` to `output`."""
+def export(
+    checkpoint: str,
+    fmt: str,
+    output: str,
+    model_name: Optional[str] = None,
+    use_ema: bool = True,
+    force: bool = False,
+) -> Path:
+    """Load a checkpoint (ours, or the authors' with `model_name`) and write it in `fmt` to `output`: a file that
+    exists only with `force`, and never the checkpoint itself. The file gets the user's umask."""
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r} is not one of {FORMATS}")
     out = Path(output).expanduser()
     check_output(out, fmt)
+    check_new_file(out, "--output", force, input_files(checkpoint))
     model, meta = load_model(checkpoint, model_name, use_ema=use_ema)
     meta = {k: meta[k] for k in META_FIELDS if k in meta}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -89,4 +99,5 @@ def export(checkpoint: str, fmt: str, output: str, model_name: Optional[str] = N
         export_torchscript(model, out, meta)
     else:
         export_safetensors(model, out, meta)
+    apply_umask(out)
     return out

@@ -30,6 +30,28 @@ def _pyplot() -> Any:
     return plt
 
 
+def output_path(out: Path, force: bool = False, inputs: Sequence[Path] = ()) -> Path:
+    """The file a figure saved to `out` becomes (matplotlib adds .png to a name without a suffix), checked: a format
+    matplotlib writes, a folder that can hold it, not an input, and not a file that exists unless `force`."""
+    from ..checkpoint import check_new_file
+
+    out = Path(out)
+    if not out.suffix:
+        out = out.with_name(out.name + ".png")
+    kinds = _pyplot().figure().canvas.get_supported_filetypes()
+    _pyplot().close("all")
+    if out.suffix[1:].lower() not in kinds:
+        raise InputError(f"--out {str(out)!r}: {out.suffix} is not a picture format; use .png, .pdf, .svg or .jpg")
+    if out.is_dir():
+        raise InputError(f"--out {str(out)!r} is a directory: give a file name, e.g. {str(out / 'plot.png')!r}")
+    check_new_file(out, "--out", force, inputs)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {str(out)!r} cannot be written: {e.strerror or e} ({e.filename})") from None
+    return out
+
+
 def _save(fig: Any, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
