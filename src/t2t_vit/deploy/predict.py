@@ -15,7 +15,7 @@ from ..device import autocast_dtype, pick_device
 from ..errors import InputError
 from ..factory import load_model
 from ..training.evaluate import checked_task
-from .runtimes import check_runtime, load_runner
+from .runtimes import check_runtime, load_runner, refuse_onnx
 
 _logger = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ def class_names(num_classes: int, stored: Optional[Sequence[str]]) -> List[str]:
 def checkpoint_task(checkpoint: str, task: Optional[str] = None) -> str:
     """The task `checkpoint` records (classification where it records none, as the authors' files), its tensors left
     unread where torch can map the file; InputError naming the file if it cannot be read, or if `task` is given and
-    is another."""
+    is another. An ONNX export holds a classifier."""
+    if str(checkpoint).lower().endswith(".onnx"):
+        return checked_task(checkpoint, None, task)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             saved = torch.load(Path(checkpoint), map_location="cpu", weights_only=True, mmap=True)
@@ -90,6 +92,7 @@ def predict(
         runner = load_runner(checkpoint, model_name, runtime, threads, int8)
         return classify(paths, lambda images: torch.from_numpy(runner(images.numpy())), runner.meta, top_k, batch_size)
 
+    refuse_onnx(checkpoint)
     if threads is not None:
         torch.set_num_threads(threads)
     dev = pick_device(device)

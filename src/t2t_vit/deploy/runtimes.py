@@ -75,6 +75,44 @@ def _require(module: str, what: str) -> None:
         raise InputError(f"{what} needs {module}, which is not installed: {DEPLOY_EXTRA}") from None
 
 
+def is_onnx(checkpoint: Any) -> bool:
+    """True for a path that names an ONNX file (`t2t-vit export --format onnx` writes them)."""
+    return str(checkpoint).lower().endswith(".onnx")
+
+
+def refuse_onnx(checkpoint: Any, what: str = "--runtime torch") -> None:
+    """InputError if `checkpoint` is an ONNX file, which `what` (a PyTorch path) cannot run."""
+    if is_onnx(checkpoint):
+        raise InputError(
+            f"{str(checkpoint)!r} is an ONNX file, which {what} cannot run: use --runtime onnxruntime or "
+            "--runtime openvino, or the PyTorch checkpoint it was exported from"
+        )
+
+
+def onnx_file_meta(path: Path) -> Dict[str, Any]:
+    """The metadata (arch, class names, preprocessing) `t2t-vit export` wrote into the ONNX file `path`, with the
+    file's size and time as its source (what an int8 copy is keyed by); InputError if it has none."""
+    import onnx
+
+    if not path.is_file():
+        raise InputError(f"checkpoint {str(path)!r} does not exist or is not a file: check the path")
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as e:
+        raise InputError(f"{str(path)!r} is not a readable ONNX file ({hub.one_line(e)})") from None
+    try:
+        meta = json.loads(props[META_KEY])
+        meta["data_config"]["input_size"]
+    except (KeyError, TypeError, ValueError):
+        raise InputError(
+            f"{str(path)!r} holds no t2t-vit metadata (class names, preprocessing): export it with "
+            "`t2t-vit export --format onnx`, or pass the PyTorch checkpoint"
+        ) from None
+    stat = path.stat()
+    meta[SOURCE_KEY] = dict(onnx=str(path.resolve()), size=stat.st_size, mtime_ns=stat.st_mtime_ns, exporter=EXPORTER)
+    return meta
+
+
 # --- the ONNX cache
 
 
@@ -215,9 +253,14 @@ def load_runner(
     use_ema: bool = True,
 ) -> Runner:
     """A checkpoint (ours, or the authors' with `model_name`) under `runtime` with `threads` (None: the library's
-    default); onnxruntime and openvino run its cached ONNX export, with int8 weights if `int8`."""
+    default); onnxruntime and openvino run its cached ONNX export, with int8 weights if `int8`. An ONNX file that
+    `t2t-vit export` wrote runs as it is, its metadata giving the class names and preprocessing."""
     check_runtime(runtime, int8)
     path = Path(checkpoint).expanduser()
+    if is_onnx(path):
+        if runtime == "torch":
+            refuse_onnx(checkpoint)
+        return onnx_runner(path, onnx_file_meta(path), runtime, threads, int8)
     if runtime == "torch":
         model, meta = load_model(path, model_name, use_ema=use_ema)
         return _torch_runner(model, meta, threads)

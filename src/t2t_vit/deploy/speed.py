@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import InputError
 from ..factory import create_model
 from .benchmark import BenchConfig, benchmark, device_name, time_steps
-from .runtimes import Runner, check_runtime, load_runner, model_runner
+from .runtimes import Runner, check_runtime, load_runner, model_runner, refuse_onnx
 
 
 def random_model(
@@ -119,6 +119,8 @@ def benchmark_runtime(
     else:
         if img_size is not None:
             raise InputError("--img-size applies without --checkpoint: a checkpoint runs at its own input size")
+        if agreement is not None and not int8:
+            refuse_onnx(checkpoint, "--agreement (fp32 against torch)")
         runner = load_runner(checkpoint, model_name, runtime, threads, int8)
     res: Dict[str, Any] = dict(
         model=runner.meta["arch"],

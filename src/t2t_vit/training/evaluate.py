@@ -160,6 +160,11 @@ def evaluate_checkpoint(
     ours gives what `evaluate_dense` measures; its task is the one it records (`task`, when given, must be it)."""
     dev = pick_device(device)
     amp_dtype = autocast_dtype(precision, dev)
+    if str(checkpoint).lower().endswith(".onnx"):
+        raise InputError(
+            f"{str(checkpoint)!r} is an ONNX file: eval runs the PyTorch checkpoint it was exported from (ONNX "
+            "files run in predict and benchmark --runtime onnxruntime or openvino)"
+        )
     saved = read_checkpoint(checkpoint)
     meta = saved.get("meta") if isinstance(saved, dict) else None
     saved_task = checked_task(checkpoint, meta, task)
