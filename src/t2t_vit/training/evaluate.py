@@ -3,7 +3,7 @@
 
 import math
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -117,6 +117,49 @@ def _fp32(out: Any) -> Any:
     return {k: _fp32(v) for k, v in out.items()} if isinstance(out, dict) else out
 
 
+def meta_names(saved: Any) -> Optional[List[str]]:
+    """The class names a checkpoint of ours stores with its weights (None for the authors' files)."""
+    meta = saved.get("meta") if isinstance(saved, dict) else None
+    names = meta.get("class_names") if isinstance(meta, dict) else None
+    return [str(n) for n in names] if isinstance(names, (list, tuple)) else None
+
+
+def _few(names: Sequence[str], most: int = 4) -> str:
+    shown = ", ".join(repr(n) for n in names[:most])
+    return f"[{shown}{f' and {len(names) - most} more' if len(names) > most else ''}]"
+
+
+def class_order(
+    saved: Optional[Sequence[str]], data: Sequence[str], source: str, data_name: str
+) -> Optional[List[int]]:
+    """How the data's classes map to a checkpoint's head: None where the names agree (or the checkpoint stores
+    none); where they are the same names in another order, `order` with data class i the head's row order[i];
+    InputError, listing a few of each, where they are other names."""
+    data = [str(c) for c in data]
+    if saved is None or list(saved) == data or len(saved) != len(data):  # a count that differs is checked apart
+        return None
+    if sorted(saved) == sorted(data) and len(set(data)) == len(data):
+        return [list(saved).index(c) for c in data]
+    theirs = [c for c in saved if c not in data]
+    ours = [c for c in data if c not in saved]
+    raise InputError(
+        f"{source} was trained on classes {_few(theirs)} that {data_name} lacks, and {data_name} has {_few(ours)} it "
+        "was not: give the data its class names (e.g. rename the class folders) or fine-tune it (t2t-vit finetune)"
+    )
+
+
+class _Reordered(nn.Module):
+    """A classifier whose logits come in the data's class order (`order`: data class i is the model's order[i])."""
+
+    def __init__(self, model: nn.Module, order: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("order", torch.tensor(list(order)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).index_select(1, self.order)
+
+
 def checked_task(checkpoint: str, meta: Optional[Dict[str, Any]], task: Optional[str] = None) -> str:
     """The task a checkpoint's `meta` records (classification where it records none, as the authors' files); an
     InputError when `task` is given and is another."""
@@ -194,6 +237,9 @@ def evaluate_checkpoint(
             f"the checkpoint's head has {num_classes} classes but {data} has {len(classes)}: evaluate on the "
             "data it was trained on, or fine-tune it first (t2t-vit finetune)"
         )
+    order = class_order(meta_names(saved), classes, repr(checkpoint), str(data))
+    if order is not None:
+        model = _Reordered(model, order)
     val_set.transform = data_lib.create_transform({}, data_config, training=False, uint8=True)
     loader = DeviceBatches(
         data_lib.create_loader(val_set, batch_size, False, workers, pin_memory=dev.type == "cuda"), dev, data_config
