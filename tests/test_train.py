@@ -321,7 +321,9 @@ def test_a_time_budget_ends_the_run_mid_epoch_evaluated_and_finished(tmp_path):
 def test_every_shipped_config_resolves_and_its_model_takes_its_images(name):  # checkpoint names the model
     cfg = resolve_config(name)
     with torch.device("meta"):
-        model = create_model(cfg["model"], num_classes=10, img_size=cfg["img_size"], **cfg["model_kwargs"])
+        model = create_model(
+            cfg["model"], num_classes=10, img_size=cfg["img_size"], in_chans=cfg["in_chans"], **cfg["model_kwargs"]
+        )  # a dense task's config: its backbone, as a classifier
         logits = model(torch.empty(2, cfg["in_chans"], cfg["img_size"], cfg["img_size"]))
     assert logits.shape == (2, 10)
 

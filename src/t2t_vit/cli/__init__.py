@@ -10,14 +10,14 @@ import sys
 from typing import List, Optional
 
 from ..errors import InputError
-from . import deploy, models, study, train
+from . import demo, deploy, models, study, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2t-vit", description="Tokens-to-Token ViT: models, training and tools.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (models, train, deploy, study):
+    for group in (models, train, demo, deploy, study):
         group.register(sub)
     return parser
 

@@ -81,11 +81,6 @@ def register(sub: Any) -> None:
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_eval)
 
-    d = sub.add_parser("demo", help="train a small T2T-ViT on the embedded digits (CPU) and report held-out top-1")
-    d.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    d.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
-    d.set_defaults(func=_demo)
-
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", help="'auto' (continue the run directory's last checkpoint) or a checkpoint path")
@@ -172,26 +167,3 @@ def _eval(args: argparse.Namespace) -> None:
         f"{what} on {args.data} ({r['n']} images): {scores}  {r['img_per_s']:.0f} img/s"
         + (f"  skipped {r['skipped']}" if r["skipped"] else "")
     )
-
-
-def _demo(args: argparse.Namespace) -> int:
-    import shutil
-    import time
-
-    from ..training.evaluate import evaluate_checkpoint
-    from ..training.run import train
-    from ..training.run_dir import RunDir
-
-    cfg = resolve_config("digits", {"name": "demo", "device": args.device})
-    run_dir = RunDir.of(cfg)
-    if run_dir.path.exists():
-        shutil.rmtree(run_dir.path)  # each demo starts afresh
-    start = time.perf_counter()
-    if train(cfg, progress=not args.no_progress).get("stopped"):
-        print("t2t-vit demo: stopped; run `make demo` again to start over", file=sys.stderr)
-        return 130
-    metrics = evaluate_checkpoint(str(run_dir.last), cfg["data"], workers=0, device=args.device, progress=False)
-    files = ", ".join(p.name for p in (run_dir.last, run_dir.metrics, run_dir.curves))
-    print(f"run directory: {run_dir} ({files}); {time.perf_counter() - start:.0f} s")
-    print(f"held-out top-1: {metrics['top1']:.1f}%")
-    return 0
