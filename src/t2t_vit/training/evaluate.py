@@ -3,7 +3,7 @@
 
 import math
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from ..device import autocast, autocast_dtype, pick_device
 from ..errors import InputError
 from ..factory import load_model
 from .process import all_reduce, gather, world_size
+from .setup import class_order, meta_names
 from .tasks import dense_collate, dense_dataset, dense_model
 
 
@@ -115,37 +116,6 @@ def _fp32(out: Any) -> Any:
     if isinstance(out, list):
         return [_fp32(o) for o in out]
     return {k: _fp32(v) for k, v in out.items()} if isinstance(out, dict) else out
-
-
-def meta_names(saved: Any) -> Optional[List[str]]:
-    """The class names a checkpoint of ours stores with its weights (None for the authors' files)."""
-    meta = saved.get("meta") if isinstance(saved, dict) else None
-    names = meta.get("class_names") if isinstance(meta, dict) else None
-    return [str(n) for n in names] if isinstance(names, (list, tuple)) else None
-
-
-def _few(names: Sequence[str], most: int = 4) -> str:
-    shown = ", ".join(repr(n) for n in names[:most])
-    return f"[{shown}{f' and {len(names) - most} more' if len(names) > most else ''}]"
-
-
-def class_order(
-    saved: Optional[Sequence[str]], data: Sequence[str], source: str, data_name: str
-) -> Optional[List[int]]:
-    """How the data's classes map to a checkpoint's head: None where the names agree (or the checkpoint stores
-    none); where they are the same names in another order, `order` with data class i the head's row order[i];
-    InputError, listing a few of each, where they are other names."""
-    data = [str(c) for c in data]
-    if saved is None or list(saved) == data or len(saved) != len(data):  # a count that differs is checked apart
-        return None
-    if sorted(saved) == sorted(data) and len(set(data)) == len(data):
-        return [list(saved).index(c) for c in data]
-    theirs = [c for c in saved if c not in data]
-    ours = [c for c in data if c not in saved]
-    raise InputError(
-        f"{source} was trained on classes {_few(theirs)} that {data_name} lacks, and {data_name} has {_few(ours)} it "
-        "was not: give the data its class names (e.g. rename the class folders) or fine-tune it (t2t-vit finetune)"
-    )
 
 
 class _Reordered(nn.Module):

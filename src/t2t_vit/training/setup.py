@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -337,8 +337,11 @@ def loader_workers(workers: Any) -> int:
     return max(cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 0)
 
 
-def build_model(cfg: Dict[str, Any], num_classes: int) -> Tuple[str, nn.Module, Dict[str, Any]]:
-    """(model name, model, its constructor kwargs): a new model, or `init_checkpoint`'s weights refitted."""
+def build_model(
+    cfg: Dict[str, Any], num_classes: int, classes: Optional[Sequence[str]] = None
+) -> Tuple[str, nn.Module, Dict[str, Any]]:
+    """(model name, model, its constructor kwargs): a new model, or `init_checkpoint`'s weights refitted; a head it
+    keeps has its rows in the order of the data's `classes` (`keep_head_classes`)."""
     model_kwargs = dict(
         num_classes=num_classes,
         img_size=cfg["img_size"],
@@ -355,12 +358,65 @@ def build_model(cfg: Dict[str, Any], num_classes: int) -> Tuple[str, nn.Module, 
     try:
         if cfg["init_checkpoint"]:  # fine-tuning: a new head and position table where the sizes differ
             model, meta = load_model(cfg["init_checkpoint"], cfg["model"], **model_kwargs)
+            if classes is not None:
+                keep_head_classes(model, cfg["init_checkpoint"], classes, cfg["data"])
             return meta["arch"], model, meta["model_kwargs"]
         return cfg["model"], create_model(cfg["model"], **model_kwargs), model_kwargs
     except ConfigError:
         raise
     except InputError as e:  # a size the model cannot take, or a checkpoint it does not fit
         raise ConfigError(str(e), ["init_checkpoint", *sizes] if cfg["init_checkpoint"] else sizes) from None
+
+
+def meta_names(saved: Any) -> Optional[List[str]]:
+    """The class names a checkpoint of ours stores with its weights (None for the authors' files)."""
+    meta = saved.get("meta") if isinstance(saved, dict) else None
+    names = meta.get("class_names") if isinstance(meta, dict) else None
+    return [str(n) for n in names] if isinstance(names, (list, tuple)) else None
+
+
+def _few(names: Sequence[str], most: int = 4) -> str:
+    shown = ", ".join(repr(n) for n in names[:most])
+    return f"[{shown}{f' and {len(names) - most} more' if len(names) > most else ''}]"
+
+
+def class_order(
+    saved: Optional[Sequence[str]], data: Sequence[str], source: str, data_name: str
+) -> Optional[List[int]]:
+    """How the data's classes map to a checkpoint's head: None where the names agree (or the checkpoint stores
+    none); where they are the same names in another order, `order` with data class i the head's row order[i];
+    InputError, listing a few of each, where they are other names."""
+    data = [str(c) for c in data]
+    if saved is None or list(saved) == data or len(saved) != len(data):  # a count that differs is checked apart
+        return None
+    if sorted(saved) == sorted(data) and len(set(data)) == len(data):
+        return [list(saved).index(c) for c in data]
+    theirs = [c for c in saved if c not in data]
+    ours = [c for c in data if c not in saved]
+    raise InputError(
+        f"{source} was trained on classes {_few(theirs)} that {data_name} lacks, and {data_name} has {_few(ours)} it "
+        "was not: give the data its class names (e.g. rename the class folders) or fine-tune it (t2t-vit finetune)"
+    )
+
+
+def keep_head_classes(model: nn.Module, checkpoint: str, classes: Sequence[str], data: str) -> None:
+    """Where `model` keeps `checkpoint`'s head (as many classes as the data's), check the class names it stores
+    against the data's: rows reordered where the names are the same in another order, InputError where they differ."""
+    from ..checkpoint import read_checkpoint
+
+    head = model.get_classifier()
+    if getattr(head, "out_features", None) != len(classes):
+        return  # a new head: nothing of the checkpoint's classes is kept
+    order = class_order(meta_names(read_checkpoint(checkpoint)), classes, repr(checkpoint), str(data))
+    if order is None:
+        return
+    rows = torch.tensor(order)
+    with torch.no_grad():
+        for layer in (head, getattr(model, "head_dist", None)):
+            if isinstance(layer, nn.Linear):
+                layer.weight.copy_(layer.weight[rows])
+                if layer.bias is not None:
+                    layer.bias.copy_(layer.bias[rows])
 
 
 def compiled(model: nn.Module, device: torch.device) -> nn.Module:
