@@ -82,7 +82,7 @@ def build_model(cfg: Dict[str, Any], data: Data) -> Tuple[nn.Module, Dict[str, A
     meta: Dict[str, Any] = dict(task=cfg["task"], num_classes=num_classes, class_names=data.classes)
     meta["data_config"] = data.config
     if cfg["task"] == "classification":
-        arch, model, model_kwargs = setup.build_model(cfg, num_classes)
+        arch, model, model_kwargs = setup.build_model(cfg, num_classes, data.classes)
         grid = getattr(model, "grid_size", None)
         return model, dict(meta, arch=arch, model_kwargs=model_kwargs, grid_size=list(grid) if grid else None)
     if cfg["model"] is None:
