@@ -13,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .budget import Budget
+from .divergence import SpikeGuard
 from .process import all_reduce, rng_state, set_rng_state, world_size
 from .tasks import classification_loss
 
@@ -37,6 +38,7 @@ class StepContext:
     clip_grad: Optional[float] = None
     nonfinite: str = "stop"  # on a NaN/inf loss: stop, skip (drop the update) or rollback (the caller reloads)
     nonfinite_limit: int = 10  # skip: stop after this many non-finite steps in a row
+    spike: Optional[SpikeGuard] = None  # a loss spike counts as a non-finite step; None: no guard
     should_stop: Callable[[], bool] = field(default=lambda: False)  # a stop asked from outside: SIGTERM, SIGINT
     budget: Budget = field(default_factory=Budget)  # the training clock and the time budget
     epochs: int = 0  # of the whole run, for "epoch 3/25" (0: not shown)
@@ -123,9 +125,9 @@ def train_one_epoch(
     """Train epoch `epoch` (counted from 1) over `loader`, from its sampler's position (`totals.batches` batches
     in, when resumed), adding to `totals`. Returns the updates done in the run so far and why it ended: "done"
     (the epoch is), "budget" (the time budget spent by a process's own clock), "signal" (`ctx.should_stop()` turned
-    true), both at an update boundary, "nonfinite" (a NaN/inf gradient with ctx.nonfinite "stop", or
-    ctx.nonfinite_limit in a row with "skip"), or "rollback" (a NaN/inf gradient with "rollback"; the caller reloads
-    the last checkpoint and calls again to go on past it).
+    true), both at an update boundary, "nonfinite" (a NaN/inf gradient, or a loss spike to ctx.spike, with
+    ctx.nonfinite "stop", or ctx.nonfinite_limit in a row with "skip"), or "rollback" (one with "rollback"; the
+    caller reloads a checkpoint from before the divergence and calls again to go on past it).
 
     The host never waits for the device within an interval of `ctx.sync_every` updates. A non-finite gradient drops
     its update on the device, as GradScaler does with `found_inf`, and is counted there; with "stop" and
@@ -152,6 +154,7 @@ def train_one_epoch(
     ctx.optimizer.zero_grad(set_to_none=True)
     micro, seen, stopped = 0, 0, "done"
     finite = torch.ones((), device=device)  # 1 while every loss of this update's micro-batches is finite
+    update_loss = torch.zeros((), device=device)  # the sum of this update's micro-batch losses
 
     def read(asked: Optional[str]) -> bool:
         """The interval's one host read; True when the epoch stops here."""
@@ -178,13 +181,14 @@ def train_one_epoch(
             (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
         loss = loss.detach().float()
         finite = finite * torch.isfinite(loss).float()
+        update_loss = update_loss + loss
         n = torch.isfinite(loss).float() * len(images)  # images, in a batch or a list; a non-finite loss adds nothing
         totals.loss += torch.stack([torch.nan_to_num(loss, 0.0, 0.0, 0.0) * n, n])
         seen += len(images)
         if not last_micro:
             continue
-        _update(model, params, ctx, pending, device_skip, len(marks) - 1, 1 - finite)
-        finite = torch.ones((), device=device)
+        _update(model, params, ctx, pending, device_skip, len(marks) - 1, _failed(ctx, update_loss, finite))
+        finite, update_loss = torch.ones((), device=device), torch.zeros((), device=device)
         updates_done += 1  # the schedule follows the data, also over a dropped update
         if ctx.scheduler is not None and ctx.sched_on_updates:
             ctx.scheduler.step_update(num_updates=updates_done)
@@ -225,6 +229,18 @@ def _read(
     totals.nonfinite += int(flags[NONFINITE])
     totals.nonfinite_in_a_row = int(flags[IN_A_ROW])
     return halted, asked, loss_sum / max(n, 1.0)
+
+
+def _failed(ctx: StepContext, update_loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    """1.0 where the update failed by its loss: non-finite, or a spike to ctx.spike (the loss averaged over the
+    ranks: a collective when distributed, so that every rank decides alike); the guard takes a good loss in."""
+    failed = 1 - finite
+    if ctx.spike is None:
+        return failed
+    loss = all_reduce(update_loss.reshape(1) / ctx.accum_steps).reshape(()) / world_size()
+    failed = torch.maximum(failed, ctx.spike.check(loss))
+    ctx.spike.accept(loss, 1 - failed)
+    return failed
 
 
 def _show(bar: Any, ctx: StepContext, name: str, step: int, steps: int, loss: float, img_per_s: float) -> None:
@@ -271,9 +287,9 @@ def _update(
     """One optimizer update, dropped on the device when the gradient is not finite or the epoch is halted; updates
     `pending` (failures, failures in a row, halted, the update index `k` it halted at) without a host read.
 
-    A failure is a non-finite gradient; with a GradScaler, only a non-finite loss (`loss_failed`, 1 or 0 on the
-    device) or an overflow at the scale's floor: above it the scaler's own overflow drops the update and halves the
-    scale, as `GradScaler.step` would, and the run goes on.
+    A failure is a non-finite gradient (with a GradScaler, only an overflow at the scale's floor: above it the
+    scaler's own overflow drops the update and halves the scale, as `GradScaler.step` would, and the run goes on),
+    or a failed loss (`loss_failed`, 1 or 0 on the device: non-finite, or a spike).
     """
     opt = ctx.optimizer
     if ctx.scaler is not None:
@@ -283,14 +299,15 @@ def _update(
     if ctx.clip_grad:
         torch.nn.utils.clip_grads_with_norm_(params, ctx.clip_grad, norm)
     bad = (~torch.isfinite(norm)).float()  # the same on every rank: the gradients are all-reduced
+    loss_failed = loss_failed if loss_failed is not None else torch.zeros_like(bad)
     failed = bad
     if ctx.scaler is not None:  # the scale as a device tensor (get_scale() would read it on the host)
-        at_floor = (ctx.scaler._scale.reshape(()) <= SCALE_FLOOR).float()
-        failed = torch.maximum(bad * at_floor, loss_failed if loss_failed is not None else torch.zeros_like(bad))
+        failed = bad * (ctx.scaler._scale.reshape(()) <= SCALE_FLOOR).float()
+    failed = torch.maximum(failed, loss_failed)
     halted = pending[HALTED]
     in_a_row = (pending[IN_A_ROW] + 1) * failed
     halt_now = failed if ctx.nonfinite != "skip" else (in_a_row >= ctx.nonfinite_limit).float()
-    drop = torch.maximum(bad, halted)
+    drop = torch.maximum(torch.maximum(bad, loss_failed), halted)
     running = 1 - halted
     pending[NONFINITE] += failed * running
     pending[IN_A_ROW] = torch.where(halted > 0, pending[IN_A_ROW], in_a_row)

@@ -6,21 +6,24 @@ The command line calls `train`: `t2t-vit train|finetune`, and `torchrun --nproc_
 """
 
 import logging
+import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from ..config_keys import DEFAULTS
 from ..errors import InputError
 from .budget import Budget
-from .engine import EpochTotals, StepContext, epoch_result, train_one_epoch
+from .divergence import SpikeGuard, exploded
+from .engine import EpochTotals, StepContext, epoch_result, train_one_epoch, unwrap
 from .evaluate import evaluate
 from .metrics import HELD_OUT, MetricsLog
-from .process import StopSignal, seed_everything, setup_distributed
+from .process import StopSignal, rng_state, seed_everything, set_rng_state, setup_distributed
 from .run_dir import RunDir, read_first_good
 from .setup import (
     Data,
@@ -73,6 +76,10 @@ class _Run:
     total_epochs: int
     updates_per_epoch: int
     is_main: bool
+    rank: int = 0
+    tried: List[float] = field(default_factory=list)  # the lrs (as `lr` states them) rollbacks went on at
+    judged: Dict[Tuple[str, int], Optional[float]] = field(default_factory=dict)  # held-out losses of saved files
+    diverged: Optional[str] = None  # what an epoch's exploded held-out loss was, for the message
 
 
 def _run(
@@ -103,6 +110,13 @@ def _run(
                 break
             stopping = bool(stop_after) and state.epoch + 1 - first_epoch >= stop_after
             row = _end_of_epoch(run, state, metrics, ends=stopped == "budget" or stopping)
+            if row is None:  # its held-out loss exploded: a divergence, as a non-finite loss is
+                stopped, where = "nonfinite", _where(run, state)
+                if cfg["nonfinite"] == "rollback":
+                    _rollback(run, state, where)
+                    stopped, row = "done", {}
+                    continue
+                break
             if stopped == "budget":
                 break
             if stopping and state.epoch < run.total_epochs:
@@ -157,6 +171,7 @@ def _build(
         clip_grad=cfg["clip_grad"],
         nonfinite=cfg["nonfinite"],
         nonfinite_limit=cfg["nonfinite_limit"],
+        spike=SpikeGuard(cfg["spike_factor"], cfg["spike_window"], device) if cfg["spike_factor"] else None,
         epochs=total_epochs,
         log_interval=cfg["log_interval"] if rank == 0 else 0,
         sync_every=cfg["log_interval"] or 50,
@@ -172,6 +187,7 @@ def _build(
         cfg["batch_size"],
         rank=rank,
         world=world,
+        guard=ctx.spike,
         info=dict(config=cfg, meta=meta),
     )
     if rank == 0:
@@ -187,7 +203,9 @@ def _build(
             global_batch,
             lr,
         )
-    run = _Run(cfg, run_dir, data, model, train_model, ctx, scheduler, lr, total_epochs, updates_per_epoch, rank == 0)
+    run = _Run(
+        cfg, run_dir, data, model, train_model, ctx, scheduler, lr, total_epochs, updates_per_epoch, rank == 0, rank
+    )
     return run, state
 
 
@@ -226,6 +244,7 @@ def _where(run: _Run, state: TrainState) -> str:
 def _train_epoch(run: _Run, state: TrainState, progress: bool) -> Tuple[str, str]:
     """Train the epoch the state is in, from where it is; (why it ended, where: the epoch and step)."""
     epoch = state.epoch  # counted from 0 here; from 1 in everything a user reads
+    state.held_out = None  # the weights move on from the evaluated ones
     if not run.cfg["sched_on_updates"]:
         run.scheduler.step(epoch)
     run.data.train_loader.sampler.set_epoch(epoch, start=state.totals.batches * run.cfg["batch_size"])
@@ -242,9 +261,10 @@ def _train_epoch(run: _Run, state: TrainState, progress: bool) -> Tuple[str, str
     return out["stopped"], _where(run, state)
 
 
-def _end_of_epoch(run: _Run, state: TrainState, metrics: MetricsLog, ends: bool) -> Dict[str, Any]:
+def _end_of_epoch(run: _Run, state: TrainState, metrics: MetricsLog, ends: bool) -> Optional[Dict[str, Any]]:
     """Evaluate the trained epoch (every eval_every-th, and always where this process or the run ends: `ends`, the
-    last epoch, the budget spent), keep the best, save, and log its row of metrics."""
+    last epoch, the budget spent), keep the best, save, and log its row of metrics; None, nothing saved, where
+    the held-out loss exploded."""
     cfg, ctx = run.cfg, run.ctx
     train_stats, t0 = epoch_result(state.totals, ctx.device), time.perf_counter()
     epoch = state.epoch + 1
@@ -258,8 +278,15 @@ def _end_of_epoch(run: _Run, state: TrainState, metrics: MetricsLog, ends: bool)
             ema_val = evaluate(
                 ctx.ema.module, run.data.val_loader, ctx.device, ctx.amp_dtype, "held-out EMA", **held_out
             )
+    reference = _reference(run, state)
+    if val and exploded(val.get("loss"), reference, cfg["spike_factor"]):
+        run.diverged = f"held-out loss {val['loss']:.4g} over {cfg['spike_factor']:g}x the run's best {reference:.4g}"
+        return None
     state.train_seconds += train_stats["seconds"]
     state.epoch, state.totals = epoch, EpochTotals()
+    state.record_held_out(val.get("loss") if val else None)
+    if val and not exploded(val.get("loss"), state.best_held_out, cfg["spike_factor"]):
+        run.tried.clear()  # a healthy epoch: the rollbacks before it are behind the run
     is_best = bool(val) and state.update_best(cfg["best_metric"], dict(val=val, ema=ema_val))
     state.save(run.run_dir, is_best, cfg["checkpoint_every"])
     row = dict(
@@ -282,16 +309,18 @@ def _end_of_epoch(run: _Run, state: TrainState, metrics: MetricsLog, ends: bool)
 
 def _stop(run: _Run, state: TrainState, stopped: str, where: str) -> None:
     """Save the state where the run stopped: the budget spent (saved as finished: a resume has nothing left to
-    do), a signal (a resume goes on from here), or a non-finite loss (InputError after the save)."""
+    do), a signal (a resume goes on from here), or a non-finite loss or spike (InputError after saving the state
+    from before the divergence)."""
+    if stopped == "nonfinite":
+        limit = f"{run.cfg['nonfinite_limit']} failures in a row; " if run.cfg["nonfinite"] == "skip" else ""
+        advice = _advice(run, state)
+        raise InputError(_nonfinite_message(run, where, limit, _before_divergence(run, state, halted=True), advice))
     if stopped == "budget":
         state.epoch = run.total_epochs
         _logger.info("time budget of %.0f s spent at %s: the run ends", run.ctx.budget.limit, where)
     state.save(run.run_dir)
     if stopped == "signal":
         _logger.warning("stopped at %s; saved %s", where, run.run_dir.last)
-    if stopped == "nonfinite":
-        limit = f"{run.cfg['nonfinite_limit']} failures in a row; " if run.cfg["nonfinite"] == "skip" else ""
-        raise InputError(_nonfinite_message(where, run.run_dir, limit))
 
 
 def _schedule_at(run: _Run, state: TrainState) -> None:
@@ -305,31 +334,143 @@ def _schedule_at(run: _Run, state: TrainState) -> None:
 
 
 def _rollback(run: _Run, state: TrainState, where: str) -> None:
-    """Reload the weights and optimizer of the last good checkpoint at a lower lr and go on past the failing batch;
-    InputError after nonfinite_limit failures with no good update between."""
-    cfg = run.cfg
-    if state.totals.nonfinite_in_a_row >= cfg["nonfinite_limit"]:
-        raise InputError(_nonfinite_message(where, run.run_dir, f"{cfg['nonfinite_limit']} failures in a row; "))
-    path, saved = run.run_dir.read_saved()
-    scales = [group["lr_scale"] for group in state.optimizer.param_groups]
-    state.load_weights(saved)
-    for group, scale in zip(state.optimizer.param_groups, scales):
+    """Reload the weights and optimizer of the last saved state from before the divergence at a lower lr and go on
+    past the failing batch; InputError, that state saved, after nonfinite_limit failures with no good update
+    between or rollback_limit rollbacks with no healthy epoch (its held-out loss not exploded) between."""
+    cfg, groups = run.cfg, state.optimizer.param_groups
+    run.tried.append(cfg["lr"] * max(group.get("lr_scale", 1.0) for group in groups))
+    in_a_row = state.totals.nonfinite_in_a_row >= cfg["nonfinite_limit"]
+    if in_a_row or len(run.tried) > cfg["rollback_limit"]:
+        advice = _advice(run, state)
+        lrs = ", ".join(f"{lr:.4g}" for lr in run.tried)
+        why = (
+            f"{cfg['nonfinite_limit']} failures in a row; "
+            if in_a_row
+            else f"{len(run.tried) - 1} rollbacks did not get past it (it diverged at lr {lrs}); "
+        )
+        raise InputError(_nonfinite_message(run, where, why, _before_divergence(run, state, halted=False), advice))
+    what = _what_failed(run)
+    scales = [group["lr_scale"] for group in groups]
+    back_to = _before_divergence(run, state, halted=False, keep=False)
+    groups = state.optimizer.param_groups  # new ones, loaded
+    for group, scale in zip(groups, scales):
         group["lr_scale"] = scale * cfg["rollback_lr_factor"]
     _schedule_at(run, state)
     state.totals.rollbacks += 1
     _logger.warning(
-        "non-finite loss at %s: rolled back to %s (epoch %d), lr x %g from here (now %.2e)",
+        "%s at %s: rolled back to %s, lr x %g from here (now %.2e)",
+        what,
         where,
-        path,
-        saved["epoch"],
+        back_to,
         cfg["rollback_lr_factor"],
-        state.optimizer.param_groups[0]["lr"],
+        groups[0]["lr"],
     )
 
 
-def _nonfinite_message(where: str, run_dir: RunDir, why: str = "") -> str:
+def _before_divergence(run: _Run, state: TrainState, halted: bool, keep: bool = True) -> str:
+    """Load the state from before the divergence into `state` and, with `keep`, leave it on disk as the run's last
+    checkpoint; what it is, for a message.
+
+    That state is the halted one (`halted`: the epoch stopped before its failing update) if its held-out loss is
+    not exploded, else the newest saved checkpoint's whose is not, else the run's initial weights. Exploded: over
+    spike_factor x the run's best held-out loss (before any, chance's). A rollback (not
+    `keep`) takes the weights and optimizer only: the position, RNGs and totals stay.
+    """
+    factor, reference = run.cfg["spike_factor"], _reference(run, state)
+    if halted and not exploded(_held_out_loss(run, run.model), reference, factor):
+        state.save(run.run_dir)
+        return f"{str(run.run_dir.last)!r} holds the state without the failing steps"
+    for path in run.run_dir.saved_checkpoints():
+        try:
+            _, saved = read_first_good([path])
+        except InputError:
+            continue
+        loss = saved.get("held_out_loss")
+        if loss is None:  # not evaluated where it was saved: evaluate it now (once)
+            key = (str(path), path.stat().st_mtime_ns)
+            if key not in run.judged:
+                state.load_weights(saved)
+                run.judged[key] = _held_out_loss(run, run.model)
+            loss = run.judged[key]
+        if exploded(loss, reference, factor):
+            continue
+        what = f"{path.name} (epoch {saved['epoch']} step {saved.get('step_in_epoch', 0)})"
+        if not keep:
+            state.load_weights(saved)
+            return what
+        state.load_state_dict(saved)
+        if path != run.run_dir.last:
+            state.save(run.run_dir)
+        return f"{str(run.run_dir.last)!r} holds the state from before the divergence, that of {what}"
+    _load_initial(run, state, _initial_model(run), keep)
+    if keep:
+        state.save(run.run_dir)
+    return f"{str(run.run_dir.last)!r} holds the run's initial weights, from before the divergence"
+
+
+def _reference(run: _Run, state: TrainState) -> Optional[float]:
+    """What a held-out loss is exploded against: the run's best, or before any, chance's (ln of the classes)."""
+    if state.best_held_out is not None or run.cfg["task"] != "classification":
+        return state.best_held_out
+    return math.log(state.info["meta"]["num_classes"])
+
+
+def _held_out_loss(run: _Run, model: nn.Module) -> Optional[float]:
+    """The held-out loss of `model` (None for a dense task: its evaluation measures none)."""
+    if run.cfg["task"] != "classification":
+        return None
+    return evaluate(model, run.data.val_loader, run.ctx.device, run.ctx.amp_dtype, desc="held-out")["loss"]
+
+
+def _initial_model(run: _Run) -> nn.Module:
+    """The run's model as its first update found it: built again from the seed (and its init checkpoint)."""
+    rng = rng_state(run.ctx.device)
+    seed_everything(run.cfg["seed"])
+    model, _ = build_model(run.cfg, run.data)
+    set_rng_state(rng, run.ctx.device)
+    return model.to(run.ctx.device)
+
+
+def _load_initial(run: _Run, state: TrainState, initial: nn.Module, keep: bool) -> None:
+    """The initial weights into model and EMA, the optimizer's state cleared; with `keep`, the position too (a
+    fresh run's, its RNGs seeded as one's)."""
+    unwrap(state.model).load_state_dict(initial.state_dict())
+    if state.ema is not None:
+        state.ema.module.load_state_dict(initial.state_dict())
+    state.optimizer.state.clear()
+    if keep:
+        state.epoch = state.updates = 0
+        state.totals, state.train_seconds, state.best, state.best_held_out = EpochTotals(), 0.0, None, None
+        seed_everything(run.cfg["seed"] + run.rank)
+
+
+def _what_failed(run: _Run) -> str:
+    """What halted the epoch: the guard's latest spike, or a non-finite loss (a host read)."""
+    guard, diverged = run.ctx.spike, run.diverged
+    if diverged:
+        run.diverged = None
+        return diverged
+    if guard is not None and guard.fired():
+        what = f"loss spike ({guard.describe()})"
+        guard.clear()
+        return what
+    return "non-finite loss"
+
+
+def _advice(run: _Run, state: TrainState) -> str:
+    """The --lr to continue with: a tenth of the failing update's lr, as `lr` states it (for the run's global
+    batch), and for the Adam family at most the recipe's (an lr a tenth of a diverging one's still kills a ViT
+    silently, at chance, far below where the loss explodes)."""
+    _schedule_at(run, state)  # the lr the failing update took (the schedule ran on to the end of the interval)
+    lr = max(group["lr"] for group in state.optimizer.param_groups) * run.cfg["lr"] / run.lr
+    recipe = DEFAULTS["lr"] if "adam" in run.cfg["opt"].lower() or run.cfg["opt"] == "lamb" else math.inf
+    if lr / 10 <= recipe:
+        return f"--lr {lr / 10:.2g} (a tenth of the {lr:.2g} it diverged at)"
+    return f"--lr {recipe:.2g} (the recipe's for {run.cfg['opt']}; it diverged at {lr:.2g})"
+
+
+def _nonfinite_message(run: _Run, where: str, why: str, held: str, advice: str) -> str:
     return (
-        f"non-finite loss after {where}: {why}the run stopped and {str(run_dir.last)!r} holds the state without the "
-        "failing steps. Continue with --resume auto and a lower --lr, --clip-grad 1.0, or --nonfinite skip|rollback; "
-        "or check the data"
+        f"{_what_failed(run)} after {where}: {why}the run stopped and {held}. Continue from it with --resume auto and "
+        f"a lower --lr: {advice}; or check the data"
     )

@@ -1,9 +1,11 @@
 """The training state: what a checkpoint saves and a resume loads back, through one `state_dict` pair.
 
 A checkpoint holds model, model_ema, optimizer, scaler, epoch (epochs done), step_in_epoch (batches done by each
-rank in the next one), samples_in_epoch (the same over all ranks), updates, best, ranks (each rank's RNG states and
-running epoch totals), and, for readers such as `load_model` and for resuming, config and meta. The schedule is not
-saved: it is a function of the config and the step, rebuilt on resume (so a resume can change it).
+rank in the next one), samples_in_epoch (the same over all ranks), updates, best, held_out_loss (of these weights,
+when evaluated at this position), best_held_out_loss (the run's lowest), spike_guard (its recent losses), ranks
+(each rank's RNG states and running epoch totals), and, for readers such as `load_model` and for resuming, config
+and meta. The schedule is not saved: it is a function of the config and the step, rebuilt on resume (so a resume
+can change it).
 """
 
 import logging
@@ -17,6 +19,7 @@ from torch import nn
 
 from ..config_keys import RESUME_CHANGEABLE
 from ..errors import InputError
+from .divergence import SpikeGuard
 from .engine import EpochTotals, unwrap
 from .process import gather, rng_state, set_rng_state
 from .run_dir import RunDir
@@ -51,6 +54,9 @@ class TrainState:
     updates: int = 0  # optimizer updates done
     train_seconds: float = 0.0  # training time of the finished epochs, over all sessions (for `time_budget`)
     best: Optional[Dict[str, Any]] = None  # {metric, value, epoch}
+    held_out: Optional[float] = None  # the held-out loss of the weights at this position; None: not measured here
+    best_held_out: Optional[float] = None  # the run's lowest held-out loss so far
+    guard: Optional[SpikeGuard] = None
     rank: int = 0
     world: int = 1
     info: Dict[str, Any] = field(default_factory=dict)  # config and meta, for readers and for resuming
@@ -69,6 +75,9 @@ class TrainState:
             updates=self.updates,
             train_seconds=self.train_seconds,
             best=self.best,
+            held_out_loss=self.held_out,
+            best_held_out_loss=self.best_held_out,
+            spike_guard=self.guard.state_dict() if self.guard is not None else None,
             ranks=ranks,
             **self.info,
         )
@@ -98,6 +107,9 @@ class TrainState:
         self.load_weights(state)
         self.epoch, self.updates, self.best = state["epoch"], state["updates"], state["best"]
         self.train_seconds = state.get("train_seconds", 0.0)  # absent: written before time budgets
+        self.held_out, self.best_held_out = state.get("held_out_loss"), state.get("best_held_out_loss")
+        if self.guard is not None:
+            self.guard.load_state_dict(state.get("spike_guard"))
         ranks = state.get("ranks") or [dict(rng=r) for r in state["rng"]]  # "rng": written by earlier versions
         mine = ranks[self.rank] if self.rank < len(ranks) else ranks[0]
         set_rng_state(mine["rng"], self.device)
@@ -140,6 +152,12 @@ class TrainState:
             return False
         self.best = dict(metric=metric, value=value, epoch=self.epoch)
         return True
+
+    def record_held_out(self, loss: Optional[float]) -> None:
+        """The held-out loss of the weights now (None: not evaluated), and the run's lowest."""
+        self.held_out = loss
+        if loss is not None and math.isfinite(loss):
+            self.best_held_out = loss if self.best_held_out is None else min(self.best_held_out, loss)
 
 
 def resume_changes(saved: Optional[Dict[str, Any]], cfg: Dict[str, Any], path: Path) -> Dict[str, Tuple[Any, Any]]:
