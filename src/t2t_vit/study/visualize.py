@@ -45,10 +45,9 @@ def output_path(out: Path, force: bool = False, inputs: Sequence[Path] = ()) -> 
     if out.is_dir():
         raise InputError(f"--out {str(out)!r} is a directory: give a file name, e.g. {str(out / 'plot.png')!r}")
     check_new_file(out, "--out", force, inputs)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"--out {str(out)!r} cannot be written: {e.strerror or e} ({e.filename})") from None
+    existing = next(p for p in out.absolute().parents if p.exists())  # the folders are made when the figure is saved
+    if not existing.is_dir():
+        raise InputError(f"--out {str(out)!r} cannot be written: {str(existing)!r} is a file, not a folder")
     return out
 
 
