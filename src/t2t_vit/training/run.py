@@ -394,7 +394,8 @@ def _before_divergence(run: _Run, state: TrainState, halted: bool, keep: bool = 
             loss = run.judged[key]
         if exploded(loss, reference, factor):
             continue
-        what = f"{path.name} (epoch {saved['epoch']} step {saved.get('step_in_epoch', 0)})"
+        step = saved.get("step_in_epoch", 0)
+        what = f"{path.name} (epoch {saved['epoch']}{f' step {step}' if step else ''})"
         if not keep:
             state.load_weights(saved)
             return what
