@@ -159,8 +159,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
         "nonfinite": (
             "stop",
             "one of stop|skip|rollback",
-            "on a NaN/inf loss: stop (saving the state before it), "
-            "skip the update, or roll back to the last checkpoint at a lower lr",
+            "on a NaN/inf loss or a loss spike (spike_factor): stop (keeping the state from before the "
+            "divergence), skip the update, or roll back to that state at a lower lr",
         ),
         "nonfinite_limit": (10, "int >= 1", "skip/rollback: stop after this many non-finite steps in a row"),
         "rollback_lr_factor": (0.5, "number in (0, 1)", "rollback: multiply the lr by this at each rollback"),
