@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
         help="train a small T2T-ViT on embedded data on the CPU and report its held-out score (digits; "
         "--task detection: digits on canvases)",
         description="Each demo starts afresh in runs/demo[-TASK] and ends with its held-out score: classification "
-        "(about a minute on 2 cores), detection (about four minutes; the shipped config canvases_detection, which "
+        "(about a minute on 2 cores), detection (about 2.5 minutes; the shipped config canvases_detection, which "
         "`t2t-vit train --config` takes too).",
     )
     d.add_argument("--task", choices=tuple(DEMOS), default="classification")
