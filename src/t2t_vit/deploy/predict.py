@@ -14,6 +14,7 @@ from ..checkpoint import SAFE_GLOBALS, read_checkpoint
 from ..device import autocast_dtype, pick_device
 from ..errors import InputError
 from ..factory import load_model
+from ..hub import class_names
 from ..training.evaluate import checked_task
 from .runtimes import check_runtime, load_runner, refuse_onnx
 
@@ -38,18 +39,6 @@ def expand_inputs(inputs: Sequence[str]) -> List[Path]:
     if not paths:
         raise InputError(f"no images found in {', '.join(inputs)}")
     return paths
-
-
-def class_names(num_classes: int, stored: Optional[Sequence[str]]) -> List[str]:
-    """Names stored in the checkpoint, ImageNet's for a 1000-class head, else the indices."""
-    if stored is not None and len(stored) == num_classes:
-        return list(stored)
-    if num_classes == 1000:
-        from timm.data import ImageNetInfo
-
-        info = ImageNetInfo()
-        return [info.index_to_description(i) for i in range(num_classes)]
-    return [str(i) for i in range(num_classes)]
 
 
 def checkpoint_task(checkpoint: str, task: Optional[str] = None) -> str:
@@ -137,7 +126,7 @@ def classify(
         if not batch:
             continue
         probs = logits(torch.stack(batch)).softmax(dim=-1)
-        names = names or class_names(probs.shape[1], meta.get("class_names"))
+        names = names or class_names(probs.shape[1], stored=meta.get("class_names"))
         top = probs.topk(min(top_k, probs.shape[1]), dim=-1)
         for path, p, idx in zip(ok, top.values.tolist(), top.indices.tolist()):
             ranked = [dict(index=i, **{"class": names[i]}, prob=v) for i, v in zip(idx, p)]
