@@ -55,6 +55,7 @@ def tiny_train_config(tmp_path: Union[str, Path], **overrides) -> dict:
             warmup_epochs=1,
             batch_size=64,
             log_interval=1000,
+            dense_crop=64 if task == "segmentation" else None,
         ),
     )
     cfg.update(overrides)
@@ -200,7 +201,8 @@ SMALL_HEADS = dict(
 
 def tiny_dense_config(tmp_path: Union[str, Path], task: str, canvases: Path, **overrides) -> dict:
     """A seconds-long dense run (the defaults otherwise) on `tiny_canvases` in `canvases`: TINY_BACKBONE and
-    SMALL_HEADS, 2 epochs of 4 batches of 2, EMA on, into `tmp_path`/run."""
+    SMALL_HEADS, 2 epochs of 4 batches of 2, EMA on, segmentation on random 64 px windows (`dense_crop`, so that the
+    resume tests cover its draws), into `tmp_path`/run."""
     from t2t_vit.config import resolve_config
 
     cfg = resolve_config(
@@ -224,6 +226,7 @@ def tiny_dense_config(tmp_path: Union[str, Path], task: str, canvases: Path, **o
             workers=0,
             device="cpu",
             log_interval=1000,
+            dense_crop=64 if task == "segmentation" else None,
         ),
     )
     cfg.update(overrides)

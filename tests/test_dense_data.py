@@ -25,7 +25,7 @@ from t2t_vit.data import (
     segmentation_collate,
 )
 from t2t_vit.data.canvases import CanvasConfig, cached_canvases, fashion_canvases, rle_counts, write_canvases
-from t2t_vit.data.dense_transforms import hflip, resize
+from t2t_vit.data.dense_transforms import crop, hflip, resize
 from t2t_vit.data.masks import SemanticMasks
 
 from .helpers import tiny_canvases
@@ -441,6 +441,32 @@ def test_resize_scales_boxes_as_it_resizes_masks(tmp_path):
         rows, cols = torch.nonzero(mask, as_tuple=True)
         tight = torch.tensor([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=torch.float32)
         assert (box - tight).abs().max() <= 1.0  # nearest pixels: within a pixel of the scaled box
+
+
+def test_crop_keeps_the_boxes_centred_in_it_clipped_and_windows_the_masks():
+    image = torch.arange(20 * 30, dtype=torch.uint8).reshape(1, 20, 30)
+    target = {
+        "boxes": torch.tensor([[2.0, 2.0, 8.0, 6.0], [12.0, 4.0, 26.0, 10.0], [0.0, 14.0, 4.0, 20.0]]),
+        "labels": torch.tensor([1, 2, 3]),
+        "area": torch.tensor([24.0, 84.0, 24.0]),
+        "iscrowd": torch.zeros(3, dtype=torch.int64),
+        "masks": torch.zeros(3, 20, 30, dtype=torch.uint8),
+        "image_id": 7,
+    }
+    window, inside = crop(image, target, 3, 10, (10, 12))  # rows 3..12, columns 10..21
+    assert torch.equal(window, image[:, 3:13, 10:22])
+    # box 0's centre (5, 4) is left of the window, box 2's (2, 17) below it; box 1's (19, 7) is in, cut at x = 22
+    assert inside["labels"].tolist() == [2] and inside["boxes"].tolist() == [[2.0, 1.0, 12.0, 7.0]]
+    assert inside["area"].tolist() == [84.0 * 10 / 14] and inside["masks"].shape == (1, 10, 12)
+    assert inside["image_id"] == 7 and inside["iscrowd"].shape == (1,)
+    semantic = torch.arange(20 * 30).reshape(20, 30)
+    assert torch.equal(crop(image, semantic, 15, 25, (10, 12))[1], semantic[15:, 25:])  # clipped to the image
+    torch.manual_seed(0)
+    windows = [DenseTransform(crop_size=(10, 12))(image, semantic) for _ in range(50)]
+    assert all(w.shape == (1, 10, 12) and torch.equal(w[0].long(), m % 256) for w, m in windows)
+    corners = {(int(m[0, 0]) // 30, int(m[0, 0]) % 30) for _, m in windows}
+    assert len(corners) > 10 and all(0 <= r <= 10 and 0 <= c <= 18 for r, c in corners)  # random, all inside
+    assert DenseTransform(crop_size=(64, 64))(image, semantic)[0].shape == (1, 20, 30)  # smaller: the whole image
 
 
 def test_collations(tmp_path):

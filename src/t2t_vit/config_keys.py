@@ -38,6 +38,13 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
             "detection, instance: the detector resizes shorter sides to this; null: each image at its own size",
         ),
         "detector_max_size": (1333, "int >= 1", "detection, instance: the detector shrinks longer sides past this"),
+        "dense_crop": (
+            None,
+            "? size",
+            "dense tasks: train on a random window this size (or [height, width]) of each image, the whole side "
+            "where smaller; batches of small equal windows train faster than whole images padded to the largest "
+            "(a multiple of 32, what the default soft splits pad to, pads nothing)",
+        ),
         "dense_kwargs": (
             {},
             "mapping",

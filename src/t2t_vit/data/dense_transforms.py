@@ -1,4 +1,5 @@
-"""Transforms and batches for dense targets: a resize and a horizontal flip that move boxes and masks with the image,
+"""Transforms and batches for dense targets: a resize, a random crop and a horizontal flip that move boxes and masks
+with the image,
 detection batches as lists (torchvision's detection models take images of different sizes) and segmentation batches
 padded to one size with the ignore index."""
 
@@ -44,6 +45,33 @@ def resize(image: torch.Tensor, target: Target, size: Tuple[int, int]) -> Tuple[
     return image_out, target
 
 
+def crop(
+    image: torch.Tensor, target: Target, top: int, left: int, size: Tuple[int, int]
+) -> Tuple[torch.Tensor, Target]:
+    """The image's window of `size` (H, W) at (`top`, `left`), clipped to the image, with its part of the mask; of a
+    detection target, the boxes whose centre lies in the window (SSD's rule), clipped to it, with their masks."""
+    bottom, right = min(top + size[0], image.shape[-2]), min(left + size[1], image.shape[-1])
+    image = image[..., top:bottom, left:right]
+    if isinstance(target, torch.Tensor):
+        return image, target[top:bottom, left:right]
+    boxes = target["boxes"]
+    centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    keep = (centre_x >= left) & (centre_x < right) & (centre_y >= top) & (centre_y < bottom)
+    shift = torch.tensor([left, top, left, top], dtype=boxes.dtype)
+    limit = torch.tensor([right - left, bottom - top] * 2, dtype=boxes.dtype)
+    clipped = torch.minimum((boxes[keep] - shift).clamp(min=0), limit)
+    target = {
+        k: v[keep] if torch.is_tensor(v) and v.dim() and v.shape[0] == len(boxes) else v for k, v in target.items()
+    }
+    if "area" in target:  # shrunk by the part of the box cut off
+        before = (boxes[keep, 2:] - boxes[keep, :2]).prod(1).clamp(min=1e-6)
+        target["area"] = target["area"] * (clipped[:, 2:] - clipped[:, :2]).prod(1) / before
+    target["boxes"] = clipped
+    if "masks" in target:
+        target["masks"] = target["masks"][:, top:bottom, left:right]
+    return image, target
+
+
 def _nearest(masks: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """(N, H, W) integer masks resized to `size` by nearest pixels, in their dtype."""
     if masks.shape[0] == 0:
@@ -52,15 +80,21 @@ def _nearest(masks: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 
 class DenseTransform:
-    """Resize to `size` (H, W) when given, then a horizontal flip with probability `hflip` (drawn from torch's RNG,
-    which the training loader seeds per sample)."""
+    """Resize to `size` (H, W) when given, a random window of `crop_size` (H, W; the whole side where the image is
+    smaller) when given, then a horizontal flip with probability `hflip`: drawn from torch's RNG, which the training
+    loader seeds per sample."""
 
-    def __init__(self, size: Optional[Tuple[int, int]] = None, hflip: float = 0.0) -> None:
-        self.size, self.hflip = size, hflip
+    def __init__(
+        self, size: Optional[Tuple[int, int]] = None, hflip: float = 0.0, crop_size: Optional[Tuple[int, int]] = None
+    ) -> None:
+        self.size, self.hflip, self.crop_size = size, hflip, crop_size
 
     def __call__(self, image: torch.Tensor, target: Target) -> Tuple[torch.Tensor, Target]:
         if self.size is not None:
             image, target = resize(image, target, self.size)
+        if self.crop_size is not None:
+            top, left = (int(torch.randint(max(1, n - c + 1), ())) for n, c in zip(image.shape[-2:], self.crop_size))
+            image, target = crop(image, target, top, left, self.crop_size)
         if self.hflip and torch.rand(()) < self.hflip:
             image, target = hflip(image, target)
         return image, target

@@ -50,11 +50,14 @@ def dense_collate(task: str) -> Callable:
 
 def build_dense_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
     """Training and held-out splits of a dense task's data, each image at its own size (the detector resizes where
-    detector_min_size asks), training images flipped with probability `hflip`."""
+    detector_min_size asks), training images cropped to a random `dense_crop` window when given and flipped with
+    probability `hflip`."""
     task = cfg["task"]
     train_set = dense_dataset(cfg["data"], "train", task, cfg["in_chans"])
     val_set = dense_dataset(cfg["data"], "val", task, cfg["in_chans"])
-    train_set.transform = data_lib.DenseTransform(hflip=cfg["hflip"])
+    crop = cfg["dense_crop"]
+    crop = None if crop is None else tuple(crop) if isinstance(crop, list) else (crop, crop)
+    train_set.transform = data_lib.DenseTransform(hflip=cfg["hflip"], crop_size=crop)
     classes = train_set.classes
     if classes is None:  # masks:DIR without classes.txt
         if not cfg["num_classes"]:
