@@ -11,6 +11,7 @@ import torch
 from torchvision.transforms.functional import pil_to_tensor
 
 from t2t_vit import InputError
+from t2t_vit.data import segmentation_collate
 from t2t_vit.data.dense import create_dense_dataset
 from t2t_vit.dense import (
     CocoMeanAP,
@@ -154,6 +155,11 @@ def test_segmenter_logits_are_at_the_input_size(pyramid):
     masks[1][:] = 255  # all ignored: the loss is the first image's alone, not NaN
     loss = model([torch.rand(3, h, w) for h, w in ODD_SIZES], masks)["loss_seg"]
     assert torch.isfinite(loss) and loss > 0
+    # the padding is black however it comes, as segmentation_collate pads a batch: what the backbone sees of an image
+    # padded by the collate (zeros, then one size) is what it sees of the image given alone in a list
+    images = [torch.rand(3, h, w) for h, w in ODD_SIZES]
+    collated = segmentation_collate([(image, torch.zeros(image.shape[1:], dtype=torch.int64)) for image in images])[0]
+    torch.testing.assert_close(model._batch(collated)[0], model._batch(images)[0], rtol=0, atol=0)
 
 
 def test_size_divisible_follows_the_soft_splits_and_the_top_stride():
@@ -234,7 +240,7 @@ def test_narrow_box_head_and_refinement_have_the_sizes_asked_for():
     assert detector.roi_heads.box_predictor.cls_score.out_features == 4
     assert detector.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4
     segmenter = _tiny("segmenter_refined", num_classes=11).eval()
-    assert segmenter.detail.image[0][0].out_channels == 8
+    assert segmenter.detail.image[0].out_channels == 8
     # the refinement starts as the identity on the upsampled logits: a model without it, given the same weights,
     # gives the same logits
     plain = _tiny("segmenter", num_classes=11).eval()

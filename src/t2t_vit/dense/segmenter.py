@@ -49,12 +49,13 @@ class SemanticFPNHead(nn.Module):
 
 class DetailRefinement(nn.Module):
     """Logits upsampled to the image's size, refined with what the image shows at full resolution (a U-Net-style skip):
-    two 3 x 3 conv-GN-ReLU stages over the image, concatenated with the logits, a 3 x 3 convolution added to them."""
+    a 3 x 3 convolution and ReLU over the image, concatenated with the logits, a 1 x 1 convolution added to them (cheap
+    at full resolution: the context is the logits', the branch adds where edges fall)."""
 
     def __init__(self, in_chans: int, channels: int, num_classes: int) -> None:
         super().__init__()
-        self.image = nn.Sequential(_conv_stage(in_chans, channels), _conv_stage(channels, channels))
-        self.refine = nn.Conv2d(channels + num_classes, num_classes, 3, padding=1)
+        self.image = nn.Sequential(nn.Conv2d(in_chans, channels, 3, padding=1), nn.ReLU(inplace=True))
+        self.refine = nn.Conv2d(channels + num_classes, num_classes, 1)
         nn.init.zeros_(self.refine.weight)  # starts as the plain upsampled logits
         nn.init.zeros_(self.refine.bias)
 
@@ -63,13 +64,13 @@ class DetailRefinement(nn.Module):
 
 
 class SemanticSegmenter(nn.Module):
-    """Images float in [0, 1], a batch (B, C, H, W) or a list of (C, H, W) -> normalised, padded at the right and
-    bottom to a multiple of `size_divisible` (zeros) and to one size (a list), backbone + head, logits upsampled
-    (bilinear) and cropped back to (B, K, H, W), H and W the batch's largest (a list: the part past each image's own
-    size is padding, which `segmentation_collate`'s masks mark ignored); `detail_channels` > 0 adds a
-    DetailRefinement that wide. Train mode: `model(images, masks)` ->
-    {"loss_seg": cross-entropy over the pixels not `ignore_index`, each class weighted by `class_weight` (e.g. a
-    smaller weight for a background that covers most pixels)}; masks int64 (B, H, W) or a list of (H, W)."""
+    """Images float in [0, 1], a batch (B, C, H, W) or a list of (C, H, W) -> padded at the right and bottom with
+    black (as `segmentation_collate` pads) to one size and a multiple of `size_divisible`, normalised, backbone + head,
+    logits upsampled (bilinear) and cropped back to (B, K, H, W), H and W the batch's largest (a list: the part past
+    each image's own size is padding, which `segmentation_collate`'s masks mark ignored); `detail_channels` > 0 adds
+    a DetailRefinement that wide. Train mode: `model(images, masks)` -> {"loss_seg": cross-entropy over the pixels
+    not `ignore_index`, each class weighted by `class_weight` (e.g. a smaller weight for a background that covers
+    most pixels)}; masks int64 (B, H, W) or a list of (H, W)."""
 
     def __init__(
         self,
@@ -130,13 +131,8 @@ class SemanticSegmenter(nn.Module):
         height, width = max(i.shape[-2] for i in items), max(i.shape[-1] for i in items)
         m = self.size_divisible
         padded_h, padded_w = -(-height // m) * m, -(-width // m) * m
-        batch = torch.stack(
-            [
-                F.pad((i - self.image_mean) / self.image_std, (0, padded_w - i.shape[-1], 0, padded_h - i.shape[-2]))
-                for i in items
-            ]
-        )
-        return batch, (height, width)
+        batch = torch.stack([F.pad(i, (0, padded_w - i.shape[-1], 0, padded_h - i.shape[-2])) for i in items])
+        return (batch - self.image_mean) / self.image_std, (height, width)  # padded black, as segmentation_collate pads
 
     def _masks(
         self, masks: Union[torch.Tensor, Sequence[torch.Tensor]], height: int, width: int, images: Images
