@@ -55,7 +55,6 @@ def tiny_train_config(tmp_path: Union[str, Path], **overrides) -> dict:
             warmup_epochs=1,
             batch_size=64,
             log_interval=1000,
-            dense_crop=64 if task == "segmentation" else None,
         ),
     )
     cfg.update(overrides)
