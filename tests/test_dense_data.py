@@ -393,6 +393,19 @@ def test_canvases_spec_draws_once_into_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(canvases, "write_canvases", no_second_drawing)
     assert len(create_dense_dataset("canvases", "val", task="segmentation", cache_dir=tmp_path)) == 2
+    monkeypatch.undo()
+    monkeypatch.setattr(dense, "CanvasConfig", lambda: CanvasConfig(train=3, val=2))
+    more = create_dense_dataset("canvases:5", "train", task="segmentation", cache_dir=tmp_path)  # N training ones
+    assert len(more) == 5 and more.images_dir != ds.images_dir
+    for index in range(3):  # each canvas is drawn from (seed, split, index): the first 3 are the 3 above
+        assert torch.equal(more[index][1], ds[index][1])
+    val = create_dense_dataset("canvases:5", "val", task="segmentation", cache_dir=tmp_path)
+    assert len(val) == 2 and torch.equal(
+        val[1][0], create_dense_dataset("canvases", "val", "segmentation", cache_dir=tmp_path)[1][0]
+    )
+    for bad in ("canvases:many", "canvases:0"):
+        with pytest.raises(InputError, match="canvases:N takes a number of training canvases"):
+            create_dense_dataset(bad, "train", task="segmentation", cache_dir=tmp_path)
 
 
 def test_fashion_canvases_draw_from_idx_files(tmp_path):

@@ -18,7 +18,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
             "classification",
             "one of " + "|".join(TASKS),
             "what the model learns: classes of images, or on a `model` backbone boxes (detection), boxes and masks "
-            "(instance) or a class per pixel (segmentation) from coco:DIR, masks:DIR, canvases or "
+            "(instance) or a class per pixel (segmentation) from coco:DIR, masks:DIR, canvases[:N] or "
             "fashion-canvases:DIR data",
         ),
         "detector": (
@@ -79,7 +79,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
             None,
             "? text",
             "digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, cifar100:DIR, hfds/..., or an "
-            "ImageFolder root with train/ and val/; dense tasks: coco:DIR[:JSON], masks:DIR, canvases, "
+            "ImageFolder root with train/ and val/; dense tasks: coco:DIR[:JSON], masks:DIR, canvases[:N], "
             "fashion-canvases:DIR",
         ),
         "train_subset": (None, "? int >= 1", "train on N images of the training split (a fixed stratified choice)"),

@@ -8,11 +8,13 @@
                           the images
     masks:DIR             semantic masks: DIR/images/<split>/x.jpg beside DIR/masks/<split>/x.png (class indices,
                           255 ignore), class names one a line in DIR/classes.txt (optional)
-    canvases              scikit-learn's digits pasted on cluttered canvases, drawn once into the cache
-                          ($T2T_VIT_CACHE or ~/.cache/t2t_vit) in both layouts above; either task
+    canvases[:N]          scikit-learn's digits pasted on cluttered canvases (1,000 training ones, or N; the same 200
+                          held-out ones), drawn once into the cache ($T2T_VIT_CACHE or ~/.cache/t2t_vit) in both
+                          layouts above; either task
     fashion-canvases:DIR  the harder variant from the Fashion-MNIST IDX files in DIR
 """
 
+import dataclasses
 from pathlib import Path
 from typing import Optional, Union
 
@@ -44,8 +46,12 @@ def create_dense_dataset(
     mode = "L" if in_chans == 1 else "RGB"
     kind, _, rest = spec.partition(":")
     annotations: Optional[str] = None  # coco:DIR:JSON's JSON
-    if spec == "canvases" or (kind == "fashion-canvases" and rest):
-        config = CanvasConfig() if spec == "canvases" else fashion_canvases(rest)
+    if kind == "canvases" or (kind == "fashion-canvases" and rest):
+        config = CanvasConfig() if kind == "canvases" else fashion_canvases(rest)
+        if kind == "canvases" and rest:
+            if not rest.isdigit() or int(rest) < 1:
+                raise InputError(f"--data {spec!r}: canvases:N takes a number of training canvases >= 1, e.g. 3000")
+            config = dataclasses.replace(config, train=int(rest))
         root = cached_canvases(config, Path(cache_dir) if cache_dir is not None else None)
     elif kind in ("coco", "masks") and rest:
         wanted = "detection" if kind == "coco" else "segmentation"
@@ -59,8 +65,8 @@ def create_dense_dataset(
             raise InputError(f"data dir {folder!r} for {kind} does not exist: check the path")
     else:
         raise InputError(
-            f"--data {spec!r} is not a detection or segmentation data spec: coco:DIR[:JSON], masks:DIR, canvases or "
-            "fashion-canvases:DIR"
+            f"--data {spec!r} is not a detection or segmentation data spec: coco:DIR[:JSON], masks:DIR, canvases[:N] "
+            "or fashion-canvases:DIR"
         )
     if task == "segmentation":
         return SemanticMasks(root, split, mode)
