@@ -328,6 +328,13 @@ def test_every_shipped_config_resolves_and_its_model_takes_its_images(name):  # 
     assert logits.shape == (2, 10)
 
 
+def test_each_demo_is_a_shipped_config_of_its_task():
+    from t2t_vit.cli.demo import DEMOS
+
+    for task, (name, _) in DEMOS.items():
+        assert name in config_names() and resolve_config(name)["task"] == task
+
+
 def test_unwrap_finds_the_model_in_a_compiled_model_inside_a_wrapper():
     model = create_model("t2t_vit_7", num_classes=3, img_size=32)
 

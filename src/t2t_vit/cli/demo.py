@@ -1,5 +1,6 @@
 """`t2t-vit demo`: a small T2T-ViT trained on embedded data in minutes on a CPU, and its held-out score: classification
-on scikit-learn's digits (`make demo`), or with `--task detection`, Faster R-CNN on the digits pasted on canvases."""
+on scikit-learn's digits (`make demo`), or on the digits pasted on canvases: `--task detection` (Faster R-CNN),
+`--task segmentation` (a semantic FPN segmenter)."""
 
 import argparse
 import sys
@@ -10,6 +11,7 @@ from typing import Any, Dict
 DEMOS = {
     "classification": ("digits", (("top1", "top-1"),)),
     "detection": ("canvases_detection", (("map50", "mAP@0.5"), ("map", "mAP@[.5:.95]"))),
+    "segmentation": ("canvases_segmentation", (("miou", "mIoU"), ("pixel_acc", "pixel accuracy"))),
 }
 
 
@@ -17,10 +19,11 @@ def register(sub: Any) -> None:
     d = sub.add_parser(
         "demo",
         help="train a small T2T-ViT on embedded data on the CPU and report its held-out score (digits; "
-        "--task detection: digits on canvases)",
+        "--task detection or segmentation: digits on canvases)",
         description="Each demo starts afresh in runs/demo[-TASK] and ends with its held-out score: classification "
-        "(about a minute on 2 cores), detection (about 2.5 minutes; the shipped config canvases_detection, which "
-        "`t2t-vit train --config` takes too).",
+        "(about a minute on 2 cores), detection (about 2.5 minutes) or segmentation (about 5 minutes); the "
+        "shipped configs digits, canvases_detection and canvases_segmentation, which `t2t-vit train --config` takes "
+        "too.",
     )
     d.add_argument("--task", choices=tuple(DEMOS), default="classification")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
