@@ -133,8 +133,19 @@ def test_coco_rle_is_pycocotools_encoding():
 
 def test_a_class_map_is_blended_where_it_is_not_background(tmp_path, capsys, checkpoints, images):
     """Each image's class counts fill it; its drawing (at its size) differs from it at least on every pixel of a class
-    other than the background and is the image elsewhere but for the legend."""
-    ckpt = checkpoints["segmentation"]
+    other than the background and is the image elsewhere but for the legend. The segmenter has random weights, which
+    name many classes (a one-epoch one may name a handful of pixels), and no pixel is black, so that the legend's black
+    box changes every pixel it covers."""
+    meta = read_checkpoint(checkpoints["segmentation"])["meta"]
+    torch.manual_seed(0)
+    ckpt = tmp_path / "random.pth.tar"
+    torch.save({"model": dense_model(meta).state_dict(), "meta": meta}, ckpt)
+    brightened = []
+    for image in images:
+        with Image.open(image) as img:
+            Image.eval(img, lambda v: max(v, 1)).save(tmp_path / image.name)
+        brightened.append(tmp_path / image.name)
+    images = brightened
     out = tmp_path / "out"
     records = _predict_json(capsys, *images, "--checkpoint", ckpt, "--out", out)
     names = read_checkpoint(ckpt)["meta"]["class_names"]
