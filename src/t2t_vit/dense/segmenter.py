@@ -49,18 +49,18 @@ class SemanticFPNHead(nn.Module):
 
 class DetailRefinement(nn.Module):
     """Logits upsampled to the image's size, refined with what the image shows at full resolution (a U-Net-style skip):
-    a 3 x 3 convolution and ReLU over the image, concatenated with the logits, a 1 x 1 convolution added to them (cheap
+    a 3 x 3 convolution and ReLU over the image, a 1 x 1 convolution of it to the classes, added to the logits (cheap
     at full resolution: the context is the logits', the branch adds where edges fall)."""
 
     def __init__(self, in_chans: int, channels: int, num_classes: int) -> None:
         super().__init__()
         self.image = nn.Sequential(nn.Conv2d(in_chans, channels, 3, padding=1), nn.ReLU(inplace=True))
-        self.refine = nn.Conv2d(channels + num_classes, num_classes, 1)
+        self.refine = nn.Conv2d(channels, num_classes, 1)
         nn.init.zeros_(self.refine.weight)  # starts as the plain upsampled logits
         nn.init.zeros_(self.refine.bias)
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return logits + self.refine(torch.cat([self.image(image), logits], dim=1))
+        return logits + self.refine(self.image(image))
 
 
 class SemanticSegmenter(nn.Module):
