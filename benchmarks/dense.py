@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from t2t_vit.checkpoint import read_checkpoint  # noqa: E402
 from t2t_vit.config import resolve_config  # noqa: E402
-from t2t_vit.data.canvases import CanvasConfig, cached_canvases, fashion_canvases  # noqa: E402
+from t2t_vit.data.canvases import cached_canvases  # noqa: E402
+from t2t_vit.data.dense import canvas_config  # noqa: E402
 from t2t_vit.data.dense_transforms import detection_collate  # noqa: E402
 from t2t_vit.data.device_batches import to_device  # noqa: E402
 from t2t_vit.deploy.benchmark import (  # noqa: E402
@@ -168,16 +169,15 @@ def plan_rows(models: List[str], seeds: List[int], other_seeds: List[int]) -> Li
 def data_spec(data: str, train: Optional[int], val: Optional[int], out: Path, dry: bool) -> Tuple[str, str]:
     """(a coco:DIR spec, its description): canvases drawn into out/data, `train` and `val` of them per split (a
     canvas does not change with their number: fewer are a subset); any other spec as it is."""
-    kind, _, rest = data.partition(":")
-    if data != "canvases" and not (kind == "fashion-canvases" and rest):
+    config = canvas_config(data)
+    if config is None:
         if train or val:
             raise InputError(f"--train-subset and --val-subset apply to canvases data, not {data!r}")
         if dry:
             raise InputError(
-                f"the dry run draws its own small canvases: --data canvases or fashion-canvases:DIR, not {data!r}"
+                f"the dry run draws its own small canvases: --data canvases[:N] or fashion-canvases:DIR, not {data!r}"
             )
         return data, data
-    config = CanvasConfig() if data == "canvases" else fashion_canvases(rest)
     config = dataclasses.replace(config, **(DRY_CANVASES if dry else {}))
     config = dataclasses.replace(config, train=train or config.train, val=val or config.val)
     root = cached_canvases(config, out / "data")
@@ -467,7 +467,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "dense-benchmark", help="run directories and data")
     p.add_argument("--results", type=Path, help=f"where dense.md and .json go (default {RESULTS}; dry run: --out)")
-    p.add_argument("--data", default=DATA, help=f"canvases, fashion-canvases:DIR or coco:DIR (default {DATA})")
+    p.add_argument("--data", default=DATA, help=f"canvases[:N], fashion-canvases:DIR or coco:DIR (default {DATA})")
     p.add_argument("--train-subset", type=int, help="canvases: the first N training canvases (default all)")
     p.add_argument("--val-subset", type=int, help="canvases: the first N held-out canvases (default all)")
     p.add_argument("--epochs", type=int, help=f"(default {RECIPE['epochs']})")

@@ -29,6 +29,20 @@ from .sources import SPLITS
 TASKS = ("detection", "segmentation")
 
 
+def canvas_config(spec: str) -> Optional[CanvasConfig]:
+    """What a canvases[:N] or fashion-canvases:DIR `--data` spec draws; None for any other spec."""
+    kind, _, rest = spec.partition(":")
+    if kind == "fashion-canvases" and rest:
+        return fashion_canvases(rest)
+    if kind != "canvases":
+        return None
+    if not rest:
+        return CanvasConfig()
+    if not rest.isdigit() or int(rest) < 1:
+        raise InputError(f"--data {spec!r}: canvases:N takes a number of training canvases >= 1, e.g. 3000")
+    return dataclasses.replace(CanvasConfig(), train=int(rest))
+
+
 def create_dense_dataset(
     spec: str,
     split: str,
@@ -46,12 +60,8 @@ def create_dense_dataset(
     mode = "L" if in_chans == 1 else "RGB"
     kind, _, rest = spec.partition(":")
     annotations: Optional[str] = None  # coco:DIR:JSON's JSON
-    if kind == "canvases" or (kind == "fashion-canvases" and rest):
-        config = CanvasConfig() if kind == "canvases" else fashion_canvases(rest)
-        if kind == "canvases" and rest:
-            if not rest.isdigit() or int(rest) < 1:
-                raise InputError(f"--data {spec!r}: canvases:N takes a number of training canvases >= 1, e.g. 3000")
-            config = dataclasses.replace(config, train=int(rest))
+    config = canvas_config(spec)
+    if config is not None:
         root = cached_canvases(config, Path(cache_dir) if cache_dir is not None else None)
     elif kind in ("coco", "masks") and rest:
         wanted = "detection" if kind == "coco" else "segmentation"

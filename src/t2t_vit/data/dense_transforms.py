@@ -1,7 +1,6 @@
 """Transforms and batches for dense targets: a resize, a random crop and a horizontal flip that move boxes and masks
-with the image,
-detection batches as lists (torchvision's detection models take images of different sizes) and segmentation batches
-padded to one size with the ignore index."""
+with the image, detection batches as lists (torchvision's detection models take images of different sizes) and
+segmentation batches padded to one size with the ignore index."""
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 

@@ -5,6 +5,7 @@ checkpoint records to rebuild it, and the loss of a training step. The rest of a
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
+from timm.layers import to_2tuple
 from torch import nn
 
 from .. import data as data_lib
@@ -55,8 +56,7 @@ def build_dense_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> D
     task = cfg["task"]
     train_set = dense_dataset(cfg["data"], "train", task, cfg["in_chans"])
     val_set = dense_dataset(cfg["data"], "val", task, cfg["in_chans"])
-    crop = cfg["dense_crop"]
-    crop = None if crop is None else tuple(crop) if isinstance(crop, list) else (crop, crop)
+    crop = None if cfg["dense_crop"] is None else to_2tuple(cfg["dense_crop"])
     train_set.transform = data_lib.DenseTransform(hflip=cfg["hflip"], crop_size=crop)
     classes = train_set.classes
     if classes is None:  # masks:DIR without classes.txt
