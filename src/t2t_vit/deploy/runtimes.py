@@ -32,7 +32,9 @@ SOURCE_KEY = "source"  # the entry of an export's metadata that says what it was
 GRAPH = 2  # the ONNX graph's layout: 2 has the soft splits as slices; a cache of another layout is made again
 EXPORTER = f"t2t_vit {__version__} (graph {GRAPH}), torch {torch.__version__}"
 # what the int8 file says it was made with
-ORT_INT8 = "onnxruntime quant_pre_process, quantize_dynamic: MatMul weights QInt8, per channel, reduced range"
+ORT_INT8 = (
+    "onnxruntime quant_pre_process, plain weights, quantize_dynamic: MatMul weights QInt8, per channel, reduced range"
+)
 
 
 @dataclasses.dataclass
@@ -325,8 +327,11 @@ def _ort_int8(fp32: Path, meta: Dict[str, Any]) -> Tuple[Path, Dict[str, Any]]:
     scale per output channel), its input quantized to uint8 per call. Weights use 7 of the 8 bits (reduce_range):
     x86 CPUs without VNNI (AVX2, AVX-512) sum uint8 x int8 products in 16 bits, which full-range weights can
     overflow (onnxruntime's quantization guide); on a digits model, twice the logit error without it."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .onnx_graph import plain_weights
 
     source = {**meta[SOURCE_KEY], "int8": ORT_INT8}
 
@@ -338,6 +343,9 @@ def _ort_int8(fp32: Path, meta: Dict[str, Any]) -> Tuple[Path, Dict[str, Any]]:
                 # constants folded first: weights computed from weights (the T2T layers' folded LayerNorm) become
                 # one weight, quantized once, with no fp32 copy left beside it
                 quant_pre_process(str(fp32), str(folded), skip_symbolic_shape=True)
+                graph = onnx.load(str(folded))
+                plain_weights(graph)  # what onnxruntime before 1.32 quantizes wrongly (onnx_graph.py)
+                onnx.save(graph, str(folded))
                 quantize_dynamic(
                     folded,
                     tmp,

@@ -1,0 +1,49 @@
+"""Rewrites of an exported graph that leave its arithmetic as it is, so that onnxruntime's dynamic quantization sees
+every weight as one plain initializer whatever its version.
+
+onnxruntime before 1.32 makes T2T-ViT models that do not load or run (all of 1.22-1.31 seen):
+- `quant_pre_process` leaves a MatMul of two initializers (a weight computed from weights: the T2T layers'
+  folded LayerNorm) unfolded, and `quantize_dynamic` then quantizes its 1-D operand per channel, at a shape the
+  output's scale cannot broadcast to;
+- a Gemm with `transB=1` whose weight is shared (the Performer's random features, for its queries and its keys)
+  has that weight transposed in place once per node, so that one of them multiplies by the untransposed matrix.
+"""
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def plain_weights(model: onnx.ModelProto) -> int:
+    """In place: each MatMul of two initializers becomes its product, an initializer; each Gemm with `transB=1` on an
+    initializer reads a transposed copy (one per weight, shared by its nodes) with `transB=0`. Initializers left
+    unused are dropped. Returns how many nodes were rewritten."""
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    transposed: dict = {}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        if node.op_type == "MatMul" and all(name in weights for name in node.input):
+            a, b = (numpy_helper.to_array(weights[name]) for name in node.input)
+            weights[node.output[0]] = numpy_helper.from_array(np.matmul(a, b).astype(a.dtype), node.output[0])
+            graph.initializer.append(weights[node.output[0]])
+            rewritten += 1
+            continue
+        trans_b = next((a for a in node.attribute if a.name == "transB"), None)
+        if node.op_type == "Gemm" and trans_b is not None and trans_b.i == 1 and node.input[1] in weights:
+            name = node.input[1]
+            if name not in transposed:
+                array = numpy_helper.to_array(weights[name]).T.copy()
+                transposed[name] = numpy_helper.from_array(array, f"{name}_transposed")
+                graph.initializer.append(transposed[name])
+            node.input[1] = transposed[name].name
+            trans_b.i = 0
+            rewritten += 1
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return rewritten
