@@ -158,6 +158,7 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
     )
     deps = [p for p in [sysconfig.get_path("purelib"), *site.getsitepackages()] if Path(p).is_dir()]
     (purelib / "project_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")  # plain paths: no editable hooks
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # src/ on it would pass for t2t-vit installed
     subprocess.run(
         [
             sys.executable,
@@ -172,11 +173,11 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
         ],
         check=True,
         capture_output=True,
+        env=env,
         timeout=600,
     )
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import t2t_vit; print(t2t_vit.__file__)"],
         cwd=work,
