@@ -176,6 +176,30 @@ def test_kill_after_a_save_resumes_to_the_uninterrupted_run(tmp_path, straight):
     assert_same_run(straight, tmp_path / "run")
 
 
+def test_train_and_eval_leave_no_loader_workers_behind(tmp_path, monkeypatch):
+    """Loader workers ignore SIGTERM (a preemption's signal is the main process's to act on), so one still alive at
+    interpreter exit hangs it: multiprocessing's exit handler sends them SIGTERM and waits (seen on Python 3.12 with
+    torch 2.11, where the loaders outlived `t2t-vit train`). train() and evaluate_checkpoint end their persistent
+    workers before they return, however long their loaders live: here the test keeps them."""
+    import multiprocessing
+
+    from t2t_vit import data
+    from t2t_vit.training.evaluate import evaluate_checkpoint
+
+    kept, real = [], data.create_loader
+    monkeypatch.setattr(data, "create_loader", lambda *a, **k: kept.append(real(*a, **k)) or kept[-1])
+    before = set(multiprocessing.active_children())
+    try:
+        result = train(tiny_train_config(tmp_path, aa="rand-m5-mstd0.5", workers=2, epochs=1), progress=False)
+        assert len(kept) == 2 and all(loader.num_workers == 2 for loader in kept)
+        assert set(multiprocessing.active_children()) == before
+        evaluate_checkpoint(str(Path(result["run_dir"]) / "last.pth.tar"), "digits", workers=2, progress=False)
+        assert len(kept) == 3 and set(multiprocessing.active_children()) == before
+    finally:  # a failure here must not hang pytest's own exit
+        for worker in set(multiprocessing.active_children()) - before:
+            worker.kill()
+
+
 # ----------------------------------------------------------------------------------------------- non-finite steps
 
 

@@ -6,6 +6,7 @@ from typing import Any, Dict
 
 import torch
 
+from ..data import workers_closed
 from ..data.device_batches import DeviceBatches
 from ..device import pick_device
 from ..training.setup import build_data
@@ -28,16 +29,18 @@ def input_speed(cfg: Dict[str, Any], batches: int = 30, warmup: int = 3) -> Dict
             epoch += 1
 
     it, images = drawn(), 0
-    for _ in range(warmup):
-        next(it)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(batches):
-        images += len(next(it)[0])
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    with workers_closed(data.train_loader):
+        for _ in range(warmup):
+            next(it)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(batches):
+            images += len(next(it)[0])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        it.close()
     path = type(data.train_loader).__name__
     workers = getattr(data.train_loader, "num_workers", 0)
     return dict(

@@ -192,9 +192,10 @@ def evaluate_checkpoint(
         loader = data_lib.create_loader(
             val_set, batch_size, False, workers, pin_memory=dev.type == "cuda", collate_fn=dense_collate(saved_task)
         )
-        scores = evaluate_dense(
-            model.to(dev), DeviceBatches(loader, dev), dev, saved_task, meta["num_classes"], amp_dtype, progress
-        )
+        with data_lib.workers_closed(loader):
+            scores = evaluate_dense(
+                model.to(dev), DeviceBatches(loader, dev), dev, saved_task, meta["num_classes"], amp_dtype, progress
+            )
         return dict(scores, model=meta["arch"], task=saved_task)
     model, meta = load_model(checkpoint, model_name, use_ema=use_ema)
     data_config = meta["data_config"]
@@ -214,4 +215,6 @@ def evaluate_checkpoint(
     loader = DeviceBatches(
         data_lib.create_loader(val_set, batch_size, False, workers, pin_memory=dev.type == "cuda"), dev, data_config
     )
-    return dict(evaluate(model.to(dev), loader, dev, amp_dtype, progress=progress), model=meta["arch"], task=saved_task)
+    with data_lib.workers_closed(loader):
+        scores = evaluate(model.to(dev), loader, dev, amp_dtype, progress=progress)
+    return dict(scores, model=meta["arch"], task=saved_task)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config_keys import DEFAULTS
+from ..data import workers_closed
 from ..errors import InputError
 from .budget import Budget
 from .divergence import SpikeGuard, exploded
@@ -95,7 +96,8 @@ def _run(
     first_epoch, stop_after = state.epoch, cfg["stop_after_epochs"]
     row: Dict[str, Any] = {}
     stopped, where = "done", ""
-    with MetricsLog(run_dir, run.is_main) as metrics, StopSignal() as signals:
+    loaders = workers_closed(run.data.train_loader, run.data.val_loader)
+    with MetricsLog(run_dir, run.is_main) as metrics, StopSignal() as signals, loaders:
         run.ctx.should_stop = lambda: signals.received is not None
         while state.epoch < run.total_epochs:
             budget.restart(state.train_seconds + state.totals.seconds)
