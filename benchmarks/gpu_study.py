@@ -123,6 +123,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.dry_run:
         written.append(write_summary_table(results.parent))
     out = Path(args.out) / "gpu_study.tar.gz"
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out, "w:gz") as tar:
         for path in written:
             tar.add(path, arcname=str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name))
