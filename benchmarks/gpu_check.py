@@ -247,9 +247,11 @@ def guarded(report: Report, job: Any) -> None:
 
 
 def speed(report: Report, device: torch.device, groups: List[gpu_speed.Group], deadline: float, img: int) -> None:
-    rows, left_out = gpu_speed.measure(groups, device, img, deadline, report.peaks)
+    rows, left_out, failed = gpu_speed.measure(groups, device, img, deadline, report.peaks)
     report.speed += rows
     report.left_out += left_out
+    for what, error in failed:
+        report.add("speed", what, "failed", 0, error)
 
 
 def markdown(report: Report, env: Dict[str, Any], command: str, wall: float) -> str:

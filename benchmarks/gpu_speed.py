@@ -19,9 +19,10 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from t2t_vit.deploy.benchmark import BenchConfig, make_step, matmul_peak_gflops, time_steps
+from t2t_vit.deploy.benchmark import BenchConfig, input_channels, make_step, matmul_peak_gflops, time_steps
 from t2t_vit.factory import create_model
 
 DEIT_S = "timm:vit_small_patch16_224"
@@ -86,13 +87,25 @@ def plan(dry: bool) -> Tuple[List[Group], List[Group]]:
 
 
 def forward_flops(v: Variant, img_size: int) -> float:
-    """FLOPs of one image's forward pass, counted on the meta device (no memory, no compute)."""
+    """FLOPs of one image's forward pass, counted on the meta device (no memory, no compute); on the CPU for models
+    that cannot be built there (timm's ViTs before 1.0.2x read a tensor's value in their constructor). SDPA runs its
+    math path, whose matmuls the counter sees (it counts nothing for the CPU's fused attention)."""
     kwargs = dict(v.model_kwargs, **({} if v.model.startswith("timm:") else dict(attn_impl="eager")))
-    with torch.device("meta"):
-        net = create_model(v.model, img_size=img_size, **kwargs).eval()
-        with FlopCounterMode(display=False) as counter:
-            net(torch.empty(1, net.in_chans, img_size, img_size))
-    return float(counter.get_total_flops())
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                net = create_model(v.model, img_size=img_size, **kwargs).eval()
+        except RuntimeError:
+            continue
+        with (
+            torch.device(device),
+            torch.no_grad(),
+            sdpa_kernel(SDPBackend.MATH),
+            FlopCounterMode(display=False) as counter,
+        ):
+            net(torch.empty(1, input_channels(net), img_size, img_size))
+        return float(counter.get_total_flops())
+    raise RuntimeError(f"{v.model} cannot be built on the meta device or the CPU")
 
 
 def peak_flops(device: torch.device, dry: bool) -> Dict[str, Optional[float]]:
@@ -136,46 +149,57 @@ def _build(v: Variant, mode: str, batch: int, img_size: int, device: torch.devic
     return step, dict(first_step_s=first, peak_mib=peak)
 
 
+def _rows(
+    group: Group, device: torch.device, img_size: int, peaks: Dict[str, Optional[float]], flops: Dict[str, float]
+) -> List[Dict[str, Any]]:
+    """The group's variants built and timed in turns: a row each."""
+    repeats, warmup = (2, 0) if device.type == "cpu" else (10, 2)
+    steps, info = {}, {}
+    for v in group.variants:
+        steps[v.label], info[v.label] = _build(v, group.mode, group.batch, img_size, device)
+    times = time_steps(steps, str(device), warmup, repeats)
+    rows = []
+    for v in group.variants:
+        if v.model not in flops:
+            flops[v.model] = forward_flops(v, img_size)
+        seconds = statistics.median(times[v.label])
+        achieved = flops[v.model] * group.batch * (3 if group.mode == "train" else 1) / seconds
+        rows.append(
+            dict(
+                mode=group.mode,
+                model=v.model.removeprefix("timm:"),
+                variant=v.label,
+                batch=group.batch,
+                dtype=v.dtype,
+                img_per_s=group.batch / seconds,
+                step_ms=1e3 * seconds,
+                tflops=achieved / 1e12,
+                mfu_datasheet=achieved / peaks["datasheet"] if peaks["datasheet"] else None,
+                mfu_measured=achieved / peaks["measured"] if peaks["measured"] else None,
+                **info[v.label],
+            )
+        )
+    return rows
+
+
 def measure(
     groups: List[Group], device: torch.device, img_size: int, deadline: float, peaks: Dict[str, Optional[float]]
-) -> Tuple[List[Dict[str, Any]], List[str]]:
-    """Rows (one per variant) of the groups that fit before `deadline` (time.monotonic()), and the ones left out."""
+) -> Tuple[List[Dict[str, Any]], List[str], List[Tuple[str, str]]]:
+    """Rows (one per variant) of the groups that fit before `deadline` (time.monotonic()), the groups left out, and
+    the groups that failed with what they raised: one failure costs its own group only."""
     rows: List[Dict[str, Any]] = []
     left_out: List[str] = []
+    failed: List[Tuple[str, str]] = []
     flops: Dict[str, float] = {}
-    repeats, warmup = (2, 0) if device.type == "cpu" else (10, 2)
     for group in groups:
-        names = ", ".join(f"{v.label} {v.model}" for v in group.variants)
-        what = f"{group.mode} batch {group.batch}: {names}"
+        what = f"{group.mode} batch {group.batch}: " + ", ".join(f"{v.label} {v.model}" for v in group.variants)
         if time.monotonic() + group.cost_s() > deadline:
             left_out.append(what)
             continue
-        steps, info = {}, {}
-        for v in group.variants:
-            steps[v.label], info[v.label] = _build(v, group.mode, group.batch, img_size, device)
-        times = time_steps(steps, str(device), warmup, repeats)
-        for v in group.variants:
-            if v.model not in flops:
-                flops[v.model] = forward_flops(v, img_size)
-            seconds = statistics.median(times[v.label])
-            step_flops = flops[v.model] * group.batch * (3 if group.mode == "train" else 1)
-            achieved = step_flops / seconds
-            rows.append(
-                dict(
-                    mode=group.mode,
-                    model=v.model.removeprefix("timm:"),
-                    variant=v.label,
-                    batch=group.batch,
-                    dtype=v.dtype,
-                    img_per_s=group.batch / seconds,
-                    step_ms=1e3 * seconds,
-                    tflops=achieved / 1e12,
-                    mfu_datasheet=achieved / peaks["datasheet"] if peaks["datasheet"] else None,
-                    mfu_measured=achieved / peaks["measured"] if peaks["measured"] else None,
-                    **info[v.label],
-                )
-            )
-        del steps
+        try:
+            rows += _rows(group, device, img_size, peaks, flops)
+        except Exception as e:  # noqa: BLE001 - an out-of-memory or a model that cannot run: named, the rest go on
+            failed.append((what, f"{type(e).__name__}: {str(e)[:300]}"))
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return rows, left_out
+    return rows, left_out, failed

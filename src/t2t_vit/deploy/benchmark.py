@@ -88,10 +88,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def input_channels(model: torch.nn.Module) -> int:
+    """The image channels a model takes: its `in_chans`, else its first convolution's (timm's ViTs before timm 1.0.26
+    keep no `in_chans`)."""
+    chans = getattr(model, "in_chans", None)
+    if chans is None:
+        conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        chans = conv.in_channels if conv is not None else 3
+    return chans
+
+
 def make_step(model: torch.nn.Module, cfg: BenchConfig) -> Callable[[], None]:
     """A closure running one step of `cfg.mode` on fixed random data."""
     device = torch.device(cfg.device)
-    x = torch.randn(cfg.batch_size, model.in_chans, cfg.img_size, cfg.img_size, device=device)
+    x = torch.randn(cfg.batch_size, input_channels(model), cfg.img_size, cfg.img_size, device=device)
     amp = dict(device_type=device.type, dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "fp32")
     if cfg.mode == "infer":
         model.eval()

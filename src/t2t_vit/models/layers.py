@@ -5,7 +5,8 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, register_notrace_function, resample_abs_pos_embed
+from timm.layers import DropPath, Mlp, resample_abs_pos_embed
+from timm.models import register_notrace_function  # where every timm 1.0 has it (timm.layers: 1.0.17 on)
 from torch import nn
 from torch.jit import Final
 

@@ -8,8 +8,8 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from timm.layers import register_notrace_function, to_2tuple, trunc_normal_
-from timm.models import checkpoint_seq
+from timm.layers import to_2tuple, trunc_normal_
+from timm.models import checkpoint_seq, register_notrace_function
 from timm.models._features import feature_take_indices
 from torch import nn
 
