@@ -1,13 +1,16 @@
 """Rewrites of an exported graph that leave its arithmetic as it is, so that onnxruntime's dynamic quantization sees
 every weight as one plain initializer whatever its version.
 
-onnxruntime before 1.32 makes T2T-ViT models that do not load or run (all of 1.22-1.31 seen):
+onnxruntime before 1.32 makes T2T-ViT models that do not load or run (seen with 1.22, 1.24, 1.30 and 1.31):
 - `quant_pre_process` leaves a MatMul of two initializers (a weight computed from weights: the T2T layers'
-  folded LayerNorm) unfolded, and `quantize_dynamic` then quantizes its 1-D operand per channel, at a shape the
-  output's scale cannot broadcast to;
-- a Gemm with `transB=1` whose weight is shared (the Performer's random features, for its queries and its keys)
-  has that weight transposed in place once per node, so that one of them multiplies by the untransposed matrix.
+  folded LayerNorm) unfolded, and `quantize_dynamic` quantizes its 1-D operand per channel, to a scale the
+  output cannot broadcast with ("Incompatible dimensions" at load);
+- a Gemm with `transB=1` whose weight two nodes share (the Performer's random features, for its queries and its
+  keys) becomes a quantized MatMul on the untransposed weight ("dimension mismatch" at run time); 1.32 makes a
+  transposed copy, as `plain_weights` does.
 """
+
+from typing import Dict
 
 import numpy as np
 import onnx
@@ -20,7 +23,7 @@ def plain_weights(model: onnx.ModelProto) -> int:
     unused are dropped. Returns how many nodes were rewritten."""
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
-    transposed: dict = {}
+    transposed: Dict[str, onnx.TensorProto] = {}
     nodes, rewritten = [], 0
     for node in graph.node:
         if node.op_type == "MatMul" and all(name in weights for name in node.input):
