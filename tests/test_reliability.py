@@ -200,6 +200,40 @@ def test_train_and_eval_leave_no_loader_workers_behind(tmp_path, monkeypatch):
             worker.kill()
 
 
+def test_the_cli_ends_loader_workers_a_command_left_running(monkeypatch, caplog):
+    """The backstop behind `workers_closed`: a command that forgets it still exits, its workers killed (they ignore
+    the SIGTERM of multiprocessing's exit handler) and the count logged."""
+    import multiprocessing
+
+    from torch.utils.data import DataLoader
+
+    from t2t_vit.cli import main, models
+    from t2t_vit.data.loader import _worker_init
+
+    kept, handler = [], None
+
+    def leaky(args) -> int:
+        loader = DataLoader(range(8), batch_size=2, num_workers=2, persistent_workers=True, worker_init_fn=_worker_init)
+        next(iter(loader))
+        kept.append(loader)
+        nonlocal handler
+        handler = signal.getsignal(signal.SIGCHLD)
+        return 0
+
+    monkeypatch.setattr(models, "_models", leaky)
+    before = set(multiprocessing.active_children())
+    try:
+        with caplog.at_level("WARNING", logger="t2t_vit.cli"):
+            assert main(["models"]) == 0
+        assert len(kept) == 1 and set(multiprocessing.active_children()) == before
+        # torch's SIGCHLD handler, put back: it reports loader workers that die later
+        assert callable(handler) and signal.getsignal(signal.SIGCHLD) is handler
+        assert "ended 2 worker process(es) the command left running" in caplog.text
+    finally:
+        for worker in set(multiprocessing.active_children()) - before:
+            worker.kill()
+
+
 # ----------------------------------------------------------------------------------------------- non-finite steps
 
 

@@ -12,6 +12,8 @@ from typing import List, Optional
 from ..errors import InputError
 from . import demo, deploy, models, study, train
 
+log = logging.getLogger(__name__)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2t-vit", description="Tokens-to-Token ViT: models, training and tools.")
@@ -39,4 +41,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     except InputError as e:
         print(f"t2t-vit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _end_leftover_workers()
     return code or 0
+
+
+def _end_leftover_workers() -> None:
+    """Kills the daemonic children a command left running. Loader workers ignore SIGTERM (a preemption is the main
+    process's to act on), so one alive at interpreter exit hangs multiprocessing's exit handler, which sends SIGTERM
+    and waits. `data.workers_closed` ends them in order; this backstop finds none unless a code path forgot it."""
+    import multiprocessing
+    import signal
+
+    left = [child for child in multiprocessing.active_children() if child.daemon]
+    if not left:
+        return
+    log.warning("ended %d worker process(es) the command left running", len(left))
+    sigchld = getattr(signal, "SIGCHLD", None)  # torch's handler raises in this thread for a worker killed by a signal
+    handler = signal.signal(sigchld, signal.SIG_DFL) if sigchld else None
+    for child in left:
+        child.kill()
+        child.join(timeout=10)
+    if sigchld:
+        signal.signal(sigchld, handler)
