@@ -281,6 +281,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("t2t-vit train: error: --data") and "\n" not in err and "Traceback" not in err
 
 
+def test_dense_keys_on_a_classification_run_are_one_line_and_leave_nothing(tmp_path, capsys):
+    """A crop window or a detector for a classification run would do nothing: an error naming them, as a dense task
+    gets for the classification keys it has no use for."""
+    from t2t_vit.cli import main
+
+    out = tmp_path / "runs"
+    args = ["train", "--config", "digits", "--output", str(out), "--dense-crop", "96", "--detector", "retinanet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(
+        "t2t-vit train: error: classification has no use for the dense-task keys it was given (detector "
+        "'retinanet', dense_crop 96): remove them from the command line or config, or pass --task "
+        "detection|instance|segmentation"
+    )
+    assert not out.exists()
+    check_config(dict(DEFAULTS, data="digits", detector="fasterrcnn", dense_crop=None))  # at their defaults: left be
+
+
 def test_log_interval_gives_a_line_where_no_bar_shows(tmp_path, caplog):
     with caplog.at_level("INFO", logger="t2t_vit.training.engine"):
         train(tiny_train_config(tmp_path, epochs=1, warmup_epochs=0, log_interval=10), progress=False)

@@ -244,6 +244,9 @@ CLASSIFICATION_ONLY = (
     "train_interpolation reprob remode recount mixup cutmix mixup_prob mixup_switch_prob mixup_mode smoothing"
 ).split()
 
+# Keys only a dense task reads: on a classification run, one set away from its default is an error naming it.
+DENSE_ONLY = tuple(key for key in SCHEMA["task"] if key != "task")
+
 # What `--resume` may change (applied: the schedule is rebuilt at the resumed step, the data position kept); any
 # other key differing from the checkpoint's config is an error, since the run would no longer be the one it continues.
 RESUME_CHANGEABLE = frozenset(

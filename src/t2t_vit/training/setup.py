@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import data as data_lib
 from ..config import ConfigError, check_values
-from ..config_keys import CLASSIFICATION_ONLY, DEFAULTS
+from ..config_keys import CLASSIFICATION_ONLY, DEFAULTS, DENSE_ONLY
 from ..data import tensor_batches as tensor_data
 from ..errors import InputError
 from ..factory import constructor_keywords, create_model, load_model
@@ -49,6 +49,7 @@ def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if task != "classification":
         _check_dense(cfg)
     if task == "classification":
+        _check_unused(cfg, DENSE_ONLY, "dense-task keys", ", or pass --task detection|instance|segmentation")
         _check_channels(cfg)
     _check_model_kwargs(cfg)
     if cfg["init_checkpoint"] and not _is_file(cfg["init_checkpoint"]):
@@ -119,19 +120,24 @@ def _check_model_kwargs(cfg: Dict[str, Any]) -> None:
         )
 
 
+def _check_unused(cfg: Dict[str, Any], keys: Sequence[str], kind: str, fix: str = "") -> None:
+    """An InputError naming the `keys` set away from their defaults: the run's task has no use for them."""
+    moved = [key for key in keys if cfg[key] != DEFAULTS[key]]
+    if moved:
+        given = ", ".join(f"{key} {cfg[key]!r}" for key in moved)
+        raise InputError(
+            f"{cfg['task']} has no use for the {kind} it was given ({given}): remove them from the command line or "
+            f"config{fix}"
+        )
+
+
 def _check_dense(cfg: Dict[str, Any]) -> None:
     """A dense task's keys: no classification key set away from its default (it would do nothing), a detector that
     exists (instance: Mask R-CNN's)."""
     from ..dense.detectors import DETECTORS
 
     task = cfg["task"]
-    moved = [key for key in CLASSIFICATION_ONLY if cfg[key] != DEFAULTS[key]]
-    if moved:
-        given = ", ".join(f"{key} {cfg[key]!r}" for key in moved)
-        raise InputError(
-            f"{task} has no use for the classification keys it was given ({given}): remove them from the command "
-            "line or config"
-        )
+    _check_unused(cfg, CLASSIFICATION_ONLY, "classification keys")
     if cfg["detector"] not in DETECTORS:
         raise InputError(f"detector {cfg['detector']!r} is not one of {', '.join(DETECTORS)}")
     named = {"min_size", "max_size", "pyramid", "detector", "backbone_kwargs"} & set(cfg["dense_kwargs"])
