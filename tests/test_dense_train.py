@@ -137,6 +137,7 @@ def test_two_gloo_ranks_train_one_model_and_score_the_whole_held_out_split(tmp_p
         ("instance", "--detector retinanet", "instance is Mask R-CNN"),
         ("detection", "--detector yolo", "detector 'yolo' is not one of fasterrcnn, retinanet"),
         ("detection", "--data digits", "--data 'digits' is not a detection or segmentation data spec"),
+        ("detection", "--num-classes 3", "num_classes 3 is fewer than the 11 classes of coco:"),
     ],
 )
 def test_a_bad_dense_combination_is_one_line_and_leaves_nothing(tmp_path, capsys, canvases, task, args, says):

@@ -295,18 +295,24 @@ class Data:
     val_loader: Any
 
 
-def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
-    """Training and held-out splits with the recipe's transforms, each rank's share in its loader: uint8 images (or
-    the in-memory path's normalised floats), which `device_batches.DeviceBatches` finishes on the device."""
-    train_set = data_lib.create_dataset(cfg["data"], "train", cfg["download"], cfg["in_chans"])
-    val_set = data_lib.create_dataset(cfg["data"], "val", cfg["download"], cfg["in_chans"])
-    classes = data_lib.dataset_classes(train_set)
+def check_class_count(cfg: Dict[str, Any], classes: Sequence[str]) -> None:
+    """A ConfigError where num_classes leaves out some of the data's classes (a dense task's background counted):
+    their targets would fall outside the head."""
     if cfg["num_classes"] and cfg["num_classes"] < len(classes):
         raise ConfigError(
             f"num_classes {cfg['num_classes']} is fewer than the {len(classes)} classes of {cfg['data']}: pass "
             f"--num-classes {len(classes)}, or leave num_classes null for the data's count",
             ["num_classes", "data"],
         )
+
+
+def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
+    """Training and held-out splits with the recipe's transforms, each rank's share in its loader: uint8 images (or
+    the in-memory path's normalised floats), which `device_batches.DeviceBatches` finishes on the device."""
+    train_set = data_lib.create_dataset(cfg["data"], "train", cfg["download"], cfg["in_chans"])
+    val_set = data_lib.create_dataset(cfg["data"], "val", cfg["download"], cfg["in_chans"])
+    classes = data_lib.dataset_classes(train_set)
+    check_class_count(cfg, classes)
     data_config = data_config_of(cfg)
     train_set.transform = data_lib.create_transform(cfg, data_config, training=True, uint8=True)
     val_set.transform = data_lib.create_transform(cfg, data_config, training=False, uint8=True)

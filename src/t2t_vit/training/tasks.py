@@ -66,6 +66,7 @@ def build_dense_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> D
                 "(index 0 first), or pass --num-classes N"
             )
         classes = [str(i) for i in range(cfg["num_classes"])]
+    setup.check_class_count(cfg, classes)
     collate, workers = dense_collate(task), setup.loader_workers(cfg["workers"])
     train_loader = data_lib.create_loader(
         train_set, cfg["batch_size"], True, workers, world, rank, cfg["seed"], pin, collate
