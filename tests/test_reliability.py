@@ -28,6 +28,7 @@ from .helpers import (
     image_folder,
     last_checkpoint,
     metrics_rows,
+    one_line_error,
     tiny_train_config,
 )
 
@@ -77,6 +78,11 @@ def test_config_values_parse_as_users_write_them():
         (["--workers", "-1"], "workers = -1"),
         (["--nonfinite", "ignore"], "expected one of stop, skip, rollback"),
         (["--scale", "[0.5]"], "expected a list of 2 numbers"),
+        (
+            ["--model-kwargs", "{depth:0}"],
+            "{'depth:0': None} (from the command line) is not allowed: expected a space "
+            "after each colon, as YAML needs: {depth: 0}",
+        ),
     ],
 )
 def test_bad_config_values_are_one_line_and_leave_nothing(tmp_path, capsys, args, message):
@@ -85,6 +91,31 @@ def test_bad_config_values_are_one_line_and_leave_nothing(tmp_path, capsys, args
     err = capsys.readouterr().err.strip()
     assert err.startswith("t2t-vit train: error: config key ") and message in err and "\n" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--accum-steps", "23"], "accum_steps 23 is more than the 22 batches of 64 an epoch gives this process"),
+        (["--train-subset", "9"], "train_subset 9 is fewer than the 10 classes it keeps: pass 10 or more"),
+        (["--opt", "adamx"], "opt 'adamx' is not an optimizer timm knows"),
+        (["--sched", "cosin"], "sched 'cosin' is not a schedule timm knows"),
+    ],
+)
+def test_settings_no_run_can_use_are_one_line_and_leave_nothing(tmp_path, capsys, args, message):
+    """Not a traceback from timm or scikit-learn: an error naming the key and the fix, before the run directory."""
+    out = tmp_path / "runs"
+    assert main(["train", "--config", "digits", "--output", str(out), *args]) == 2
+    one_line_error(capsys, f"t2t-vit train: error: {message}")
+    assert not out.exists()
+
+
+def test_those_settings_at_their_limits_are_allowed():
+    from t2t_vit.training.setup import build_data, check_config
+
+    overrides = dict(train_subset=10, batch_size=2, accum_steps=5, opt="lookahead_adamw", sched="step")
+    data = build_data(check_config(resolve_config("digits", overrides)), 1, 0, False)
+    assert len(data.train_set) == 10 and len(data.train_loader) == 5
 
 
 def test_output_that_is_a_file_or_read_only_is_one_line(tmp_path, capsys):

@@ -66,9 +66,13 @@ def _check_rule(rule: str, key: str, value: Any, source: str, optional: bool) ->
             return value
         raise fail("true or false")
     if rule == "mapping":
-        if isinstance(value, dict):
-            return value
-        raise fail("a mapping, e.g. {embed_dim: 128}")
+        if not isinstance(value, dict):
+            raise fail("a mapping, e.g. {embed_dim: 128}")
+        glued = [k for k, v in value.items() if v is None and isinstance(k, str) and ":" in k]
+        if glued:  # YAML reads {depth:0} as the key "depth:0" set to null
+            spaced = ", ".join(k.replace(":", ": ", 1) for k in glued)
+            raise fail(f"a space after each colon, as YAML needs: {{{spaced}}}")
+        return value
     if rule.startswith("one of "):
         choices = rule.removeprefix("one of ").split("|")
         if value in choices:

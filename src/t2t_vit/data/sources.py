@@ -250,6 +250,9 @@ def stratified_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
         raise InputError("train_subset needs a dataset that lists its labels (not a timm dataset spec)")
     if not 0 < n < len(labels):
         raise InputError(f"train_subset {n} must be between 1 and the {len(labels)} training images")
+    classes = len(set(labels))
+    if n < classes:
+        raise InputError(f"train_subset {n} is fewer than the {classes} classes it keeps: pass {classes} or more")
     idx, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=labels, random_state=seed)
     subset = torch.utils.data.Subset(dataset, sorted(idx.tolist()))
     subset.classes = dataset_classes(dataset)  # type: ignore[attr-defined]

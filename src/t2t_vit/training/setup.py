@@ -52,6 +52,7 @@ def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
         _check_unused(cfg, DENSE_ONLY, "dense-task keys", ", or pass --task detection|instance|segmentation")
         _check_channels(cfg)
     _check_model_kwargs(cfg)
+    _check_opt_and_sched(cfg)
     if cfg["init_checkpoint"] and not _is_file(cfg["init_checkpoint"]):
         raise ConfigError(
             f"checkpoint {cfg['init_checkpoint']!r} to start from does not exist: check the path", ["init_checkpoint"]
@@ -118,6 +119,28 @@ def _check_model_kwargs(cfg: Dict[str, Any]) -> None:
             f"model_kwargs {', '.join(map(hinted, unknown))}: not a keyword of {cfg['model']}, which takes {own}",
             ["model", *(f"model_kwargs.{k}" for k in unknown)],
         )
+
+
+def _check_opt_and_sched(cfg: Dict[str, Any]) -> None:
+    """opt and sched name an optimizer and a schedule timm builds (ConfigErrors naming them)."""
+    from timm.optim import list_optimizers
+    from timm.scheduler import create_scheduler_v2
+
+    if cfg["opt"].lower().removeprefix("lookahead_") not in list_optimizers():
+        raise ConfigError(
+            f"opt {cfg['opt']!r} is not an optimizer timm knows: e.g. adamw, sgd, lamb, lookahead_adamw "
+            "(timm.optim.list_optimizers() lists them)",
+            ["opt"],
+        )
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        create_scheduler_v2(probe, sched=cfg["sched"], num_epochs=1, updates_per_epoch=1)
+    except ValueError:
+        raise ConfigError(
+            f"sched {cfg['sched']!r} is not a schedule timm knows: e.g. cosine, step, multistep, poly, plateau, "
+            "constant",
+            ["sched"],
+        ) from None
 
 
 def _check_unused(cfg: Dict[str, Any], keys: Sequence[str], kind: str, fix: str = "") -> None:
@@ -328,15 +351,20 @@ def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
     val_loader = data_lib.create_loader(
         val_set, cfg["val_batch_size"] or 2 * cfg["batch_size"], False, workers, world, rank, cfg["seed"], pin
     )
-    check_batches(train_set, train_loader, cfg["batch_size"])
+    check_batches(train_set, train_loader, cfg["batch_size"], cfg["accum_steps"])
     return Data(train_set, val_set, classes, data_config, train_loader, val_loader)
 
 
-def check_batches(train_set: Any, train_loader: Any, batch_size: int) -> None:
-    """InputError if the training split gives this process no batch."""
+def check_batches(train_set: Any, train_loader: Any, batch_size: int, accum_steps: int = 1) -> None:
+    """InputError if the training split gives this process no batch, or no update of accum_steps batches."""
     if len(train_loader) == 0:
         raise InputError(
             f"{len(train_set)} training images are fewer than one batch of {batch_size} per process: lower --batch-size"
+        )
+    if len(train_loader) < accum_steps:
+        raise InputError(
+            f"accum_steps {accum_steps} is more than the {len(train_loader)} batches of {batch_size} an epoch gives "
+            f"this process: an update needs accum_steps batches; pass --accum-steps {len(train_loader)} or fewer"
         )
 
 

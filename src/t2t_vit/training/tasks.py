@@ -73,7 +73,7 @@ def build_dense_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> D
     )
     val_batch = cfg["val_batch_size"] or 2 * cfg["batch_size"]
     val_loader = data_lib.create_loader(val_set, val_batch, False, workers, world, rank, cfg["seed"], pin, collate)
-    setup.check_batches(train_set, train_loader, cfg["batch_size"])
+    setup.check_batches(train_set, train_loader, cfg["batch_size"], cfg["accum_steps"])
     return Data(train_set, val_set, list(classes), setup.data_config_of(cfg), train_loader, val_loader)
 
 
