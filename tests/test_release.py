@@ -166,6 +166,13 @@ def test_convert_gives_a_local_dir_timm_loads(tmp_path, authors_t2t_vit_7, capsy
     (tmp_path / "file").write_text("")
     assert cli_main(["convert", str(path), "--out", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
+    # timm's name for the folder, as convert prints it, names the folder too; a Hub name is not one
+    assert cli_main(["convert", str(path), "--out", f"local-dir:{tmp_path / 'named'}"]) == 0
+    assert (
+        tmp_path / "named" / "model.safetensors"
+    ).is_file() and f"local-dir:{tmp_path / 'named'}'" in capsys.readouterr().out
+    assert cli_main(["convert", str(path), "--out", "hf-hub:me/t2t"]) == 2
+    assert "is a Hub name: give a local folder, and --push-to-hub USER/REPO" in capsys.readouterr().err
 
 
 def test_pretrained_weights_adapt_to_other_input_channels(tmp_path, authors_t2t_vit_7):

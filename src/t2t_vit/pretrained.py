@@ -170,7 +170,11 @@ def convert(
 
     from .factory import load_model
 
-    out = Path(out)
+    if str(out).startswith(hub.HUB_PREFIX):
+        raise InputError(
+            f"--out {str(out)!r} is a Hub name: give a local folder, and --push-to-hub USER/REPO to upload it"
+        )
+    out = Path(str(out).removeprefix("local-dir:"))  # timm's name for the folder, as `convert` prints it
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {str(out)!r} is a file: give a folder to write the model into")
     _check_folder(out, checkpoint, force)
