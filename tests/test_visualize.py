@@ -177,7 +177,7 @@ def test_cli_curves_of_two_runs(tmp_path):
     assert _pixel_variance(out) > 0
 
 
-def test_bad_inputs_name_the_fix(image, models, tmp_path):
+def test_bad_inputs_name_the_fix(image, models, tmp_path, capsys):
     t2t, _ = models
     with pytest.raises(InputError, match="missing.png.*does not exist"):
         visualize.load_image(tmp_path / "missing.png", t2t)
@@ -193,3 +193,7 @@ def test_bad_inputs_name_the_fix(image, models, tmp_path):
         _run(["visualize", "features", str(image), "--model", "t2t_vit_7", "--checkpoint", "a", "b"])
     with pytest.raises(InputError, match="no metrics.csv"):
         _run(["visualize", "curves", str(tmp_path), "--out", str(tmp_path / "c.png")])
+    for flag in ("--img-size", "--heads"):  # argparse's usage error, not a traceback from torchvision's resize
+        with pytest.raises(SystemExit):
+            _run(["visualize", "attention", str(image), "--model", "t2t_vit_7", flag, "0"])
+        assert f"argument {flag}: 0 is not a positive integer" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 from ..errors import InputError
+from .common import positive_int
 
 FASHION = "fashion-mnist:/usr/share/datasets/fashion-mnist"
 CLAIMS = ("tokens", "budget", "mixer", "depth", "overlap")  # study.claims.CLAIMS, named here: --help loads no torch
@@ -17,7 +18,7 @@ def register(sub: Any) -> None:
 
     def image_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("image", type=Path, help="an image file (PNG, JPEG, ...)")
-        p.add_argument("--img-size", type=int, default=None, help="model input size (default: the model's)")
+        p.add_argument("--img-size", type=positive_int, default=None, help="model input size (default: the model's)")
 
     p = modes.add_parser("features", help="token features of a block as channel maps, per model (paper Fig. 2)")
     image_args(p)
@@ -59,7 +60,7 @@ def register(sub: Any) -> None:
         metavar="I",
         help="blocks to show, negative from the end (default: 0 -1)",
     )
-    p.add_argument("--heads", type=int, default=None, help="heads shown per block (default: all)")
+    p.add_argument("--heads", type=positive_int, default=None, help="heads shown per block (default: all)")
     p.add_argument("--out", type=Path, default=Path("attention.png"), help="PNG to write")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=_attention)
