@@ -1,6 +1,7 @@
 """Training: the paper's recipe, resume, distributed equivalence, and bad input handled without a traceback."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -257,6 +258,22 @@ def test_missing_or_empty_data_dirs(tmp_path):
     (tmp_path / "idx").mkdir()
     with pytest.raises(InputError, match=r"train-images-idx3-ubyte\[.gz\] not found"):
         create_dataset(f"mnist:{tmp_path / 'idx'}", "train")
+
+
+def test_a_timm_dataset_spec_without_its_reader_names_the_install(monkeypatch):
+    """timm reads hfds/, wds/ and tfds/ specs with libraries the package does not install: their absence is one
+    error naming the pip install, not timm's traceback (found absent whether or not this machine has them)."""
+    import importlib.util
+
+    real, absent = importlib.util.find_spec, ("datasets", "webdataset", "tensorflow_datasets")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a))
+    for spec, install in (
+        ("hfds/beans", "datasets, which is not installed: pip install datasets"),
+        ("wds/shards", "webdataset, which is not installed: pip install webdataset"),
+        ("tfds/mnist", "tensorflow_datasets, which is not installed: pip install tensorflow tensorflow-datasets"),
+    ):
+        with pytest.raises(InputError, match=re.escape(f"--data {spec!r} is read by timm with {install}")):
+            create_dataset(spec, "train")
 
 
 def test_eval_of_a_checkpoint_on_data_of_another_class_count_names_the_fix(tmp_path, tiny_run):

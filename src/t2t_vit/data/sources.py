@@ -202,6 +202,26 @@ def _cifar(name: str, root: Path, split: str, download: bool, mode: str) -> Arra
     return ArrayImages(ds.data, np.asarray(ds.targets), ds.classes, mode)
 
 
+# timm's dataset specs, passed through, and what its reader of each imports: (module, pip package)
+TIMM_SPEC_NEEDS = {
+    "hfds/": ("datasets", "datasets"),
+    "hfids/": ("datasets", "datasets"),
+    "wds/": ("webdataset", "webdataset"),
+    "tfds/": ("tensorflow_datasets", "tensorflow tensorflow-datasets"),
+}
+
+
+def _check_reader(kind: str) -> None:
+    """InputError naming the pip install where the library timm reads a `kind` spec with is missing."""
+    import importlib.util
+
+    module, package = next(need for prefix, need in TIMM_SPEC_NEEDS.items() if kind.startswith(prefix))
+    if importlib.util.find_spec(module) is None:
+        raise InputError(
+            f"--data {kind!r} is read by timm with {module}, which is not installed: pip install {package}"
+        )
+
+
 def create_dataset(spec: str, split: str, download: bool = False, in_chans: int = 3) -> Dataset:
     """The `split` ("train" or "val") of the dataset a `--data` spec names; images in RGB (or L for 1 channel)."""
     if split not in SPLITS:
@@ -210,8 +230,10 @@ def create_dataset(spec: str, split: str, download: bool = False, in_chans: int 
     kind, sep, rest = spec.partition(":")
     if spec == "digits":
         return _digits(split, mode)
-    if kind.startswith(("hfds/", "hfids/", "wds/", "tfds/")):
+    if kind.startswith(tuple(TIMM_SPEC_NEEDS)):
         from timm.data import create_dataset as timm_dataset
+
+        _check_reader(kind)
 
         return timm_dataset(
             kind,
