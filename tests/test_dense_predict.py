@@ -216,6 +216,29 @@ def test_a_task_or_option_that_does_not_fit_is_one_line(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        "export --format onnx --out m.onnx",
+        "convert --out hub",
+        "visualize attention IMAGE --out a.png",
+        "finetune --data digits --output runs",
+    ],
+)
+def test_a_command_for_classifiers_names_a_dense_checkpoint_as_one(
+    tmp_path, capsys, monkeypatch, checkpoints, images, command
+):
+    """Not a list of missing and unexpected tensors sized 'width 0, depth 0': the task, and where such files go."""
+    monkeypatch.chdir(tmp_path)
+    name, *args = command.replace("IMAGE", str(images[0])).split()
+    given = (
+        [str(checkpoints["segmentation"])] if name == "convert" else ["--checkpoint", str(checkpoints["segmentation"])]
+    )
+    assert main([name, *args, *given]) == 2
+    one_line_error(capsys, "holds a segmentation model; this takes a classifier's checkpoint (`t2t-vit eval` and")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unreadable_inputs_are_skipped_and_none_readable_is_one_line(tmp_path, capsys, checkpoints, images):
     notes = tmp_path / "notes.png"
     notes.write_text("not an image")

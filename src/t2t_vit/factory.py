@@ -93,6 +93,11 @@ def load_model(
         meta = dict(arch=model_name, model_kwargs={}, class_names=names, data_config=None)
         kwargs = {**sizes, **overrides}
     else:
+        if meta.get("task", "classification") != "classification":
+            raise InputError(
+                f"{str(path)!r} holds a {meta['task']} model; this takes a classifier's checkpoint (`t2t-vit eval` "
+                "and `predict` take dense ones)"
+            )
         if model_name is not None and model_name.split(".")[0] != meta["arch"].split(".")[0]:
             raise InputError(f"{str(path)!r} holds a {meta['arch']}, not a {model_name}: drop --model or fix it")
         kwargs = {**meta["model_kwargs"], **overrides}
