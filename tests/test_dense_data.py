@@ -24,7 +24,15 @@ from t2t_vit.data import (
     masks,
     segmentation_collate,
 )
-from t2t_vit.data.canvases import CanvasConfig, cached_canvases, fashion_canvases, rle_counts, write_canvases
+from t2t_vit.data.canvases import (
+    CanvasConfig,
+    cached_canvases,
+    canvases_root,
+    fashion_canvases,
+    rle_counts,
+    write_canvases,
+)
+from t2t_vit.data.dense import canvas_config
 from t2t_vit.data.dense_transforms import crop, hflip, resize
 from t2t_vit.data.masks import SemanticMasks
 
@@ -495,3 +503,17 @@ def test_collations(tmp_path):
     box_target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
     images, targets, skipped = detection_collate([(a[0], box_target), None, (wide[0], box_target, 1, 0)])
     assert [i.shape[-1] for i in images] == [16, 20] and targets == [box_target, box_target] and skipped == 2
+
+
+def test_the_readme_predict_lines_name_the_folders_the_demos_draw_into():
+    """The README's predict examples point into the cache by folder name, which changes with the canvases' config and
+    drawing (GENERATOR_VERSION): a change to either must change the README too."""
+    import yaml
+
+    from .helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    for config in ("canvases_detection", "canvases_segmentation"):
+        spec = yaml.safe_load((ROOT / "src" / "t2t_vit" / "configs" / f"{config}.yaml").read_text())["data"]
+        folder = canvases_root(canvas_config(spec), Path("~/.cache/t2t_vit")).as_posix()
+        assert f"t2t-vit predict {folder}/images/val/" in readme, (config, folder)

@@ -182,12 +182,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "t2t_vit"
 
 
+def canvases_root(config: CanvasConfig, cache: Path) -> Path:
+    """Where under `cache` the canvases of `config` go: a name that changes with the config and the drawing."""
+    key = json.dumps({"version": GENERATOR_VERSION, **asdict(config)}, sort_keys=True)
+    return cache / f"canvases-{config.source.partition(':')[0]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
 def cached_canvases(config: CanvasConfig, cache_dir: Optional[Path] = None) -> Path:
     """The folder of `config`'s canvases under the cache, written on first use (into a temporary folder renamed at the
     end, so an interrupted or concurrent writer never leaves half a data set)."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = json.dumps({"version": GENERATOR_VERSION, **asdict(config)}, sort_keys=True)
-    root = cache / f"canvases-{config.source.partition(':')[0]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    root = canvases_root(config, cache)
     if root.is_dir():
         return root
     try:
