@@ -177,6 +177,20 @@ def test_resume_refuses_a_key_that_may_not_change_and_names_the_fix(tmp_path, ti
     assert not (tmp_path / "run" / "last.pth.tar").exists()
 
 
+def test_resume_lets_go_of_a_key_the_task_has_no_use_for():
+    """A classification run saved with a dense-task key (accepted, and ignored, before check_config refused one)
+    resumes once the key is dropped: it changes nothing. The same key on a dense task may not change."""
+    from t2t_vit.config_keys import DEFAULTS
+    from t2t_vit.training.state import resume_changes
+
+    saved = dict(DEFAULTS, data="digits", dense_crop=96)
+    assert resume_changes(saved, dict(saved, dense_crop=None), Path("last.pth.tar")) == dict(dense_crop=(96, None))
+    dense = dict(saved, task="detection", mixup=0.0)
+    assert resume_changes(dense, dict(dense, mixup=0.5), Path("last.pth.tar")) == dict(mixup=(0.0, 0.5))
+    with pytest.raises(InputError, match=r"cannot resume 'last.pth.tar' with dense_crop 96 -> None"):
+        resume_changes(dense, dict(dense, dense_crop=None), Path("last.pth.tar"))
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_signal_mid_epoch_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, straight, workers):
     hook_criterion(monkeypatch, {15: signal.SIGTERM})  # epoch 2, step 4 of 11

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..config_keys import RESUME_CHANGEABLE
+from ..config_keys import CLASSIFICATION_ONLY, DENSE_ONLY, RESUME_CHANGEABLE
 from ..errors import InputError
 from .divergence import SpikeGuard
 from .engine import EpochTotals, unwrap
@@ -162,11 +162,13 @@ class TrainState:
 
 def resume_changes(saved: Optional[Dict[str, Any]], cfg: Dict[str, Any], path: Path) -> Dict[str, Tuple[Any, Any]]:
     """The config keys a resume changes, {key: (checkpoint's value, new value)}; InputError if one of them may not
-    change (the model, the data, the image size, the recipe's other keys: RESUME_CHANGEABLE lists those that may)."""
+    change (the model, the data, the image size, the recipe's other keys: RESUME_CHANGEABLE lists those that may).
+    Keys the run's task has no use for may change too: they change nothing."""
     if not saved:
         return {}
+    unused = DENSE_ONLY if cfg.get("task", "classification") == "classification" else CLASSIFICATION_ONLY
     changed = {k: (saved[k], v) for k, v in cfg.items() if k in saved and saved[k] != v}
-    fixed = {k: c for k, c in changed.items() if k not in RESUME_CHANGEABLE}
+    fixed = {k: c for k, c in changed.items() if k not in RESUME_CHANGEABLE and k not in unused}
     if fixed:
         what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in fixed.items())
         raise InputError(
