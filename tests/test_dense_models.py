@@ -281,6 +281,9 @@ def test_bad_arguments_name_the_fix():
         create_dense_model("segmentation", num_classes=3, size_divisible=8, **TINY)
     with pytest.raises(InputError, match="class_weight has 2 values .* for 3 classes"):
         create_dense_model("segmentation", num_classes=3, class_weight=[1.0, 1.0], **TINY)
+    for task, key in (("detection", "fpn_channels"), ("segmentation", "head_channels")):
+        with pytest.raises(InputError, match=f"{key}=0: give a whole number of channels >= 1"):
+            create_dense_model(task, num_classes=3, **{**TINY, key: 0})
     with pytest.raises(InputError, match="FasterRCNN takes no detail_channels"):
         create_dense_model("detection", num_classes=3, detail_channels=8, **TINY)
     segmenter = _tiny("segmenter", num_classes=3).eval()

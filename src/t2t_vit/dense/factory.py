@@ -60,6 +60,10 @@ def create_dense_model(
     if task == "segmentation" and set(kwargs) - SEGMENTER_KWARGS:
         unknown = ", ".join(sorted(set(kwargs) - SEGMENTER_KWARGS))
         raise InputError(f"the segmenter takes no {unknown}: its options are {', '.join(sorted(SEGMENTER_KWARGS))}")
+    for key, low in (("fpn_channels", 1), ("head_channels", 1), ("detail_channels", 0)):
+        value = kwargs.get(key, low)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InputError(f"{key}={value!r}: give a whole number of channels >= {low}")
     least = 1 if task == "segmentation" else 2
     if not isinstance(num_classes, int) or num_classes < least:
         counts = "the mask's classes" if task == "segmentation" else "the classes with the background (len(classes))"
