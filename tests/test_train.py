@@ -105,6 +105,21 @@ def test_compile_on_a_cpu_without_a_cxx_compiler_trains_eagerly_and_says_so(monk
     assert compiled(model, torch.device("cuda")) is not model  # the GPU back-end builds no C++ here
 
 
+def test_a_timm_baseline_takes_the_img_size_it_accepts_and_freezes_apart_from_its_own_head():
+    """A timm ViT is built at the config's img_size (a CNN, which takes none, at any); `get_classifier()` names the
+    head of any timm model (a ResNet's fc), so freeze_backbone leaves it a head to train."""
+    from t2t_vit.training.setup import build_model, param_groups
+
+    cfg = dict(DEFAULTS, data="digits", model="timm:vit_tiny_patch16_224", img_size=32, drop_path=0.0)
+    _, vit, kwargs = build_model(cfg, num_classes=10)
+    assert kwargs["img_size"] == 32 and vit(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+    _, resnet, kwargs = build_model(dict(cfg, model="timm:resnet18"), num_classes=10)
+    assert "img_size" not in kwargs
+    groups = param_groups(resnet, dict(cfg, freeze_backbone=True))
+    trained = {id(p) for group in groups for p in group["params"]}
+    assert trained == {id(resnet.fc.weight), id(resnet.fc.bias)}
+
+
 def test_lr_scales_with_the_global_batch():
     cfg = dict(DEFAULTS, batch_size=64, lr=5e-4, accum_steps=2)
     assert scaled_lr(cfg, world=8) == (1024, pytest.approx(1e-3))

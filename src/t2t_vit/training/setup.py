@@ -195,7 +195,13 @@ def param_groups(model: nn.Module, cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
 
     With freeze_backbone only the head trains (the rest stops requiring gradients).
     """
-    inner = {name: _backbone_name(cfg["task"], name) for name, _ in model.named_parameters()}  # None: the head
+    classifier = (
+        model.get_classifier() if cfg["task"] == "classification" and hasattr(model, "get_classifier") else None
+    )
+    in_head = {id(p) for p in classifier.parameters()} if isinstance(classifier, nn.Module) else set()
+    inner = {  # None: the head (a timm baseline's too, a ResNet's fc)
+        name: None if id(p) in in_head else _backbone_name(cfg["task"], name) for name, p in model.named_parameters()
+    }
     skip = no_weight_decay(model)
     block_of = {n: int(m.group(1)) for n, b in inner.items() if b and (m := re.match(r"blocks\.(\d+)\.", b))}
     top = max(block_of.values(), default=-1) + 2  # layers: 0 the stem (T2T module, tokens), then blocks, then norm
@@ -390,8 +396,8 @@ def build_model(
         drop_path_rate=cfg["drop_path"],
         **cfg["model_kwargs"],
     )
-    if str(cfg["model"]).startswith("timm:"):  # a timm baseline: CNNs take any input size
-        model_kwargs.pop("img_size")
+    if str(cfg["model"]).startswith("timm:") and "img_size" not in (constructor_keywords(cfg["model"]) or []):
+        model_kwargs.pop("img_size")  # a timm baseline without one: CNNs take any input size
     if cfg["init_checkpoint"] is None and cfg["model"] is None:
         raise InputError("no model: pass --model NAME, or --init-checkpoint PATH to start from weights")
     sizes = ["model", "model_kwargs", "img_size", "in_chans"]
