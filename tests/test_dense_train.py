@@ -69,6 +69,19 @@ def test_a_tiny_dense_run_learns_and_writes_its_scores(straight, task):
     assert saved["best"]["metric"] == ("miou" if task == "segmentation" else "map")
 
 
+def test_masks_without_classes_txt_take_num_classes_and_ignore_the_values_past_them(tmp_path, canvases, caplog):
+    """masks:DIR without classes.txt counts its classes by num_classes; mask values past them are ignored and logged,
+    as past classes.txt's, not targets outside the head."""
+    import shutil
+
+    data = Path(shutil.copytree(canvases, tmp_path / "plain"))
+    (data / "classes.txt").unlink()
+    cfg = tiny_dense_config(tmp_path, "segmentation", data, num_classes=5, epochs=1, warmup_epochs=0)
+    with caplog.at_level("WARNING", logger="t2t_vit.data.masks"):
+        result = train(cfg, progress=False)
+    assert "are not classes (there are 5; ignored)" in caplog.text and 0 <= result["val_miou"] <= 100
+
+
 def test_an_instance_run_scores_its_masks_too(tmp_path, canvases, caplog):
     with caplog.at_level("INFO", logger="t2t_vit.training.metrics"):
         train(tiny_dense_config(tmp_path, "instance", canvases, epochs=1, warmup_epochs=0), progress=False)

@@ -39,8 +39,9 @@ def read_classes(path: Path) -> Optional[List[str]]:
 
 class SemanticMasks(Dataset):
     """A split of a masks:DIR folder. Items: (image, mask), the image a uint8 tensor (C, H, W), the mask int64 [H, W]
-    of class indices with IGNORE_INDEX where no class applies. Mask values at or above the number of classes in
-    classes.txt (other than IGNORE_INDEX) are ignored too, and logged. `classes` is None without classes.txt."""
+    of class indices with IGNORE_INDEX where no class applies. Mask values at or above the number of `classes`
+    (classes.txt's, or those a run sets from num_classes; other than IGNORE_INDEX) are ignored too, and logged.
+    `classes` is None without classes.txt."""
 
     def __init__(self, root: Path, split: str, mode: str = "RGB") -> None:
         self.images_dir, self.masks_dir = root / "images" / split, root / "masks" / split
@@ -101,9 +102,10 @@ class SemanticMasks(Dataset):
             unknown = (indices >= len(self.classes)) & (indices != IGNORE_INDEX)
             if unknown.any():
                 _logger.warning(
-                    "%s: values %s are not classes of classes.txt (ignored)",
+                    "%s: values %s are not classes (there are %d; ignored)",
                     mask_path,
                     sorted(set(indices[unknown].tolist())),
+                    len(self.classes),
                 )
                 indices[unknown] = IGNORE_INDEX
         pixels = torch.from_numpy(np.array(img))

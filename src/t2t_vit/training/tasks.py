@@ -66,6 +66,7 @@ def build_dense_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> D
                 "(index 0 first), or pass --num-classes N"
             )
         classes = [str(i) for i in range(cfg["num_classes"])]
+        train_set.classes = val_set.classes = classes  # mask values past them are ignored and logged, not a crash
     setup.check_class_count(cfg, classes)
     collate, workers = dense_collate(task), setup.loader_workers(cfg["workers"])
     train_loader = data_lib.create_loader(
