@@ -247,6 +247,12 @@ CLASSIFICATION_ONLY = (
 # Keys only a dense task reads: on a classification run, one set away from its default is an error naming it.
 DENSE_ONLY = tuple(key for key in SCHEMA["task"] if key != "task")
 
+
+def unused_keys(task: str) -> Tuple[str, ...]:
+    """The keys a run of `task` does not read: set away from their defaults, an error; on resume, free to change."""
+    return DENSE_ONLY if task == "classification" else tuple(CLASSIFICATION_ONLY)
+
+
 # What `--resume` may change (applied: the schedule is rebuilt at the resumed step, the data position kept); any
 # other key differing from the checkpoint's config is an error, since the run would no longer be the one it continues.
 RESUME_CHANGEABLE = frozenset(

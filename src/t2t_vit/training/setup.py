@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import data as data_lib
 from ..config import ConfigError, check_values
-from ..config_keys import CLASSIFICATION_ONLY, DEFAULTS, DENSE_ONLY
+from ..config_keys import DEFAULTS, unused_keys
 from ..data import tensor_batches as tensor_data
 from ..errors import InputError
 from ..factory import constructor_keywords, create_model, load_model
@@ -46,10 +46,10 @@ def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
         raise InputError(f"best_metric {cfg['best_metric']!r} needs model_ema: true")
     if task == "classification" and (cfg["mixup"] > 0 or cfg["cutmix"] > 0) and cfg["batch_size"] % 2:
         raise InputError(f"batch_size {cfg['batch_size']} must be even with mixup/cutmix on")
+    _check_unused(cfg)
     if task != "classification":
         _check_dense(cfg)
     if task == "classification":
-        _check_unused(cfg, DENSE_ONLY, "dense-task keys", ", or pass --task detection|instance|segmentation")
         _check_channels(cfg)
     _check_model_kwargs(cfg)
     _check_opt_and_sched(cfg)
@@ -143,24 +143,27 @@ def _check_opt_and_sched(cfg: Dict[str, Any]) -> None:
         ) from None
 
 
-def _check_unused(cfg: Dict[str, Any], keys: Sequence[str], kind: str, fix: str = "") -> None:
-    """An InputError naming the `keys` set away from their defaults: the run's task has no use for them."""
-    moved = [key for key in keys if cfg[key] != DEFAULTS[key]]
+def _check_unused(cfg: Dict[str, Any]) -> None:
+    """An InputError naming the keys the run's task has no use for (`unused_keys`) set away from their defaults."""
+    task = cfg["task"]
+    moved = [key for key in unused_keys(task) if cfg[key] != DEFAULTS[key]]
     if moved:
         given = ", ".join(f"{key} {cfg[key]!r}" for key in moved)
+        kind, fix = (
+            ("dense-task keys", ", or pass --task detection|instance|segmentation")
+            if task == "classification"
+            else ("classification keys", "")
+        )
         raise InputError(
-            f"{cfg['task']} has no use for the {kind} it was given ({given}): remove them from the command line or "
-            f"config{fix}"
+            f"{task} has no use for the {kind} it was given ({given}): remove them from the command line or config{fix}"
         )
 
 
 def _check_dense(cfg: Dict[str, Any]) -> None:
-    """A dense task's keys: no classification key set away from its default (it would do nothing), a detector that
-    exists (instance: Mask R-CNN's)."""
+    """A dense task's keys: a detector that exists (instance: Mask R-CNN's), no detector option a config key sets."""
     from ..dense.detectors import DETECTORS
 
     task = cfg["task"]
-    _check_unused(cfg, CLASSIFICATION_ONLY, "classification keys")
     if cfg["detector"] not in DETECTORS:
         raise InputError(f"detector {cfg['detector']!r} is not one of {', '.join(DETECTORS)}")
     named = {"min_size", "max_size", "pyramid", "detector", "backbone_kwargs"} & set(cfg["dense_kwargs"])

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..config_keys import CLASSIFICATION_ONLY, DENSE_ONLY, RESUME_CHANGEABLE
+from ..config_keys import RESUME_CHANGEABLE, unused_keys
 from ..errors import InputError
 from .divergence import SpikeGuard
 from .engine import EpochTotals, unwrap
@@ -166,7 +166,7 @@ def resume_changes(saved: Optional[Dict[str, Any]], cfg: Dict[str, Any], path: P
     Keys the run's task has no use for may change too: they change nothing."""
     if not saved:
         return {}
-    unused = DENSE_ONLY if cfg.get("task", "classification") == "classification" else CLASSIFICATION_ONLY
+    unused = unused_keys(cfg.get("task", "classification"))
     changed = {k: (saved[k], v) for k, v in cfg.items() if k in saved and saved[k] != v}
     fixed = {k: c for k, c in changed.items() if k not in RESUME_CHANGEABLE and k not in unused}
     if fixed:
