@@ -14,6 +14,7 @@ from .errors import InputError
 
 PathLike = Union[str, Path]
 HUB_PREFIX = "hf-hub:"
+LOCAL_PREFIX = "local-dir:"  # timm's name for a hub folder on disk: timm.create_model("local-dir:DIR", pretrained=True)
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what a hub folder may hold, preferred first
 DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct")

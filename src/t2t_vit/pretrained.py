@@ -174,7 +174,7 @@ def convert(
         raise InputError(
             f"--out {str(out)!r} is a Hub name: give a local folder, and --push-to-hub USER/REPO to upload it"
         )
-    out = Path(str(out).removeprefix("local-dir:"))  # timm's name for the folder, as `convert` prints it
+    out = Path(str(out).removeprefix(hub.LOCAL_PREFIX))  # timm's name for the folder, as `convert` prints it
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {str(out)!r} is a file: give a folder to write the model into")
     _check_folder(out, checkpoint, force)
@@ -266,7 +266,7 @@ def model_card(
         accuracy += " (measure it with `t2t-vit eval --checkpoint THIS_FOLDER --data DATA`)"
         license_text = "Not set (`other`): the weights are yours, so set the license that applies before sharing them."
     repo = location[len(hub.HUB_PREFIX) :] if location.startswith(hub.HUB_PREFIX) else location
-    timm_name = location if location.startswith(hub.HUB_PREFIX) else f"local-dir:{location}"
+    timm_name = location if location.startswith(hub.HUB_PREFIX) else f"{hub.LOCAL_PREFIX}{location}"
     yaml_text = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000)
     return f"""---
 {yaml_text}---
