@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[dev,deploy,dense,hf]'
+	$(PY) -m pip install --quiet -e '.[dev,deploy,dense,hf,hfds]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -283,7 +283,7 @@ def test_a_timm_dataset_spec_without_its_reader_names_the_install(monkeypatch):
     real, absent = importlib.util.find_spec, ("datasets", "webdataset", "tensorflow_datasets")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a))
     for spec, install in (
-        ("hfds/beans", "datasets, which is not installed: pip install datasets"),
+        ("hfds/beans", "datasets, which is not installed: pip install 't2t-vit[hfds]'"),
         ("wds/shards", "webdataset, which is not installed: pip install webdataset"),
         ("tfds/mnist", "tensorflow_datasets, which is not installed: pip install tensorflow tensorflow-datasets"),
     ):

@@ -7,17 +7,19 @@ A `--data` spec names the source:
     fashion-mnist:DIR   the same for Fashion-MNIST
     cifar10:DIR         torchvision's CIFAR-10 layout in DIR (`--download` fetches it)
     cifar100:DIR        the same for CIFAR-100
-    hfds/..., wds/...   timm dataset specs, passed through (their root goes after a colon)
+    hfds/..., wds/...   timm dataset specs, passed through (their root goes after a colon); the Hugging Face
+                        Hub (hfds/NAME, hfids/NAME) only with `--download`, else a local folder or the cache
     DIR                 an ImageFolder root with train/ and val/ (ImageNet layout)
 """
 
+import contextlib
 import gzip
 import logging
 import math
 import os
 import struct
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -204,8 +206,8 @@ def _cifar(name: str, root: Path, split: str, download: bool, mode: str) -> Arra
 
 # timm's dataset specs, passed through, and what its reader of each imports: (module, pip package)
 TIMM_SPEC_NEEDS = {
-    "hfds/": ("datasets", "datasets"),
-    "hfids/": ("datasets", "datasets"),
+    "hfds/": ("datasets", "'t2t-vit[hfds]'"),
+    "hfids/": ("datasets", "'t2t-vit[hfds]'"),
     "wds/": ("webdataset", "webdataset"),
     "tfds/": ("tensorflow_datasets", "tensorflow tensorflow-datasets"),
 }
@@ -222,6 +224,77 @@ def _check_reader(kind: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Hugging Face `datasets` and `huggingface_hub` resolve names from local folders and their cache only."""
+    import datasets
+    import huggingface_hub.constants
+
+    flags = (datasets.config, huggingface_hub.constants)  # each read at call time, by datasets >= 3
+    saved = [module.HF_HUB_OFFLINE for module in flags]
+    for module in flags:
+        module.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for module, value in zip(flags, saved):
+            module.HF_HUB_OFFLINE = value
+
+
+def _timm_spec(kind: str, root: Optional[str], split: str, download: bool) -> Dataset:
+    """timm's dataset for a `hfds/`, `hfids/`, `wds/` or `tfds/` spec (timm names the val split "validation")."""
+    from timm.data import create_dataset as timm_dataset
+
+    _check_reader(kind)
+
+    def read(name: str) -> Dataset:
+        return timm_dataset(kind, root=root, split=name, is_training=split == "train", download=download)
+
+    if kind.startswith("hf"):
+        return _hugging_face(kind, root, split, download, read)
+    return read("train" if split == "train" else "validation")
+
+
+def _hugging_face(kind: str, root: Optional[str], split: str, download: bool, read: Callable) -> Dataset:
+    """An `hfds/` or `hfids/` dataset, from the Hugging Face Hub only with `download`.
+
+    Without it, an `hfds/` name is read from a local folder or the datasets cache, and an `hfids/` name (streamed
+    as it trains) must be a local folder: timm's readers would otherwise reach the Hub unasked. A dataset without
+    a validation split is validated on its test split.
+    """
+    prefix, _, name = kind.partition("/")
+    if prefix == "hfids" and not download and not Path(name).expanduser().is_dir():
+        raise InputError(
+            f"--data {kind!r} streams {name!r} from the Hugging Face Hub: pass --download to fetch it (timm then "
+            "downloads and prepares it), or name a local dataset folder"
+        )
+    try:
+        with contextlib.nullcontext() if download else _hub_offline():
+            if split == "train":
+                return read("train")
+            try:
+                return read("validation")
+            except ValueError as e:  # `datasets`: Unknown split "validation". Should be one of [...]
+                if "split" not in str(e).lower():
+                    raise
+                _logger.info("%s has no validation split: validating on its test split", kind)
+                return read("test")
+    except (ConnectionError, FileNotFoundError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, ValueError):
+            lacks = " has no validation or test split to validate on" if split == "val" else ""
+            raise InputError(f"--data {kind!r}{lacks} ({reason})") from None
+        if download:
+            raise InputError(
+                f"--data {kind!r} could not be read or downloaded ({reason}): check the name and the network connection"
+            ) from None
+        where = f"in {root!r}" if root else "in the Hugging Face datasets cache"
+        raise InputError(
+            f"--data {kind!r} is neither a local folder nor {where} ({reason}): pass --download to fetch it from "
+            "the Hugging Face Hub"
+        ) from None
+
+
 def create_dataset(spec: str, split: str, download: bool = False, in_chans: int = 3) -> Dataset:
     """The `split` ("train" or "val") of the dataset a `--data` spec names; images in RGB (or L for 1 channel)."""
     if split not in SPLITS:
@@ -231,17 +304,7 @@ def create_dataset(spec: str, split: str, download: bool = False, in_chans: int 
     if spec == "digits":
         return _digits(split, mode)
     if kind.startswith(tuple(TIMM_SPEC_NEEDS)):
-        from timm.data import create_dataset as timm_dataset
-
-        _check_reader(kind)
-
-        return timm_dataset(
-            kind,
-            root=rest or None,
-            split="train" if split == "train" else "validation",
-            is_training=split == "train",
-            download=download,
-        )
+        return _timm_spec(kind, rest or None, split, download)
     if sep and kind in ("mnist", "fashion-mnist", "cifar10", "cifar100"):
         root = Path(rest).expanduser()
         if not root.is_dir() and not (download and kind.startswith("cifar")):
@@ -287,6 +350,9 @@ def dataset_classes(dataset: Dataset) -> List[str]:
     if classes is None:
         reader = getattr(dataset, "reader", None)
         classes = getattr(reader, "class_names", None) or getattr(reader, "classes", None)
+        to_idx = getattr(reader, "class_to_idx", None)  # timm's Hugging Face readers
+        if classes is None and isinstance(to_idx, dict) and sorted(to_idx.values()) == list(range(len(to_idx))):
+            classes = sorted(to_idx, key=to_idx.__getitem__)
     if classes is None:
         raise InputError("the dataset does not tell its classes: set num_classes in the config")
     return [str(c) for c in classes]
