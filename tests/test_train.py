@@ -75,6 +75,16 @@ def test_a_schedule_can_end_before_the_epochs_do():
     assert lr_at(150) == pytest.approx(1e-5) and lr_at(299) == pytest.approx(1e-5)
 
 
+def test_a_warmup_as_long_as_the_schedule_is_named(caplog):
+    """--epochs 2 with the recipe's 10 warmup epochs warms up all the way and never reaches lr: a warning says so."""
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    for epochs, warned in ((2, True), (11, False)):
+        caplog.clear()
+        sched, _ = build_scheduler(opt, dict(DEFAULTS, lr=1e-3, epochs=epochs), updates_per_epoch=10)
+        assert (max(sched._get_lr(e)[0] for e in range(epochs)) < 0.5e-3) == warned  # never near lr
+        assert ("warmup_epochs 10 is not below the 2 epochs" in caplog.text) == warned
+
+
 def test_a_time_schedule_follows_the_clock_and_ends_at_the_budget():
     opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
     cfg = dict(

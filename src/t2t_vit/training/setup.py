@@ -271,10 +271,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], updat
     (then min_lr until `epochs` end); returns it and the epochs to train (epochs + cooldown_epochs)."""
     from timm.scheduler import create_scheduler_v2
 
+    span = cfg["schedule_epochs"] or cfg["epochs"]
+    if cfg["warmup_epochs"] >= span:
+        _logger.warning(
+            "warmup_epochs %s is not below the %s epochs the schedule spans: the lr warms up from warmup_lr all the "
+            "way and never reaches lr; pass --warmup-epochs below %s",
+            cfg["warmup_epochs"],
+            span,
+            span,
+        )
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg["sched"],
-        num_epochs=cfg["schedule_epochs"] or cfg["epochs"],
+        num_epochs=span,
         warmup_epochs=cfg["warmup_epochs"],
         warmup_lr=cfg["warmup_lr"],
         min_lr=cfg["min_lr"],
