@@ -286,6 +286,16 @@ def test_bad_arguments_name_the_fix():
             create_dense_model(task, num_classes=3, **{**TINY, key: 0})
     with pytest.raises(InputError, match="FasterRCNN takes no detail_channels"):
         create_dense_model("detection", num_classes=3, detail_channels=8, **TINY)
+    for bad, why in (
+        (dict(box_detections_per_img=-1), r"FasterRCNN box_detections_per_img=-1: give a whole number >= 1"),
+        (dict(rpn_pre_nms_top_n_test=2.5), r"rpn_pre_nms_top_n_test=2.5: give a whole number >= 1 \(torchvision: 1000"),
+        (dict(box_nms_thresh=5), r"box_nms_thresh=5: give a number from 0 to 1 \(torchvision: 0.5\)"),
+        (dict(representation_size=0), r"representation_size=0: give a whole number >= 1"),
+    ):
+        with pytest.raises(InputError, match=why):
+            create_dense_model("detection", num_classes=3, **bad, **TINY)
+    with pytest.raises(InputError, match=r"RetinaNet detections_per_img=True: give a whole number"):
+        create_dense_model("detection", num_classes=3, detector="retinanet", detections_per_img=True, **TINY)
     segmenter = _tiny("segmenter", num_classes=3).eval()
     with pytest.raises(InputError, match=r"float images in \[0, 1\].*image.float\(\) / 255"):
         segmenter(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))

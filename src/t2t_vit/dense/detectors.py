@@ -71,6 +71,17 @@ def _check_kwargs(cls: type, kwargs: Dict[str, Any]) -> None:
             f"{cls.__name__} takes no {', '.join(unknown)}: its options are {', '.join(sorted(known))} "
             "(and fpn_channels, size_divisible)"
         )
+    defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()}
+    defaults["representation_size"] = 1024
+    for key, value in kwargs.items():
+        default = defaults[key]
+        if isinstance(default, bool) or not isinstance(default, (int, float)):  # modules, weights: torchvision's
+            continue
+        if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{cls.__name__} {key}={value!r}: give a whole number >= 1 (torchvision: {default})")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(default, float) and not (number and 0 <= value <= 1):
+            raise InputError(f"{cls.__name__} {key}={value!r}: give a number from 0 to 1 (torchvision: {default})")
 
 
 def create_detector(
