@@ -146,16 +146,17 @@ def test_timm_and_transformers_load_the_folder_as_the_file(which, request, tmp_p
 
 @pytest.mark.parametrize("which", FOLDERS)
 def test_the_class_names_travel_to_predict(which, request, tmp_path, capsys):
-    """`t2t-vit predict --checkpoint DIR` reads the folder as the file: the same lines, names and not indices."""
+    """`t2t-vit predict --checkpoint DIR` (or timm's `local-dir:DIR`, which convert prints) reads the folder as the
+    file: the same lines, names and not indices."""
     f: Folder = request.getfixturevalue(which)
     image = tmp_path / "image.png"
     Image.new("RGB", (24, 24), (200, 40, 90)).save(image)
     capsys.readouterr()
     lines = []
-    for checkpoint in (f.out, f.file):
+    for checkpoint in (f.out, f"local-dir:{f.out}", f.file):
         assert cli_main(["predict", str(image), "--checkpoint", str(checkpoint), "--top-k", "2"]) == 0
         lines.append(capsys.readouterr().out.strip())
-    assert lines[0] == lines[1]
+    assert lines[0] == lines[1] == lines[2]
     top = re.match(rf"{re.escape(str(image))}: (.+) \d+\.\d%, (.+) \d+\.\d%$", lines[0])
     assert top and {top.group(1), top.group(2)} <= set(f.names), lines[0]
 
@@ -167,8 +168,8 @@ def test_an_onnx_runtime_takes_the_folder(own_checkpoint, tmp_path, capsys):
     Image.new("RGB", (24, 24), (20, 140, 90)).save(image)
     capsys.readouterr()
     names = []
-    for runtime in ("torch", "onnxruntime"):
-        args = ["predict", str(image), "--checkpoint", str(own_checkpoint.out), "--runtime", runtime, "--top-k", "3"]
+    for runtime, checkpoint in (("torch", own_checkpoint.out), ("onnxruntime", f"local-dir:{own_checkpoint.out}")):
+        args = ["predict", str(image), "--checkpoint", str(checkpoint), "--runtime", runtime, "--top-k", "3"]
         assert cli_main(args) == 0
         names.append(re.findall(r"(\w+) \d+\.\d%", capsys.readouterr().out))
     assert names[0] == names[1] and sorted(names[0]) == sorted(OWN_CLASSES)
@@ -206,6 +207,8 @@ def test_a_folder_that_is_no_hub_folder_is_one_line(tmp_path, capsys):
     one_line_error(capsys, "holds none of model.safetensors, pytorch_model.bin")
     assert cli_main(["predict", str(image), "--checkpoint", "hf-hub:a/b/c"]) == 2
     one_line_error(capsys, "does not name a Hub repo")
+    assert cli_main(["predict", str(image), "--checkpoint", f"local-dir:{tmp_path / 'nowhere'}"]) == 2
+    one_line_error(capsys, f"there is no folder '{tmp_path / 'nowhere'}': check the path")
 
 
 # ----------------------------------------------------------------------------------------------- the model card

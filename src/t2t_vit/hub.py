@@ -33,17 +33,20 @@ CIFAR100 = (
 
 
 def is_hub_source(path: PathLike) -> bool:
-    """True for an `hf-hub:` name or a folder (which must then be a hub folder)."""
+    """True for an `hf-hub:` or `local-dir:` name or a folder (which must then be a hub folder)."""
     text = str(path)
-    return text.startswith(HUB_PREFIX) or Path(text).expanduser().is_dir()
+    return text.startswith((HUB_PREFIX, LOCAL_PREFIX)) or Path(text).expanduser().is_dir()
 
 
 def resolve(path: PathLike) -> Path:
-    """The local folder of a hub folder, or of an `hf-hub:USER/REPO[@REVISION]` name (fetched into the cache)."""
+    """The local folder of a hub folder (`local-dir:DIR`, timm's name, or DIR), or of an `hf-hub:USER/REPO[@REVISION]`
+    name (fetched into the cache)."""
     text = str(path)
     if text.startswith(HUB_PREFIX):
         return _fetch(text[len(HUB_PREFIX) :])
-    folder = Path(text).expanduser()
+    folder = Path(text.removeprefix(LOCAL_PREFIX)).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"{text!r}: there is no folder {str(folder)!r}: check the path")
     if not (folder / CONFIG_FILE).is_file():
         raise InputError(
             f"{text!r} is a folder without {CONFIG_FILE}: give a checkpoint file, or a folder `t2t-vit convert` wrote"
