@@ -285,6 +285,31 @@ def test_missing_or_empty_data_dirs(tmp_path):
         create_dataset(f"mnist:{tmp_path / 'idx'}", "train")
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_the_recipes_randaugment_takes_every_op_at_full_magnitude(mode):
+    """rand-m9-mstd0.5-inc1 draws magnitude 10 for about 1 image in 660, where increasing posterize keeps 0 bits:
+    Pillow 13 raises on that, so the recipe's first epoch ended in a worker's ValueError. The authors' Pillow gave a
+    black image, and so does the recipe here; every other op takes magnitude 10 as it is."""
+    import numpy as np
+    from PIL import Image
+
+    from t2t_vit.data.loader import create_transform
+
+    chans = len(mode)
+    data_config = dict(input_size=(chans, 24, 24), mean=(0.5,) * chans, std=(0.5,) * chans, interpolation="bicubic")
+    tf = create_transform(dict(DEFAULTS, in_chans=chans), dict(data_config, crop_pct=0.9), training=True, uint8=True)
+    (augment,) = [t for t in tf.transforms if hasattr(t, "ops")]
+    image = Image.fromarray((np.random.default_rng(0).random((24, 24, chans)) * 255).astype("uint8").squeeze())
+    assert image.mode == mode and "PosterizeIncreasing" in [op.name for op in augment.ops]
+    for op in augment.ops:
+        op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0
+        out = op(image)
+        assert out.size == image.size and out.mode == mode
+        if op.name == "PosterizeIncreasing":
+            assert not np.asarray(out).any()  # 0 bits kept
+    assert tf(image).shape == (chans, 24, 24)
+
+
 def test_a_timm_dataset_spec_without_its_reader_names_the_install(monkeypatch):
     """timm reads hfds/, wds/ and tfds/ specs with libraries the package does not install: their absence is one
     error naming the pip install, not timm's traceback (found absent whether or not this machine has them)."""

@@ -60,9 +60,34 @@ def create_transform(cfg: Dict[str, Any], data_config: Dict[str, Any], training:
             re_mode=cfg["remode"],
             re_count=cfg["recount"],
         )
+    _zero_bit_posterize(tf)
     if uint8:  # timm's prefetcher form ends in a NumPy array; a tensor collates as the others do
         tf = T.Compose([*tf.transforms[:-1], T.PILToTensor()])
     return tf
+
+
+def posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's posterize op, keeping 0 bits as Pillow < 13 did (a black image) where Pillow 13 raises ValueError."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep < 1:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _zero_bit_posterize(tf: Any) -> None:
+    """Give the auto-augment ops in `tf` that posterize `posterize`. RandAugment's increasing posterize keeps 0 bits
+    at magnitude 10, which rand-m9-mstd0.5 draws for about 1 image in 660: under Pillow 13 the recipe's first epoch
+    ended in a loader worker's ValueError."""
+    from timm.data import auto_augment
+
+    for t in getattr(tf, "transforms", ()):
+        ops = [*getattr(t, "ops", ()), *(op for sub in getattr(t, "policy", ()) for op in sub)]  # Rand/AugMix, Auto
+        for op in ops:
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = posterize
 
 
 class EpochSampler(Sampler):
