@@ -100,6 +100,8 @@ def test_bad_config_values_are_one_line_and_leave_nothing(tmp_path, capsys, args
         (["--train-subset", "9"], "train_subset 9 is fewer than the 10 classes it keeps: pass 10 or more"),
         (["--opt", "adamx"], "opt 'adamx' is not an optimizer timm knows"),
         (["--sched", "cosin"], "sched 'cosin' is not a schedule timm knows"),
+        (["--aa", "rand-x9"], "aa 'rand-x9' is not an augmentation policy timm reads (Unknown RandAugment config"),
+        (["--aa", "trivialaugment"], "aa 'trivialaugment' is not an augmentation policy timm reads (Unknown AA"),
     ],
 )
 def test_settings_no_run_can_use_are_one_line_and_leave_nothing(tmp_path, capsys, args, message):
@@ -113,7 +115,7 @@ def test_settings_no_run_can_use_are_one_line_and_leave_nothing(tmp_path, capsys
 def test_those_settings_at_their_limits_are_allowed():
     from t2t_vit.training.setup import build_data, check_config
 
-    overrides = dict(train_subset=10, batch_size=2, accum_steps=5, opt="lookahead_adamw", sched="step")
+    overrides = dict(train_subset=10, batch_size=2, accum_steps=5, opt="lookahead_adamw", sched="step", aa="v0")
     data = build_data(check_config(resolve_config("digits", overrides)), 1, 0, False)
     assert len(data.train_set) == 10 and len(data.train_loader) == 5
 

@@ -51,6 +51,7 @@ def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
         _check_dense(cfg)
     if task == "classification":
         _check_channels(cfg)
+        _check_auto_augment(cfg["aa"])
     _check_model_kwargs(cfg)
     _check_opt_and_sched(cfg)
     if cfg["init_checkpoint"] and not _is_file(cfg["init_checkpoint"]):
@@ -83,6 +84,25 @@ def _check_channels(cfg: Dict[str, Any]) -> None:
                 f"one per channel, e.g. --{key} '[{example}]', or one for all",
                 [key, "in_chans"],
             )
+
+
+def _check_auto_augment(aa: Optional[str]) -> None:
+    """aa: a policy timm's create_transform reads (rand-..., augmix-..., or an AutoAugment name); a ConfigError
+    instead of timm's AssertionError when the run builds its loader."""
+    if not aa:
+        return
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    build = rand_augment_transform if aa.startswith("rand") else auto_augment_transform
+    build = augment_and_mix_transform if aa.startswith("augmix") else build
+    try:
+        build(aa, dict(translate_const=100, img_mean=(128, 128, 128)))
+    except (AssertionError, ValueError, KeyError, IndexError) as e:
+        raise ConfigError(
+            f"aa {aa!r} is not an augmentation policy timm reads ({str(e) or type(e).__name__}): e.g. "
+            "rand-m9-mstd0.5-inc1 (the recipe's), rand-m7-n2, augmix-m5-w4-d2, v0 or original; null for none",
+            ["aa"],
+        ) from None
 
 
 # constructor keywords the run sets from config keys, which model_kwargs may not set again
