@@ -33,6 +33,7 @@ from .helpers import (
     official_state_dict,
     one_line_error,
     subprocess_env,
+    tiny_train_config,
 )
 
 try:
@@ -174,6 +175,20 @@ def test_an_onnx_runtime_takes_the_folder(own_checkpoint, tmp_path, capsys):
         names.append(re.findall(r"(\w+) \d+\.\d%", capsys.readouterr().out))
     assert names[0] == names[1] and sorted(names[0]) == sorted(OWN_CLASSES)
     assert (own_checkpoint.out / "model.safetensors.onnx").is_file()
+
+
+def test_finetune_starts_from_the_folder_as_from_the_file(own_checkpoint, tmp_path):
+    """--checkpoint DIR or local-dir:DIR (as convert prints it) starts a fine-tuning from the folder's weights; the
+    run is named after the folder."""
+    from t2t_vit.checkpoint import read_checkpoint
+    from t2t_vit.training.run import train
+
+    source = torch.load(own_checkpoint.file, weights_only=True)["model"]["blocks.0.mlp.fc1.weight"]
+    for i, start in enumerate((str(own_checkpoint.out), f"local-dir:{own_checkpoint.out}")):
+        cfg = tiny_train_config(tmp_path / str(i), epochs=1, warmup_epochs=0, name=None, model=None, model_kwargs={})
+        run = Path(train(dict(cfg, init_checkpoint=start, freeze_backbone=True), progress=False)["run_dir"])
+        assert run.name == "hub-digits"
+        assert torch.equal(read_checkpoint(run / "last.pth.tar")["model"]["blocks.0.mlp.fc1.weight"], source)
 
 
 def test_imagenet_names_are_timms_own():

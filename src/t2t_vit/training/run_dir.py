@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from .. import hub
 from ..checkpoint import link_or_copy, read_checkpoint, save_checkpoint
 from ..config import data_tag, read_history, save_config
 from ..errors import InputError
@@ -37,7 +38,8 @@ class RunDir:
     @classmethod
     def of(cls, cfg: Dict[str, Any]) -> "RunDir":
         """output/name; name defaults to model-data (model-task-data for a dense task)."""
-        model = cfg["model"] or Path(str(cfg["init_checkpoint"])).name.split(".")[0]
+        start = str(cfg["init_checkpoint"]).removeprefix(hub.LOCAL_PREFIX).removeprefix(hub.HUB_PREFIX)
+        model = cfg["model"] or Path(start).name.split(".")[0]
         task = "" if cfg.get("task", "classification") == "classification" else f"{cfg['task']}-"
         return cls(Path(cfg["output"]).expanduser() / (cfg["name"] or f"{model}-{task}{data_tag(cfg['data'])}"))
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import data as data_lib
+from .. import hub
 from ..config import ConfigError, check_values
 from ..config_keys import DEFAULTS, unused_keys
 from ..data import tensor_batches as tensor_data
@@ -54,10 +55,9 @@ def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
         _check_auto_augment(cfg["aa"])
     _check_model_kwargs(cfg)
     _check_opt_and_sched(cfg)
-    if cfg["init_checkpoint"] and not _is_file(cfg["init_checkpoint"]):
-        raise ConfigError(
-            f"checkpoint {cfg['init_checkpoint']!r} to start from does not exist: check the path", ["init_checkpoint"]
-        )
+    start = cfg["init_checkpoint"]
+    if start and not (_is_file(start) or hub.is_hub_source(start)):  # a file, a hub folder or an hf-hub: name
+        raise ConfigError(f"checkpoint {start!r} to start from does not exist: check the path", ["init_checkpoint"])
     if cfg["schedule_on_time"] and not (cfg["time_budget"] and cfg["sched_on_updates"]):
         raise InputError(
             "schedule_on_time steps the lr by the seconds of a time budget, every update: set "
