@@ -270,6 +270,20 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, caplog):
     assert ",1," in (Path(result["run_dir"]) / "metrics.csv").read_text().splitlines()[1]
 
 
+def test_the_papers_recipe_trains_end_to_end_on_an_image_folder(tmp_path):
+    """An ImageNet run's pieces together, at 16 px with one tiny block: RandAugment, mixup/cutmix with smoothing,
+    random erasing on the device, drop path, EMA (the shipped demos leave most of them off)."""
+    data = image_folder(tmp_path / "data", per_class=8)
+    overrides = dict(data=str(data), model_kwargs=dict(TINY_MODEL), img_size=16, epochs=2, warmup_epochs=1)
+    overrides.update(cooldown_epochs=0, batch_size=4, workers=0, output=str(tmp_path), name="run")
+    cfg = resolve_config("t2t_vit_7", overrides)
+    assert cfg["aa"] == "rand-m9-mstd0.5-inc1" and cfg["mixup"] > 0 and cfg["reprob"] > 0 and cfg["model_ema"]
+    result = train(cfg, progress=False)
+    rows = (Path(result["run_dir"]) / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and result["skipped"] == 0 and 0 < result["train_loss"] < 10
+    assert 0 <= result["ema_val_top1"] <= 100
+
+
 def test_missing_or_empty_data_dirs(tmp_path):
     with pytest.raises(InputError, match=r"neither a known dataset.*nor an existing directory"):
         create_dataset(str(tmp_path / "nowhere"), "train")
