@@ -35,7 +35,10 @@ CIFAR100 = (
 def is_hub_source(path: PathLike) -> bool:
     """True for an `hf-hub:` or `local-dir:` name or a folder (which must then be a hub folder)."""
     text = str(path)
-    return text.startswith((HUB_PREFIX, LOCAL_PREFIX)) or Path(text).expanduser().is_dir()
+    try:
+        return text.startswith((HUB_PREFIX, LOCAL_PREFIX)) or Path(text).expanduser().is_dir()
+    except (ValueError, RuntimeError, OSError):  # a name no folder can have (a NUL byte, an unknown ~user)
+        return False
 
 
 def resolve(path: PathLike) -> Path:
