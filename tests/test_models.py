@@ -2,6 +2,7 @@
 image sizes. What every model must do is in tests/test_model_contract.py."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -122,6 +123,26 @@ def test_t2t_drop_rate_defaults_to_the_authors_and_can_be_set(mixer, authors):
     for bad in (1.0, "abc"):
         with pytest.raises(InputError, match=f"t2t_drop_rate={bad!r}"):
             drops(t2t_drop_rate=bad)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(token_dim=0), "token_dim=0 must be a whole number >= 1"),  # was a ValueError in the Performer's split
+        (dict(num_heads=0), "num_heads=0 must be a whole number >= 1"),  # was a ZeroDivisionError
+        (dict(embed_dim=32.0), "embed_dim=32.0 must be a whole number >= 1"),
+        (dict(depth=-1), "depth=-1 must be a whole number >= 0"),
+        (dict(mlp_ratio=0), "mlp_ratio=0 must be a number above 0"),  # trained with MLPs of width 0
+        (dict(embed_dim=30), "embed_dim=30 must be divisible by num_heads=4"),
+    ],
+)
+def test_sizes_no_model_can_have_are_named(bad, message):
+    sizes = dict(
+        img_size=28, embed_dim=32, depth=1, num_heads=4, token_dim=8, soft_splits=[[3, 2, 1]] * 2 + [[3, 1, 1]]
+    )
+    with pytest.raises(InputError, match=re.escape(message)):
+        T2TViT(**{**sizes, **bad})
+    assert T2TViT(**{**sizes, "depth": 0})(torch.rand(1, 3, 28, 28)).shape == (1, 1000)  # timm's ViT takes depth 0
 
 
 def test_sinusoid_table_is_the_authors_formula():

@@ -82,7 +82,7 @@ def test_a_warmup_as_long_as_the_schedule_is_named(caplog):
         caplog.clear()
         sched, _ = build_scheduler(opt, dict(DEFAULTS, lr=1e-3, epochs=epochs), updates_per_epoch=10)
         assert (max(sched._get_lr(e)[0] for e in range(epochs)) < 0.5e-3) == warned  # never near lr
-        assert ("warmup_epochs 10 is not below the 2 epochs" in caplog.text) == warned
+        assert ("warmup_epochs 10 is not below epochs 2: the lr warms up" in caplog.text) == warned
 
 
 def test_a_time_schedule_follows_the_clock_and_ends_at_the_budget():

@@ -40,6 +40,14 @@ def check_image(x: torch.Tensor, in_chans: int, soft_splits: List[Tuple[int, int
     return grid_size((int(x.shape[2]), int(x.shape[3])), soft_splits)
 
 
+def _check_sizes(**sizes: int) -> None:
+    """InputError naming a size that is not a whole number (depth may be 0, the others at least 1)."""
+    for name, value in sizes.items():
+        low = 0 if name == "depth" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InputError(f"{name}={value!r} must be a whole number >= {low}")
+
+
 class T2TViT(nn.Module):
     """Tokens-to-Token ViT.
 
@@ -106,6 +114,9 @@ class T2TViT(nn.Module):
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
             raise InputError(f"global_pool={global_pool!r} is not one of {GLOBAL_POOLS}")
+        _check_sizes(embed_dim=embed_dim, num_heads=num_heads, token_dim=token_dim, in_chans=in_chans, depth=depth)
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+            raise InputError(f"mlp_ratio={mlp_ratio!r} must be a number above 0")
         if embed_dim % num_heads:
             raise InputError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
         self.num_classes = num_classes

@@ -294,9 +294,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], updat
     span = cfg["schedule_epochs"] or cfg["epochs"]
     if cfg["warmup_epochs"] >= span:
         _logger.warning(
-            "warmup_epochs %s is not below the %s epochs the schedule spans: the lr warms up from warmup_lr all the "
-            "way and never reaches lr; pass --warmup-epochs below %s",
+            "warmup_epochs %s is not below %s %s: the lr warms up from warmup_lr all the way and never reaches lr; "
+            "pass --warmup-epochs below %s",
             cfg["warmup_epochs"],
+            "schedule_epochs" if cfg["schedule_epochs"] else "epochs",
             span,
             span,
         )
