@@ -138,6 +138,7 @@ def test_predict_fails_when_no_input_could_be_read(tmp_path, tiny_checkpoint, ca
         ["benchmark", "--model", "t2t_vit_7", "--img-size", "-224"],
         ["benchmark", "--model", "t2t_vit_7", "--repeats", "0"],
         ["benchmark", "--model", "t2t_vit_7", "--warmup", "-1"],
+        ["benchmark", "--loader", "digits", "--config", "digits", "--workers", "two"],
     ],
 )
 def test_integer_arguments_out_of_range_are_usage_errors(argv, capsys):
@@ -145,7 +146,7 @@ def test_integer_arguments_out_of_range_are_usage_errors(argv, capsys):
         main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    says = rf"argument {argv[-2]}: '?{argv[-1]}'? is not (a positive integer|an integer >= 0)$"
+    says = rf"argument {argv[-2]}: '?{argv[-1]}'? is not (a positive integer|an integer >= 0|auto or an integer >= 0)$"
     assert "Traceback" not in err and re.search(says, err.splitlines()[-1]), err
 
 
@@ -156,3 +157,5 @@ def test_zero_is_fine_where_it_means_none(capsys):
     assert args.warmup == 0
     args = build_parser().parse_args(["eval", "--checkpoint", "c", "--data", "digits", "--workers", "0"])
     assert args.workers == 0
+    for text, workers in (("0", 0), ("auto", "auto")):  # benchmark --loader's go to the recipe's key
+        assert build_parser().parse_args(["benchmark", "--loader", "digits", "--workers", text]).workers == workers

@@ -190,6 +190,8 @@ def test_benchmark_loader_prints_the_input_path_beside_the_model(capsys):
             "0",
             "--batch-size",
             "16",
+            "--workers",
+            "0",
             "--json",
         ]
     ) in (0, None)

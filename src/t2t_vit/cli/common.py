@@ -1,6 +1,7 @@
 """Arguments several commands share, and argument types that refuse nonsense with argparse's own usage error."""
 
 import argparse
+from typing import Union
 
 
 def positive_int(text: str) -> int:
@@ -11,6 +12,11 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (worker processes, warm-up steps: 0 means none)."""
     return _int_at_least(text, 0, "an integer >= 0")
+
+
+def workers_arg(text: str) -> Union[int, str]:
+    """auto (the cores this process may use), or a number of loader processes."""
+    return text if text == "auto" else _int_at_least(text, 0, "auto or an integer >= 0")
 
 
 def _int_at_least(text: str, low: int, what: str) -> int:

@@ -6,7 +6,7 @@ from typing import Any, Dict, List
 
 from ..config_keys import TASKS
 from ..errors import InputError
-from .common import checkpoint_args, non_negative_int, positive_int, precision_arg
+from .common import checkpoint_args, non_negative_int, positive_int, precision_arg, workers_arg
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 RUNTIMES = ("torch", "onnxruntime", "openvino")
@@ -105,7 +105,9 @@ def register(sub: Any) -> None:
         "alone, both as --config's recipe runs them: which one bounds the run",
     )
     b.add_argument("--config", help="with --loader: the recipe (a config name or YAML; default: --model's own)")
-    b.add_argument("--workers", help="with --loader: loader processes (default: the recipe's)")
+    b.add_argument(
+        "--workers", type=workers_arg, help="with --loader: loader processes, or auto (default: the recipe's)"
+    )
     b.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps first")
     b.add_argument("--repeats", type=positive_int, default=5, help="timed steps (the median is reported)")
     b.add_argument("--attn-impl", choices=("sdpa", "eager"), default="sdpa", help="the implementation to measure")
