@@ -166,6 +166,24 @@ def test_paper_configs_hold_the_paper_numbers():
     assert resolve_config("t2t_vit_14_384")["img_size"] == 384
 
 
+@pytest.mark.parametrize("name", ["finetune_cifar", "finetune_fashion_mnist"])
+def test_the_transfer_recipes_augment_as_the_authors_transfer_learning(name, caplog):
+    """Resize, padded random crop, flip, and nothing of the ImageNet recipe: its random erasing (0.25) once came
+    along by default; RandAugment and colour jitter, which the padded crop does not apply, are named if set."""
+    from torchvision import transforms as T
+
+    from t2t_vit.data.loader import create_transform
+
+    cfg = check_config(resolve_config(name, dict(data="digits", model="t2t_vit_7")))
+    assert (cfg["reprob"], cfg["aa"], cfg["color_jitter"], cfg["mixup"], cfg["cutmix"]) == (0, None, 0, 0, 0)
+    data_config = dict(input_size=(3, 32, 32), mean=cfg["mean"], std=cfg["std"], interpolation="bilinear")
+    steps = create_transform(cfg, data_config, training=True, uint8=True).transforms
+    assert [type(t) for t in steps] == [T.Resize, T.RandomCrop, T.RandomHorizontalFlip, T.PILToTensor]
+    assert "not applied with train_crop pad" not in caplog.text
+    check_config(dict(cfg, aa="rand-m9-mstd0.5-inc1"))
+    assert "aa: not applied with train_crop pad" in caplog.text
+
+
 def test_overrides_from_the_command_line():
     cfg = resolve_config("digits", parse_overrides(["--batch-size", "32", "--lr=0.01", "model_ema=true", "--compile"]))
     assert (cfg["batch_size"], cfg["lr"], cfg["model_ema"], cfg["compile"]) == (32, 0.01, True, True)

@@ -53,6 +53,13 @@ def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if task == "classification":
         _check_channels(cfg)
         _check_auto_augment(cfg["aa"])
+        unused = [key for key in ("aa", "color_jitter") if cfg["train_crop"] == "pad" and cfg[key]]
+        if unused:
+            _logger.warning(
+                "%s: not applied with train_crop pad (resize, padded random crop, flip: the authors' CIFAR "
+                "fine-tuning); pass --train-crop random_resized to apply them",
+                ", ".join(unused),
+            )
     _check_model_kwargs(cfg)
     _check_opt_and_sched(cfg)
     start = cfg["init_checkpoint"]
