@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from .config_keys import DEFAULTS, RULES, SCHEMA
-from .errors import InputError
+from .errors import InputError, is_int, is_number
 
 
 class _Loader(yaml.SafeLoader):
@@ -56,7 +56,7 @@ def _check_rule(rule: str, key: str, value: Any, source: str, optional: bool) ->
         if optional:
             return None
         raise fail("a value, not null")
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    number = is_number(value)
     if rule == "text":
         if isinstance(value, str) or number:
             return str(value)
@@ -80,17 +80,13 @@ def _check_rule(rule: str, key: str, value: Any, source: str, optional: bool) ->
         raise fail("one of " + ", ".join(choices))
     if rule.startswith("numbers"):
         n = int(rule[8:-1]) if rule != "numbers" else None
-        ok = (
-            isinstance(value, list)
-            and value
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        )
+        ok = isinstance(value, list) and value and all(is_number(v) for v in value)
         if ok and (n is None or len(value) == n):
             return value
         raise fail(f"a list of {n or 'one or more'} numbers, e.g. [{', '.join(['0.5'] * (n or 3))}]")
     if rule == "size":
         sizes = value if isinstance(value, list) and len(value) == 2 else [value]
-        if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
+        if all(is_int(v) and v >= 1 for v in sizes):
             return value
         raise fail("a size in pixels >= 1, or [height, width]")
     kind, op, bound, lo_br, lo, hi, hi_br = _RANGE.match(rule).groups()

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import InputError
+from ..errors import InputError, is_int, is_number
 from .problems import Problems
 from .sources import to_8_bits
 
@@ -105,7 +105,7 @@ def read_instances(path: Path) -> Dict[str, list]:
                 raise InputError(f"{not_coco}: {key}[{i}] has no {', '.join(lacking)}")
     for key, fields in INTEGER_FIELDS.items():
         for i, entry in enumerate(data[key]):
-            if not all(isinstance(entry[f], int) and not isinstance(entry[f], bool) for f in fields):
+            if not all(is_int(entry[f]) for f in fields):
                 raise InputError(f"{not_coco}: {key}[{i}] has a non-integer {' or '.join(fields)}")
     for i, image in enumerate(data["images"]):
         if image["width"] <= 0 or image["height"] <= 0:
@@ -256,7 +256,7 @@ def _clipped_box(bbox: Any, width: int, height: int) -> Tuple[Optional[str], Tup
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value) and math.isfinite(value)
 
 
 def _segmentation_problem(segmentation: Any, width: int, height: int) -> Optional[str]:

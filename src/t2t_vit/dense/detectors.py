@@ -15,7 +15,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-from ..errors import InputError
+from ..errors import InputError, is_int, is_number
 from .backbone import FeaturePyramidBackbone, group_norm
 
 DETECTORS = ("fasterrcnn", "retinanet")
@@ -75,12 +75,11 @@ def _check_kwargs(cls: type, kwargs: Dict[str, Any]) -> None:
     defaults["representation_size"] = 1024
     for key, value in kwargs.items():
         default = defaults[key]
-        if isinstance(default, bool) or not isinstance(default, (int, float)):  # modules, weights: torchvision's
+        if not is_number(default):  # modules, weights: torchvision's
             continue
-        if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if is_int(default) and not (is_int(value) and value >= 1):
             raise InputError(f"{cls.__name__} {key}={value!r}: give a whole number >= 1 (torchvision: {default})")
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if isinstance(default, float) and not (number and 0 <= value <= 1):
+        if isinstance(default, float) and not (is_number(value) and 0 <= value <= 1):
             raise InputError(f"{cls.__name__} {key}={value!r}: give a number from 0 to 1 (torchvision: {default})")
 
 

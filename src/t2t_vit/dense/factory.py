@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Union
 from torch import nn
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from ..errors import InputError
+from ..errors import InputError, is_int
 from .backbone import FeaturePyramidBackbone, backbone_parameter_name, create_body, normalization, size_divisible
 from .detectors import DETECTORS, create_detector
 from .segmenter import SemanticSegmenter
@@ -62,7 +62,7 @@ def create_dense_model(
         raise InputError(f"the segmenter takes no {unknown}: its options are {', '.join(sorted(SEGMENTER_KWARGS))}")
     for key, low in (("fpn_channels", 1), ("head_channels", 1), ("detail_channels", 0)):
         value = kwargs.get(key, low)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not (is_int(value) and value >= low):
             raise InputError(f"{key}={value!r}: give a whole number of channels >= {low}")
     least = 1 if task == "segmentation" else 2
     if not isinstance(num_classes, int) or num_classes < least:

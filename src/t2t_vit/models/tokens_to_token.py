@@ -24,7 +24,7 @@ from timm.layers import Mlp
 from torch import nn
 from torch.jit import Final
 
-from ..errors import InputError
+from ..errors import InputError, is_number
 from .kernels import (
     patch_norm_linear,
     performer_attention,
@@ -229,7 +229,7 @@ class T2TModule(nn.Module):
         self.channels_last = True
         if drop_rate is None:
             drop_rate = MIXER_DROP[t2t_mixer]
-        elif isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
+        elif not (is_number(drop_rate) and 0.0 <= drop_rate < 1.0):
             raise InputError(f"t2t_drop_rate={drop_rate!r} must be in [0, 1), or None for the authors' value")
         self.attention1 = mixer(in_chans * k0 * k0, token_dim, drop=drop_rate)
         self.attention2 = mixer(token_dim * k1 * k1, token_dim, drop=drop_rate)

@@ -13,7 +13,7 @@ from timm.models import checkpoint_seq, register_notrace_function
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, is_int, is_number
 from .layers import ATTN_IMPLS, Attention, Block, fit_pos_embed, sinusoid_table
 from .pyramid import T2TFeaturePyramid, make_pyramid
 from .stems import make_stem
@@ -44,7 +44,7 @@ def _check_sizes(**sizes: int) -> None:
     """InputError naming a size that is not a whole number (depth may be 0, the others at least 1)."""
     for name, value in sizes.items():
         low = 0 if name == "depth" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not (is_int(value) and value >= low):
             raise InputError(f"{name}={value!r} must be a whole number >= {low}")
 
 
@@ -115,7 +115,7 @@ class T2TViT(nn.Module):
         if global_pool not in GLOBAL_POOLS:
             raise InputError(f"global_pool={global_pool!r} is not one of {GLOBAL_POOLS}")
         _check_sizes(embed_dim=embed_dim, num_heads=num_heads, token_dim=token_dim, in_chans=in_chans, depth=depth)
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+        if not (is_number(mlp_ratio) and mlp_ratio > 0):
             raise InputError(f"mlp_ratio={mlp_ratio!r} must be a number above 0")
         if embed_dim % num_heads:
             raise InputError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
