@@ -62,8 +62,10 @@ def anchor_generator(strides: Sequence[int], octaves: int = 1) -> AnchorGenerato
 
 
 def _check_kwargs(cls: type, kwargs: Dict[str, Any]) -> None:
-    """InputError naming the keyword arguments `cls` (a torchvision detector) does not take."""
-    known = set(inspect.signature(cls).parameters) - {"backbone", "num_classes", "image_mean", "image_std", "kwargs"}
+    """InputError naming the keyword arguments `cls` (a torchvision detector) does not take, or a count or a fraction
+    (an option whose default is an int or a float) out of its range."""
+    defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()}
+    known = set(defaults) - {"backbone", "num_classes", "image_mean", "image_std", "kwargs"}
     known |= {"representation_size"} if cls is not RetinaNet else set()
     unknown = sorted(set(kwargs) - known)
     if unknown:
@@ -71,7 +73,6 @@ def _check_kwargs(cls: type, kwargs: Dict[str, Any]) -> None:
             f"{cls.__name__} takes no {', '.join(unknown)}: its options are {', '.join(sorted(known))} "
             "(and fpn_channels, size_divisible)"
         )
-    defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()}
     defaults["representation_size"] = 1024
     for key, value in kwargs.items():
         default = defaults[key]
