@@ -60,7 +60,7 @@ def create_transform(cfg: Dict[str, Any], data_config: Dict[str, Any], training:
             re_mode=cfg["remode"],
             re_count=cfg["recount"],
         )
-    _zero_bit_posterize(tf)
+        _zero_bit_posterize(tf)
     if uint8:  # timm's prefetcher form ends in a NumPy array; a tensor collates as the others do
         tf = T.Compose([*tf.transforms[:-1], T.PILToTensor()])
     return tf

@@ -94,16 +94,14 @@ def _check_channels(cfg: Dict[str, Any]) -> None:
 
 
 def _check_auto_augment(aa: Optional[str]) -> None:
-    """aa: a policy timm's create_transform reads (rand-..., augmix-..., or an AutoAugment name); a ConfigError
-    instead of timm's AssertionError when the run builds its loader."""
+    """aa: a policy timm's create_transform reads (rand-..., augmix-..., or an AutoAugment name), tried on a small
+    training transform; a ConfigError instead of timm's AssertionError when the run builds its loader."""
     if not aa:
         return
-    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+    from timm.data import create_transform
 
-    build = rand_augment_transform if aa.startswith("rand") else auto_augment_transform
-    build = augment_and_mix_transform if aa.startswith("augmix") else build
     try:
-        build(aa, dict(translate_const=100, img_mean=(128, 128, 128)))
+        create_transform(32, is_training=True, auto_augment=aa)
     except (AssertionError, ValueError, KeyError, IndexError) as e:
         raise ConfigError(
             f"aa {aa!r} is not an augmentation policy timm reads ({str(e) or type(e).__name__}): e.g. "
