@@ -221,7 +221,7 @@ def input_files(source: PathLike) -> list:
     text = str(source)
     if text.startswith(hub.HUB_PREFIX):
         return []
-    path = Path(text.removeprefix(hub.LOCAL_PREFIX)).expanduser()
+    path = hub.local_folder(text)
     if path.is_dir():
         return [path / name for name in (hub.CONFIG_FILE, *hub.WEIGHT_FILES)]
     return [path]

@@ -41,13 +41,18 @@ def is_hub_source(path: PathLike) -> bool:
         return False
 
 
+def local_folder(path: PathLike) -> Path:
+    """The path a `local-dir:DIR` name (timm's) or a plain path names, ~ expanded."""
+    return Path(str(path).removeprefix(LOCAL_PREFIX)).expanduser()
+
+
 def resolve(path: PathLike) -> Path:
     """The local folder of a hub folder (`local-dir:DIR`, timm's name, or DIR), or of an `hf-hub:USER/REPO[@REVISION]`
     name (fetched into the cache)."""
     text = str(path)
     if text.startswith(HUB_PREFIX):
         return _fetch(text[len(HUB_PREFIX) :])
-    folder = Path(text.removeprefix(LOCAL_PREFIX)).expanduser()
+    folder = local_folder(text)
     if not folder.is_dir():
         raise InputError(f"{text!r}: there is no folder {str(folder)!r}: check the path")
     if not (folder / CONFIG_FILE).is_file():
