@@ -159,3 +159,26 @@ def test_zero_is_fine_where_it_means_none(capsys):
     assert args.workers == 0
     for text, workers in (("0", 0), ("auto", "auto")):  # benchmark --loader's go to the recipe's key
         assert build_parser().parse_args(["benchmark", "--loader", "digits", "--workers", text]).workers == workers
+
+
+# 6. near misses: a checkpoint's name without .tar, a run directory, a flag of another command
+
+
+def test_a_near_miss_of_a_checkpoint_names_the_file_meant(tiny_run, capsys):
+    base = ["eval", "--data", "digits", "--checkpoint"]
+    assert main([*base, str(tiny_run / "last.pth")]) == 2
+    one_line_error(capsys, "t2t-vit eval: error:", f"did you mean '{tiny_run / 'last.pth.tar'}'?")
+    assert main([*base, str(tiny_run)]) == 2
+    err = one_line_error(capsys, "t2t-vit eval: error:", "give one of its checkpoints")
+    assert f"'{tiny_run / 'best.pth.tar'}' or '{tiny_run / 'last.pth.tar'}'" in err
+    assert main([*base, str(tiny_run / "nothing.pth")]) == 2
+    one_line_error(capsys, "does not exist or is not a file: check the path")
+
+
+def test_an_unknown_flag_is_reported_with_its_commands_usage(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["visualize", "attention", "--image", "x.png"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage: t2t-vit visualize attention ")
+    assert err[-1] == "t2t-vit visualize attention: error: unrecognized arguments: --image"

@@ -135,7 +135,7 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path):
     with pytest.raises(InputError, match=r"unknown model 't2t_vit_99'"):
         train(tiny_train_config(tmp_path, model="t2t_vit_99"), progress=False)
     assert not (tmp_path / "run").exists()
-    with pytest.raises(InputError, match=r"checkpoint '.*nowhere.pth' to start from does not exist"):
+    with pytest.raises(InputError, match=r"checkpoint to start from '.*nowhere.pth' does not exist"):
         train(tiny_train_config(tmp_path, init_checkpoint=str(tmp_path / "nowhere.pth")), progress=False)
     assert list(tmp_path.iterdir()) == []
 

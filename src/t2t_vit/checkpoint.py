@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, Optional, Union
 import torch
 
 from . import hub
-from .errors import InputError
+from .errors import InputError, missing_file
 
 _logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def read_checkpoint(path: PathLike) -> Any:
         return {"state_dict": weights, "meta": hub.meta_of(hub.read_config(folder))}
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"checkpoint {str(path)!r} does not exist or is not a file: check the path")
+        raise missing_file("checkpoint", path)
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     _check_torch_file(path)

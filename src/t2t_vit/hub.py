@@ -17,6 +17,7 @@ HUB_PREFIX = "hf-hub:"
 LOCAL_PREFIX = "local-dir:"  # timm's name for a hub folder on disk: timm.create_model("local-dir:DIR", pretrained=True)
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what a hub folder may hold, preferred first
+RUN_CHECKPOINTS = ("best.pth.tar", "last.pth.tar")  # what a run directory of `t2t-vit train` holds
 DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct")
 
 # The label order of the data sets' own files (batches.meta, meta), as torchvision reads them.
@@ -56,9 +57,9 @@ def resolve(path: PathLike) -> Path:
     if not folder.is_dir():
         raise InputError(f"{text!r}: there is no folder {str(folder)!r}: check the path")
     if not (folder / CONFIG_FILE).is_file():
-        raise InputError(
-            f"{text!r} is a folder without {CONFIG_FILE}: give a checkpoint file, or a folder `t2t-vit convert` wrote"
-        )
+        run = [str(folder / name) for name in RUN_CHECKPOINTS if (folder / name).is_file()]
+        fix = f"give one of its checkpoints, {' or '.join(map(repr, run))}" if run else "give a checkpoint file"
+        raise InputError(f"{text!r} is a folder without {CONFIG_FILE}: {fix}, or a folder `t2t-vit convert` wrote")
     return folder
 
 

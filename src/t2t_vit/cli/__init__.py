@@ -21,7 +21,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (models, train, demo, deploy, study):
         group.register(sub)
+    _name_parsers(parser)
     return parser
+
+
+def _name_parsers(parser: argparse.ArgumentParser) -> None:
+    """Record in each sub-command's defaults its own parser (`args.parser`), the deepest one winning, so that an
+    argument no command takes is reported with the usage of the command it was given to."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.set_defaults(parser=child)
+                _name_parsers(child)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -32,7 +43,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, rest = parser.parse_known_args(argv)
     args.argv = argv
     if rest and not getattr(args, "takes_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import __version__, hub
-from ..errors import InputError
+from ..errors import InputError, missing_file
 from ..factory import load_model
 from .export import META_FIELDS, META_KEY, export_onnx
 
@@ -97,7 +97,7 @@ def onnx_file_meta(path: Path) -> Dict[str, Any]:
     import onnx
 
     if not path.is_file():
-        raise InputError(f"checkpoint {str(path)!r} does not exist or is not a file: check the path")
+        raise missing_file("checkpoint", path)
     try:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception as e:
@@ -272,7 +272,7 @@ def load_runner(
         path = hub.weights_in(hub.resolve(path))
     candidates = checkpoint_cache_paths(path)[1:] if in_hf_cache else checkpoint_cache_paths(path)  # user cache
     if not path.is_file():
-        raise InputError(f"checkpoint {str(path)!r} does not exist or is not a file: check the path")
+        raise missing_file("checkpoint", path)
     if not os.access(path, os.R_OK):
         raise InputError(f"checkpoint {str(path)!r} cannot be read (permission denied)")
     stat = path.stat()

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, missing_file
 from ..training.metrics import plot_curves as plot_curves  # the curves of run directories, as training draws them
 from ..training.run_dir import RunDir
 
@@ -70,7 +70,7 @@ def load_image(path: Path, model: nn.Module) -> Tuple[torch.Tensor, torch.Tensor
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"image {str(path)!r} does not exist or is not a file: check the path")
+        raise missing_file("image", path)
     try:
         with Image.open(path) as img:
             img = img.convert("RGB" if model.in_chans == 3 else "L")

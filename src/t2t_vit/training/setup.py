@@ -16,7 +16,7 @@ from .. import hub
 from ..config import ConfigError, check_values
 from ..config_keys import DEFAULTS, unused_keys
 from ..data import tensor_batches as tensor_data
-from ..errors import InputError
+from ..errors import InputError, missing_file
 from ..factory import constructor_keywords, create_model, load_model
 
 _logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     _check_opt_and_sched(cfg)
     start = cfg["init_checkpoint"]
     if start and not (_is_file(start) or hub.is_hub_source(start)):  # a file, a hub folder or an hf-hub: name
-        raise ConfigError(f"checkpoint {start!r} to start from does not exist: check the path", ["init_checkpoint"])
+        raise ConfigError(str(missing_file("checkpoint to start from", start)), ["init_checkpoint"])
     if cfg["schedule_on_time"] and not (cfg["time_budget"] and cfg["sched_on_updates"]):
         raise InputError(
             "schedule_on_time steps the lr by the seconds of a time budget, every update: set "
