@@ -142,10 +142,10 @@ def test_cli_takes_the_model_from_our_checkpoints(image, models, tmp_path, capsy
         [
             "visualize",
             "features",
-            str(image),
             "--checkpoint",
             str(ours),
             str(ours),
+            str(image),  # after the checkpoints, as people write it: the image, not a third checkpoint
             "--channels",
             "4",
             "--out",
@@ -191,6 +191,8 @@ def test_bad_inputs_name_the_fix(image, models, tmp_path, capsys):
         visualize.plot_attention(image, dense, tmp_path / "a.png", blocks=[1])
     with pytest.raises(InputError, match="one --checkpoint per --model"):
         _run(["visualize", "features", str(image), "--model", "t2t_vit_7", "--checkpoint", "a", "b"])
+    with pytest.raises(InputError, match="an image to show the features of is required: give it first"):
+        _run(["visualize", "features", "--model", "t2t_vit_7"])
     with pytest.raises(InputError, match="no metrics.csv"):
         _run(["visualize", "curves", str(tmp_path), "--out", str(tmp_path / "c.png")])
     for flag in ("--img-size", "--heads"):  # argparse's usage error, not a traceback from torchvision's resize

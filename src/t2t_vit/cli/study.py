@@ -16,12 +16,12 @@ def register(sub: Any) -> None:
     parser = sub.add_parser("visualize", help="feature maps, attention maps, training curves as PNGs")
     modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
 
-    def image_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("image", type=Path, help="an image file (PNG, JPEG, ...)")
+    def image_args(p: argparse.ArgumentParser, nargs: Optional[str] = None) -> None:
+        p.add_argument("image", type=Path, nargs=nargs, help="an image file (PNG, JPEG, ...)")
         p.add_argument("--img-size", type=positive_int, default=None, help="model input size (default: the model's)")
 
     p = modes.add_parser("features", help="token features of a block as channel maps, per model (paper Fig. 2)")
-    image_args(p)
+    image_args(p, nargs="?")  # optional to argparse only: `--checkpoint A B image.png` is read as meant (_image_of)
     p.add_argument(
         "--model",
         nargs="+",
@@ -104,6 +104,7 @@ def _load(name: Optional[str], checkpoint: Optional[str], img_size: Optional[int
 def _features(args: argparse.Namespace) -> None:
     from ..study.visualize import plot_feature_maps
 
+    args.image = _image_of(args)
     checkpoints = [None if c == "-" else c for c in (args.checkpoint or [])]
     names = args.model or ([None] * len(checkpoints) if checkpoints else ["t2t_vit_14", "t2t_vit_14_wo_t2t"])
     checkpoints = checkpoints or [None] * len(names)
@@ -116,6 +117,22 @@ def _features(args: argparse.Namespace) -> None:
     out = _output(args, inputs)
     models = [_load(n, c, args.img_size) for n, c in zip(names, checkpoints)]
     _write(out, lambda path: plot_feature_maps(args.image, models, path, args.block, args.channels))
+
+
+def _image_of(args: argparse.Namespace) -> Path:
+    """The image of `visualize features`: the positional one, else the image file that --checkpoint's (or --model's)
+    list took in as its last value (`--checkpoint A B image.png`)."""
+    from ..deploy.predict import IMAGE_SUFFIXES
+
+    if args.image is not None:
+        return args.image
+    values = args.checkpoint or args.model or []
+    if values and Path(values[-1]).suffix.lower() in IMAGE_SUFFIXES:
+        return Path(values.pop())
+    raise InputError(
+        "an image to show the features of is required: give it first, `t2t-vit visualize features IMAGE "
+        "--checkpoint ...`"
+    )
 
 
 def _attention(args: argparse.Namespace) -> None:
