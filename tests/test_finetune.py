@@ -232,6 +232,15 @@ def test_torchscript_export(tmp_path, our_checkpoint):
     assert json.loads(extra["t2t_vit.json"])["arch"] == "t2t_vit_7"
 
 
+def test_onnx_export_shows_none_of_the_tracers_warnings(tiny_checkpoint, tmp_path, recwarn):
+    """The values the tracer freezes are fixed for an exported model (the batch stays dynamic: the test below), so
+    its "might not generalize" warnings would only alarm the user."""
+    pytest.importorskip("onnx")
+    export(str(tiny_checkpoint), "onnx", str(tmp_path / "model.onnx"))
+    tracer = [w for w in recwarn if w.category is torch.jit.TracerWarning or "Constant folding" in str(w.message)]
+    assert not tracer, [str(w.message) for w in tracer]
+
+
 @pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14"])
 def test_onnx_parity_at_224_with_batch_1_and_3(tmp_path, official_keys, name):
     ort = pytest.importorskip("onnxruntime")
