@@ -6,6 +6,7 @@ when it runs, so `--help` answers at once.
 
 import argparse
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -13,6 +14,8 @@ from ..errors import InputError
 from . import demo, deploy, models, study, train
 
 log = logging.getLogger(__name__)
+# Read when `datasets` and `huggingface_hub` are imported, which a command does after main has set them.
+HF_NO_BARS = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +47,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.argv = argv
     if rest and not getattr(args, "takes_overrides", False):
         getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(rest)}")
+    if getattr(args, "no_progress", False) or not sys.stderr.isatty():  # ours show only on a terminal; so do theirs
+        for flag in HF_NO_BARS:
+            os.environ.setdefault(flag, "1")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
