@@ -325,14 +325,18 @@ def create_dataset(spec: str, split: str, download: bool = False, in_chans: int 
 
 
 def stratified_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
-    """A fixed subset of `n` samples keeping the class proportions (datasets with `labels` or `samples`)."""
+    """A fixed subset of `n` samples keeping the class proportions (datasets with `labels` or `samples`, and
+    `hfds/` ones, whose reader lists its targets)."""
     from sklearn.model_selection import train_test_split
 
     labels = getattr(dataset, "labels", None)
+    reader = getattr(dataset, "reader", None)
     if labels is None and hasattr(dataset, "samples"):
         labels = [label for _, label in dataset.samples]
+    elif labels is None and hasattr(reader, "iter_targets") and hasattr(dataset, "__len__"):
+        labels = list(reader.iter_targets())
     if labels is None:
-        raise InputError("train_subset needs a dataset that lists its labels (not a timm dataset spec)")
+        raise InputError("train_subset needs a dataset that lists its labels, not a streamed one (hfids/, wds/, tfds/)")
     if not 0 < n < len(labels):
         raise InputError(f"train_subset {n} must be between 1 and the {len(labels)} training images")
     classes = len(set(labels))
