@@ -190,6 +190,8 @@ def test_the_transfer_recipes_augment_as_the_authors_transfer_learning(name, cap
     assert "not applied with train_crop pad" not in caplog.text
     check_config(dict(cfg, aa="rand-m9-mstd0.5-inc1"))
     assert "aa: not applied with train_crop pad" in caplog.text
+    check_config(dict(cfg, scale=[0.5, 1.0], train_interpolation="bicubic"))  # the random resized crop's, moved
+    assert "scale, train_interpolation: not applied with train_crop pad" in caplog.text
 
 
 def test_overrides_from_the_command_line():

@@ -53,13 +53,8 @@ def check_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if task == "classification":
         _check_channels(cfg)
         _check_auto_augment(cfg["aa"])
-        unused = [key for key in ("aa", "color_jitter") if cfg["train_crop"] == "pad" and cfg[key]]
-        if unused:
-            _logger.warning(
-                "%s: not applied with train_crop pad (resize, padded random crop, flip: the authors' CIFAR "
-                "fine-tuning); pass --train-crop random_resized to apply them",
-                ", ".join(unused),
-            )
+        if cfg["train_crop"] == "pad":
+            _warn_unused_by_pad(cfg)
     _check_model_kwargs(cfg)
     _check_opt_and_sched(cfg)
     start = cfg["init_checkpoint"]
@@ -166,6 +161,19 @@ def _check_opt_and_sched(cfg: Dict[str, Any]) -> None:
             "constant",
             ["sched"],
         ) from None
+
+
+def _warn_unused_by_pad(cfg: Dict[str, Any]) -> None:
+    """A warning naming the augmentation keys that train_crop pad does not apply, where they would do something
+    (aa, color_jitter) or were moved from their defaults (the random resized crop's scale, ratio, interpolation)."""
+    unused = [key for key in ("aa", "color_jitter") if cfg[key]]
+    unused += [key for key in ("scale", "ratio", "train_interpolation") if cfg[key] != DEFAULTS[key]]
+    if unused:
+        _logger.warning(
+            "%s: not applied with train_crop pad (resize, padded random crop, flip: the authors' CIFAR fine-tuning); "
+            "pass --train-crop random_resized to apply them",
+            ", ".join(unused),
+        )
 
 
 def _check_unused(cfg: Dict[str, Any]) -> None:
