@@ -7,8 +7,9 @@ import torch
 from t2t_vit import InputError
 from t2t_vit.cli import main
 from t2t_vit.training.evaluate import evaluate_checkpoint
+from t2t_vit.training.setup import check_config
 
-from .helpers import DIGIT_CLASSES, image_folder, one_line_error
+from .helpers import DIGIT_CLASSES, image_folder, one_line_error, tiny_train_config
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -55,3 +56,41 @@ def test_finetune_keeps_a_head_in_the_datas_class_order(tmp_path, tiny_checkpoin
     words = tiny_train_config(tmp_path, init_checkpoint=str(tiny_checkpoint), model=None, data="words")
     with pytest.raises(InputError, match="'0', '1'.*'zero', 'one'"):
         build_model(words, 10, WORDS)
+
+
+def test_eval_on_a_held_out_split_without_some_classes_scores_by_the_checkpoints_numbers(tmp_path, tiny_checkpoint):
+    """An ImageFolder numbers the class folders it finds: a val/ without class '0' would shift every label by one.
+    Scored by the checkpoint's numbers, the split without '0' and the split of '0' alone add up to the whole."""
+    import shutil
+
+    whole = image_folder(tmp_path / "whole", classes=DIGIT_CLASSES, per_class=3)
+    parts = {}
+    for part, keep in (("rest", DIGIT_CLASSES[1:]), ("zero", DIGIT_CLASSES[:1])):
+        shutil.copytree(whole, tmp_path / part)
+        for name in DIGIT_CLASSES:
+            if name not in keep:
+                shutil.rmtree(tmp_path / part / "val" / name)
+        parts[part] = _eval(tiny_checkpoint, tmp_path / part)
+    expected = _eval(tiny_checkpoint, whole)
+    assert parts["rest"]["n"] + parts["zero"]["n"] == expected["n"] == 30
+    correct = sum(r["top1"] * r["n"] / 100 for r in parts.values())
+    assert round(correct) == round(expected["top1"] * expected["n"] / 100)
+    loss = sum(r["loss"] * r["n"] for r in parts.values()) / expected["n"]
+    assert abs(loss - expected["loss"]) < 1e-4 * max(1.0, expected["loss"])  # fp32 means of 27, 3 and 30 losses
+
+
+def test_training_numbers_the_held_out_classes_as_the_training_split(tmp_path):
+    from t2t_vit.data import align_classes, create_dataset
+    from t2t_vit.training.setup import build_data
+
+    folder = image_folder(tmp_path / "pets", classes=("cat", "dog", "owl"), per_class=2)
+    (folder / "val" / "cat").rename(tmp_path / "cat")
+    val = create_dataset(str(folder), "val")
+    assert val.classes == ["dog", "owl"] and [label for _, label in val.samples] == [0, 0, 1, 1]
+    align_classes(val, ["cat", "dog", "owl"], str(folder), "the training split")
+    assert val.classes == ["cat", "dog", "owl"] and [label for _, label in val.samples] == [1, 1, 2, 2]
+    cfg = check_config(tiny_train_config(tmp_path, data=str(folder), batch_size=2, workers=0))
+    assert [label for _, label in build_data(cfg, 1, 0, False).val_set.samples] == [1, 1, 2, 2]
+    (tmp_path / "cat").rename(folder / "val" / "hat")
+    with pytest.raises(InputError, match=r"held-out split's classes \('hat'\) are not among those of the training"):
+        align_classes(create_dataset(str(folder), "val"), ["cat", "dog", "owl"], str(folder), "the training split")

@@ -348,6 +348,36 @@ def stratified_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
     return subset
 
 
+def align_classes(val_set: Dataset, classes: Sequence[str], data: str, against: str) -> None:
+    """Number the held-out split's labels as `classes` (the training split's, or a checkpoint's). An ImageFolder
+    numbers each split's class folders on its own, so a class missing from val/ would shift every label after it;
+    a held-out class that `against` lacks is an InputError, and the classes it has no images of are logged."""
+    own = [str(c) for c in dataset_classes(val_set)]
+    classes = [str(c) for c in classes]
+    if own == classes:
+        return
+    extra = [c for c in own if c not in classes]
+    if extra or not hasattr(val_set, "samples"):
+        shown = ", ".join(map(repr, (extra or own)[:4])) + (" ..." if len(extra or own) > 4 else "")
+        raise InputError(
+            f"--data {data!r}: the held-out split's classes ({shown}) are not among those of {against}: give "
+            "both the same class folders (rename or remove the held-out ones it lacks)"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    val_set.samples = [(path, index[own[label]]) for path, label in val_set.samples]  # type: ignore[attr-defined]
+    val_set.classes = classes  # type: ignore[attr-defined]
+    absent = [c for c in classes if c not in own]
+    if absent:
+        _logger.warning(
+            "--data %s: the held-out split has no images of %d of the %d classes (%s) of %s; scored on the others",
+            data,
+            len(absent),
+            len(classes),
+            ", ".join(absent[:4]) + (" ..." if len(absent) > 4 else ""),
+            against,
+        )
+
+
 def dataset_classes(dataset: Dataset) -> List[str]:
     """Class names of a dataset (numbers as names when it has none)."""
     classes = getattr(dataset, "classes", None)

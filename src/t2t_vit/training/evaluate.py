@@ -201,6 +201,10 @@ def evaluate_checkpoint(
     data_config = meta["data_config"]
     val_set = data_lib.create_dataset(data, "val", download, data_config["input_size"][0])
     classes = data_lib.dataset_classes(val_set)
+    names = meta_names(saved)
+    if names and hasattr(val_set, "samples") and set(map(str, classes)) < set(names):  # val/ lacks some classes
+        data_lib.align_classes(val_set, names, str(data), f"the checkpoint {str(checkpoint)!r}")
+        classes = names
     head = model.get_classifier()
     num_classes = getattr(head, "out_features", 0)
     if num_classes != len(classes):
@@ -208,7 +212,7 @@ def evaluate_checkpoint(
             f"the checkpoint's head has {num_classes} classes but {data} has {len(classes)}: evaluate on the "
             "data it was trained on, or fine-tune it first (t2t-vit finetune)"
         )
-    order = class_order(meta_names(saved), classes, repr(checkpoint), str(data))
+    order = class_order(names, classes, repr(checkpoint), str(data))
     if order is not None:
         model = _Reordered(model, order)
     val_set.transform = data_lib.create_transform({}, data_config, training=False, uint8=True)

@@ -387,6 +387,7 @@ def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
     train_set = data_lib.create_dataset(cfg["data"], "train", cfg["download"], cfg["in_chans"])
     val_set = data_lib.create_dataset(cfg["data"], "val", cfg["download"], cfg["in_chans"])
     classes = data_lib.dataset_classes(train_set)
+    data_lib.align_classes(val_set, classes, cfg["data"], "the training split")
     check_class_count(cfg, classes)
     data_config = data_config_of(cfg)
     train_set.transform = data_lib.create_transform(cfg, data_config, training=True, uint8=True)
