@@ -22,6 +22,7 @@ from .helpers import (
     TINY_DATA_CONFIG,
     assert_close_reordered,
     digit_files,
+    image_folder,
     network_reorder_tolerance,
     one_line_error,
 )
@@ -367,3 +368,19 @@ def test_torch_benchmark_reports_latency_and_honours_threads():
 
 def test_cli_runtime_choices_are_the_library_ones():
     assert deploy.RUNTIMES == rt.RUNTIMES
+
+
+def test_agreement_scores_a_held_out_split_by_the_models_class_numbers(checkpoint, tmp_path):
+    """Without class '0', an ImageFolder's val/ numbers '1' as 0: the accuracy is taken by the model's numbers, so
+    the split without '0' and the split of '0' alone add up to the whole (the model names its classes)."""
+    runner = rt.load_runner(str(checkpoint), runtime="torch")
+    whole = image_folder(tmp_path / "whole", classes=DIGIT_CLASSES, per_class=3)
+    shutil.copytree(whole, tmp_path / "rest")
+    shutil.rmtree(tmp_path / "rest" / "val" / "0")
+    shutil.copytree(whole, tmp_path / "zero")
+    for name in DIGIT_CLASSES[1:]:
+        shutil.rmtree(tmp_path / "zero" / "val" / name)
+    right = {p: speed.top1_agreement(runner, runner, str(tmp_path / p)) for p in ("whole", "rest", "zero")}
+    assert [right[p]["n"] for p in right] == [30, 27, 3]
+    count = {p: round(r["reference_top1"] * r["n"]) for p, r in right.items()}
+    assert count["rest"] + count["zero"] == count["whole"]

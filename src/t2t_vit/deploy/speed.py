@@ -45,12 +45,15 @@ def top1_agreement(
     spec, e.g. "digits"), preprocessed as `predict` does, and the top-1 accuracy of each; `max_images`: a fixed
     random subset (seed 0) of that many."""
     from ..data.loader import create_loader, create_transform
-    from ..data.sources import create_dataset, dataset_classes
+    from ..data.sources import align_classes, create_dataset, dataset_classes
 
     data_config = reference.meta["data_config"]
     dataset = create_dataset(data, "val", download=False, in_chans=data_config["input_size"][0])
     dataset.transform = create_transform({}, data_config, training=False)
-    classes = dataset_classes(dataset)
+    classes, names = dataset_classes(dataset), reference.meta.get("class_names")
+    if names and list(map(str, classes)) != list(map(str, names)):  # the labels numbered as the model's classes
+        align_classes(dataset, names, data, "the model")
+        classes = names
     if max_images is not None and max_images < len(dataset):
         keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_images]
         dataset = torch.utils.data.Subset(dataset, sorted(keep.tolist()))
