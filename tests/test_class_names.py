@@ -94,3 +94,13 @@ def test_training_numbers_the_held_out_classes_as_the_training_split(tmp_path):
     (tmp_path / "cat").rename(folder / "val" / "hat")
     with pytest.raises(InputError, match=r"held-out split's classes \('hat'\) are not among those of the training"):
         align_classes(create_dataset(str(folder), "val"), ["cat", "dog", "owl"], str(folder), "the training split")
+
+
+def test_training_on_one_class_is_refused(tmp_path):
+    """Softmax over one class: the loss is 0 and nothing is learned, usually a --data one folder too deep."""
+    from t2t_vit.training.run import train
+
+    folder = image_folder(tmp_path / "pets", classes=("cat",), per_class=2)
+    with pytest.raises(InputError, match=r"the training split has one class \(cat\), and a classifier needs two"):
+        train(tiny_train_config(tmp_path / "runs", data=str(folder), batch_size=2, workers=0), progress=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no run directory left

@@ -387,6 +387,11 @@ def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
     train_set = data_lib.create_dataset(cfg["data"], "train", cfg["download"], cfg["in_chans"])
     val_set = data_lib.create_dataset(cfg["data"], "val", cfg["download"], cfg["in_chans"])
     classes = data_lib.dataset_classes(train_set)
+    if len(classes) < 2:  # softmax over one class: the loss is 0 and nothing is learned
+        raise InputError(
+            f"--data {cfg['data']!r}: the training split has one class ({classes[0] if classes else 'none'}), and a "
+            "classifier needs two or more: its train/ and val/ each hold one sub-folder of images per class"
+        )
     data_lib.align_classes(val_set, classes, cfg["data"], "the training split")
     check_class_count(cfg, classes)
     data_config = data_config_of(cfg)
