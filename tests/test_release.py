@@ -48,6 +48,27 @@ def test_aux_head_is_dropped_with_one_line_or_kept(tmp_path, authors_t2t_vit_7, 
         assert_close_reordered(model(x), logits, bound)
 
 
+def test_a_head_left_out_unasked_is_shown_to_a_user_who_configured_no_logging(tmp_path, authors_t2t_vit_7):
+    """A 10-class file in a model of its tag's 1000 classes loads all but the head: with no logging set up (timm in a
+    notebook), Python's last-resort handler prints the warning. A head num_classes asked for says nothing there."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "ten.pth"
+    ema = authors_t2t_vit_7.ema
+    torch.save({"net": {**ema, "head.weight": ema["head.weight"][:10], "head.bias": ema["head.bias"][:10]}}, path)
+    code = (
+        "import sys, timm, t2t_vit\n"
+        "kwargs = dict(num_classes=int(sys.argv[2])) if len(sys.argv) > 2 else {}\n"
+        "timm.create_model('t2t_vit_7', pretrained=True, pretrained_cfg_overlay=dict(file=sys.argv[1]), **kwargs)\n"
+    )
+    for extra, says in (([], True), (["10"], False), (["5"], False)):
+        done = subprocess.run([sys.executable, "-c", code, str(path), *extra], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        message = "checkpoint head has 10 classes, the model 1000: the head is left at its initialisation"
+        assert (message in done.stderr) is says and ("head" in done.stderr) is says, done.stderr
+
+
 def test_cifar_release_tags(tmp_path, official_keys, capsys):
     assert {
         "t2t_vit_14.in1k_ft_cifar10",

@@ -2,13 +2,13 @@
 
 `import t2t_vit` registers the models in timm: at once if timm is already imported, else the moment timm is (an
 import hook), so that the `t2t-vit` command answers `--help` without loading torch. The public names below load
-on first use.
+on first use. The package logs through `logging` under "t2t_vit" and adds no handler: where an application has
+configured none, Python prints its warnings (a checkpoint's head left out, say) on stderr.
 """
 
 import importlib
 import importlib.abc
 import importlib.util
-import logging
 import sys
 from typing import Any
 
@@ -23,8 +23,6 @@ _PUBLIC = {
     "load_model": "factory",
     "load_checkpoint": "models.checkpoint_filter",
 }
-
-logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str) -> Any:

@@ -128,7 +128,9 @@ def _fit_heads(sd: Dict[str, torch.Tensor], model: nn.Module, own: Dict[str, tor
                 classes,
             )
         elif not isinstance(getattr(model, name), nn.Linear) or sd[keys[0]].shape != own[f"{name}.weight"].shape:
-            _logger.warning(
+            asked = model.num_classes != getattr(model, "pretrained_cfg", {}).get("num_classes", model.num_classes)
+            _logger.log(  # expected where num_classes asked for a new head; else a surprise, shown to every user
+                logging.INFO if asked else logging.WARNING,
                 "checkpoint %s has %d classes, the model %d: the %s is left at its initialisation",
                 name,
                 classes,
