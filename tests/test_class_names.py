@@ -79,7 +79,7 @@ def test_eval_on_a_held_out_split_without_some_classes_scores_by_the_checkpoints
     assert abs(loss - expected["loss"]) < 1e-4 * max(1.0, expected["loss"])  # fp32 means of 27, 3 and 30 losses
 
 
-def test_training_numbers_the_held_out_classes_as_the_training_split(tmp_path):
+def test_training_numbers_the_held_out_classes_as_the_training_split(tmp_path, caplog):
     from t2t_vit.data import align_classes, create_dataset
     from t2t_vit.training.setup import build_data
 
@@ -90,7 +90,11 @@ def test_training_numbers_the_held_out_classes_as_the_training_split(tmp_path):
     align_classes(val, ["cat", "dog", "owl"], str(folder), "the training split")
     assert val.classes == ["cat", "dog", "owl"] and [label for _, label in val.samples] == [1, 1, 2, 2]
     cfg = check_config(tiny_train_config(tmp_path, data=str(folder), batch_size=2, workers=0))
+    caplog.clear()
     assert [label for _, label in build_data(cfg, 1, 0, False).val_set.samples] == [1, 1, 2, 2]
+    assert caplog.text.count("has no images of 1 of the 3 classes (cat)") == 1
+    build_data(cfg, 2, 1, False)  # torchrun's rank 1: the same data, said once by rank 0
+    assert caplog.text.count("has no images of 1 of the 3 classes (cat)") == 1
     (tmp_path / "cat").rename(folder / "val" / "hat")
     with pytest.raises(InputError, match=r"held-out split's classes \('hat'\) are not among those of the training"):
         align_classes(create_dataset(str(folder), "val"), ["cat", "dog", "owl"], str(folder), "the training split")

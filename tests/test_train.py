@@ -192,6 +192,11 @@ def test_the_transfer_recipes_augment_as_the_authors_transfer_learning(name, cap
     assert "aa: not applied with train_crop pad" in caplog.text
     check_config(dict(cfg, scale=[0.5, 1.0], train_interpolation="bicubic"))  # the random resized crop's, moved
     assert "scale, train_interpolation: not applied with train_crop pad" in caplog.text
+    caplog.clear()
+    with pytest.MonkeyPatch.context() as env:  # a torchrun rank but 0: the config is the same; rank 0 says it
+        env.setenv("RANK", "1")
+        check_config(dict(cfg, scale=[0.5, 1.0]))
+    assert "not applied" not in caplog.text
 
 
 def test_overrides_from_the_command_line():

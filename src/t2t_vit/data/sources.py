@@ -348,10 +348,11 @@ def stratified_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
     return subset
 
 
-def align_classes(val_set: Dataset, classes: Sequence[str], data: str, against: str) -> None:
+def align_classes(val_set: Dataset, classes: Sequence[str], data: str, against: str, warn: bool = True) -> None:
     """Number the held-out split's labels as `classes` (the training split's, or a checkpoint's). An ImageFolder
     numbers each split's class folders on its own, so a class missing from val/ would shift every label after it;
-    a held-out class that `against` lacks is an InputError, and the classes it has no images of are logged."""
+    a held-out class that `against` lacks is an InputError, and the classes it has no images of are logged (with
+    `warn`: one torchrun rank says it for all)."""
     own = [str(c) for c in dataset_classes(val_set)]
     classes = [str(c) for c in classes]
     if own == classes:
@@ -367,7 +368,7 @@ def align_classes(val_set: Dataset, classes: Sequence[str], data: str, against: 
     val_set.samples = [(path, index[own[label]]) for path, label in val_set.samples]  # type: ignore[attr-defined]
     val_set.classes = classes  # type: ignore[attr-defined]
     absent = [c for c in classes if c not in own]
-    if absent:
+    if absent and warn:
         _logger.warning(
             "--data %s: the held-out split has no images of %d of the %d classes (%s) of %s; scored on the others",
             data,

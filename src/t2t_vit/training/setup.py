@@ -163,13 +163,19 @@ def _check_opt_and_sched(cfg: Dict[str, Any]) -> None:
         ) from None
 
 
+def _warn(message: str, *args: Any) -> None:
+    """A warning about the config, which every torchrun rank would repeat: logged by rank 0 only."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        _logger.warning(message, *args)
+
+
 def _warn_unused_by_pad(cfg: Dict[str, Any]) -> None:
     """A warning naming the augmentation keys that train_crop pad does not apply, where they would do something
     (aa, color_jitter) or were moved from their defaults (the random resized crop's scale, ratio, interpolation)."""
     unused = [key for key in ("aa", "color_jitter") if cfg[key]]
     unused += [key for key in ("scale", "ratio", "train_interpolation") if cfg[key] != DEFAULTS[key]]
     if unused:
-        _logger.warning(
+        _warn(
             "%s: not applied with train_crop pad (resize, padded random crop, flip: the authors' CIFAR fine-tuning); "
             "pass --train-crop random_resized to apply them",
             ", ".join(unused),
@@ -306,7 +312,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], updat
 
     span = cfg["schedule_epochs"] or cfg["epochs"]
     if cfg["warmup_epochs"] >= span:
-        _logger.warning(
+        _warn(
             "warmup_epochs %s is not below %s %s: the lr warms up from warmup_lr all the way and never reaches lr; "
             "pass --warmup-epochs below %s",
             cfg["warmup_epochs"],
@@ -392,7 +398,7 @@ def build_data(cfg: Dict[str, Any], world: int, rank: int, pin: bool) -> Data:
             f"--data {cfg['data']!r}: the training split has one class ({classes[0] if classes else 'none'}), and a "
             "classifier needs two or more: its train/ and val/ each hold one sub-folder of images per class"
         )
-    data_lib.align_classes(val_set, classes, cfg["data"], "the training split")
+    data_lib.align_classes(val_set, classes, cfg["data"], "the training split", warn=rank == 0)
     check_class_count(cfg, classes)
     data_config = data_config_of(cfg)
     train_set.transform = data_lib.create_transform(cfg, data_config, training=True, uint8=True)
