@@ -299,7 +299,7 @@ def test_nonfinite_skip_drops_the_update_counts_it_and_stops_after_the_limit(tmp
 def test_nonfinite_rollback_reloads_the_last_checkpoint_at_a_lower_lr(tmp_path, monkeypatch, caplog):
     plain = train(tiny_train_config(tmp_path, name="plain"), progress=False)
     hook_criterion(monkeypatch, {30: "nan"})  # epoch 2, step 8
-    with caplog.at_level("WARNING", logger="t2t_vit.training.run"):
+    with caplog.at_level("WARNING", logger="t2t_vit.training.rollback"):
         result = train(tiny_train_config(tmp_path, nonfinite="rollback", rollback_lr_factor=0.5), progress=False)
     assert "rolled back to" in caplog.text and "last.pth.tar (epoch 1), lr x 0.5" in caplog.text
     rows, plain_rows = metrics_rows(result["run_dir"]), metrics_rows(plain["run_dir"])
