@@ -311,6 +311,12 @@ def test_cli_predict_with_onnxruntime_names_the_classes_torch_names(checkpoint, 
     assert main([*base, "--runtime", "onnxruntime", "--threads", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(": ")[0] for line in lines] == [r["file"] for r in outputs["torch"]]
+    exported = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(exported)]) == 0
+    capsys.readouterr()
+    base[base.index(str(checkpoint))] = str(exported)
+    assert main([*base, "--json"]) == 0  # an .onnx file without --runtime: onnxruntime, which can run it
+    assert json.loads(capsys.readouterr().out) == outputs["onnxruntime"]
 
 
 def test_cli_benchmark_json_reports_speed_per_runtime(checkpoint, user_cache, capsys):

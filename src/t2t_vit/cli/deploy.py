@@ -20,9 +20,9 @@ def runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runtime",
         choices=RUNTIMES,
-        default="torch",
+        default=None,
         help="torch: the PyTorch model; onnxruntime, openvino: its ONNX export, made once and cached "
-        "beside the checkpoint (pip install 't2t-vit[deploy]')",
+        "beside the checkpoint (pip install 't2t-vit[deploy]'); default: onnxruntime for an .onnx file, else torch",
     )
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: the runtime's own choice)")
     p.add_argument(
@@ -135,9 +135,17 @@ def _refuse(given: Dict[str, bool], why: str) -> None:
         raise InputError(f"{', '.join(names)}: {why}")
 
 
+def _default_runtime(args: argparse.Namespace) -> None:
+    """--runtime where it was not given: onnxruntime for an .onnx file (which torch cannot run), else torch."""
+    if args.runtime is None:
+        onnx = str(args.checkpoint or "").lower().endswith(".onnx")
+        args.runtime = "onnxruntime" if onnx else "torch"
+
+
 def _predict(args: argparse.Namespace) -> None:
     from ..deploy.predict import checkpoint_task, predict
 
+    _default_runtime(args)
     task = checkpoint_task(args.checkpoint, args.task)
     if task != "classification":
         return _predict_dense(args, task)
@@ -237,6 +245,7 @@ def _benchmark(args: argparse.Namespace) -> None:
     from ..deploy.runtimes import check_runtime
     from ..deploy.speed import benchmark_runtime, benchmark_torch, format_runtime_result
 
+    _default_runtime(args)
     check_runtime(args.runtime, args.int8)
     if args.loader is not None:
         return _benchmark_loader(args)
