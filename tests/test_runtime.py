@@ -4,6 +4,7 @@ missing libraries and bad input, and `predict` / `benchmark` with --runtime."""
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from t2t_vit import InputError, load_model
-from t2t_vit.cli import deploy, main
+from t2t_vit.cli import main
 from t2t_vit.deploy import runtimes as rt
 from t2t_vit.deploy import speed
 
@@ -373,7 +374,9 @@ def test_torch_benchmark_reports_latency_and_honours_threads():
 
 
 def test_cli_runtime_choices_are_the_library_ones():
-    assert deploy.RUNTIMES == rt.RUNTIMES
+    from t2t_vit.cli import common
+
+    assert common.RUNTIMES == rt.RUNTIMES
 
 
 def test_agreement_scores_a_held_out_split_by_the_models_class_numbers(checkpoint, tmp_path):
@@ -390,3 +393,30 @@ def test_agreement_scores_a_held_out_split_by_the_models_class_numbers(checkpoin
     assert [right[p]["n"] for p in right] == [30, 27, 3]
     count = {p: round(r["reference_top1"] * r["n"]) for p, r in right.items()}
     assert count["rest"] + count["zero"] == count["whole"]
+
+
+def test_cli_eval_runs_the_onnx_export_and_scores_as_torch(checkpoint, tmp_path, capsys):
+    """eval --runtime: the same held-out split, preprocessing and scores as PyTorch's eval. The fp32 logits differ by
+    reordered sums (below 1e-4, test_fp32_logits_equal_eager_pytorch): the loss within that, and the hits may differ
+    only where two logits tie that closely, allowed for one image of the 360."""
+    base = ["eval", "--checkpoint", str(checkpoint), "--data", "digits", "--workers", "0", "--no-progress"]
+
+    def scores(argv):
+        assert main(argv) == 0, argv
+        line = capsys.readouterr().out
+        return line, [float(v) for v in re.findall(r"(?:top-1|top-5|loss) ([\d.]+)", line)]
+
+    _, torch_scores = scores(base)
+    line, onnx_scores = scores([*base, "--runtime", "onnxruntime"])
+    assert "(onnxruntime fp32) on digits (360 images)" in line
+    assert all(abs(a - b) <= 100 / 360 + 1e-6 for a, b in zip(onnx_scores[:2], torch_scores[:2]))
+    assert abs(onnx_scores[2] - torch_scores[2]) < 1.5e-4  # printed to 4 places: one rounding step apart at most
+    exported = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(exported)]) == 0
+    capsys.readouterr()
+    line, file_scores = scores([*base[:2], str(exported), *base[3:]])  # an .onnx file: onnxruntime by default
+    assert "(onnxruntime fp32)" in line and file_scores == onnx_scores
+    assert main([*base, "--runtime", "onnxruntime", "--precision", "bf16"]) == 2
+    one_line_error(capsys, "t2t-vit eval: error: --runtime onnxruntime evaluates", "drop --precision bf16")
+    assert main([*base, "--int8"]) == 2
+    one_line_error(capsys, "--threads and --int8 go with --runtime onnxruntime or openvino")

@@ -3,6 +3,8 @@
 import argparse
 from typing import Union
 
+RUNTIMES = ("torch", "onnxruntime", "openvino")  # deploy.runtimes.RUNTIMES, named here: --help loads no torch
+
 
 def positive_int(text: str) -> int:
     """An integer >= 1 (batch sizes, image sizes, counts)."""
@@ -47,3 +49,27 @@ def checkpoint_args(p: argparse.ArgumentParser) -> None:
         help="our checkpoint, an authors' release file, a folder `t2t-vit convert` wrote, or hf-hub:USER/REPO",
     )
     p.add_argument("--model", help="model name or release tag (the authors' files whose name does not say it)")
+
+
+def runtime_args(p: argparse.ArgumentParser) -> None:
+    """--runtime, --threads, --int8: what runs the model on the CPU."""
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=None,
+        help="torch: the PyTorch model; onnxruntime, openvino: its ONNX export, made once and cached "
+        "beside the checkpoint (pip install 't2t-vit[deploy]'); default: onnxruntime for an .onnx file, else torch",
+    )
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: the runtime's own choice)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 weights (onnxruntime: dynamic quantization; openvino: NNCF weight compression)",
+    )
+
+
+def default_runtime(args: argparse.Namespace) -> None:
+    """--runtime where it was not given: onnxruntime for an .onnx file (which torch cannot run), else torch."""
+    if args.runtime is None:
+        onnx = str(args.checkpoint or "").lower().endswith(".onnx")
+        args.runtime = "onnxruntime" if onnx else "torch"

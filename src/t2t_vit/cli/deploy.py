@@ -6,30 +6,20 @@ from typing import Any, Dict, List
 
 from ..config_keys import TASKS
 from ..errors import InputError
-from .common import checkpoint_args, non_negative_int, positive_int, precision_arg, workers_arg
+from .common import (
+    checkpoint_args,
+    default_runtime,
+    non_negative_int,
+    positive_int,
+    precision_arg,
+    runtime_args,
+    workers_arg,
+)
 
 FORMATS = ("onnx", "torchscript", "safetensors")
-RUNTIMES = ("torch", "onnxruntime", "openvino")
 TOP_K, BATCH_SIZE = 5, 32  # predict's defaults for a classifier
 DRAWINGS = "predictions"  # where predict draws a dense checkpoint's predictions by default
 SCORE_THRESHOLD = 0.5  # as deploy.dense_predict's; not imported, so that --help loads no torch
-
-
-def runtime_args(p: argparse.ArgumentParser) -> None:
-    """--runtime, --threads, --int8: what runs the model on the CPU."""
-    p.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        default=None,
-        help="torch: the PyTorch model; onnxruntime, openvino: its ONNX export, made once and cached "
-        "beside the checkpoint (pip install 't2t-vit[deploy]'); default: onnxruntime for an .onnx file, else torch",
-    )
-    p.add_argument("--threads", type=positive_int, help="CPU threads (default: the runtime's own choice)")
-    p.add_argument(
-        "--int8",
-        action="store_true",
-        help="int8 weights (onnxruntime: dynamic quantization; openvino: NNCF weight compression)",
-    )
 
 
 def register(sub: Any) -> None:
@@ -135,17 +125,10 @@ def _refuse(given: Dict[str, bool], why: str) -> None:
         raise InputError(f"{', '.join(names)}: {why}")
 
 
-def _default_runtime(args: argparse.Namespace) -> None:
-    """--runtime where it was not given: onnxruntime for an .onnx file (which torch cannot run), else torch."""
-    if args.runtime is None:
-        onnx = str(args.checkpoint or "").lower().endswith(".onnx")
-        args.runtime = "onnxruntime" if onnx else "torch"
-
-
 def _predict(args: argparse.Namespace) -> None:
     from ..deploy.predict import checkpoint_task, predict
 
-    _default_runtime(args)
+    default_runtime(args)
     task = checkpoint_task(args.checkpoint, args.task)
     if task != "classification":
         return _predict_dense(args, task)
@@ -245,7 +228,7 @@ def _benchmark(args: argparse.Namespace) -> None:
     from ..deploy.runtimes import check_runtime
     from ..deploy.speed import benchmark_runtime, benchmark_torch, format_runtime_result
 
-    _default_runtime(args)
+    default_runtime(args)
     check_runtime(args.runtime, args.int8)
     if args.loader is not None:
         return _benchmark_loader(args)

@@ -18,7 +18,8 @@ from ..config import (
     value_sources,
 )
 from ..config_keys import TASKS
-from .common import checkpoint_args, non_negative_int, positive_int, precision_arg
+from ..errors import InputError
+from .common import checkpoint_args, default_runtime, non_negative_int, positive_int, precision_arg, runtime_args
 
 FINETUNE_CONFIG = "finetune_cifar"
 HEADLINES = (("val_top1", "top-1"), ("val_map", "mAP"), ("val_miou", "mIoU"))  # a run's main held-out number
@@ -76,6 +77,7 @@ def register(sub: Any) -> None:
     e.add_argument("--workers", type=non_negative_int, default=4)
     e.add_argument("--device", default="auto")
     precision_arg(e)
+    runtime_args(e)  # classification on the CPU: the checkpoint's ONNX export, as predict and benchmark run it
     e.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA ones")
     e.add_argument("--download", action="store_true", help="fetch the dataset where the source can (CIFAR)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -132,6 +134,27 @@ def _continue_command(argv: List[str]) -> str:
     return shlex.join(["t2t-vit", *kept, "--resume", "auto"])
 
 
+def _eval_runtime(args: argparse.Namespace) -> None:
+    """eval of a classifier's ONNX export under onnxruntime or OpenVINO, on the CPU."""
+    from ..deploy.predict import checkpoint_task
+    from ..deploy.runtimes import load_runner
+    from ..deploy.speed import evaluate_runner
+
+    torch_only = [f"--{k} {v}" for k, v in (("device", args.device), ("precision", args.precision)) if v != "auto"]
+    if checkpoint_task(args.checkpoint, args.task) != "classification" or torch_only:
+        raise InputError(
+            f"--runtime {args.runtime} evaluates a classifier on the CPU in fp32"
+            + (f": drop {', '.join(torch_only)}" if torch_only else ": this checkpoint holds a dense model")
+        )
+    runner = load_runner(args.checkpoint, args.model, args.runtime, args.threads, args.int8, not args.no_ema)
+    r = evaluate_runner(runner, args.data, args.batch_size, args.workers, args.download)
+    print(
+        f"{runner.meta['arch']} ({runner.name}) on {args.data} ({r['n']} images): top-1 {r['top1']:.2f}%  "
+        f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}  {r['img_per_s']:.0f} img/s"
+        + (f"  skipped {r['skipped']}" if r["skipped"] else "")
+    )
+
+
 def _checkpoint_stem(path: str) -> str:
     """A run's name for its last/best checkpoint, else the file's name without suffixes."""
     p = Path(path)
@@ -142,6 +165,11 @@ def _checkpoint_stem(path: str) -> str:
 def _eval(args: argparse.Namespace) -> None:
     from ..training.evaluate import evaluate_checkpoint
 
+    default_runtime(args)
+    if args.runtime != "torch":
+        return _eval_runtime(args)
+    if args.threads is not None or args.int8:
+        raise InputError("--threads and --int8 go with --runtime onnxruntime or openvino")
     r = evaluate_checkpoint(
         args.checkpoint,
         args.data,

@@ -3,7 +3,8 @@ class; PyTorch's own speed through the model step benchmark, with threads and la
 
 import os
 import statistics
-from typing import Any, Dict, Optional, Tuple
+import time
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,35 +39,75 @@ def time_runner(runner: Runner, batch_size: int, warmup: int = 2, repeats: int =
     return dict(img_per_s=batch_size / sec, latency_ms=1e3 * sec, step_ms_all=[1e3 * t for t in times])
 
 
+def held_out_split(runner: Runner, data: str, download: bool = False) -> Any:
+    """The held-out split of `data` (a `--data` spec) preprocessed as `predict` preprocesses for `runner`, its
+    labels numbered as the model's classes where the model names them (`classes` holds them)."""
+    from ..data.loader import create_transform
+    from ..data.sources import align_classes, create_dataset, dataset_classes
+
+    data_config = runner.meta["data_config"]
+    dataset = create_dataset(data, "val", download=download, in_chans=data_config["input_size"][0])
+    dataset.transform = create_transform({}, data_config, training=False)
+    names = runner.meta.get("class_names")
+    if names and list(map(str, dataset_classes(dataset))) != list(map(str, names)):
+        align_classes(dataset, names, data, "the model")
+    return dataset
+
+
+def _logits(runner: Runner, dataset: Any, data: str, batch_size: int, workers: int = 0) -> Iterator[Tuple]:
+    """(images as an array, `runner`'s logits as a tensor, targets, images skipped as unreadable) per batch of
+    `dataset`; InputError where the model's class count is not the data's."""
+    from ..data.loader import create_loader
+    from ..data.sources import dataset_classes
+
+    classes = len(dataset_classes(dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset))
+    for images, targets, counts in create_loader(dataset, batch_size, training=False, workers=workers):
+        batch = images.numpy()
+        logits = torch.from_numpy(runner(batch)) if len(targets) else torch.zeros(0, classes)
+        if logits.shape[1] != classes:
+            raise InputError(
+                f"{data!r} has {classes} classes, the model {logits.shape[1]}: name the data it was trained on"
+            )
+        yield batch, logits, targets, int(counts[0])
+
+
+def evaluate_runner(
+    runner: Runner, data: str, batch_size: int = 64, workers: int = 0, download: bool = False
+) -> Dict[str, Any]:
+    """`t2t-vit eval --runtime`: top-1, top-5 (%), cross-entropy loss and img/s of `runner` on `data`'s held-out
+    split, as `training.evaluate` measures a PyTorch model."""
+    dataset = held_out_split(runner, data, download)
+    loss = top1 = top5 = 0.0
+    n = skipped = 0
+    start = time.perf_counter()
+    for _, logits, targets, unread in _logits(runner, dataset, data, batch_size, workers):
+        skipped += unread
+        if not len(targets):
+            continue
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
+        loss += float(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"))
+        top1, top5, n = top1 + int(hits[:, 0].sum()), top5 + int(hits.any(dim=1).sum()), n + len(targets)
+    elapsed = time.perf_counter() - start
+    if not n:
+        raise InputError(f"no readable images in the held-out split of {data!r}")
+    return dict(loss=loss / n, top1=100 * top1 / n, top5=100 * top5 / n, img_per_s=n / elapsed, n=n, skipped=skipped)
+
+
 def top1_agreement(
     reference: Runner, other: Runner, data: str, max_images: Optional[int] = None, batch_size: int = 64
 ) -> Dict[str, Any]:
-    """How often `other` names the same top-1 class as `reference` over the validation split of `data` (a `--data`
+    """How often `other` names the same top-1 class as `reference` over the held-out split of `data` (a `--data`
     spec, e.g. "digits"), preprocessed as `predict` does, and the top-1 accuracy of each; `max_images`: a fixed
     random subset (seed 0) of that many."""
-    from ..data.loader import create_loader, create_transform
-    from ..data.sources import align_classes, create_dataset, dataset_classes
-
-    data_config = reference.meta["data_config"]
-    dataset = create_dataset(data, "val", download=False, in_chans=data_config["input_size"][0])
-    dataset.transform = create_transform({}, data_config, training=False)
-    classes, names = dataset_classes(dataset), reference.meta.get("class_names")
-    if names and list(map(str, classes)) != list(map(str, names)):  # the labels numbered as the model's classes
-        align_classes(dataset, names, data, "the model")
-        classes = names
+    dataset = held_out_split(reference, data)
     if max_images is not None and max_images < len(dataset):
         keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_images]
         dataset = torch.utils.data.Subset(dataset, sorted(keep.tolist()))
     n = same = right_ref = right_other = 0
-    for images, targets, _ in create_loader(dataset, batch_size, training=False):
+    for images, a, targets, _ in _logits(reference, dataset, data, batch_size):
         if not len(targets):
             continue
-        a, b = reference(images.numpy()), other(images.numpy())
-        if a.shape[1] != len(classes):
-            raise InputError(
-                f"{data!r} has {len(classes)} classes, the model {a.shape[1]}: name the data it was trained on"
-            )
-        top_a, top_b, y = a.argmax(1), b.argmax(1), targets.numpy()
+        top_a, top_b, y = a.argmax(1).numpy(), other(images).argmax(1), targets.numpy()
         n, same = n + len(y), same + int((top_a == top_b).sum())
         right_ref, right_other = right_ref + int((top_a == y).sum()), right_other + int((top_b == y).sum())
     if not n:

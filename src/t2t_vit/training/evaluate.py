@@ -175,8 +175,8 @@ def evaluate_checkpoint(
     amp_dtype = autocast_dtype(precision, dev)
     if str(checkpoint).lower().endswith(".onnx"):
         raise InputError(
-            f"{str(checkpoint)!r} is an ONNX file: eval runs the PyTorch checkpoint it was exported from (ONNX "
-            "files run in predict and benchmark --runtime onnxruntime or openvino)"
+            f"{str(checkpoint)!r} is an ONNX file, which PyTorch cannot run: use --runtime onnxruntime or "
+            "--runtime openvino, or the PyTorch checkpoint it was exported from"
         )
     saved = read_checkpoint(checkpoint)
     meta = saved.get("meta") if isinstance(saved, dict) else None
