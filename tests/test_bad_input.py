@@ -182,3 +182,19 @@ def test_an_unknown_flag_is_reported_with_its_commands_usage(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("usage: t2t-vit visualize attention ")
     assert err[-1] == "t2t-vit visualize attention: error: unrecognized arguments: --image"
+
+
+def test_a_near_miss_of_a_data_spec_names_the_one_meant(tmp_path):
+    from .helpers import image_folder
+
+    folder = image_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=1)
+    cases = {
+        "fashionmnist:/data/fm": "did you mean 'fashion-mnist:/data/fm'?",
+        "Digits": "did you mean 'digits'?",
+        str(folder / "train"): f"did you mean '{folder}', which holds them?",
+        f"cifar10:{tmp_path / 'cifar'}": "or pass --download to fetch it there",
+    }
+    for spec, hint in cases.items():
+        with pytest.raises(InputError) as info:
+            create_dataset(spec, "train")
+        assert str(info.value).endswith(hint), info.value

@@ -13,6 +13,7 @@ A `--data` spec names the source:
 """
 
 import contextlib
+import difflib
 import gzip
 import logging
 import math
@@ -29,6 +30,7 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 
 _logger = logging.getLogger(__name__)
+FILE_KINDS = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # the specs KIND:DIR of a folder of files
 
 FASHION_CLASSES = (
     "T-shirt/top",
@@ -305,22 +307,31 @@ def create_dataset(spec: str, split: str, download: bool = False, in_chans: int 
         return _digits(split, mode)
     if kind.startswith(tuple(TIMM_SPEC_NEEDS)):
         return _timm_spec(kind, rest or None, split, download)
-    if sep and kind in ("mnist", "fashion-mnist", "cifar10", "cifar100"):
+    if sep and kind in FILE_KINDS:
         root = Path(rest).expanduser()
         if not root.is_dir() and not (download and kind.startswith("cifar")):
-            raise InputError(f"data dir {rest!r} for {kind} does not exist: check the path")
+            fetch = ", or pass --download to fetch it there" if kind.startswith("cifar") else ""
+            raise InputError(f"data dir {rest!r} for {kind} does not exist: check the path{fetch}")
         if kind.startswith("cifar"):
             return _cifar(kind, root, split, download, mode)
         classes = FASHION_CLASSES if kind == "fashion-mnist" else [str(c) for c in range(10)]
         return _idx_dataset(root, split, classes, mode)
     root = Path(spec).expanduser()
     if not root.is_dir():
+        near = difflib.get_close_matches(kind.lower(), ["digits", *FILE_KINDS], n=1, cutoff=0.7)
+        hint = f": did you mean {near[0] + sep + rest!r}?" if near else ""
         raise InputError(
             f"--data {spec!r} is neither a known dataset (digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, "
-            "cifar100:DIR, hfds/..., wds/...) nor an existing directory"
+            f"cifar100:DIR, hfds/..., wds/...) nor an existing directory{hint}"
         )
     if not (root / split).is_dir():
-        raise InputError(f"data dir {spec!r} has no {split}/ folder: an ImageFolder root needs train/ and val/")
+        up = root.parent
+        hint = (
+            f": did you mean {str(up)!r}, which holds them?"
+            if (up / "train").is_dir() and (up / "val").is_dir()
+            else ""
+        )
+        raise InputError(f"data dir {spec!r} has no {split}/ folder: an ImageFolder root needs train/ and val/{hint}")
     return ImageFiles(root / split, mode)
 
 
