@@ -198,3 +198,14 @@ def test_a_near_miss_of_a_data_spec_names_the_one_meant(tmp_path):
         with pytest.raises(InputError) as info:
             create_dataset(spec, "train")
         assert str(info.value).endswith(hint), info.value
+
+
+def test_split_folders_go_by_timms_names_and_test_holds_out(tmp_path, caplog):
+    from .helpers import image_folder
+
+    folder = image_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=1)
+    (folder / "train").rename(folder / "training")
+    (folder / "val").rename(folder / "test")
+    with caplog.at_level("INFO"):
+        assert len(create_dataset(str(folder), "train")) == len(create_dataset(str(folder), "val")) == 2
+    assert "the train split is training/" in caplog.text and "the val split is test/" in caplog.text

@@ -31,6 +31,8 @@ from ..errors import InputError
 
 _logger = logging.getLogger(__name__)
 FILE_KINDS = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # the specs KIND:DIR of a folder of files
+# An ImageFolder root's split folders, as timm looks for them; a held-out split may also be test/.
+SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "eval", "evaluation", "test")}
 
 FASHION_CLASSES = (
     "T-shirt/top",
@@ -324,15 +326,23 @@ def create_dataset(spec: str, split: str, download: bool = False, in_chans: int 
             f"--data {spec!r} is neither a known dataset (digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, "
             f"cifar100:DIR, hfds/..., wds/...) nor an existing directory{hint}"
         )
-    if not (root / split).is_dir():
+    folder = _split_folder(root, split)
+    if folder is None:
         up = root.parent
-        hint = (
-            f": did you mean {str(up)!r}, which holds them?"
-            if (up / "train").is_dir() and (up / "val").is_dir()
-            else ""
+        holds = _split_folder(up, "train") is not None and _split_folder(up, "val") is not None
+        hint = f": did you mean {str(up)!r}, which holds them?" if holds else ""
+        raise InputError(
+            f"data dir {spec!r} has no {split}/ folder ({'/, '.join(SPLIT_FOLDERS[split])}/): an ImageFolder root "
+            f"needs train/ and val/{hint}"
         )
-        raise InputError(f"data dir {spec!r} has no {split}/ folder: an ImageFolder root needs train/ and val/{hint}")
-    return ImageFiles(root / split, mode)
+    if folder.name != split:
+        _logger.info("%s: the %s split is %s/", spec, split, folder.name)
+    return ImageFiles(folder, mode)
+
+
+def _split_folder(root: Path, split: str) -> Optional[Path]:
+    """The folder of `split` in an ImageFolder root: the first of its names (timm's, and test/ for val) there."""
+    return next((root / name for name in SPLIT_FOLDERS[split] if (root / name).is_dir()), None)
 
 
 def stratified_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
