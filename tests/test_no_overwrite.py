@@ -117,7 +117,9 @@ def test_an_onnx_export_runs_as_the_checkpoint_of_the_onnx_runtimes(tmp_path, ti
     bench = ["benchmark", "--runtime", "onnxruntime", "--checkpoint", demo, "--warmup", "0", "--repeats", "1"]
     assert main([*bench, "--batch-size", "2"]) == 0
     assert "img/s" in capsys.readouterr().out
-    assert main(["predict", *images, "--checkpoint", demo]) == 2
+    assert main(["predict", *images, "--checkpoint", demo, "--json"]) == 0  # onnxruntime where none is named
+    assert json.loads(capsys.readouterr().out) == records
+    assert main(["predict", *images, "--checkpoint", demo, "--runtime", "torch"]) == 2
     one_line_error(capsys, "demo.onnx", "is an ONNX file", "--runtime onnxruntime")
-    assert main(["eval", "--checkpoint", demo, "--data", "digits"]) == 2
-    one_line_error(capsys, "demo.onnx", "is an ONNX file")
+    assert main(["eval", "--checkpoint", demo, "--data", "digits", "--runtime", "torch"]) == 2
+    one_line_error(capsys, "demo.onnx", "is an ONNX file", "--runtime onnxruntime")
