@@ -420,3 +420,18 @@ def test_cli_eval_runs_the_onnx_export_and_scores_as_torch(checkpoint, tmp_path,
     one_line_error(capsys, "t2t-vit eval: error: --runtime onnxruntime evaluates", "drop --precision bf16")
     assert main([*base, "--int8"]) == 2
     one_line_error(capsys, "--threads and --int8 go with --runtime onnxruntime or openvino")
+
+
+def test_cli_eval_in_a_runtime_refuses_data_of_another_class_count(own_checkpoint, capsys):
+    """A head of 7 classes without names (as an authors' release has none) scored on the 10 digits: the error of
+    PyTorch's eval, not an index error from the loss."""
+    saved = torch.load(own_checkpoint, weights_only=True)
+    saved["meta"].update(class_names=None, model_kwargs={**saved["meta"]["model_kwargs"], "num_classes": 7})
+    for key in ("head.weight", "head.bias"):
+        saved["model"][key] = saved["model"][key][:7]
+    torch.save(saved, own_checkpoint)
+    base = ["eval", "--checkpoint", str(own_checkpoint), "--data", "digits", "--workers", "0", "--no-progress"]
+    expected = "the model's head has 7 classes but digits has 10: evaluate on the data it was trained on"
+    assert main([*base, "--runtime", "onnxruntime"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and expected in err.strip().splitlines()[-1], err

@@ -3,8 +3,7 @@ class; PyTorch's own speed through the model step benchmark, with threads and la
 
 import os
 import statistics
-import time
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -43,54 +42,61 @@ def held_out_split(runner: Runner, data: str, download: bool = False) -> Any:
     """The held-out split of `data` (a `--data` spec) preprocessed as `predict` preprocesses for `runner`, its
     labels numbered as the model's classes where the model names them (`classes` holds them)."""
     from ..data.loader import create_transform
-    from ..data.sources import align_classes, create_dataset, dataset_classes
+    from ..data.sources import align_classes, create_dataset
 
     data_config = runner.meta["data_config"]
     dataset = create_dataset(data, "val", download=download, in_chans=data_config["input_size"][0])
     dataset.transform = create_transform({}, data_config, training=False)
     names = runner.meta.get("class_names")
-    if names and list(map(str, dataset_classes(dataset))) != list(map(str, names)):
+    if names:
         align_classes(dataset, names, data, "the model")
     return dataset
 
 
-def _logits(runner: Runner, dataset: Any, data: str, batch_size: int, workers: int = 0) -> Iterator[Tuple]:
-    """(images as an array, `runner`'s logits as a tensor, targets, images skipped as unreadable) per batch of
-    `dataset`; InputError where the model's class count is not the data's."""
-    from ..data.loader import create_loader
+def _checked_logits(runner: Runner, images: np.ndarray, classes: int, data: str) -> torch.Tensor:
+    """`runner`'s logits for `images` as a tensor; InputError where the model's class count is not the data's."""
+    logits = torch.from_numpy(runner(images))
+    if logits.shape[1] != classes:
+        raise InputError(
+            f"the model's head has {logits.shape[1]} classes but {data} has {classes}: evaluate on the data it was "
+            "trained on, or fine-tune it first (t2t-vit finetune)"
+        )
+    return logits
+
+
+def _class_count(dataset: Any) -> int:
     from ..data.sources import dataset_classes
 
-    classes = len(dataset_classes(dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset))
-    for images, targets, counts in create_loader(dataset, batch_size, training=False, workers=workers):
-        batch = images.numpy()
-        logits = torch.from_numpy(runner(batch)) if len(targets) else torch.zeros(0, classes)
-        if logits.shape[1] != classes:
-            raise InputError(
-                f"{data!r} has {classes} classes, the model {logits.shape[1]}: name the data it was trained on"
-            )
-        yield batch, logits, targets, int(counts[0])
+    return len(dataset_classes(dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset))
+
+
+class _RunnerModule(nn.Module):
+    """A runtime's model as a module, so that `training.evaluate` scores it as it scores a PyTorch model."""
+
+    def __init__(self, runner: Runner, classes: int, data: str) -> None:
+        super().__init__()
+        self.runner, self.classes, self.data = runner, classes, data
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return _checked_logits(self.runner, images.numpy(), self.classes, self.data)
 
 
 def evaluate_runner(
-    runner: Runner, data: str, batch_size: int = 64, workers: int = 0, download: bool = False
+    runner: Runner, data: str, batch_size: int = 64, workers: int = 0, download: bool = False, progress: bool = False
 ) -> Dict[str, Any]:
     """`t2t-vit eval --runtime`: top-1, top-5 (%), cross-entropy loss and img/s of `runner` on `data`'s held-out
-    split, as `training.evaluate` measures a PyTorch model."""
+    split, measured by `training.evaluate` as for a PyTorch model."""
+    from ..data import create_loader, workers_closed
+    from ..training.evaluate import evaluate
+
     dataset = held_out_split(runner, data, download)
-    loss = top1 = top5 = 0.0
-    n = skipped = 0
-    start = time.perf_counter()
-    for _, logits, targets, unread in _logits(runner, dataset, data, batch_size, workers):
-        skipped += unread
-        if not len(targets):
-            continue
-        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
-        loss += float(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"))
-        top1, top5, n = top1 + int(hits[:, 0].sum()), top5 + int(hits.any(dim=1).sum()), n + len(targets)
-    elapsed = time.perf_counter() - start
-    if not n:
+    model = _RunnerModule(runner, _class_count(dataset), data)
+    loader = create_loader(dataset, batch_size, training=False, workers=workers)
+    with workers_closed(loader):
+        res = evaluate(model, loader, torch.device("cpu"), progress=progress)
+    if not res["n"]:
         raise InputError(f"no readable images in the held-out split of {data!r}")
-    return dict(loss=loss / n, top1=100 * top1 / n, top5=100 * top5 / n, img_per_s=n / elapsed, n=n, skipped=skipped)
+    return res
 
 
 def top1_agreement(
@@ -99,14 +105,19 @@ def top1_agreement(
     """How often `other` names the same top-1 class as `reference` over the held-out split of `data` (a `--data`
     spec, e.g. "digits"), preprocessed as `predict` does, and the top-1 accuracy of each; `max_images`: a fixed
     random subset (seed 0) of that many."""
+    from ..data import create_loader
+
     dataset = held_out_split(reference, data)
     if max_images is not None and max_images < len(dataset):
         keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_images]
         dataset = torch.utils.data.Subset(dataset, sorted(keep.tolist()))
+    classes = _class_count(dataset)
     n = same = right_ref = right_other = 0
-    for images, a, targets, _ in _logits(reference, dataset, data, batch_size):
+    for images, targets, _ in create_loader(dataset, batch_size, training=False, workers=0):
         if not len(targets):
             continue
+        images = images.numpy()
+        a = _checked_logits(reference, images, classes, data)
         top_a, top_b, y = a.argmax(1).numpy(), other(images).argmax(1), targets.numpy()
         n, same = n + len(y), same + int((top_a == top_b).sum())
         right_ref, right_other = right_ref + int((top_a == y).sum()), right_other + int((top_b == y).sum())
