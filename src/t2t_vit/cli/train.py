@@ -134,7 +134,7 @@ def _continue_command(argv: List[str]) -> str:
     return shlex.join(["t2t-vit", *kept, "--resume", "auto"])
 
 
-def _eval_runtime(args: argparse.Namespace) -> None:
+def _eval_runtime(args: argparse.Namespace) -> dict:
     """eval of a classifier's ONNX export under onnxruntime or OpenVINO, on the CPU."""
     from ..deploy.predict import checkpoint_task
     from ..deploy.runtimes import load_runner
@@ -147,12 +147,8 @@ def _eval_runtime(args: argparse.Namespace) -> None:
             + (f": drop {', '.join(torch_only)}" if torch_only else ": this checkpoint holds a dense model")
         )
     runner = load_runner(args.checkpoint, args.model, args.runtime, args.threads, args.int8, not args.no_ema)
-    r = evaluate_runner(runner, args.data, args.batch_size, args.workers, args.download)
-    print(
-        f"{runner.meta['arch']} ({runner.name}) on {args.data} ({r['n']} images): top-1 {r['top1']:.2f}%  "
-        f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}  {r['img_per_s']:.0f} img/s"
-        + (f"  skipped {r['skipped']}" if r["skipped"] else "")
-    )
+    r = evaluate_runner(runner, args.data, args.batch_size, args.workers, args.download, not args.no_progress)
+    return {**r, "task": "classification", "model": f"{runner.meta['arch']} ({runner.name})"}
 
 
 def _checkpoint_stem(path: str) -> str:
@@ -167,22 +163,23 @@ def _eval(args: argparse.Namespace) -> None:
 
     default_runtime(args)
     if args.runtime != "torch":
-        return _eval_runtime(args)
-    if args.threads is not None or args.int8:
+        r = _eval_runtime(args)
+    elif args.threads is not None or args.int8:
         raise InputError("--threads and --int8 go with --runtime onnxruntime or openvino")
-    r = evaluate_checkpoint(
-        args.checkpoint,
-        args.data,
-        args.model,
-        args.batch_size,
-        args.workers,
-        not args.no_ema,
-        args.device,
-        args.download,
-        not args.no_progress,
-        args.precision,
-        args.task,
-    )
+    else:
+        r = evaluate_checkpoint(
+            args.checkpoint,
+            args.data,
+            args.model,
+            args.batch_size,
+            args.workers,
+            not args.no_ema,
+            args.device,
+            args.download,
+            not args.no_progress,
+            args.precision,
+            args.task,
+        )
     if r["task"] == "classification":
         scores = f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}"
     elif r["task"] == "segmentation":
