@@ -209,3 +209,18 @@ def test_split_folders_go_by_timms_names_and_test_holds_out(tmp_path, caplog):
     with caplog.at_level("INFO"):
         assert len(create_dataset(str(folder), "train")) == len(create_dataset(str(folder), "val")) == 2
     assert "the train split is training/" in caplog.text and "the val split is test/" in caplog.text
+
+
+def test_class_folders_alone_are_a_held_out_split_and_not_a_training_one(tmp_path, caplog):
+    """`eval --data imagenet/val` as timm's validate.py takes it; training still needs both splits, and a folder
+    named as a training split is not scored as held out."""
+    from .helpers import image_folder
+
+    val = image_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=1) / "val"
+    with caplog.at_level("INFO"):
+        held_out = create_dataset(str(val), "val")
+    assert held_out.classes == ["cat", "dog"] and len(held_out) == 2
+    assert "holds class folders and no split folders: they are the held-out split" in caplog.text
+    for folder, split in ((val, "train"), (val.parent / "train", "val"), (val / "cat", "val")):
+        with pytest.raises(InputError, match=f"has no {split}/ folder"):
+            create_dataset(str(folder), split)

@@ -327,17 +327,29 @@ def create_dataset(spec: str, split: str, download: bool = False, in_chans: int 
             f"cifar100:DIR, hfds/..., wds/...) nor an existing directory{hint}"
         )
     folder = _split_folder(root, split)
+    if folder is None and _held_out_only(root, split):
+        _logger.info("%s holds class folders and no split folders: they are the held-out split", spec)
+        folder = root
     if folder is None:
         up = root.parent
         holds = _split_folder(up, "train") is not None and _split_folder(up, "val") is not None
         hint = f": did you mean {str(up)!r}, which holds them?" if holds else ""
+        alone = " (a held-out split's class folders alone also do)" if split == "val" else ""
         raise InputError(
             f"data dir {spec!r} has no {split}/ folder ({'/, '.join(SPLIT_FOLDERS[split])}/): an ImageFolder root "
-            f"needs train/ and val/{hint}"
+            f"needs train/ and val/, each of one sub-folder of images per class{alone}{hint}"
         )
-    if folder.name != split:
+    if folder != root and folder.name != split:
         _logger.info("%s: the %s split is %s/", spec, split, folder.name)
     return ImageFiles(folder, mode)
+
+
+def _held_out_only(root: Path, split: str) -> bool:
+    """Whether `root` is itself a held-out split (class folders, as ImageNet's val/ after sorting), which `eval`
+    scores as timm's validate.py does: no split folders in it, and not named as a training split."""
+    if split != "val" or root.name in SPLIT_FOLDERS["train"] or _split_folder(root, "train") is not None:
+        return False
+    return any(p.is_dir() for p in root.iterdir())
 
 
 def _split_folder(root: Path, split: str) -> Optional[Path]:
