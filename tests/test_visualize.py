@@ -199,3 +199,24 @@ def test_bad_inputs_name_the_fix(image, models, tmp_path, capsys):
         with pytest.raises(SystemExit):
             _run(["visualize", "attention", str(image), "--model", "t2t_vit_7", flag, "0"])
         assert f"argument {flag}: 0 is not a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("heads", [1, 6])
+def test_a_release_name_stays_inside_the_figure(image, models, tmp_path, monkeypatch, heads):
+    """A release's label ("tag (file)") is wider than an attention column: every text is drawn inside the figure."""
+    t2t, _ = models
+    save, outside = visualize._save, []
+
+    def checked_save(fig, out):
+        fig.canvas.draw()
+        renderer, width = fig.canvas.get_renderer(), fig.bbox.width
+        for text in [*fig.texts, *(ax.title for ax in fig.axes)]:  # titles: the axes are off, without ticks
+            box = text.get_window_extent(renderer)
+            if box.x0 < -0.5 or box.x1 > width + 0.5:
+                outside.append(text.get_text())
+        return save(fig, out)
+
+    monkeypatch.setattr(visualize, "_save", checked_save)
+    label = "t2t_vit_t_14.in1k (81.7_T2T_ViTt_14.pth.tar)"
+    visualize.plot_attention(image, t2t, tmp_path / "a.png", blocks=[0, 1], heads=heads, label=label)
+    assert not outside, outside

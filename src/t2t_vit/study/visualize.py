@@ -245,12 +245,13 @@ def plot_attention(
     fig, axes = plt.subplots(len(chosen), shown + 2, figsize=(1.8 * (shown + 2), 1.9 * len(chosen)), squeeze=False)
     for row, b in zip(axes, chosen):
         _show(row[0], picture)
-        row[0].set_title(f"{name}\nblock {b}", fontsize=8)
+        row[0].set_title(f"block {b}", fontsize=8)
         for h in range(shown):
             overlay(row[1 + h], _class_token_map(attn[b][:, h], grid), f"head {h}")
         rollout = attention_rollout([attn[i] for i in with_attn if i <= b])
         overlay(row[-1], _class_token_map(rollout, grid), f"rollout 0..{b}")
         for ax in row:
             ax.axis("off")
+    fig.suptitle(name, fontsize=9)  # over the whole figure: a release's name is wider than a column
     fig.tight_layout()
     return _save(fig, out)
