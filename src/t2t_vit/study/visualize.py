@@ -54,7 +54,7 @@ def output_path(out: Path, force: bool = False, inputs: Sequence[Path] = ()) -> 
 def _save(fig: Any, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, bbox_inches="tight", pad_inches=0.05)  # tight_layout cuts titles over square images
     _pyplot().close(fig)
     return out
 
