@@ -16,7 +16,7 @@ from t2t_vit.study.visualize import (
     attention_weights,
     token_feature_maps,
 )
-from t2t_vit.training.metrics import METRICS_COLUMNS
+from t2t_vit.training.metrics import METRICS_COLUMNS, curves_figure, run_names
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_cli_takes_the_model_from_our_checkpoints(image, models, tmp_path, capsy
 
 def test_cli_curves_of_two_runs(tmp_path):
     for run, offset in (("a", 0.0), ("b", 0.5)):
-        (tmp_path / run).mkdir()
+        (tmp_path / run).mkdir(parents=True)
         with open(tmp_path / run / "metrics.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS)
             writer.writeheader()
@@ -175,6 +175,16 @@ def test_cli_curves_of_two_runs(tmp_path):
     out = tmp_path / "curves.png"
     _run(["visualize", "curves", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)])
     assert _pixel_variance(out) > 0
+    (tmp_path / "x").mkdir()
+    (tmp_path / "a").rename(tmp_path / "x" / "b")  # two runs named b: told apart by their folders
+    runs = [tmp_path / "x" / "b", tmp_path / "b", tmp_path / "b"]
+    assert run_names(runs) == ["x/b", f"{tmp_path.name}/b", f"{tmp_path.name}/b"]
+    fig = curves_figure(runs)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend[:2] == ["x/b train", "x/b held-out"] and legend[2] == f"{tmp_path.name}/b train"
+    for ax in fig.axes:  # epochs are whole numbers
+        assert all(float(tick).is_integer() for tick in ax.get_xticks())
+    fig.clear()
 
 
 def test_bad_inputs_name_the_fix(image, models, tmp_path, capsys):

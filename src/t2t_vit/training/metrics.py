@@ -119,18 +119,30 @@ def summary(row: Dict[str, Any], total_epochs: int) -> str:
 def plot_curves(run_dirs: Sequence[Path], out: Path) -> Path:
     """Loss (train and held-out) and the held-out headline (top-1, mAP or mIoU: the first measured) per epoch of one
     or more runs, side by side, as a PNG."""
+    fig = curves_figure(run_dirs)
+    import matplotlib.pyplot as plt  # curves_figure chose the backend
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def curves_figure(run_dirs: Sequence[Path]) -> Any:
+    """The matplotlib figure of `plot_curves`: each run named by as much of its path as tells it from the others."""
     import matplotlib  # only now, not when training starts
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4))
     shown = []
-    for run_dir in run_dirs:
+    for run_dir, name in zip(run_dirs, run_names(run_dirs)):
         m = RunDir(run_dir).read_metrics()
         if not m:
             continue
-        name = Path(run_dir).name
         label = (lambda what: f"{name} {what}") if len(run_dirs) > 1 else (lambda what: what)
         key = next((k for k in HEADLINE if any(v == v for v in m.get(f"val_{k}", []))), "top1")  # NaN != NaN
         shown.append(LABELS[key].split()[0])
@@ -143,14 +155,24 @@ def plot_curves(run_dirs: Sequence[Path], out: Path) -> Path:
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_score.set(xlabel="epoch", ylabel=f"{what} (%)", title=f"held-out {what}")
     for ax in (ax_loss, ax_score):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return fig
+
+
+def run_names(run_dirs: Sequence[Path]) -> List[str]:
+    """Each run directory's name, with as many parent folders as it takes to tell apart runs of one name (e.g.
+    reproduce's 2-epochs/t2t_s0 and 500-seconds/t2t_s0)."""
+    parts = [Path(d).resolve().parts for d in run_dirs]
+    names = []
+    for p in parts:
+        depth = 1
+        while depth < len(p) and sum(q[-depth:] == p[-depth:] for q in set(parts)) > 1:
+            depth += 1
+        names.append("/".join(p[-depth:]))
+    return names
 
 
 def _measured(m: Dict[str, List[float]], key: str) -> Tuple[List[float], List[float]]:
