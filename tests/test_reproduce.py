@@ -18,7 +18,11 @@ from t2t_vit.study.visualize import read_metrics
 from t2t_vit.training.run import train
 
 
-def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
+def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    drawn = []  # the report's figures, kept open to read their axes
+    monkeypatch.setattr(plt, "close", lambda fig=None: drawn.append(fig))
     kwargs = dict(
         data="digits",
         seeds=[0, 1],
@@ -61,6 +65,11 @@ def test_a_claim_runs_both_budgets_writes_its_files_and_resumes(tmp_path):
     assert "Not run yet: tokens, budget, mixer, overlap " in table  # the claims with no page of this protocol
     img = Image.open(out / "depth.png").convert("L")
     assert max(img.getextrema()) > min(img.getextrema())
+    (page,) = [fig for fig in drawn if fig is not None and fig.get_suptitle() == CLAIMS["depth"].question]
+    assert all(float(tick).is_integer() for tick in page.axes[0].get_xticks())  # the epoch axis: whole epochs
+    monkeypatch.undo()
+    for fig in drawn:
+        plt.close(fig)
     # the same command again reads the runs back
     checkpoints = sorted((tmp_path / "runs").rglob("last.pth.tar"))
     stamps = [p.stat().st_mtime_ns for p in checkpoints]

@@ -104,8 +104,10 @@ def _plot(summary: Dict[str, Any], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole numbers
     for ax, key, xlabel in ((axes[0], "epochs", "epoch"), (axes[1], "time", "training seconds")):
         for arm, s in summary["arms"].items():
             b = s["budgets"][key]

@@ -155,7 +155,7 @@ def curves_figure(run_dirs: Sequence[Path]) -> Any:
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_score.set(xlabel="epoch", ylabel=f"{what} (%)", title=f"held-out {what}")
     for ax in (ax_loss, ax_score):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
