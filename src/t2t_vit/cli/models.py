@@ -131,5 +131,6 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {out} (model.safetensors, config.json, README.md)")
     if args.push_to_hub:
         print(f"pushed it to the Hub as {args.push_to_hub}")
-    print(f"timm:         timm.create_model('{name}', pretrained=True)")
-    print(f"transformers: pipeline('image-classification', model='{args.push_to_hub or out}')  (import t2t_vit first)")
+    print("load it after `import t2t_vit` (which registers the architecture; without it: Unknown model):")
+    print(f"  timm:         timm.create_model('{name}', pretrained=True)")
+    print(f"  transformers: pipeline('image-classification', model='{args.push_to_hub or out}')")
