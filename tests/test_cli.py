@@ -116,6 +116,30 @@ def test_python_m_t2t_vit_runs_the_cli():
     assert done.returncode == 0 and "t2t_vit_14.in1k_ft_cifar10" in done.stdout, done.stderr[-2000:]
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_console_has_our_info_and_the_libraries_warnings(verbose):
+    # matplotlib's "generated new fontManager" came out as the first line of a fresh machine's `make demo`
+    code = """
+import logging, sys
+from t2t_vit.cli import main, models
+def chatter(args):
+    for name in ("t2t_vit.training.run", "matplotlib.font_manager", "httpx"):
+        for level in (logging.DEBUG, logging.INFO, logging.WARNING):
+            logging.getLogger(name).log(level, "%s %s", name, logging.getLevelName(level))
+models._models = chatter
+sys.exit(main(sys.argv[1:]))
+"""
+    argv = ["-v", "models"] if verbose else ["models"]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    said = {line.split(": ", 1)[1] for line in done.stderr.splitlines()}
+    ours = {"DEBUG", "INFO", "WARNING"} if verbose else {"INFO", "WARNING"}
+    theirs = {"INFO", "WARNING"} if verbose else {"WARNING"}
+    expected = {f"t2t_vit.training.run {level}" for level in ours}
+    expected |= {f"{name} {level}" for name in ("matplotlib.font_manager", "httpx") for level in theirs}
+    assert said == expected
+
+
 def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
     """Build the wheel, install it into a fresh venv (dependencies reached through the project's environment),
     and run `t2t-vit models` and a one-epoch digits training from a folder outside the repository."""

@@ -20,7 +20,9 @@ HF_NO_BARS = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2t-vit", description="Tokens-to-Token ViT: models, training and tools.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log ours at debug level and the libraries' at info"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (models, train, demo, deploy, study):
         group.register(sub)
@@ -50,9 +52,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, "no_progress", False) or not sys.stderr.isatty():  # ours show only on a terminal; so do theirs
         for flag in HF_NO_BARS:
             os.environ.setdefault(flag, "1")
+    # ours at INFO (-v: DEBUG); the libraries' INFO (matplotlib's font cache, the Hub client's requests) only with -v
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("t2t_vit").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         code = args.func(args, rest) if getattr(args, "takes_overrides", False) else args.func(args)
     except InputError as e:

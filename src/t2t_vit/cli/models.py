@@ -118,14 +118,9 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    import logging
-
     from ..hub import HUB_PREFIX, LOCAL_PREFIX
     from ..pretrained import convert
 
-    if not args.verbose:  # the Hub client's transport logs each request at INFO
-        for name in ("httpx", "httpx2"):
-            logging.getLogger(name).setLevel(logging.WARNING)
     out = convert(args.checkpoint, args.out, args.model, args.push_to_hub, args.force)
     name = f"{HUB_PREFIX}{args.push_to_hub}" if args.push_to_hub else f"{LOCAL_PREFIX}{out}"
     print(f"wrote {out} (model.safetensors, config.json, README.md)")
