@@ -437,15 +437,19 @@ def test_eval_every_skips_epochs_but_never_the_end_of_a_process_or_a_run(tmp_pat
     assert (Path(out["run_dir"]) / "curves.png").is_file()
 
 
-def test_a_time_budget_ends_the_run_mid_epoch_evaluated_and_finished(tmp_path):
+def test_a_time_budget_ends_the_run_mid_epoch_evaluated_and_finished(tmp_path, caplog):
     cfg = tiny_train_config(tmp_path, epochs=50, eval_every=100, time_budget=0.5)
     out = train(cfg, progress=False)
     m = RunDir(out["run_dir"]).read_metrics()
     assert len(m["epoch"]) < 50 and m["train_s"][-1] >= 0.5 and out["train_seconds"] == m["train_s"][-1]
     assert m["val_top1"][-1] == out["val_top1"]  # evaluated where the budget ended it, though not an eval_every epoch
     assert all(v != v for v in m["val_top1"][:-1])  # the epochs before it: not evaluated
-    again = train(cfg, resume="auto", progress=False)  # nothing left: the run is finished
+    with caplog.at_level("INFO", logger="t2t_vit.training.run"):
+        again = train(cfg, resume="auto", progress=False)  # nothing left: the run is finished
     assert len(RunDir(again["run_dir"]).read_metrics()["epoch"]) == len(m["epoch"])
+    # its result is still the run's (the CLI's headline had nothing to print)
+    assert again["val_top1"] == out["val_top1"] and again["epoch"] == out["epoch"] == len(m["epoch"])
+    assert f"nothing left to train: the run ended after epoch {out['epoch']}" in caplog.text
 
 
 @pytest.mark.parametrize("name", [n for n in config_names() if resolve_config(n)["model"]])  # fine-tuning: the

@@ -104,7 +104,18 @@ def _run(
             _stop(run, state, stopped, where)
         if stopped == "signal":
             return dict(row, run_dir=str(run_dir), stopped=signals.received, at=where)
+    if not row and stopped in ("done", "budget") and run.is_main:  # no epoch ended here: the run had ended before
+        row = _ended_row(run_dir)
     return dict(row, run_dir=str(run_dir), best=state.best, train_seconds=state.train_seconds)
+
+
+def _ended_row(run_dir: RunDir) -> Dict[str, Any]:
+    """The last row of metrics.csv, as numbers: the result of a run resumed with nothing left to train."""
+    rows = run_dir.metric_rows()
+    last = {key: float(value) for key, value in rows[-1].items() if value} if rows else {}
+    ended = f"after epoch {int(last['epoch'])}" if last else "before any epoch ended"
+    _logger.info("nothing left to train: the run ended %s", ended)
+    return last
 
 
 def _build(cfg: Dict[str, Any], rank: int, world: int, device: torch.device, run_dir: RunDir) -> Tuple[Run, TrainState]:
