@@ -9,7 +9,7 @@ from t2t_vit.cli import main
 from t2t_vit.training.evaluate import evaluate_checkpoint
 from t2t_vit.training.setup import check_config
 
-from .helpers import DIGIT_CLASSES, image_folder, one_line_error, tiny_train_config
+from .helpers import DIGIT_CLASSES, image_folder, official_state_dict, one_line_error, tiny_train_config
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -108,3 +108,36 @@ def test_training_on_one_class_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"the training split has one class \(cat\), and a classifier needs two"):
         train(tiny_train_config(tmp_path / "runs", data=str(folder), batch_size=2, workers=0), progress=False)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no run directory left
+
+
+IMAGENET_IDS = {"n01440764": 0, "n02102040": 217, "n03888257": 701}  # three of Imagenette's ten ImageNet classes
+
+
+def test_released_weights_score_an_imagenet_subset_by_imagenets_numbers(tmp_path, official_keys):
+    """Imagenette (ImageNet images in folders named by their ids, 10 of the 1000 classes): each folder is its
+    ImageNet class, where a 1000-class head and 3 folders was refused (and numbering them 0-2 would score garbage)."""
+    subset = image_folder(tmp_path / "imagenette", classes=tuple(IMAGENET_IDS), per_class=2)
+    weights = official_state_dict(official_keys, "t2t_vit_7")
+    weights["head.bias"][217] = 1e3  # every image is called n02102040: a third of them right
+    release = tmp_path / "t2t_vit_7.pth.tar"
+    torch.save({"state_dict_ema": weights}, release)
+    scores = evaluate_checkpoint(
+        str(release), str(subset), "t2t_vit_7", batch_size=8, workers=0, device="cpu", progress=False
+    )
+    assert scores["n"] == 6 and scores["top1"] == pytest.approx(100 / 3)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_eval_numbers_imagenet_ids_as_the_heads_rows_in_a_runtime_too(tmp_path, tiny_checkpoint, capsys, runtime):
+    if runtime != "torch":
+        pytest.importorskip(runtime, reason="needs pip install 't2t-vit[deploy]'")
+    subset = image_folder(tmp_path / "imagenette", classes=tuple(IMAGENET_IDS), per_class=2)
+    saved = torch.load(tiny_checkpoint, weights_only=True)
+    saved["meta"].update(class_names=None, model_kwargs={**saved["meta"]["model_kwargs"], "num_classes": 1000})
+    head = torch.nn.Linear(saved["model"]["head.weight"].shape[1], 1000)
+    saved["model"].update({"head.weight": head.weight.detach(), "head.bias": head.bias.detach()})
+    saved["model"]["head.bias"][701] = 1e3  # every image is called n03888257
+    torch.save(saved, tmp_path / "imagenet.pth.tar")
+    argv = ["eval", "--checkpoint", str(tmp_path / "imagenet.pth.tar"), "--data", str(subset), "--workers", "0"]
+    assert main([*argv, "--no-progress", "--runtime", runtime]) == 0
+    assert "(6 images): top-1 33.33%" in capsys.readouterr().out

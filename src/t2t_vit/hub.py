@@ -174,6 +174,14 @@ def class_names(num_classes: int, dataset: Optional[str] = None, stored: Optiona
     return [str(i) for i in range(num_classes)]
 
 
+def imagenet_ids() -> List[str]:
+    """ImageNet-1k's WordNet ids (n01440764, ...) in its class order: the names of its folders (and Imagenette's)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    return [info.index_to_label_name(i) for i in range(info.num_classes())]
+
+
 def one_line(error: BaseException, limit: int = 300) -> str:
     """An exception's message on one line, cut to `limit` characters."""
     text = " ".join(str(error).split()) or type(error).__name__

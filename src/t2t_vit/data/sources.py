@@ -381,6 +381,28 @@ def stratified_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
     return subset
 
 
+def imagenet_rows(
+    num_classes: Optional[int], stored: Optional[Sequence[str]], classes: Sequence[str], data: str
+) -> Optional[List[str]]:
+    """ImageNet-1k's WordNet ids, to number the data's labels by, where the head is ImageNet's (1000 classes, no
+    names stored or ImageNet's descriptions, as the authors' releases) and the data's class folders are such ids:
+    ImageNet's own layout, or a subset of it (Imagenette, a few classes of val/); None otherwise."""
+    from ..hub import class_names, imagenet_ids
+
+    if num_classes != 1000 or (stored is not None and [str(n) for n in stored] != class_names(1000)):
+        return None
+    ids = imagenet_ids()
+    if not classes or not set(map(str, classes)) <= set(ids):
+        return None
+    if len(classes) < len(ids):
+        _logger.info(
+            "--data %s: its %d class folders are ImageNet-1k ids, scored as those of the head's 1000 classes",
+            data,
+            len(classes),
+        )
+    return ids
+
+
 def align_classes(val_set: Dataset, classes: Sequence[str], data: str, against: str, warn: bool = True) -> None:
     """Number the held-out split's labels as `classes` (the training split's, or a checkpoint's). An ImageFolder
     numbers each split's class folders on its own, so a class missing from val/ would shift every label after it;

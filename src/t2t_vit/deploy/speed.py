@@ -42,14 +42,16 @@ def held_out_split(runner: Runner, data: str, download: bool = False) -> Any:
     """The held-out split of `data` (a `--data` spec) preprocessed as `predict` preprocesses for `runner`, its
     labels numbered as the model's classes where the model names them (`classes` holds them)."""
     from ..data.loader import create_transform
-    from ..data.sources import align_classes, create_dataset
+    from ..data.sources import align_classes, create_dataset, dataset_classes, imagenet_rows
 
     data_config = runner.meta["data_config"]
     dataset = create_dataset(data, "val", download=download, in_chans=data_config["input_size"][0])
     dataset.transform = create_transform({}, data_config, training=False)
     names = runner.meta.get("class_names")
-    if names:
-        align_classes(dataset, names, data, "the model")
+    head = runner.meta.get("model_kwargs", {}).get("num_classes")
+    imagenet = imagenet_rows(head, names, dataset_classes(dataset), data)
+    if imagenet or names:
+        align_classes(dataset, imagenet or names, data, "the model", warn=not imagenet)
     return dataset
 
 
