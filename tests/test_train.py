@@ -322,8 +322,10 @@ def test_missing_or_empty_data_dirs(tmp_path):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(InputError, match=r"no images found under .*one sub-folder of images per class"):
         create_dataset(str(tmp_path / "empty"), "train")
-    with pytest.raises(InputError, match=r"has no val/ folder"):
-        create_dataset(str(tmp_path / "empty"), "val")
+    with pytest.raises(InputError, match=r"has no val/ folder .* beside its training split: hold some images of each"):
+        create_dataset(str(tmp_path / "empty"), "val")  # not told that class folders alone would do: for eval only
+    with pytest.raises(InputError, match=r"has no val/ folder .*: an ImageFolder root .* class folders alone also do"):
+        create_dataset(str(tmp_path / "empty" / "train"), "val")  # class folders, though named as a training split
     with pytest.raises(InputError, match=r"data dir '/nowhere' for fashion-mnist does not exist"):
         create_dataset("fashion-mnist:/nowhere", "train")
     (tmp_path / "idx").mkdir()

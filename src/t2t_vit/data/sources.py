@@ -334,10 +334,16 @@ def create_dataset(spec: str, split: str, download: bool = False, in_chans: int 
         up = root.parent
         holds = _split_folder(up, "train") is not None and _split_folder(up, "val") is not None
         hint = f": did you mean {str(up)!r}, which holds them?" if holds else ""
+        where = f"data dir {spec!r} has no {split}/ folder ({'/, '.join(SPLIT_FOLDERS[split])}/)"
+        if split == "val" and _split_folder(root, "train") is not None:  # a training set with nothing held out
+            raise InputError(
+                f"{where} beside its training split: hold some images of each class out in val/<class>/ (a tenth, "
+                "say), scored after each epoch and never trained on"
+            )
         alone = " (a held-out split's class folders alone also do)" if split == "val" else ""
         raise InputError(
-            f"data dir {spec!r} has no {split}/ folder ({'/, '.join(SPLIT_FOLDERS[split])}/): an ImageFolder root "
-            f"needs train/ and val/, each of one sub-folder of images per class{alone}{hint}"
+            f"{where}: an ImageFolder root needs train/ and val/, each of one sub-folder of images per "
+            f"class{alone}{hint}"
         )
     if folder != root and folder.name != split:
         _logger.info("%s: the %s split is %s/", spec, split, folder.name)
