@@ -6,6 +6,7 @@ import torch
 
 from t2t_vit import InputError
 from t2t_vit.cli import main
+from t2t_vit.hub import class_names, imagenet_ids
 from t2t_vit.training.evaluate import evaluate_checkpoint
 from t2t_vit.training.setup import check_config
 
@@ -127,17 +128,36 @@ def test_released_weights_score_an_imagenet_subset_by_imagenets_numbers(tmp_path
     assert scores["n"] == 6 and scores["top1"] == pytest.approx(100 / 3)
 
 
+def _imagenet_checkpoint(tiny_checkpoint, path, names, called):
+    """The tiny model with a 1000-class head that calls every image ImageNet class `called`, storing `names`."""
+    saved = torch.load(tiny_checkpoint, weights_only=True)
+    saved["meta"].update(class_names=names, model_kwargs={**saved["meta"]["model_kwargs"], "num_classes": 1000})
+    head = torch.nn.Linear(saved["model"]["head.weight"].shape[1], 1000)
+    saved["model"].update({"head.weight": head.weight.detach(), "head.bias": head.bias.detach()})
+    saved["model"]["head.bias"][called] = 1e3
+    torch.save(saved, path)
+    return path
+
+
+@pytest.mark.parametrize("stored", [None, "descriptions"])  # an authors' file; a release by name, or converted
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
-def test_eval_numbers_imagenet_ids_as_the_heads_rows_in_a_runtime_too(tmp_path, tiny_checkpoint, capsys, runtime):
+def test_eval_numbers_imagenet_ids_as_the_heads_rows_in_a_runtime_too(
+    tmp_path, tiny_checkpoint, capsys, runtime, stored
+):
     if runtime != "torch":
         pytest.importorskip(runtime, reason="needs pip install 't2t-vit[deploy]'")
     subset = image_folder(tmp_path / "imagenette", classes=tuple(IMAGENET_IDS), per_class=2)
-    saved = torch.load(tiny_checkpoint, weights_only=True)
-    saved["meta"].update(class_names=None, model_kwargs={**saved["meta"]["model_kwargs"], "num_classes": 1000})
-    head = torch.nn.Linear(saved["model"]["head.weight"].shape[1], 1000)
-    saved["model"].update({"head.weight": head.weight.detach(), "head.bias": head.bias.detach()})
-    saved["model"]["head.bias"][701] = 1e3  # every image is called n03888257
-    torch.save(saved, tmp_path / "imagenet.pth.tar")
-    argv = ["eval", "--checkpoint", str(tmp_path / "imagenet.pth.tar"), "--data", str(subset), "--workers", "0"]
-    assert main([*argv, "--no-progress", "--runtime", runtime]) == 0
+    names = class_names(1000) if stored else None
+    checkpoint = _imagenet_checkpoint(tiny_checkpoint, tmp_path / "imagenet.pth.tar", names, called=701)
+    argv = ["eval", "--checkpoint", str(checkpoint), "--data", str(subset), "--workers", "0", "--no-progress"]
+    assert main([*argv, "--runtime", runtime]) == 0
     assert "(6 images): top-1 33.33%" in capsys.readouterr().out
+
+
+def test_a_head_named_by_imagenets_descriptions_scores_imagenets_folders(tmp_path, tiny_checkpoint):
+    """All 1000 folders, and the names a release by its file name or a converted one carries: they were refused as
+    other classes than the checkpoint's."""
+    imagenet = image_folder(tmp_path / "imagenet", classes=tuple(imagenet_ids()), per_class=1)
+    checkpoint = _imagenet_checkpoint(tiny_checkpoint, tmp_path / "in1k.pth.tar", class_names(1000), called=217)
+    scores = _eval(checkpoint, imagenet)
+    assert scores["n"] == 1000 and scores["top1"] == pytest.approx(0.1)

@@ -201,13 +201,12 @@ def evaluate_checkpoint(
     data_config = meta["data_config"]
     val_set = data_lib.create_dataset(data, "val", download, data_config["input_size"][0])
     classes = data_lib.dataset_classes(val_set)
-    names = meta_names(saved)
     num_classes = getattr(model.get_classifier(), "out_features", 0)
-    imagenet = data_lib.imagenet_rows(num_classes, names, classes, str(data))
-    if (imagenet or names) and hasattr(val_set, "samples") and set(map(str, classes)) < set(imagenet or names):
-        against = f"the checkpoint {str(checkpoint)!r}"  # val/ lacks some classes
-        data_lib.align_classes(val_set, imagenet or names, str(data), against, warn=not imagenet)
-        classes = names = imagenet or names
+    imagenet = data_lib.imagenet_rows(num_classes, meta_names(saved), classes, str(data))
+    names = imagenet or meta_names(saved)
+    if names and hasattr(val_set, "samples") and set(map(str, classes)) < set(names):  # val/ lacks some classes
+        data_lib.align_classes(val_set, names, str(data), f"the checkpoint {str(checkpoint)!r}", warn=not imagenet)
+        classes = names
     if num_classes != len(classes):
         raise InputError(
             f"the checkpoint's head has {num_classes} classes but {data} has {len(classes)}: evaluate on the "
