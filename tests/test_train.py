@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from t2t_vit import InputError, create_model
 from t2t_vit.config import config_names, parse_overrides, resolve_config
@@ -320,8 +321,13 @@ def test_missing_or_empty_data_dirs(tmp_path):
     with pytest.raises(InputError, match=r"neither a known dataset.*nor an existing directory"):
         create_dataset(str(tmp_path / "nowhere"), "train")
     (tmp_path / "empty" / "train").mkdir(parents=True)
-    with pytest.raises(InputError, match=r"no images found under .*one sub-folder of images per class"):
+    with pytest.raises(InputError, match=r"no images found under .*one sub-folder of images per class'?\)?$"):
         create_dataset(str(tmp_path / "empty"), "train")
+    (tmp_path / "flat" / "val").mkdir(parents=True)  # ImageNet's val/ as it ships: 50,000 files, no class folders
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "val" / f"ILSVRC2012_val_{i:08d}.JPEG")
+    with pytest.raises(InputError, match=r"per class; its 3 images lie loose in it \(ImageNet's val/ ships so"):
+        create_dataset(str(tmp_path / "flat"), "val")
     with pytest.raises(InputError, match=r"has no val/ folder .* beside its training split: hold some images of each"):
         create_dataset(str(tmp_path / "empty"), "val")  # not told that class folders alone would do: for eval only
     with pytest.raises(InputError, match=r"has no val/ folder .*: an ImageFolder root .* class folders alone also do"):

@@ -73,7 +73,7 @@ class ImageFiles(Dataset):
     unreadable or corrupt image is logged and yields None (training substitutes another, evaluation skips it)."""
 
     def __init__(self, root: Path, mode: str = "RGB") -> None:
-        from torchvision.datasets import ImageFolder
+        from torchvision.datasets.folder import IMG_EXTENSIONS, ImageFolder
 
         try:
             folder = ImageFolder(str(root), loader=lambda p: p)  # paths only: images open in __getitem__
@@ -84,8 +84,15 @@ class ImageFiles(Dataset):
                     f"cannot read {str(denied.filename)!r} ({denied.strerror}): give read access to the class "
                     f"folders under {str(root)!r}, e.g. chmod -R a+rX {str(root)!r}"
                 ) from None
+            flat = sum(1 for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+            loose = (
+                f"; its {flat} images lie loose in it (ImageNet's val/ ships so: sort it into class folders, as "
+                "torchvision.datasets.ImageNet does from the devkit)"
+                if flat
+                else ""
+            )
             raise InputError(
-                f"no images found under {str(root)!r} ({e}): it must hold one sub-folder of images per class"
+                f"no images found under {str(root)!r} ({e}): it must hold one sub-folder of images per class{loose}"
             ) from None
         self.samples, self.classes, self.mode = folder.samples, folder.classes, mode
         self.transform: Optional[Callable] = None
