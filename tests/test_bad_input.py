@@ -224,3 +224,20 @@ def test_class_folders_alone_are_a_held_out_split_and_not_a_training_one(tmp_pat
     for folder, split in ((val, "train"), (val.parent / "train", "val"), (val / "cat", "val")):
         with pytest.raises(InputError, match=f"has no {split}/ folder"):
             create_dataset(str(folder), split)
+
+
+def test_a_class_folder_without_images_is_a_class_with_none_and_said(tmp_path, caplog):
+    """A held-out (or training) class folder left empty: its split is read, the class kept in its place, where
+    torchvision's ImageFolder refuses the whole split ("no images found")."""
+    from .helpers import image_folder
+
+    folder = image_folder(tmp_path / "pets", classes=("cat", "dog", "owl"), per_class=1)
+    (folder / "val" / "dog" / "0.png").unlink()
+    with caplog.at_level("WARNING"):
+        held_out = create_dataset(str(folder), "val")
+    assert held_out.classes == ["cat", "dog", "owl"] and [label for _, label in held_out.samples] == [0, 2]
+    assert "1 class folder(s) hold no images (dog)" in caplog.text
+    for png in folder.glob("val/*/*.png"):
+        png.unlink()
+    with pytest.raises(InputError, match=r"no images found under .*val' \(its class folders hold no .*\.png"):
+        create_dataset(str(folder), "val")

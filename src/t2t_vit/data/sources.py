@@ -76,7 +76,7 @@ class ImageFiles(Dataset):
         from torchvision.datasets.folder import IMG_EXTENSIONS, ImageFolder
 
         try:
-            folder = ImageFolder(str(root), loader=lambda p: p)  # paths only: images open in __getitem__
+            folder = ImageFolder(str(root), loader=lambda p: p, allow_empty=True)  # paths; images open in __getitem__
         except (FileNotFoundError, OSError) as e:
             denied = _unreadable_folder(root)
             if denied is not None:
@@ -94,6 +94,15 @@ class ImageFiles(Dataset):
             raise InputError(
                 f"no images found under {str(root)!r} ({e}): it must hold one sub-folder of images per class{loose}"
             ) from None
+        if not folder.samples:
+            raise InputError(
+                f"no images found under {str(root)!r} (its class folders hold no {'/'.join(IMG_EXTENSIONS)} file): "
+                "it must hold one sub-folder of images per class"
+            )
+        empty = sorted(set(folder.classes) - {folder.classes[label] for _, label in folder.samples})
+        if empty:  # still classes (a split's classes are its folders), with nothing to learn or score
+            shown = ", ".join(empty[:4]) + (" ..." if len(empty) > 4 else "")
+            _logger.warning("%s: %d class folder(s) hold no images (%s)", root, len(empty), shown)
         self.samples, self.classes, self.mode = folder.samples, folder.classes, mode
         self.transform: Optional[Callable] = None
 
