@@ -3,6 +3,7 @@ error or a hang, which the timeouts turn into a failure)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from PIL import Image
 
 from t2t_vit.training.process import rng_state, set_rng_state
 
-from .helpers import ROOT, free_port, metrics_rows, subprocess_env, tiny_train_config
+from .helpers import DIGIT_CLASSES, ROOT, free_port, image_folder, metrics_rows, subprocess_env, tiny_train_config
 
 
 def _train_on_two_ranks(cfg: dict, out: Path) -> list:
@@ -114,3 +115,20 @@ def test_ranks_on_a_time_budget_take_the_same_lr_and_end_together(tmp_path):
     assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert 1 < len(rows) < 1001 and rows[-1].split(",")[4]  # ended by the budget, evaluated there
+
+
+def test_eval_under_torchrun_scores_each_image_once_and_says_it_once(tmp_path, tiny_checkpoint):
+    data = image_folder(tmp_path / "data", classes=DIGIT_CLASSES, per_class=1)
+    (data / "val" / "9" / "0.png").unlink()  # 9 images: the ranks' shares are 5 and 4
+    argv = ["-m", "t2t_vit", "eval", "--checkpoint", str(tiny_checkpoint), "--data", str(data), "--workers", "0"]
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = [
+        subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+        for cmd in ([*run, *argv], [sys.executable, *argv])
+    ]
+    assert all(d.returncode == 0 for d in done), done[0].stderr[-3000:] + done[1].stderr[-3000:]
+    said = [re.findall(r"\((\d+) images\): top-1 (\S+)%  top-5 (\S+)%  loss (\S+)", d.stdout) for d in done]
+    assert len(said[0]) == 1 and len(said[1]) == 1, done[0].stdout  # rank 0 prints the totals; rank 1 nothing
+    (two, one) = said[0][0], said[1][0]
+    assert two[:3] == one[:3] == ("9", one[1], one[2])  # the same images counted once: the same hits
+    assert abs(float(two[3]) - float(one[3])) <= 1e-4  # the loss, as printed (4 decimals), summed in another order

@@ -180,6 +180,8 @@ def _eval(args: argparse.Namespace) -> None:
             args.precision,
             args.task,
         )
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: the totals are every rank's; rank 0 says them
+        return
     if r["task"] == "classification":
         scores = f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}"
     elif r["task"] == "segmentation":

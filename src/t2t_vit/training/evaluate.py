@@ -12,10 +12,10 @@ from tqdm import tqdm
 from .. import data as data_lib
 from ..checkpoint import extract_state_dict, read_checkpoint
 from ..data.device_batches import DeviceBatches
-from ..device import autocast, autocast_dtype, pick_device
+from ..device import autocast, autocast_dtype
 from ..errors import InputError
 from ..factory import load_model
-from .process import all_reduce, gather, world_size
+from .process import all_reduce, gather, setup_distributed, world_size
 from .setup import class_order, meta_names
 from .tasks import dense_collate, dense_dataset, dense_model
 
@@ -170,8 +170,10 @@ def evaluate_checkpoint(
     """Top-1, top-5, loss and img/s of a checkpoint (ours, or the authors' with `model_name`) on a dataset's
     held-out split, with the checkpoint's preprocessing (the release's: crop 0.9, bicubic, ImageNet mean/std), under
     `precision`'s autocast ("auto": as training evaluates, bf16 on CUDA, fp32 on the CPU). A dense checkpoint of
-    ours gives what `evaluate_dense` measures; its task is the one it records (`task`, when given, must be it)."""
-    dev = pick_device(device)
+    ours gives what `evaluate_dense` measures; its task is the one it records (`task`, when given, must be it).
+    Under torchrun each process scores its share of the images and every one returns the totals."""
+    rank, world, dev = setup_distributed(device)
+    progress = progress and rank == 0
     amp_dtype = autocast_dtype(precision, dev)
     if str(checkpoint).lower().endswith(".onnx"):
         raise InputError(
@@ -190,7 +192,14 @@ def evaluate_checkpoint(
                 f"{len(val_set.classes)}: evaluate on the data it was trained on"
             )
         loader = data_lib.create_loader(
-            val_set, batch_size, False, workers, pin_memory=dev.type == "cuda", collate_fn=dense_collate(saved_task)
+            val_set,
+            batch_size,
+            False,
+            workers,
+            world,
+            rank,
+            pin_memory=dev.type == "cuda",
+            collate_fn=dense_collate(saved_task),
         )
         with data_lib.workers_closed(loader):
             scores = evaluate_dense(
@@ -217,7 +226,9 @@ def evaluate_checkpoint(
         model = _Reordered(model, order)
     val_set.transform = data_lib.create_transform({}, data_config, training=False, uint8=True)
     loader = DeviceBatches(
-        data_lib.create_loader(val_set, batch_size, False, workers, pin_memory=dev.type == "cuda"), dev, data_config
+        data_lib.create_loader(val_set, batch_size, False, workers, world, rank, pin_memory=dev.type == "cuda"),
+        dev,
+        data_config,
     )
     with data_lib.workers_closed(loader):
         scores = evaluate(model.to(dev), loader, dev, amp_dtype, progress=progress)
