@@ -78,12 +78,7 @@ class ImageFiles(Dataset):
         try:
             folder = ImageFolder(str(root), loader=lambda p: p, allow_empty=True)  # paths; images open in __getitem__
         except (FileNotFoundError, OSError) as e:
-            denied = _unreadable_folder(root)
-            if denied is not None:
-                raise InputError(
-                    f"cannot read {str(denied.filename)!r} ({denied.strerror}): give read access to the class "
-                    f"folders under {str(root)!r}, e.g. chmod -R a+rX {str(root)!r}"
-                ) from None
+            _refuse_unreadable(root)
             flat = sum(1 for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
             loose = (
                 f"; its {flat} images lie loose in it (ImageNet's val/ ships so: sort it into class folders, as "
@@ -94,12 +89,14 @@ class ImageFiles(Dataset):
             raise InputError(
                 f"no images found under {str(root)!r} ({e}): it must hold one sub-folder of images per class{loose}"
             ) from None
+        empty = sorted(set(folder.classes) - {folder.classes[label] for _, label in folder.samples})
+        if empty:  # ImageFolder's walk passes over a folder it cannot list: one of these, maybe
+            _refuse_unreadable(root)
         if not folder.samples:
             raise InputError(
                 f"no images found under {str(root)!r} (its class folders hold no {'/'.join(IMG_EXTENSIONS)} file): "
                 "it must hold one sub-folder of images per class"
             )
-        empty = sorted(set(folder.classes) - {folder.classes[label] for _, label in folder.samples})
         if empty:  # still classes (a split's classes are its folders), with nothing to learn or score
             shown = ", ".join(empty[:4]) + (" ..." if len(empty) > 4 else "")
             _logger.warning("%s: %d class folder(s) hold no images (%s)", root, len(empty), shown)
@@ -121,13 +118,16 @@ class ImageFiles(Dataset):
         return (self.transform(img) if self.transform else img), label, int(scaled)
 
 
-def _unreadable_folder(root: Path) -> Optional[OSError]:
-    """The first error listing `root` or a folder under it (ImageFolder's walk passes over such folders silently)."""
+def _refuse_unreadable(root: Path) -> None:
+    """InputError naming the first folder under `root` (or `root`) that cannot be listed, if one cannot."""
     errors: List[OSError] = []
     for _ in os.walk(root, onerror=errors.append, followlinks=True):
         if errors:
-            break
-    return errors[0] if errors else None
+            denied = errors[0]
+            raise InputError(
+                f"cannot read {str(denied.filename)!r} ({denied.strerror}): give read access to the class "
+                f"folders under {str(root)!r}, e.g. chmod -R a+rX {str(root)!r}"
+            )
 
 
 # Pillow modes with more than 8 bits per sample, and the full-scale value of each (convert("RGB") clips them).
