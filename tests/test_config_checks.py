@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from t2t_vit import InputError
 from t2t_vit.cli import main
@@ -63,9 +64,18 @@ def test_unknown_model_keyword_lists_the_ones_it_takes(tmp_path, capsys):
         "model_kwargs bogus_arg, embed_dimm (did you mean embed_dim?): not a keyword of t2t_vit_7",
         "soft_splits",
         "token_dim",
+        "drop them with --model-kwargs '{bogus_arg: null, embed_dimm: null}'",
         "model_kwargs.bogus_arg, model_kwargs.embed_dimm from the command line",
     )
     assert not (tmp_path / "runs").exists(), line  # refused before the run directory
+
+
+def test_another_model_than_the_configs_is_told_how_to_drop_its_keywords(tmp_path, capsys):
+    """The digits config's T2T sizes under --model timm:resnet18: the fix it names resolves to a run resnet18 takes."""
+    line = _refused(tmp_path, capsys, _train(tmp_path, "--model", "timm:resnet18"), "not a keyword of timm:resnet18")
+    fix = yaml.safe_load(line.split("drop them with --model-kwargs '")[1].split("'")[0])
+    assert set(fix) == set(resolve_config("digits")["model_kwargs"]) and set(fix.values()) == {None}
+    assert resolve_config("digits", {"model": "timm:resnet18", "model_kwargs": fix})["model_kwargs"] == {}
 
 
 def test_model_keyword_that_a_config_key_sets_names_the_key(tmp_path, capsys):

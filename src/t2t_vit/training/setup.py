@@ -135,8 +135,10 @@ def _check_model_kwargs(cfg: Dict[str, Any]) -> None:
             return f"{keyword} (did you mean {close[0]}?)" if close else str(keyword)
 
         own = ", ".join(k for k in accepted if k not in SET_BY_KEYS)
+        drop = ", ".join(f"{k}: null" for k in unknown)
         raise ConfigError(
-            f"model_kwargs {', '.join(map(hinted, unknown))}: not a keyword of {cfg['model']}, which takes {own}",
+            f"model_kwargs {', '.join(map(hinted, unknown))}: not a keyword of {cfg['model']}, which takes {own}; "
+            f"drop them with --model-kwargs '{{{drop}}}'",
             ["model", *(f"model_kwargs.{k}" for k in unknown)],
         )
 
