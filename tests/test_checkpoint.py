@@ -216,7 +216,13 @@ def _cut_in_half(path: Path) -> bytes:
     return path.read_bytes()[: path.stat().st_size // 2]
 
 
+def _torchscript(path: Path) -> bytes:
+    torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), str(path))  # export's kind of file
+    return path.read_bytes()
+
+
 NOT_CHECKPOINTS = {  # file name -> (writes its bytes, None: no such file; what the error says of it)
+    "exported.pt": (_torchscript, r"is a TorchScript archive .*which holds code and is not read here"),
     "notes.txt": (lambda path: b"these are not weights\n", r"is not a PyTorch checkpoint \(it starts with b'these"),
     "noise.pth": (lambda path: bytes(range(7, 64)), r"is not a PyTorch checkpoint \(it starts with b'\\x07"),
     "empty.pth": (lambda path: b"", r"is not a PyTorch checkpoint \(it is empty\)"),

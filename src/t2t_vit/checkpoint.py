@@ -18,6 +18,7 @@ import os
 import pickle
 import shutil
 import types
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Union
 
@@ -50,7 +51,7 @@ def read_checkpoint(path: PathLike) -> Any:
         raise missing_file("checkpoint", path)
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    _check_torch_file(path)
+    check_torch_file(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -76,7 +77,7 @@ def _gist(error: Exception) -> str:
     return text.split(". ")[0].removesuffix(".")
 
 
-def _check_torch_file(path: Path) -> None:
+def check_torch_file(path: Path) -> None:
     """InputError unless the file starts as `torch.save` files do: a zip archive (torch >= 1.6), a pickle (the
     legacy format) or a tar archive (the oldest one). Anything else (text, an image, random bytes) is named as such
     rather than as an unsafe pickle."""
@@ -85,6 +86,12 @@ def _check_torch_file(path: Path) -> None:
             head = f.read(262)
     except OSError as e:
         raise InputError(f"checkpoint {str(path)!r} could not be read ({e.strerror or e})") from None
+    if head.startswith(b"PK\x03\x04") and _is_torchscript(path):
+        raise InputError(
+            f"checkpoint {str(path)!r} is a TorchScript archive (`export --format torchscript` writes one), which "
+            "holds code and is not read here: give the checkpoint it was exported from, or its ONNX export with "
+            "--runtime onnxruntime (torch.jit.load runs it, for a file you trust)"
+        )
     if head.startswith((b"PK\x03\x04", b"\x80")) or head[257:262] == b"ustar":
         return
     what = "is empty" if not head else f"starts with {head[:16]!r}"
@@ -93,6 +100,15 @@ def _check_torch_file(path: Path) -> None:
         f"checkpoint {str(path)!r} is not a PyTorch checkpoint (it {what}{hint}): give a file torch.save wrote "
         "(.pth, .pth.tar, .pt) or a .safetensors file"
     )
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether a zip archive is TorchScript's (code/ and constants.pkl beside the data, as torch.jit.save writes)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/")[-1] == "constants.pkl" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False  # torch.load names what is wrong with it
 
 
 def _read_safetensors(path: Path) -> Dict[str, Any]:

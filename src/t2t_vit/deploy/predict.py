@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from PIL import Image
 
-from ..checkpoint import SAFE_GLOBALS, read_checkpoint
+from ..checkpoint import SAFE_GLOBALS, check_torch_file, read_checkpoint
 from ..device import autocast_dtype, pick_device
 from ..errors import InputError
 from ..factory import load_model
@@ -47,6 +47,8 @@ def checkpoint_task(checkpoint: str, task: Optional[str] = None) -> str:
     is another. An ONNX export holds a classifier."""
     if str(checkpoint).lower().endswith(".onnx"):
         return checked_task(checkpoint, None, task)
+    if Path(checkpoint).is_file() and not str(checkpoint).endswith(".safetensors"):
+        check_torch_file(Path(checkpoint))  # e.g. a TorchScript archive, named before torch.load warns of it
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             saved = torch.load(Path(checkpoint), map_location="cpu", weights_only=True, mmap=True)
