@@ -223,6 +223,10 @@ def _torchscript(path: Path) -> bytes:
 
 NOT_CHECKPOINTS = {  # file name -> (writes its bytes, None: no such file; what the error says of it)
     "exported.pt": (_torchscript, r"is a TorchScript archive .*which holds code and is not read here"),
+    "exported.onnx": (
+        lambda path: b"\x08\x08\x12\x07pytorch",
+        r"ONNX export, which PyTorch cannot|metadata \(class names",
+    ),
     "notes.txt": (lambda path: b"these are not weights\n", r"is not a PyTorch checkpoint \(it starts with b'these"),
     "noise.pth": (lambda path: bytes(range(7, 64)), r"is not a PyTorch checkpoint \(it starts with b'\\x07"),
     "empty.pth": (lambda path: b"", r"is not a PyTorch checkpoint \(it is empty\)"),

@@ -86,6 +86,11 @@ def check_torch_file(path: Path) -> None:
             head = f.read(262)
     except OSError as e:
         raise InputError(f"checkpoint {str(path)!r} could not be read ({e.strerror or e})") from None
+    if path.suffix.lower() == ".onnx":
+        raise InputError(
+            f"checkpoint {str(path)!r} is an ONNX export, which PyTorch cannot load: give the checkpoint it was "
+            "exported from (predict, eval and benchmark run an .onnx file in onnxruntime)"
+        )
     if head.startswith(b"PK\x03\x04") and _is_torchscript(path):
         raise InputError(
             f"checkpoint {str(path)!r} is a TorchScript archive (`export --format torchscript` writes one), which "
