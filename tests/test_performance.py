@@ -98,6 +98,20 @@ def _run_cli(argv, capsys):
     return capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16_224"])  # a CNN: any size; a ViT: told its size
+def test_benchmark_times_a_timm_baseline_at_the_size_asked(capsys, monkeypatch, name):
+    """`--model timm:NAME` as `train` takes it; its cost raised timm's "Unknown model source 'timm'"."""
+    monkeypatch.setattr(benchmark, "matmul_peak_gflops", lambda *args, **kwargs: 100.0)
+    argv = ["--model", f"timm:{name}", "--batch-size", "1", "--warmup", "0", "--repeats", "1", "--no-memory"]
+    small, large = (json.loads(_run_cli([*argv, "--img-size", size, "--json"], capsys)) for size in ("32", "64"))
+    with torch.device("meta"):
+        sized = timm.create_model(name, **({"img_size": 32} if name.startswith("vit") else {}))  # its positions
+        params = sum(t.numel() for t in sized.state_dict().values())
+    assert small["params"] == params and small["results"]["sdpa"]["img_per_s"] > 0
+    expected = 4 if name == "resnet18" else (1 + 16) / (1 + 4)  # convolutions: the area; ViT: 4 + 1 -> 16 + 1 tokens
+    assert large["gmacs_per_image"] / small["gmacs_per_image"] == pytest.approx(expected, rel=0.25)
+
+
 def test_benchmark_command_compares_with_eager(capsys, monkeypatch):
     monkeypatch.setattr(benchmark, "matmul_peak_gflops", lambda *args, **kwargs: 100.0)  # the 4096^3 one takes seconds
     out = _run_cli(

@@ -76,10 +76,11 @@ class BenchConfig:
 
 
 def _create(name: str, attn_impl: str, img_size: int, model_kwargs: Optional[Dict[str, Any]] = None) -> torch.nn.Module:
-    from ..factory import create_model
+    from ..factory import constructor_keywords, create_model
 
-    if name.startswith("timm:"):  # a timm baseline: no attention switch, any input size
-        return create_model(name, **(model_kwargs or {}))
+    if name.startswith("timm:"):  # a timm baseline: no attention switch; the input size where it takes one
+        sized = "img_size" in (constructor_keywords(name) or [])
+        return create_model(name, **({"img_size": img_size} if sized else {}), **(model_kwargs or {}))
     return create_model(name, attn_impl=attn_impl, img_size=img_size, **(model_kwargs or {}))
 
 
