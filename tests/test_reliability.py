@@ -63,6 +63,8 @@ def test_config_values_parse_as_users_write_them():
     )
     cfg = resolve_config("digits", parse_overrides(["--lr", "2e-3", "--epochs", "1e3", "--workers", "1_0"]))
     assert (cfg["lr"], cfg["epochs"], cfg["workers"]) == (2e-3, 1000, 10) and isinstance(cfg["epochs"], int)
+    for short, name in (("fp16", "float16"), ("bf16", "bfloat16")):  # as `eval --precision` takes them
+        assert resolve_config("digits", parse_overrides(["--amp-dtype", short]))["amp_dtype"] == name
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,10 @@ HISTORY_KEY = "resumes"  # where a run directory's saved config records what eac
 _RANGE = re.compile(r"^(int|number)(?: (>=|>) (\S+)| in ([\[(])(\S+), (\S+)([\])]))?$")
 
 
+# Short names of choices, taken for them: the precisions as `eval --precision` and `predict --precision` write them.
+SHORT_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
 def check_value(key: str, value: Any, source: str = "") -> Any:
     """`value` as config key `key`'s rule allows it (an int key takes 1e3 as 1000), else an InputError naming the
     key, the value, where it came from and what is allowed."""
@@ -75,6 +79,8 @@ def _check_rule(rule: str, key: str, value: Any, source: str, optional: bool) ->
         return value
     if rule.startswith("one of "):
         choices = rule.removeprefix("one of ").split("|")
+        if isinstance(value, str) and SHORT_NAMES.get(value) in choices:  # bf16, as eval's --precision says it
+            return SHORT_NAMES[value]
         if value in choices:
             return value
         raise fail("one of " + ", ".join(choices))
