@@ -83,6 +83,7 @@ def _checkpoint_bytes() -> bytes:
 
 
 WHOLE = _checkpoint_bytes()
+_CD = WHOLE.index(b"PK\x01\x02")  # the zip's central directory: its first entry's header
 
 
 @FAST
@@ -98,6 +99,8 @@ WHOLE = _checkpoint_bytes()
     ),
     st.sampled_from([".pth.tar", ".safetensors"]),
 )
+@example(WHOLE[: _CD + 46] + b"\x80" + WHOLE[_CD + 47 :], ".pth.tar")  # a file name not UTF-8: UnicodeDecodeError
+@example(WHOLE[: _CD + 6] + b"\x40\x00" + WHOLE[_CD + 8 :], ".pth.tar")  # "zip file version 6.4": NotImplementedError
 def test_any_checkpoint_bytes_read_or_are_one_input_error(tmp_path_factory, data, suffix):
     path = Path(tmp_path_factory.mktemp("ck")) / f"last{suffix}"
     path.write_bytes(data)

@@ -112,7 +112,7 @@ def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.split("/")[-1] == "constants.pkl" for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
+    except Exception:  # a damaged directory raises what its bytes lead to (BadZipFile, UnicodeDecodeError, ...)
         return False  # torch.load names what is wrong with it
 
 
