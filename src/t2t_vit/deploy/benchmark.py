@@ -20,12 +20,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from ..errors import InputError
-from ..models.cost import model_cost
+from ..models.cost import forward_cost, model_cost
 
 _logger = logging.getLogger(__name__)
 
@@ -82,6 +82,15 @@ def _create(name: str, attn_impl: str, img_size: int, model_kwargs: Optional[Dic
         sized = "img_size" in (constructor_keywords(name) or [])
         return create_model(name, **({"img_size": img_size} if sized else {}), **(model_kwargs or {}))
     return create_model(name, attn_impl=attn_impl, img_size=img_size, **(model_kwargs or {}))
+
+
+def _cost(cfg: BenchConfig) -> Tuple[int, int]:
+    """(parameters, forward multiply-accumulates per image) of the model as `_create` builds it to be timed."""
+    if not cfg.model.startswith("timm:"):
+        return model_cost(cfg.model, img_size=cfg.img_size, **cfg.model_kwargs)
+    with torch.device("meta"):
+        model = _create(cfg.model, "sdpa", cfg.img_size, cfg.model_kwargs).eval()
+        return forward_cost(model, torch.empty(1, input_channels(model), cfg.img_size, cfg.img_size))
 
 
 def _sync(device: torch.device) -> None:
@@ -270,7 +279,7 @@ def benchmark(
     """
     cfg.check()
     impls = [attn_impl, "eager"] if compare_eager and attn_impl != "eager" else [attn_impl]
-    params, macs = model_cost(cfg.model, img_size=cfg.img_size, **cfg.model_kwargs)  # the model as built below
+    params, macs = _cost(cfg)
     if peak_gflops is None:
         peak_gflops = matmul_peak_gflops(cfg.device, cfg.dtype)
     device = torch.device(cfg.device)
