@@ -132,3 +132,25 @@ def test_eval_under_torchrun_scores_each_image_once_and_says_it_once(tmp_path, t
     (two, one) = said[0][0], said[1][0]
     assert two[:3] == one[:3] == ("9", one[1], one[2])  # the same images counted once: the same hits
     assert abs(float(two[3]) - float(one[3])) <= 1e-4  # the loss, as printed (4 decimals), summed in another order
+
+
+def test_a_command_under_torchrun_ends_the_process_group_it_made_and_only_that(tmp_path, tiny_checkpoint, monkeypatch):
+    """Left to the interpreter's exit, gloo's threads can abort a finished rank (SIGABRT, 'terminate called without an
+    active exception') and NCCL warns of leaked communicators; a group the caller made is the caller's."""
+    import torch.distributed as dist
+
+    from t2t_vit.cli import main
+
+    data = image_folder(tmp_path / "data", classes=DIGIT_CLASSES, per_class=1)
+    env = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", TORCHELASTIC_RUN_ID="test")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data", str(data), "--workers", "0", "--device", "cpu"]
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    assert main(argv) == 0 and not dist.is_initialized()
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo")
+    try:
+        assert main(argv) == 0 and dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

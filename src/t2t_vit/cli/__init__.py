@@ -64,6 +64,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     finally:
         _end_leftover_workers()
+    if "t2t_vit.training.process" in sys.modules:  # a command that ran under torchrun: its process group, every rank
+        from ..training.process import end_distributed
+
+        end_distributed()
     return code or 0
 
 
