@@ -9,6 +9,7 @@ import torch
 
 from t2t_vit.training import state as train_state
 from t2t_vit.training.engine import unwrap
+from t2t_vit.training.process import end_distributed
 from t2t_vit.training.run import train
 
 
@@ -23,6 +24,7 @@ def main() -> None:
 
     train_state.TrainState.save = save_and_keep
     train(cfg, progress=False)
+    end_distributed()
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, progress: bool = Tr
 
     Returns the last epoch's metrics, the run directory, the best epoch and the training seconds; or, stopped by a
     signal, `stopped` (the signal's number) and `at` (the epoch and step it stopped at), saved in the run directory.
+    Under torchrun it makes the process group if there is none; `process.end_distributed()` ends it (the CLI does).
     """
     cfg = check_config(cfg)
     rank, world, device = setup_distributed(cfg["device"])
