@@ -107,9 +107,11 @@ def test_benchmark_times_a_timm_baseline_at_the_size_asked(capsys, monkeypatch, 
     with torch.device("meta"):
         sized = timm.create_model(name, **({"img_size": 32} if name.startswith("vit") else {}))  # its positions
         params = sum(t.numel() for t in sized.state_dict().values())
-    assert small["params"] == params and small["results"]["sdpa"]["img_per_s"] > 0
+    assert small["params"] == params and small["results"]["timm"]["img_per_s"] > 0  # no attention switch of ours
     expected = 4 if name == "resnet18" else (1 + 16) / (1 + 4)  # convolutions: the area; ViT: 4 + 1 -> 16 + 1 tokens
     assert large["gmacs_per_image"] / small["gmacs_per_image"] == pytest.approx(expected, rel=0.25)
+    with pytest.raises(InputError, match="drop them for a timm baseline"):  # it compared the model with itself
+        _run_cli([*argv, "--compare-eager"], capsys)
 
 
 def test_benchmark_command_compares_with_eager(capsys, monkeypatch):

@@ -278,7 +278,15 @@ def benchmark(
     matmul peak. With `compare_eager`, `ratios`: speed = fast img/s / eager img/s, memory = fast peak / eager peak.
     """
     cfg.check()
-    impls = [attn_impl, "eager"] if compare_eager and attn_impl != "eager" else [attn_impl]
+    if cfg.model.startswith("timm:") and (compare_eager or attn_impl != "sdpa"):
+        raise InputError(
+            f"--compare-eager and --attn-impl switch the T2T-ViTs' attention; {cfg.model} runs as timm builds it "
+            "(its own fused attention, where it has one): drop them for a timm baseline"
+        )
+    if cfg.model.startswith("timm:"):
+        impls = ["timm"]  # the row's name: no attention switch of ours
+    else:
+        impls = [attn_impl, "eager"] if compare_eager and attn_impl != "eager" else [attn_impl]
     params, macs = _cost(cfg)
     if peak_gflops is None:
         peak_gflops = matmul_peak_gflops(cfg.device, cfg.dtype)
