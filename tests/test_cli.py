@@ -111,6 +111,25 @@ def test_cli_choices_name_what_the_library_has():
     assert tuple(choices["mode"]) == benchmark.MODES and tuple(choices["dtype"]) == tuple(benchmark.DTYPES)
 
 
+def _commands(parser, path=()):
+    for action in parser._actions:
+        if action.choices and hasattr(action, "_name_parser_map"):
+            for name, child in action.choices.items():
+                yield from _commands(child, (*path, name))
+    yield " ".join(path), parser
+
+
+def test_every_command_that_writes_takes_out_and_output_alike():
+    """predict, convert and visualize took --out only, where export, reproduce and train take --output."""
+    writers = {}
+    for command, parser in _commands(main.__globals__["build_parser"]()):
+        for action in parser._actions:
+            if {"--out", "--output"} & set(action.option_strings):
+                writers[command] = set(action.option_strings)
+    assert {"predict", "convert", "export", "visualize curves", "reproduce"} <= set(writers)
+    assert all({"--out", "--output"} <= flags for flags in writers.values()), writers
+
+
 def test_python_m_t2t_vit_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "t2t_vit", "models"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "t2t_vit_14.in1k_ft_cifar10" in done.stdout, done.stderr[-2000:]

@@ -39,6 +39,7 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=positive_int, help=f"classification: images a step (default {BATCH_SIZE})")
     p.add_argument(
         "--out",
+        "--output",
         metavar="DIR",
         help=f"detection, instance, segmentation: the folder for the drawings (default {DRAWINGS}; with --json: none)",
     )
@@ -58,7 +59,7 @@ def register(sub: Any) -> None:
     e = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors")
     checkpoint_args(e)
     e.add_argument("--format", required=True, choices=FORMATS)
-    e.add_argument("--output", required=True, help="file to write")
+    e.add_argument("--output", "--out", required=True, help="file to write")
     e.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA ones")
     e.add_argument("--force", action="store_true", help="overwrite --output if it exists (never the checkpoint)")
     e.set_defaults(func=_export)

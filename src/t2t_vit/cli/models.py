@@ -33,7 +33,9 @@ def register(sub: Any) -> None:
     )
     c.add_argument("checkpoint", metavar="FILE", help="our checkpoint, or an authors' release file")
     c.add_argument("--model", default=None, help="model name or release tag (the authors' files without `arch`)")
-    c.add_argument("--out", required=True, help="folder to write model.safetensors, config.json, README.md into")
+    c.add_argument(
+        "--out", "--output", required=True, help="folder to write model.safetensors, config.json, README.md into"
+    )
     c.add_argument("--force", action="store_true", help="write into --out even if it holds files (never the input)")
     c.add_argument(
         "--push-to-hub",

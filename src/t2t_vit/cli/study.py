@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--block", type=int, default=0, help="block whose output tokens are shown (default: 0)")
     p.add_argument("--channels", type=int, default=36, help="channel maps per model (default: 36)")
-    p.add_argument("--out", type=Path, default=Path("features.png"), help="PNG to write")
+    p.add_argument("--out", "--output", type=Path, default=Path("features.png"), help="PNG to write")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=_features)
 
@@ -61,13 +61,13 @@ def register(sub: Any) -> None:
         help="blocks to show, negative from the end (default: 0 -1)",
     )
     p.add_argument("--heads", type=positive_int, default=None, help="heads shown per block (default: all)")
-    p.add_argument("--out", type=Path, default=Path("attention.png"), help="PNG to write")
+    p.add_argument("--out", "--output", type=Path, default=Path("attention.png"), help="PNG to write")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=_attention)
 
     p = modes.add_parser("curves", help="loss and top-1 per epoch of one or more run directories")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="directories written by `t2t-vit train`")
-    p.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
+    p.add_argument("--out", "--output", type=Path, default=Path("curves.png"), help="PNG to write")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=_curves)
 
@@ -84,7 +84,7 @@ def register(sub: Any) -> None:
     r.add_argument("--budget", default="600s", help="the equal-time budget: training seconds per run (default 600s)")
     r.add_argument("--data", default=FASHION, help=f"dataset spec (default {FASHION})")
     r.add_argument("--train-subset", type=int, default=0, help="training images (default 0: all)")
-    r.add_argument("--output", default="runs/reproduce", help="where the runs go")
+    r.add_argument("--output", "--out", default="runs/reproduce", help="where the runs go")
     r.add_argument("--results", default="docs/results", help="where the tables, plots and JSON go")
     r.set_defaults(func=_reproduce)
 
