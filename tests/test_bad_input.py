@@ -193,6 +193,9 @@ def test_a_near_miss_of_a_data_spec_names_the_one_meant(tmp_path):
         "Digits": "did you mean 'digits'?",
         str(folder / "train"): f"did you mean '{folder}', which holds them?",
         f"cifar10:{tmp_path / 'cifar'}": "or pass --download to fetch it there",
+        "fashion_mnist": "did you mean 'fashion-mnist:DIR'?",  # the kind takes a folder: the hint says so
+        "fashion-mnist": "(Debian's dataset-fashion-mnist puts them in /usr/share/datasets/fashion-mnist)",
+        "cifar100": "cifar-100-python/ as torchvision reads it, or a new one with --download",
     }
     for spec, hint in cases.items():
         with pytest.raises(InputError) as info:

@@ -335,9 +335,19 @@ def create_dataset(spec: str, split: str, download: bool = False, in_chans: int 
         classes = FASHION_CLASSES if kind == "fashion-mnist" else [str(c) for c in range(10)]
         return _idx_dataset(root, split, classes, mode)
     root = Path(spec).expanduser()
+    if not root.is_dir() and kind in FILE_KINDS:  # the kind without its folder
+        holds = {
+            "mnist": "its four IDX .gz files",
+            "fashion-mnist": "its four IDX .gz files (Debian's dataset-fashion-mnist puts them in "
+            "/usr/share/datasets/fashion-mnist)",
+            "cifar10": "cifar-10-batches-py/ as torchvision reads it, or a new one with --download",
+            "cifar100": "cifar-100-python/ as torchvision reads it, or a new one with --download",
+        }[kind]
+        raise InputError(f"--data {spec!r} needs its folder: {kind}:DIR, DIR the folder holding {holds}")
     if not root.is_dir():
         near = difflib.get_close_matches(kind.lower(), ["digits", *FILE_KINDS], n=1, cutoff=0.7)
-        hint = f": did you mean {near[0] + sep + rest!r}?" if near else ""
+        folder = sep + rest if sep or not near or near[0] == "digits" else ":DIR"
+        hint = f": did you mean {near[0] + folder!r}?" if near else ""
         raise InputError(
             f"--data {spec!r} is neither a known dataset (digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, "
             f"cifar100:DIR, hfds/..., wds/...) nor an existing directory{hint}"
