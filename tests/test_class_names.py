@@ -1,5 +1,5 @@
-"""A checkpoint's class names against the data's: the same names in another order are mapped, other names stop
-with one line listing a few of each (`t2t-vit eval`; a kept head in `finetune --init-checkpoint`)."""
+"""A checkpoint's class names against the data's: the same names in another order are mapped; other names stop
+`t2t-vit eval` with one line listing a few of each, and give `finetune --init-checkpoint` a new head."""
 
 import pytest
 import torch
@@ -42,7 +42,9 @@ def _reversed_checkpoint(tiny_checkpoint, path):
     return path
 
 
-def test_finetune_keeps_a_head_in_the_datas_class_order(tmp_path, tiny_checkpoint):
+def test_finetune_keeps_a_head_in_the_datas_class_order_and_starts_one_for_other_classes(
+    tmp_path, tiny_checkpoint, caplog
+):
     from t2t_vit.factory import load_model
     from t2t_vit.training.setup import build_model
 
@@ -54,9 +56,18 @@ def test_finetune_keeps_a_head_in_the_datas_class_order(tmp_path, tiny_checkpoin
     cfg = tiny_train_config(tmp_path, init_checkpoint=str(reversed_ckpt), model=None)
     _, model, _ = build_model(cfg, 10, DIGIT_CLASSES)
     torch.testing.assert_close(model.eval()(x), original.eval()(x))
-    words = tiny_train_config(tmp_path, init_checkpoint=str(tiny_checkpoint), model=None, data="words")
-    with pytest.raises(InputError, match="'0', '1'.*'zero', 'one'"):
-        build_model(words, 10, WORDS)
+    # digits to other ten classes (Fashion-MNIST, say): it was refused as 'give the data its class names ... or
+    # fine-tune it (t2t-vit finetune)', in finetune itself; the head starts anew, as one for another class count does
+    saved = torch.load(tiny_checkpoint, weights_only=True)
+    saved["model"]["head.weight"].fill_(1.0)
+    saved["model"]["head.bias"].fill_(1.0)
+    torch.save(saved, tmp_path / "ones.pth.tar")
+    words = tiny_train_config(tmp_path, init_checkpoint=str(tmp_path / "ones.pth.tar"), model=None, data="words")
+    _, model, _ = build_model(words, 10, WORDS)
+    kept, new = original.state_dict(), model.state_dict()
+    assert all(torch.equal(kept[k], new[k]) for k in kept if not k.startswith("head."))
+    assert not new["head.bias"].any() and 0.01 < new["head.weight"].std() < 0.03  # as a new model's head
+    assert "its head starts anew" in caplog.text and "'zero', 'one'" in caplog.text
 
 
 def test_eval_on_a_held_out_split_without_some_classes_scores_by_the_checkpoints_numbers(tmp_path, tiny_checkpoint):

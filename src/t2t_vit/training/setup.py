@@ -506,23 +506,41 @@ def class_order(
 
 
 def keep_head_classes(model: nn.Module, checkpoint: str, classes: Sequence[str], data: str) -> None:
-    """Where `model` keeps `checkpoint`'s head (as many classes as the data's), check the class names it stores
-    against the data's: rows reordered where the names are the same in another order, InputError where they differ."""
+    """Where `model` keeps `checkpoint`'s head (as many classes as the data's), fit it to the data's class names:
+    rows reordered where the names are the same in another order; a new head, as one for another class count is,
+    where they are other names (digits to Fashion-MNIST: 10 classes each)."""
     from ..checkpoint import read_checkpoint
 
     head = model.get_classifier()
     if getattr(head, "out_features", None) != len(classes):
         return  # a new head: nothing of the checkpoint's classes is kept
-    order = class_order(meta_names(read_checkpoint(checkpoint)), classes, repr(checkpoint), str(data))
+    saved = meta_names(read_checkpoint(checkpoint))
+    heads = [m for m in (head, getattr(model, "head_dist", None), getattr(model, "aux_head", None)) if m is not None]
+    heads = [m for m in heads if isinstance(m, nn.Linear)]
+    data_classes = [str(c) for c in classes]
+    if saved is not None and len(saved) == len(data_classes) and sorted(saved) != sorted(data_classes):
+        _logger.warning(
+            "%r was trained on classes %s, %s has %s: its head starts anew for them, the rest of its weights are kept",
+            checkpoint,
+            _few(saved),
+            data,
+            _few(data_classes),
+        )
+        with torch.no_grad():
+            for layer in heads:  # as the model initialises a head
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+        return
+    order = class_order(saved, classes, repr(checkpoint), str(data))
     if order is None:
         return
     rows = torch.tensor(order)
     with torch.no_grad():
-        for layer in (head, getattr(model, "head_dist", None)):
-            if isinstance(layer, nn.Linear):
-                layer.weight.copy_(layer.weight[rows])
-                if layer.bias is not None:
-                    layer.bias.copy_(layer.bias[rows])
+        for layer in heads:
+            layer.weight.copy_(layer.weight[rows])
+            if layer.bias is not None:
+                layer.bias.copy_(layer.bias[rows])
 
 
 def compiled(model: nn.Module, device: torch.device) -> nn.Module:
