@@ -2,6 +2,7 @@
 
 import errno
 import json
+import logging
 import os
 import re
 import signal
@@ -196,15 +197,18 @@ def test_resume_lets_go_of_a_key_the_task_has_no_use_for():
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_signal_mid_epoch_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, straight, workers):
+def test_a_signal_mid_epoch_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, straight, workers, caplog):
     hook_criterion(monkeypatch, {15: signal.SIGTERM})  # epoch 2, step 4 of 11
     stopped = train(tiny_train_config(tmp_path, **RANDOM, workers=workers), progress=False)
     assert stopped["stopped"] == signal.SIGTERM and stopped["at"].startswith("epoch 2 step 4 ")
     state = last_checkpoint(stopped["run_dir"])
     assert (state["epoch"], state["step_in_epoch"]) == (1, 4)
     monkeypatch.undo()
+    caplog.set_level(logging.INFO, "t2t_vit")
     train(tiny_train_config(tmp_path, **RANDOM, workers=workers), resume="auto", progress=False)
     assert_same_run(straight, tmp_path / "run")
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from")]
+    assert resumed == [f"resumed from {tmp_path / 'run' / 'last.pth.tar'} at {stopped['at']}"]  # it said epoch 1
 
 
 def test_a_nonfinite_stop_saves_the_state_before_it_and_resumes_exactly(tmp_path, monkeypatch, straight):

@@ -207,9 +207,10 @@ def _start(run: Run, state: TrainState, paths: List[Path]) -> None:
         state.load_state_dict(saved)
         state.updates = state.epoch * run.updates_per_epoch + state.totals.batches // cfg["accum_steps"]
         run.schedule_at(state)
-        _logger.info("resumed from %s at epoch %d, step %d", path, state.epoch, state.totals.batches)
-        for key, (old, new) in changes.items():
-            _logger.info("resume changes %s: %r -> %r", key, old, new)
+        if run.is_main:  # in the words of the stop it continues ("epoch 17 step 11"; 0-based: 16)
+            _logger.info("resumed from %s at %s", path, _where(run, state))
+            for key, (old, new) in changes.items():
+                _logger.info("resume changes %s: %r -> %r", key, old, new)
         if changes:
             history.append(
                 dict(
@@ -305,5 +306,5 @@ def _stop(run: Run, state: TrainState, stopped: str, where: str) -> None:
         state.epoch = run.total_epochs
         _logger.info("time budget of %.0f s spent at %s: the run ends", run.ctx.budget.limit, where)
     state.save(run.run_dir)
-    if stopped == "signal":
+    if stopped == "signal" and run.is_main:
         _logger.warning("stopped at %s; saved %s", where, run.run_dir.last)
