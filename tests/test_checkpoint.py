@@ -102,6 +102,20 @@ def test_other_img_size_resamples_the_position_table(tmp_path, authors_t2t_vit_7
         assert model.eval()(torch.randn(1, 3, *model.img_size)).shape == (1, 1000)
 
 
+def test_a_many_times_larger_token_grid_is_a_warning(tiny_checkpoint, caplog):
+    """A small model's own checkpoint taken to a recipe's 224 px (the digits demo's: 4x4 -> 112x112 tokens) was
+    one INFO line among many; 2x the side (4x the tokens) stays INFO, as the authors' 224 -> 384 fine-tune does."""
+    from t2t_vit.factory import load_model
+
+    for img_size, level in ((32, logging.INFO), (64, logging.WARNING)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, "t2t_vit"):
+            load_model(str(tiny_checkpoint), img_size=img_size)
+        said = [r for r in caplog.records if "resampled the position table" in r.getMessage()]
+        assert [r.levelno for r in said] == [level], img_size
+    assert "16x as many as it was trained with" in said[0].getMessage()
+
+
 def test_checkpoint_of_another_variant_names_it(tmp_path, official_keys):
     path = tmp_path / "ckpt.pth.tar"
     torch.save({"state_dict_ema": official_state_dict(official_keys, "t2t_vit_7")}, path)
