@@ -578,3 +578,16 @@ def test_push_failures_are_one_line(own_checkpoint, hub_client, monkeypatch, tmp
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)
     assert cli_main([*convert, "--push-to-hub", "user/mine"]) == 2
     one_line_error(capsys, f"could not reach the Hub at {hub.url}")
+
+
+def test_convert_takes_its_checkpoint_as_every_command_does_too(tmp_path, tiny_checkpoint, capsys):
+    """`convert --checkpoint FILE`, as eval, predict and export take it, was 'unrecognized arguments'."""
+    assert cli_main(["convert", str(tiny_checkpoint), "--out", str(tmp_path / "a")]) == 0
+    assert cli_main(["convert", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "b")]) == 0
+    weights = [(tmp_path / d / "model.safetensors").read_bytes() for d in ("a", "b")]
+    assert weights[0] == weights[1]
+    capsys.readouterr()
+    assert cli_main(["convert", "--out", str(tmp_path / "c")]) == 2
+    one_line_error(capsys, "no checkpoint to convert: give one, as FILE or --checkpoint FILE")
+    assert cli_main(["convert", str(tiny_checkpoint), "--checkpoint", "x.pth", "--out", str(tmp_path / "c")]) == 2
+    one_line_error(capsys, "two checkpoints (")

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
+from ..errors import InputError
+
 TABLE = Path(__file__).with_name("models.json")  # the `models` table, computed once (tests check it is current)
 COLUMNS = ("model", "params", "GMACs", "paper GMACs", "top-1", "data", "release file")
 FOOTNOTE = (
@@ -31,7 +33,8 @@ def register(sub: Any) -> None:
         "convert",
         help="write a checkpoint as a folder timm and transformers load (local-dir:, the Hub), class names included",
     )
-    c.add_argument("checkpoint", metavar="FILE", help="our checkpoint, or an authors' release file")
+    c.add_argument("checkpoint", metavar="FILE", nargs="?", help="our checkpoint, or an authors' release file")
+    c.add_argument("--checkpoint", dest="checkpoint_flag", metavar="FILE", help="FILE, as the other commands take it")
     c.add_argument("--model", default=None, help="model name or release tag (the authors' files without `arch`)")
     c.add_argument(
         "--out", "--output", required=True, help="folder to write model.safetensors, config.json, README.md into"
@@ -123,7 +126,11 @@ def _convert(args: argparse.Namespace) -> None:
     from ..hub import HUB_PREFIX, LOCAL_PREFIX
     from ..pretrained import convert
 
-    out = convert(args.checkpoint, args.out, args.model, args.push_to_hub, args.force)
+    given = {args.checkpoint, args.checkpoint_flag} - {None}
+    if len(given) != 1:
+        both = f"two checkpoints ({', '.join(sorted(given))})" if given else "no checkpoint"
+        raise InputError(f"{both} to convert: give one, as FILE or --checkpoint FILE")
+    out = convert(given.pop(), args.out, args.model, args.push_to_hub, args.force)
     name = f"{HUB_PREFIX}{args.push_to_hub}" if args.push_to_hub else f"{LOCAL_PREFIX}{out}"
     print(f"wrote {out} (model.safetensors, config.json, README.md)")
     if args.push_to_hub:
