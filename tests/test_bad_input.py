@@ -105,6 +105,18 @@ def test_export_output_that_is_a_directory_or_unwritable(tmp_path, tiny_checkpoi
         one_line_error(capsys, "t2t-vit export: error:", "not writable")
 
 
+def test_export_takes_its_format_from_the_suffix_and_refuses_one_that_disagrees(tmp_path, tiny_checkpoint, capsys):
+    """--format was required, and --format onnx --output x.safetensors wrote an ONNX graph that no loader read."""
+    base = ["export", "--checkpoint", str(tiny_checkpoint), "--output"]
+    assert main([*base, str(tmp_path / "m.safetensors")]) == 0
+    assert capsys.readouterr().out.strip().endswith("m.safetensors (safetensors)")
+    assert main([*base, str(tmp_path / "x.safetensors"), "--format", "torchscript"]) == 2
+    one_line_error(capsys, "names a safetensors file, but --format is torchscript: name it x.pt")
+    assert main([*base, str(tmp_path / "m.pt")]) == 2
+    one_line_error(capsys, "'m.pt' does not say the format: pass --format")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
 # 4. predict where no image could be read
 
 

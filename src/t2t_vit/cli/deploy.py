@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any, Dict, List
 
 from ..config_keys import TASKS
@@ -58,7 +59,7 @@ def register(sub: Any) -> None:
 
     e = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors")
     checkpoint_args(e)
-    e.add_argument("--format", required=True, choices=FORMATS)
+    e.add_argument("--format", choices=FORMATS, help="default: the one --output's suffix names (.onnx, .safetensors)")
     e.add_argument("--output", "--out", required=True, help="file to write")
     e.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA ones")
     e.add_argument("--force", action="store_true", help="overwrite --output if it exists (never the checkpoint)")
@@ -218,10 +219,11 @@ def _none_read(results: List[Dict[str, Any]]) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from ..deploy.export import export
+    from ..deploy.export import export, output_format
 
-    out = export(args.checkpoint, args.format, args.output, args.model, not args.no_ema, args.force)
-    print(f"wrote {out} ({args.format})")
+    fmt = output_format(Path(args.output).expanduser(), args.format)
+    out = export(args.checkpoint, fmt, args.output, args.model, not args.no_ema, args.force)
+    print(f"wrote {out} ({fmt})")
 
 
 def _benchmark(args: argparse.Namespace) -> None:

@@ -14,6 +14,8 @@ from ..errors import InputError
 from ..factory import load_model
 
 FORMATS = ("onnx", "torchscript", "safetensors")
+FORMAT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+SUFFIX_FORMATS = {".onnx": "onnx", ".safetensors": "safetensors"}  # .pt is also a checkpoint's: not read as one
 META_FIELDS = ("arch", "model_kwargs", "class_names", "data_config", "grid_size")  # what an export keeps
 META_KEY = "t2t_vit"  # safetensors / ONNX metadata entry holding the model name, sizes, classes, preprocessing
 
@@ -64,7 +66,7 @@ def export_safetensors(model: nn.Module, path: Path, meta: Dict[str, Any]) -> No
 def check_output(out: Path, fmt: str) -> None:
     """InputError unless `out` can become a file: not a directory, under a folder that is writable (or that can be
     made: missing folders are created, where the nearest existing one is writable)."""
-    suffix = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}[fmt]
+    suffix = FORMAT_SUFFIXES[fmt]
     if out.is_dir():
         example = str(out / f"model{suffix}")
         raise InputError(f"--output {str(out)!r} is a directory: give a file name, e.g. {example!r}")
@@ -78,19 +80,38 @@ def check_output(out: Path, fmt: str) -> None:
         raise InputError(f"--output {str(out)!r} cannot be written: {str(folder)!r} is not writable")
 
 
+def output_format(out: Path, fmt: Optional[str]) -> str:
+    """The format to write: `fmt`, or the one `out`'s suffix names (.onnx, .safetensors); InputError where neither
+    says it, or where they disagree (an ONNX graph in x.safetensors fails later, where it is read)."""
+    named = SUFFIX_FORMATS.get(out.suffix.lower())
+    if fmt is not None and fmt not in FORMATS:
+        raise InputError(f"--format {fmt!r} is not one of {FORMATS}")
+    if fmt is None and named is None:
+        raise InputError(
+            f"--output {out.name!r} does not say the format: pass --format ({', '.join(FORMATS)}), or name the "
+            "file .onnx or .safetensors"
+        )
+    if fmt is not None and named is not None and named != fmt:
+        raise InputError(
+            f"--output {out.name!r} names a {named} file, but --format is {fmt}: name it "
+            f"{out.stem}{FORMAT_SUFFIXES[fmt]}, or pass --format {named}"
+        )
+    return fmt or named
+
+
 def export(
     checkpoint: str,
-    fmt: str,
+    fmt: Optional[str],
     output: str,
     model_name: Optional[str] = None,
     use_ema: bool = True,
     force: bool = False,
 ) -> Path:
     """Load a checkpoint (ours, or the authors' with `model_name`) and write it in `fmt` to `output`: a file that
-    exists only with `force`, and never the checkpoint itself. The file gets the user's umask."""
-    if fmt not in FORMATS:
-        raise InputError(f"--format {fmt!r} is not one of {FORMATS}")
+    exists only with `force`, and never the checkpoint itself. The file gets the user's umask. Without `fmt`, the
+    output's suffix names it (.onnx, .safetensors)."""
     out = Path(output).expanduser()
+    fmt = output_format(out, fmt)
     check_output(out, fmt)
     check_new_file(out, "--output", force, input_files(checkpoint))
     model, meta = load_model(checkpoint, model_name, use_ema=use_ema)
