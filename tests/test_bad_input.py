@@ -90,8 +90,9 @@ def test_export_output_that_is_a_directory_or_unwritable(tmp_path, tiny_checkpoi
     def no_work(*args, **kwargs):
         raise AssertionError("the checkpoint was read before the output was checked")
 
-    monkeypatch.setattr(t2t_vit.factory, "load_model", no_work)
+    # export first: importing it while factory's is patched would bind the patch into it for good
     monkeypatch.setattr("t2t_vit.deploy.export.load_model", no_work, raising=False)
+    monkeypatch.setattr(t2t_vit.factory, "load_model", no_work)
     base = ["export", "--checkpoint", str(tiny_checkpoint), "--format", "safetensors", "--output"]
     assert main([*base, str(tmp_path)]) == 2
     one_line_error(capsys, "t2t-vit export: error:", "is a directory")
