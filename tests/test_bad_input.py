@@ -11,6 +11,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from t2t_vit import InputError
 from t2t_vit.cli import main
@@ -257,3 +258,26 @@ def test_a_class_folder_without_images_is_a_class_with_none_and_said(tmp_path, c
         png.unlink()
     with pytest.raises(InputError, match=r"no images found under .*val' \(its class folders hold no .*\.png"):
         create_dataset(str(folder), "val")
+
+
+def test_images_of_formats_imagefolder_does_not_read_are_said_once(tmp_path, caplog, monkeypatch):
+    """A .gif or a phone's .heic in a class folder was passed over without a word; other files (notes, labels)
+    are not images, and a second torchrun rank says nothing."""
+    from .helpers import image_folder
+
+    folder = image_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=2)
+    Image.new("P", (8, 8)).save(folder / "train" / "cat" / "a.gif")
+    for name in ("b.heic", "c.HEIC", "notes.txt", ".DS_Store"):
+        (folder / "train" / "dog" / name).write_bytes(b"x")
+    with caplog.at_level("WARNING"):
+        train = create_dataset(str(folder), "train")
+    assert len(train) == 4 and "3 image(s) left out, of formats ImageFolder does not read (.gif: 1, .heic: 2)" in (
+        caplog.text
+    )
+    caplog.clear()
+    monkeypatch.setenv("RANK", "1")
+    with caplog.at_level("WARNING"):
+        create_dataset(str(folder), "train")
+        (folder / "val" / "dog" / "0.png").unlink()
+        create_dataset(str(folder), "val")
+    assert caplog.text == ""

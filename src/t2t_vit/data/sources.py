@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import struct
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
@@ -33,6 +34,8 @@ _logger = logging.getLogger(__name__)
 FILE_KINDS = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # the specs KIND:DIR of a folder of files
 # An ImageFolder root's split folders, as timm looks for them; a held-out split may also be test/.
 SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "eval", "evaluation", "test")}
+# Image formats ImageFolder (torchvision's, as timm's) leaves out of a split: said, so that none goes unseen.
+IMAGE_LIKE = (".gif", ".heic", ".heif", ".avif", ".jfif", ".jp2", ".jxl", ".ico", ".tga", ".dng", ".cr2", ".nef")
 
 FASHION_CLASSES = (
     "T-shirt/top",
@@ -75,8 +78,16 @@ class ImageFiles(Dataset):
     def __init__(self, root: Path, mode: str = "RGB") -> None:
         from torchvision.datasets.folder import IMG_EXTENSIONS, ImageFolder
 
-        try:
-            folder = ImageFolder(str(root), loader=lambda p: p, allow_empty=True)  # paths; images open in __getitem__
+        left_out: Counter = Counter()  # the files of image formats ImageFolder does not read, by suffix
+
+        def readable(path: str) -> bool:
+            suffix = os.path.splitext(path)[1].lower()
+            if suffix in IMAGE_LIKE:
+                left_out[suffix] += 1
+            return suffix in IMG_EXTENSIONS
+
+        try:  # paths; images open in __getitem__
+            folder = ImageFolder(str(root), loader=lambda p: p, is_valid_file=readable, allow_empty=True)
         except (FileNotFoundError, OSError) as e:
             _refuse_unreadable(root)
             flat = sum(1 for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
@@ -97,9 +108,18 @@ class ImageFiles(Dataset):
                 f"no images found under {str(root)!r} (its class folders hold no {'/'.join(IMG_EXTENSIONS)} file): "
                 "it must hold one sub-folder of images per class"
             )
-        if empty:  # still classes (a split's classes are its folders), with nothing to learn or score
+        said = int(os.environ.get("RANK", "0")) == 0  # one torchrun rank says it for all
+        if empty and said:  # still classes (a split's classes are its folders), with nothing to learn or score
             shown = ", ".join(empty[:4]) + (" ..." if len(empty) > 4 else "")
             _logger.warning("%s: %d class folder(s) hold no images (%s)", root, len(empty), shown)
+        if left_out and said:  # a phone's .heic, an animation's .gif: never read, and nothing said
+            _logger.warning(
+                "%s: %d image(s) left out, of formats ImageFolder does not read (%s): convert them to %s to use them",
+                root,
+                sum(left_out.values()),
+                ", ".join(f"{suffix}: {n}" for suffix, n in sorted(left_out.items())),
+                ", ".join(IMG_EXTENSIONS),
+            )
         self.samples, self.classes, self.mode = folder.samples, folder.classes, mode
         self.transform: Optional[Callable] = None
 
