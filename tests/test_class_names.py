@@ -172,3 +172,22 @@ def test_a_head_named_by_imagenets_descriptions_scores_imagenets_folders(tmp_pat
     checkpoint = _imagenet_checkpoint(tiny_checkpoint, tmp_path / "in1k.pth.tar", class_names(1000), called=217)
     scores = _eval(checkpoint, imagenet)
     assert scores["n"] == 1000 and scores["top1"] == pytest.approx(0.1)
+
+
+def test_predict_says_what_an_imagenet_id_is(tmp_path, tiny_checkpoint, capsys):
+    """A fine-tune on Imagenette's folders stores their ids: predict printed 'n03888257 100.0%'."""
+    import json
+
+    saved = torch.load(tiny_checkpoint, weights_only=True)
+    ids = list(IMAGENET_IDS)
+    saved["meta"].update(class_names=ids, model_kwargs={**saved["meta"]["model_kwargs"], "num_classes": 3})
+    saved["model"]["head.weight"] = torch.zeros(3, saved["model"]["head.weight"].shape[1])
+    saved["model"]["head.bias"] = torch.tensor([0.0, 0.0, 1e3])  # every image is n03888257
+    torch.save(saved, tmp_path / "imagenette.pth.tar")
+    image = next(image_folder(tmp_path / "images", classes=("x",), per_class=1).glob("val/x/*.png"))
+    argv = ["predict", str(image), "--checkpoint", str(tmp_path / "imagenette.pth.tar"), "--top-k", "2"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip().endswith(": n03888257 (parachute) 100.0%, n01440764 (tench) 0.0%")
+    assert main([*argv, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)[0]["top_k"][0]
+    assert first == {"index": 2, "class": "n03888257", "description": "parachute, chute", "prob": 1.0}

@@ -7,6 +7,7 @@ on the Hub, fetched into huggingface_hub's cache (read from it alone under HF_HU
 """
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -180,6 +181,15 @@ def imagenet_ids() -> List[str]:
 
     info = ImageNetInfo("imagenet-1k")
     return [info.index_to_label_name(i) for i in range(info.num_classes())]
+
+
+def imagenet_descriptions(names: Sequence[str]) -> Dict[str, str]:
+    """ImageNet-1k's descriptions of those `names` that are its WordNet ids ('n01440764': 'tench, Tinca tinca'):
+    what a head trained on id folders (Imagenette, a few classes of val/) means; {} where none is one."""
+    if not any(re.fullmatch(r"n\d{8}", str(name)) for name in names):
+        return {}
+    described = dict(zip(imagenet_ids(), class_names(1000)))
+    return {str(name): described[str(name)] for name in names if str(name) in described}
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:

@@ -155,7 +155,7 @@ def _predict(args: argparse.Namespace) -> None:
             if "error" in r:
                 print(f"{r['file']}: skipped, {r['error']}")
             else:
-                print(f"{r['file']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top_k"]))
+                print(f"{r['file']}: " + ", ".join(f"{_class_said(t)} {100 * t['prob']:.1f}%" for t in r["top_k"]))
     _none_read(results)
 
 
@@ -216,6 +216,12 @@ def _dense_line(r: Dict[str, Any], threshold: float, most: int = 5) -> str:
 def _none_read(results: List[Dict[str, Any]]) -> None:
     if all("error" in r for r in results):  # some readable: exit 0, the skipped ones are listed above
         raise InputError(f"none of the {len(results)} inputs could be read: give image files (PNG, JPEG, ...)")
+
+
+def _class_said(ranked: Dict[str, Any]) -> str:
+    """A predicted class as the console shows it: an ImageNet id with what it is ('n01440764 (tench)')."""
+    description = ranked.get("description")
+    return f"{ranked['class']} ({description.split(',')[0]})" if description else str(ranked["class"])
 
 
 def _export(args: argparse.Namespace) -> None:

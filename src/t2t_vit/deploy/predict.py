@@ -14,7 +14,7 @@ from ..checkpoint import SAFE_GLOBALS, check_torch_file, read_checkpoint
 from ..device import autocast_dtype, pick_device
 from ..errors import InputError
 from ..factory import load_model
-from ..hub import class_names
+from ..hub import class_names, imagenet_descriptions
 from ..training.evaluate import checked_task
 from .runtimes import check_runtime, load_runner, refuse_onnx
 
@@ -70,7 +70,8 @@ def predict(
     threads: Optional[int] = None,
     int8: bool = False,
 ) -> List[Dict[str, Any]]:
-    """One record per image: {"file", "top_k": [{"class", "index", "prob"}]} or {"file", "error"} if unreadable.
+    """One record per image: {"file", "top_k": [{"class", "index", "prob"} (and "description" where the class is an
+    ImageNet id)]} or {"file", "error"} if unreadable.
     torch runs on `device` under `precision`'s autocast ("auto": as training evaluates, bf16 on CUDA, fp32 on the
     CPU); onnxruntime and openvino run the cached ONNX export on the CPU in fp32, with int8 weights if `int8`.
     `threads`: CPU threads (None: the runtime's default). A dense checkpoint is an InputError (`dense_predict`)."""
@@ -115,6 +116,7 @@ def classify(
     mode = "L" if data_config["input_size"][0] == 1 else "RGB"
     results: List[Dict[str, Any]] = []
     names: Optional[List[str]] = None
+    described: Dict[str, str] = {}
     for start in range(0, len(paths), batch_size):
         batch, ok = [], []
         for path in paths[start : start + batch_size]:
@@ -128,10 +130,19 @@ def classify(
         if not batch:
             continue
         probs = logits(torch.stack(batch)).softmax(dim=-1)
-        names = names or class_names(probs.shape[1], stored=meta.get("class_names"))
+        if names is None:
+            names = class_names(probs.shape[1], stored=meta.get("class_names"))
+            described = imagenet_descriptions(names)  # a head of ImageNet ids: what each one is
         top = probs.topk(min(top_k, probs.shape[1]), dim=-1)
         for path, p, idx in zip(ok, top.values.tolist(), top.indices.tolist()):
-            ranked = [dict(index=i, **{"class": names[i]}, prob=v) for i, v in zip(idx, p)]
+            ranked = [
+                dict(index=i, **{"class": names[i]}, **_description(described, names[i]), prob=v)
+                for i, v in zip(idx, p)
+            ]
             results.append(dict(file=str(path), top_k=ranked))
     order = {str(p): i for i, p in enumerate(paths)}
     return sorted(results, key=lambda r: order[r["file"]])
+
+
+def _description(described: Dict[str, str], name: str) -> Dict[str, str]:
+    return {"description": described[name]} if name in described else {}
