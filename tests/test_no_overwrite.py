@@ -34,6 +34,26 @@ def test_export_never_writes_over_its_checkpoint(tmp_path, tiny_checkpoint, caps
     assert open(ck, "rb").read() == before
 
 
+def test_an_export_stopped_halfway_leaves_no_file_and_says_so_in_one_line(
+    tmp_path, tiny_checkpoint, capsys, monkeypatch
+):
+    """Ctrl-C (or an error) mid-export left a half-written file under the name asked for, which the next export
+    refused as existing and a loader read as corrupt; Ctrl-C printed a traceback."""
+    import t2t_vit.deploy.export as export
+
+    def half_then_ctrl_c(model, path, meta):
+        path.write_bytes(b"half an export")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_safetensors", half_then_ctrl_c)
+    argv = ["export", "--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path / "m.safetensors")]
+    assert main(argv) == 130
+    assert one_line_error(capsys) == "t2t-vit export: interrupted"
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert main(argv) == 0 and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
 def test_export_refuses_an_existing_file_without_force_and_keeps_the_umask(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "model.safetensors"
     out.write_text("the user's file")

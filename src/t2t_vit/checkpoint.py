@@ -11,6 +11,7 @@ Layouts accepted, as the authors' tools and ours write them:
     hub folder, `hf-hub:USER/REPO`      config.json beside model.safetensors or pytorch_model.bin (`hub`)
 """
 
+import contextlib
 import errno
 import json
 import logging
@@ -20,7 +21,7 @@ import shutil
 import types
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, Optional, Union
 
 import torch
 
@@ -177,6 +178,18 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
         reason = _why(writer.error if writer is not None and writer.error else e, path.parent)
         tmp.unlink(missing_ok=True)
         raise InputError(f"could not write checkpoint {str(path)!r}: {reason}") from None
+
+
+@contextlib.contextmanager
+def written_atomically(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path` that replaces `path` only once the block has written it completely: an error
+    or Ctrl-C in the block leaves `path` as it was (an export half written would pass for one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class _Writer:

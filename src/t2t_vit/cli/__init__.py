@@ -42,7 +42,8 @@ def _name_parsers(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one command; 0 on success, 2 with one line on stderr for a user mistake (InputError), 128 + the signal's
-    number for a run stopped by SIGTERM (143) or Ctrl-C (130) after saving its checkpoint."""
+    number for a run stopped by SIGTERM (143) or Ctrl-C (130) after saving its checkpoint, 130 with one line for
+    Ctrl-C in any other command."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, rest = parser.parse_known_args(argv)
@@ -62,6 +63,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except InputError as e:
         print(f"t2t-vit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which stops and saves): nothing half-written
+        print(f"t2t-vit {args.command}: interrupted", file=sys.stderr)
+        return 130
     finally:
         _end_leftover_workers()
     if "t2t_vit.training.process" in sys.modules:  # a command that ran under torchrun: its process group, every rank

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from ..checkpoint import apply_umask, check_new_file, input_files
+from ..checkpoint import apply_umask, check_new_file, input_files, written_atomically
 from ..errors import InputError
 from ..factory import load_model
 
@@ -122,10 +122,8 @@ def export(
             import onnx  # noqa: F401
         except ImportError:
             raise InputError("ONNX export needs the onnx extra: pip install 't2t-vit[onnx]'") from None
-        export_onnx(model, out, meta)
-    elif fmt == "torchscript":
-        export_torchscript(model, out, meta)
-    else:
-        export_safetensors(model, out, meta)
+    writer = {"onnx": export_onnx, "torchscript": export_torchscript, "safetensors": export_safetensors}[fmt]
+    with written_atomically(out) as tmp:  # never a half-written file under the name asked for
+        writer(model, tmp, meta)
     apply_umask(out)
     return out

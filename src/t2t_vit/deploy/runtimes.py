@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import __version__, hub
+from ..checkpoint import written_atomically
 from ..errors import InputError, missing_file
 from ..factory import load_model
 from .export import META_FIELDS, META_KEY, export_onnx
@@ -173,17 +174,6 @@ def _quiet(*loggers: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary file beside `path` that replaces `path` only once the block has written it completely."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _writable(candidates: Sequence[Path]) -> Path:
     """The first candidate whose folder exists (or can be made) and is writable."""
     for i, path in enumerate(candidates):
@@ -212,7 +202,7 @@ def cached_onnx(
         if meta is not None:
             _logger.info("%s was made from another checkpoint or exporter: making it again", path)
     path = _writable(candidates)
-    with _atomic(path) as tmp:
+    with written_atomically(path) as tmp:
         meta = make(tmp)
     _logger.info("wrote %s, reused until what it was made from changes", path)
     return path, meta
