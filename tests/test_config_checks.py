@@ -251,3 +251,13 @@ def test_help_shows_the_commands_own_defaults(capsys, command, defaults):
         line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")
     }
     assert {key: lines[f"--{key}"] for key in defaults} == defaults
+
+
+@pytest.mark.parametrize(
+    "name,meant", [("digit", "digits"), ("T2T-ViT-14", "t2t_vit_14"), ("fashion-mnist", "fashion_mnist"), ("foo", None)]
+)
+def test_a_near_miss_of_a_shipped_config_names_it(name, meant):
+    """Only the whole list of shipped configs was given (a model's name as the paper writes it, a dash for _)."""
+    with pytest.raises(InputError, match=r"not found: ") as info:
+        resolve_config(name)
+    assert (f"did you mean {meant}? " in str(info.value)) if meant else "did you mean" not in str(info.value)

@@ -1,6 +1,7 @@
 """One set of defaults (the paper's ImageNet recipe), overridden by a YAML file, then by the command line."""
 
 import copy
+import difflib
 import errno
 import importlib.resources
 import os
@@ -154,7 +155,11 @@ def load_yaml(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         packaged = _config_dir() / (path.name if path.name.endswith(".yaml") else f"{path.name}.yaml")
         if str(path.parent) != "." or not packaged.is_file():
-            raise InputError(f"config {str(path)!r} not found: give a YAML path or one of {', '.join(config_names())}")
+            near = difflib.get_close_matches(path.stem.lower().replace("-", "_"), config_names(), n=1, cutoff=0.75)
+            hint = f"did you mean {near[0]}? " if near and str(path.parent) == "." else ""
+            raise InputError(
+                f"config {str(path)!r} not found: {hint}give a YAML path or one of {', '.join(config_names())}"
+            )
         path = packaged  # type: ignore[assignment]
     try:
         data = yaml.load(path.read_text(), _Loader) or {}
