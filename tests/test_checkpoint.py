@@ -140,6 +140,9 @@ def test_checkpoint_without_a_state_dict(tmp_path):
 def test_unknown_model_name():
     with pytest.raises(InputError, match=r"unknown model 't2t_vit_15'.*did you mean .*t2t_vit_1"):
         create_model("t2t_vit_15")
+    for paper, ours in (("T2T-ViT-14", "t2t_vit_14"), ("T2T-ViT_t-14", "t2t_vit_t_14")):  # as the paper writes them
+        with pytest.raises(InputError, match=rf"unknown model '{paper}': did you mean {ours} or "):
+            create_model(paper)
 
 
 def test_public_api():

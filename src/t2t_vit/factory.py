@@ -39,7 +39,7 @@ def create_model(
             raise InputError(f"unknown timm model {name[5:]!r}: `timm.list_models()` lists them")
         return timm.create_model(name[5:], **kwargs)
     if name.split(".")[0] not in list_models():
-        close = difflib.get_close_matches(name, list_models(), n=3)
+        close = difflib.get_close_matches(name.lower().replace("-", "_"), list_models(), n=3)  # the paper's T2T-ViT-14
         hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise InputError(f"unknown model {name!r}: {hint}`t2t-vit models` lists them")
     model = timm.create_model(name, **kwargs)
