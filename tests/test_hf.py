@@ -591,3 +591,21 @@ def test_convert_takes_its_checkpoint_as_every_command_does_too(tmp_path, tiny_c
     one_line_error(capsys, "no checkpoint to convert: give one, as FILE or --checkpoint FILE")
     assert cli_main(["convert", str(tiny_checkpoint), "--checkpoint", "x.pth", "--out", str(tmp_path / "c")]) == 2
     one_line_error(capsys, "two checkpoints (")
+
+
+def test_a_convert_stopped_halfway_leaves_no_folder(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    """Ctrl-C after the weights were written left a folder without its model card, which the next convert refused
+    as holding files."""
+    import t2t_vit.pretrained as pretrained
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrained, "model_card", ctrl_c)
+    argv = ["convert", str(tiny_checkpoint), "--out", str(tmp_path / "conv")]
+    assert cli_main(argv) == 130 and one_line_error(capsys) == "t2t-vit convert: interrupted"
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert cli_main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "conv").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == ["conv"]

@@ -9,6 +9,7 @@ could run code.
 import json
 import logging
 import os
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -186,16 +187,26 @@ def convert(
     names = hub.class_names(model.num_classes, release.dataset if release else None, meta.get("class_names"))
     model.pretrained_cfg = _pretrained_cfg(model.pretrained_cfg, arch, meta["arch"], release, checkpoint)
     data = {k: meta["data_config"][k] for k in hub.DATA_KEYS}
-    save_for_hf(model, str(out), model_config=dict(label_names=names), safe_serialization=True, data_config=data)
-    apply_umask(out / hub.WEIGHT_FILES[0])  # safetensors writes 0600
-    config_path = out / hub.CONFIG_FILE
-    config = json.loads(config_path.read_text())
-    # transformers' TimmWrapper passes num_classes itself (from the root num_classes): never twice
-    config.get("model_args", {}).pop("num_classes", None)
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
-    location = f"{hub.HUB_PREFIX}{push_to_hub}" if push_to_hub else str(out.resolve())
-    result = None if release else _recorded_result(checkpoint)
-    (out / "README.md").write_text(model_card(Path(checkpoint).name, meta, model, location, release, result))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")  # the files go into `out` once all are written
+    try:
+        save_for_hf(
+            model, str(partial), model_config=dict(label_names=names), safe_serialization=True, data_config=data
+        )
+        apply_umask(partial / hub.WEIGHT_FILES[0])  # safetensors writes 0600
+        config_path = partial / hub.CONFIG_FILE
+        config = json.loads(config_path.read_text())
+        # transformers' TimmWrapper passes num_classes itself (from the root num_classes): never twice
+        config.get("model_args", {}).pop("num_classes", None)
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        location = f"{hub.HUB_PREFIX}{push_to_hub}" if push_to_hub else str(out.resolve())
+        result = None if release else _recorded_result(checkpoint)
+        (partial / "README.md").write_text(model_card(Path(checkpoint).name, meta, model, location, release, result))
+        out.mkdir(exist_ok=True)
+        for written in partial.iterdir():
+            os.replace(written, out / written.name)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     if push_to_hub is not None:
         push_folder(out, push_to_hub)
     return out
