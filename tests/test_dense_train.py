@@ -108,7 +108,7 @@ def test_eval_of_a_dense_checkpoint_reports_what_training_measured(capsys, canva
     checkpoint = str(straight[task] / "best.pth.tar")
     assert main(["eval", "--checkpoint", checkpoint, "--data", spec, "--device", "cpu", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"t2t_vit_7 {task} on {spec} (4 images): ")
+    assert out.startswith(f"t2t_vit_7 {task} (torch cpu fp32) on {spec} (4 images): ")
     labels = dict(map="mAP", map50="AP50", map75="AP75", miou="mIoU", pixel_acc="pixel acc")
     for key in SCORES[task]:  # the EMA weights, as eval reads them by default
         assert f"{labels[key]} {float(row[f'ema_val_{key}']):.2f}%" in out, (key, out)

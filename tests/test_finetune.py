@@ -166,7 +166,7 @@ def test_one_precision_story_for_eval_and_predict(tmp_path, our_checkpoint, caps
         )
         == 0
     )
-    assert "top-1" in capsys.readouterr().out
+    assert "(torch cpu bf16) on digits (360 images): top-1" in capsys.readouterr().out  # what scored it is said
 
 
 def test_our_preprocessing_reaches_the_model_and_visualize(tmp_path, our_checkpoint):

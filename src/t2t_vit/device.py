@@ -21,6 +21,11 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     return dict(fp32=None, bf16=torch.bfloat16, fp16=torch.float16)[precision]
 
 
+def precision_name(amp_dtype: Optional[torch.dtype]) -> str:
+    """The `--precision` an autocast dtype stands for (None: fp32)."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto` (this rank's GPU, else the CPU), or a torch device name checked against what is here. On CUDA, fp32
     matmuls and convolutions may use TF32 (as timm's train.py allows)."""

@@ -190,6 +190,7 @@ def _eval(args: argparse.Namespace) -> None:
         scores = f"mAP {r['map']:.2f}%  AP50 {r['map50']:.2f}%  AP75 {r['map75']:.2f}%"
         scores += f"  mask mAP {r['mask_map']:.2f}%" if "mask_map" in r else ""
     what = r["model"] if r["task"] == "classification" else f"{r['model']} {r['task']}"
+    what += f" ({r['ran']})" if "ran" in r else ""  # what scored it (the runtimes name theirs in the model)
     print(
         f"{what} on {args.data} ({r['n']} images): {scores}  {r['img_per_s']:.0f} img/s"
         + (f"  skipped {r['skipped']}" if r["skipped"] else "")

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from .. import data as data_lib
 from ..checkpoint import extract_state_dict, read_checkpoint
 from ..data.device_batches import DeviceBatches
-from ..device import autocast, autocast_dtype
+from ..device import autocast, autocast_dtype, precision_name
 from ..errors import InputError
 from ..factory import load_model
 from .process import all_reduce, gather, setup_distributed, world_size
@@ -175,6 +175,7 @@ def evaluate_checkpoint(
     rank, world, dev = setup_distributed(device)
     progress = progress and rank == 0
     amp_dtype = autocast_dtype(precision, dev)
+    ran = f"torch {dev.type} {precision_name(amp_dtype)}"  # what scored it, as the runtimes say theirs
     if str(checkpoint).lower().endswith(".onnx"):
         raise InputError(
             f"{str(checkpoint)!r} is an ONNX file, which PyTorch cannot run: use --runtime onnxruntime or "
@@ -205,7 +206,7 @@ def evaluate_checkpoint(
             scores = evaluate_dense(
                 model.to(dev), DeviceBatches(loader, dev), dev, saved_task, meta["num_classes"], amp_dtype, progress
             )
-        return dict(scores, model=meta["arch"], task=saved_task)
+        return dict(scores, model=meta["arch"], task=saved_task, ran=ran)
     model, meta = load_model(checkpoint, model_name, use_ema=use_ema)
     data_config = meta["data_config"]
     val_set = data_lib.create_dataset(data, "val", download, data_config["input_size"][0])
@@ -232,4 +233,4 @@ def evaluate_checkpoint(
     )
     with data_lib.workers_closed(loader):
         scores = evaluate(model.to(dev), loader, dev, amp_dtype, progress=progress)
-    return dict(scores, model=meta["arch"], task=saved_task)
+    return dict(scores, model=meta["arch"], task=saved_task, ran=ran)
