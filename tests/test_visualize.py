@@ -1,6 +1,7 @@
 """`t2t-vit visualize`: feature maps, attention maps and rollout, training curves; each a non-blank PNG."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from t2t_vit.study.visualize import (
     attention_weights,
     token_feature_maps,
 )
-from t2t_vit.training.metrics import METRICS_COLUMNS, curves_figure, run_names
+from t2t_vit.training.metrics import METRICS_COLUMNS, curves_figure, plot_curves, run_names
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +186,28 @@ def test_cli_curves_of_two_runs(tmp_path):
     for ax in fig.axes:  # epochs are whole numbers
         assert all(float(tick).is_integer() for tick in ax.get_xticks())
     fig.clear()
+    before = out.read_bytes()
+    _stopped_mid_write(lambda: plot_curves([tmp_path / "b"], out))  # training redraws it at every epoch's end
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["b", "curves.png", "x"]
+
+
+def _stopped_mid_write(draw) -> None:
+    """Run `draw` with savefig writing half a PNG and then stopped (a kill, Ctrl-C): it wrote straight into the
+    picture's name, cut there."""
+    from matplotlib.figure import Figure
+
+    real = Figure.savefig
+
+    def half(self, target, **kwargs):
+        Path(target).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    Figure.savefig = half
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            draw()
+    finally:
+        Figure.savefig = real
 
 
 def test_bad_inputs_name_the_fix(image, models, tmp_path, capsys):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from ..checkpoint import read_checkpoint
+from ..checkpoint import read_checkpoint, written_atomically
 from ..data.sources import to_8_bits
 from ..dense.draw import MASK_THRESHOLD, draw_detections, draw_segmentation
 from ..device import autocast, autocast_dtype, pick_device
@@ -170,6 +170,7 @@ def _save(drawing: Image.Image, target: Path) -> None:
     """Write a drawing as PNG, its folder made; InputError naming it where that fails."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        drawing.save(target, format="PNG")
+        with written_atomically(target) as tmp:
+            drawing.save(tmp, format="PNG")
     except OSError as e:
         raise InputError(f"cannot write {target} ({e.strerror or e}): give a writable --out") from None

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
+from ..checkpoint import written_atomically
 from ..training.run_dir import RunDir
 from .claims import (
     CLAIMS,
@@ -124,7 +125,8 @@ def _plot(summary: Dict[str, Any], out: Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(CLAIMS[summary["claim"]].question, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    with written_atomically(Path(out)) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 

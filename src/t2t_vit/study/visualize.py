@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..checkpoint import written_atomically
 from ..errors import InputError, missing_file
 from ..training.metrics import plot_curves as plot_curves  # the curves of run directories, as training draws them
 from ..training.run_dir import RunDir
@@ -54,7 +55,8 @@ def output_path(out: Path, force: bool = False, inputs: Sequence[Path] = ()) -> 
 def _save(fig: Any, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, bbox_inches="tight", pad_inches=0.05)  # tight_layout cuts titles over square images
+    with written_atomically(out) as tmp:  # a stop mid-write leaves no cut picture under its name
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight", pad_inches=0.05)  # tight_layout cuts titles
     _pyplot().close(fig)
     return out
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
+from ..checkpoint import written_atomically
 from .run_dir import RunDir
 
 _logger = logging.getLogger(__name__)
@@ -124,7 +125,8 @@ def plot_curves(run_dirs: Sequence[Path], out: Path) -> Path:
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    with written_atomically(out) as tmp:  # a kill mid-write leaves the last epoch's picture, not half of one
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return out
 
