@@ -9,6 +9,7 @@ import torch
 from .errors import InputError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # each precision's autocast dtype
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -18,12 +19,12 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
         raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
-    return dict(fp32=None, bf16=torch.bfloat16, fp16=torch.float16)[precision]
+    return AMP_DTYPES[precision]
 
 
 def precision_name(amp_dtype: Optional[torch.dtype]) -> str:
     """The `--precision` an autocast dtype stands for (None: fp32)."""
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    return next(name for name, dtype in AMP_DTYPES.items() if dtype == amp_dtype)
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
