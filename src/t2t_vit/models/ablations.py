@@ -19,7 +19,7 @@ from ..errors import InputError
 from .layers import Block
 from .t2t_vit import _create
 from .variants import FIRST_LAYER, _cfg
-from .vit import T2TViT, _init_weights
+from .vit import T2TViT, init_weights
 
 
 class SqueezeExcite(nn.Module):
@@ -190,7 +190,7 @@ class T2TViTDense(T2TViT):
         self.norm = norm_layer(width)
         self.head = nn.Linear(width, self.num_classes) if self.num_classes > 0 else nn.Identity()
         for module in (self.blocks, self.norm, self.head):
-            module.apply(_init_weights)
+            module.apply(init_weights)
         self.set_attn_impl(attn_impl)
 
     def forward_intermediates(

@@ -161,7 +161,7 @@ class T2TViT(nn.Module):
         self.aux_head = nn.Linear(embed_dim, num_classes) if aux_head and num_classes > 0 else None
 
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         self.set_attn_impl(attn_impl)
 
     def set_attn_impl(self, attn_impl: str) -> None:
@@ -342,7 +342,9 @@ class T2TViT(nn.Module):
         return take_indices
 
 
-def _init_weights(m: nn.Module) -> None:
+def init_weights(m: nn.Module) -> None:
+    """A layer's initialisation as T2T-ViT's (`module.apply` it): linear weights truncated normal (std 0.02), their
+    biases 0; LayerNorms 1 and 0."""
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:

@@ -18,6 +18,7 @@ from ..config_keys import DEFAULTS, unused_keys
 from ..data import tensor_batches as tensor_data
 from ..errors import InputError, missing_file
 from ..factory import constructor_keywords, create_model, load_model
+from ..models.vit import init_weights
 
 _logger = logging.getLogger(__name__)
 
@@ -526,11 +527,8 @@ def keep_head_classes(model: nn.Module, checkpoint: str, classes: Sequence[str],
             data,
             _few(data_classes),
         )
-        with torch.no_grad():
-            for layer in heads:  # as the model initialises a head
-                nn.init.trunc_normal_(layer.weight, std=0.02)
-                if layer.bias is not None:
-                    layer.bias.zero_()
+        for layer in heads:
+            layer.apply(init_weights)  # as the model initialises a head
         return
     order = class_order(saved, classes, repr(checkpoint), str(data))
     if order is None:
