@@ -278,12 +278,12 @@ def benchmark(
     matmul peak. With `compare_eager`, `ratios`: speed = fast img/s / eager img/s, memory = fast peak / eager peak.
     """
     cfg.check()
-    if cfg.model.startswith("timm:") and (compare_eager or attn_impl != "sdpa"):
-        raise InputError(
-            f"--compare-eager and --attn-impl switch the T2T-ViTs' attention; {cfg.model} runs as timm builds it "
-            "(its own fused attention, where it has one): drop them for a timm baseline"
-        )
     if cfg.model.startswith("timm:"):
+        if compare_eager or attn_impl != "sdpa":
+            raise InputError(
+                f"--compare-eager and --attn-impl switch the T2T-ViTs' attention; {cfg.model} runs as timm builds it "
+                "(its own fused attention, where it has one): drop them for a timm baseline"
+            )
         impls = ["timm"]  # the row's name: no attention switch of ours
     else:
         impls = [attn_impl, "eager"] if compare_eager and attn_impl != "eager" else [attn_impl]
