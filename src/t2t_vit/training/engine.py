@@ -110,7 +110,11 @@ SCALE_FLOOR = 1.0
 
 
 def _fresh_flags(in_a_row: float, device: torch.device) -> torch.Tensor:
-    return torch.tensor([0.0, in_a_row, 0.0, -1.0], device=device)
+    """[0, in_a_row, 0, -1], filled on the device: torch.tensor(list, device=cuda) copies from the host, a sync."""
+    flags = torch.zeros(4, device=device)
+    flags[1].fill_(in_a_row)
+    flags[3].fill_(-1.0)
+    return flags
 
 
 def train_one_epoch(
