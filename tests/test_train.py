@@ -460,6 +460,31 @@ def test_a_time_budget_ends_the_run_mid_epoch_evaluated_and_finished(tmp_path, c
     assert f"nothing left to train: the run ended after epoch {out['epoch']}" in caplog.text
 
 
+def test_compiling_is_not_training_time_for_the_time_budget(tmp_path, monkeypatch, caplog):
+    """A compiled model's first update compiles it (a minute and more on some machines): a 2 s stand-in for that,
+    longer than the whole budget, is left out of the clock, so the run still trains its budget's worth."""
+
+    class CompilesFirst(torch.nn.Module):  # as torch.compile holds the model, its first call slow
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.calls = module, 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 1:
+                time.sleep(2.0)
+            return self.module(x)
+
+    monkeypatch.setattr("t2t_vit.training.run.compiled", lambda model, device: CompilesFirst(model))
+    cfg = tiny_train_config(tmp_path, epochs=50, eval_every=100, time_budget=1.0, compile=True)
+    with caplog.at_level("INFO", logger="t2t_vit.training.engine"):
+        out = train(cfg, progress=False)
+    m = RunDir(out["run_dir"]).read_metrics()
+    assert 1.0 <= m["train_s"][-1] < 2.0 and len(m["epoch"]) > 1  # counted, the sleep alone would have spent it
+    seconds = float(re.search(r"compiling the model and its first update took ([\d.]+) s", caplog.text)[1])
+    assert seconds >= 2.0
+
+
 @pytest.mark.parametrize("name", [n for n in config_names() if resolve_config(n)["model"]])  # fine-tuning: the
 def test_every_shipped_config_resolves_and_its_model_takes_its_images(name):  # checkpoint names the model
     cfg = resolve_config(name)

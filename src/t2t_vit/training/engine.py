@@ -44,6 +44,7 @@ class StepContext:
     epochs: int = 0  # of the whole run, for "epoch 3/25" (0: not shown)
     log_interval: int = 0  # without a progress bar, log a line at each read (0: never)
     sync_every: int = 50  # updates between the host's reads of the device's flags (the same on every rank)
+    compiling: bool = False  # the model is compiled and its first update here is yet to run (and compile it)
 
 
 @dataclass
@@ -156,7 +157,7 @@ def train_one_epoch(
     pending = _fresh_flags(totals.nonfinite_in_a_row, device)
     marks = [_Mark.take(totals, pending, updates_done, 0)]
     ctx.optimizer.zero_grad(set_to_none=True)
-    micro, seen, stopped = 0, 0, "done"
+    micro, seen, stopped, compile_start = 0, 0, "done", 0.0
     finite = torch.ones((), device=device)  # 1 while every loss of this update's micro-batches is finite
     update_loss = torch.zeros((), device=device)  # the sum of this update's micro-batch losses
 
@@ -174,6 +175,8 @@ def train_one_epoch(
         return stopped != "done"
 
     for images, targets, counts in bar:
+        if ctx.compiling and micro == 0:
+            compile_start = time.perf_counter()
         micro += 1
         last_micro = micro % ctx.accum_steps == 0
         totals.batches += 1
@@ -192,6 +195,8 @@ def train_one_epoch(
         if not last_micro:
             continue
         _update(model, params, ctx, pending, device_skip, len(marks) - 1, _failed(ctx, update_loss, finite))
+        if ctx.compiling:
+            start += _untime_compile(ctx, time.perf_counter() - compile_start)
         finite, update_loss = torch.ones((), device=device), torch.zeros((), device=device)
         updates_done += 1  # the schedule follows the data, also over a dropped update
         if ctx.scheduler is not None and ctx.sched_on_updates:
@@ -205,6 +210,15 @@ def train_one_epoch(
     bar.close()
     totals.seconds = seconds_before + time.perf_counter() - start
     return dict(updates=updates_done, stopped=stopped)
+
+
+def _untime_compile(ctx: StepContext, seconds: float) -> float:
+    """Leave the first update of a compiled model, which compiles it, out of the training clock: a time budget and
+    its lr schedule count training, whatever the compile costs on this machine. Returns `seconds`."""
+    ctx.compiling = False
+    ctx.budget.restart(ctx.budget.seconds() - seconds)
+    _logger.info("compiling the model and its first update took %.1f s: not counted as training time", seconds)
+    return seconds
 
 
 def _read(

@@ -163,6 +163,7 @@ def _build(cfg: Dict[str, Any], rank: int, world: int, device: torch.device, run
         epochs=total_epochs,
         log_interval=cfg["log_interval"] if rank == 0 else 0,
         sync_every=cfg["log_interval"] or 50,
+        compiling=train_model is not model,  # before DDP's wrapper: compiled() may return the model itself
     )
 
     # the state a checkpoint saves, with what its readers need to rebuild the model
