@@ -244,8 +244,10 @@ def test_compile_with_bf16_follows_eager_in_a_training_step_and_trains(tmp_path)
     loss_c, grads_c = _loss_and_grads(compiled, x, y, torch.bfloat16)
     u = UNIT[torch.bfloat16]
     assert abs(loss_c - loss) <= 16 * u * abs(loss) and _relative(grads_c, grads) <= 32 * u
-    result = train(tiny_train_config(tmp_path, device="cuda", compile=True, epochs=1), progress=False)
-    assert np.isfinite(result["train_loss"]) and result["val_top1"] > 10
+    # the tiny digits run learns slowly: 4 epochs gave 17-19% on the CPU over seeds 0-2, 6 gave 19-23% (chance: 10%,
+    # whose sd on the 360 held-out images is 1.6 points)
+    result = train(tiny_train_config(tmp_path, device="cuda", compile=True, epochs=6), progress=False)
+    assert np.isfinite(result["train_loss"]) and result["val_top1"] > 15
 
 
 def test_onnx_export_from_a_cuda_model_matches_torch(tmp_path):
