@@ -1,15 +1,21 @@
 """`make gpu-study`: the paper's claims (`t2t-vit reproduce all`) at a budget where the models have learned, on one
-GPU in at most 9 minutes: the full Fashion-MNIST, 5 seeds, enough epochs to near convergence, several runs at once
-on the one GPU (each run a `t2t-vit train` process of its own; the capped runs share the GPU alike, arm for arm).
+GPU in at most 9 minutes: the full Fashion-MNIST, 5 seeds, several runs at once on the one GPU (each run a
+`t2t-vit train` process of its own, one CPU thread each; the capped runs share the GPU alike, arm for arm).
+
+The study's recipe at batch 512 (its lr scaled with the batch, as the recipe states it per 128 images): a step of
+these 28 px models is bound by kernel launches, not by the GPU's arithmetic, so four times the images per step is
+about four times the images per second. The equal-epoch runs go first; the capped runs then get the seconds the
+deadline leaves them, in whole waves of `--jobs` runs, so that the study ends inside its deadline at any pace.
 
 The pages go to docs/results/<machine>/ beside the CPU study's, and docs/results/README.md's table gains them as a
 budget of their own; everything written is also packed into OUT/gpu_study.tar.gz (a device call returns few files).
 
-    PYTHONPATH=src python3 benchmarks/gpu_study.py [--seeds 5] [--epochs 15] [--budget 60s] [--jobs 8]
+    PYTHONPATH=src python3 benchmarks/gpu_study.py [--seeds 5] [--epochs 15] [--batch-size 512] [--jobs 20]
     python benchmarks/gpu_study.py --dry-run       # digits on the CPU, 2 seeds, 1 epoch: the script runs
 """
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -24,14 +30,20 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+ENV = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    OMP_NUM_THREADS="1",  # many runs at once: one CPU thread each, not a thread per core each
+)
 from t2t_vit.config import resolve_config  # noqa: E402
 from t2t_vit.study.claims import CLAIMS, RECIPE  # noqa: E402
 from t2t_vit.study.report import write_report, write_summary_table  # noqa: E402
-from t2t_vit.study.runs import budget_names, parse_seconds, planned_runs  # noqa: E402
+from t2t_vit.study.runs import parse_seconds, planned_runs  # noqa: E402
+from t2t_vit.training.run_dir import RunDir  # noqa: E402
 
 FASHION_DIRS = (ROOT / ".gpu" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
 Run = Tuple[str, int, Dict[str, Any]]
+MIN_CAP = 15  # training seconds: a capped run shorter than this says little
 
 
 def _train(overrides: Dict[str, Any], configs: Path, deadline: float) -> Tuple[str, float, Optional[str]]:
@@ -57,19 +69,35 @@ def _train(overrides: Dict[str, Any], configs: Path, deadline: float) -> Tuple[s
     return name, time.monotonic() - start, error
 
 
-def run_all(runs: List[Run], jobs: int, device: str, configs: Path, deadline: float) -> List[str]:
-    """Every run (each once: claims share arms), `jobs` at once; the failures, and the runs the deadline cut."""
+def run_all(
+    runs: List[Run], jobs: int, common: Dict[str, Any], configs: Path, deadline: float
+) -> Tuple[List[str], List[float]]:
+    """Every run (each once: claims share arms) with the `common` overrides, `jobs` at once. Returns the failures
+    and the runs the deadline cut, and each finished run's wall seconds per training second (start-up and
+    evaluations included)."""
     unique: Dict[Tuple[str, str], Dict[str, Any]] = {}
     for _, _, overrides in runs:
-        unique.setdefault((overrides["output"], overrides["name"]), dict(overrides, device=device))
-    problems = []
+        unique.setdefault((overrides["output"], overrides["name"]), dict(overrides, **common))
+    problems, ratios = [], []
     with ThreadPoolExecutor(jobs) as pool:
-        for job in as_completed([pool.submit(_train, o, configs, deadline) for o in unique.values()]):
+        futures = {pool.submit(_train, o, configs, deadline): o for o in unique.values()}
+        for job in as_completed(futures):
             name, seconds, error = job.result()
             print(f"  {name}: {seconds:.0f} s{f' {error}' if error else ''}", flush=True)
             if error:
                 problems.append(f"{name}: {error}")
-    return problems
+                continue
+            metrics = RunDir(Path(futures[job]["output"]) / futures[job]["name"]).read_metrics()
+            if metrics.get("train_s"):
+                ratios.append(seconds / metrics["train_s"][-1])
+    return problems, ratios
+
+
+def capped_seconds(left: float, runs: int, jobs: int, ratio: float) -> int:
+    """The training seconds each capped run can have when `runs` of them go `jobs` at once in the `left` seconds,
+    a run's wall seconds being `ratio` times its training seconds (as the equal-epoch runs measured)."""
+    waves = math.ceil(runs / jobs)
+    return int(0.9 * left / waves / ratio)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -77,17 +105,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="digits on the CPU, tiny: the script runs, nothing more")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=15, help="the equal-epoch budget (default 15)")
-    p.add_argument("--budget", default="60s", help="the capped runs' training seconds (default 60s)")
-    p.add_argument("--jobs", type=int, default=8, help="runs at once on the one GPU (default 8)")
-    p.add_argument("--deadline", type=float, default=520, help="seconds after which no run is waited for")
+    p.add_argument("--batch-size", type=int, default=512, help="images per step (default 512; the lr scales)")
+    p.add_argument("--budget", help="the capped runs' training seconds (default: what the deadline leaves them)")
+    p.add_argument("--jobs", type=int, help="runs at once (default 20 on the GPU: two waves of 40; 2 in a dry run)")
+    p.add_argument("--deadline", type=float, default=500, help="seconds after which no run is waited for")
     p.add_argument("--fashion-mnist", help="folder of the four IDX files (default: .gpu/fashion-mnist)")
     p.add_argument("--results", help="where the pages go (default: docs/results/<the GPU's short name>)")
     p.add_argument("--out", default=os.environ.get("OUT", "."), help="where gpu_study.tar.gz goes (default: $OUT)")
     args = p.parse_args(argv)
+    args.jobs = args.jobs or (2 if args.dry_run else 20)
     import torch
 
     if args.dry_run:
-        device, data, seeds, epochs, seconds, subset = "cpu", "digits", range(2), 1, 5.0, 256
+        device, data, seeds, epochs, seconds, subset, batch = "cpu", "digits", range(2), 1, 5, 256, 64
         results = Path(args.results or "/tmp/gpu_study_dry/results")
         output = str(results.parent / "runs")
     else:
@@ -100,7 +130,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("gpu_study: no Fashion-MNIST IDX files: run `make gpu-pack` first", file=sys.stderr)
             return 2
         device, data, seeds, subset = "cuda", f"fashion-mnist:{folder}", range(args.seeds), None
-        epochs, seconds = args.epochs, parse_seconds(args.budget)
+        epochs, batch = args.epochs, args.batch_size
+        seconds = round(parse_seconds(args.budget)) if args.budget else None
         gpu = torch.cuda.get_device_name().split()[-1].lower()  # "NVIDIA H200" -> h200
         results = Path(args.results or ROOT / "docs" / "results" / gpu)
         output = str(ROOT / "runs" / f"reproduce-{gpu}")
@@ -109,13 +140,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.environ.setdefault("T2T_COMMIT", commit.read_text().strip())
     start = time.monotonic()
     deadline = start + args.deadline
+    common = dict(device=device, batch_size=batch, workers=0)
     problems: List[str] = []
     with tempfile.TemporaryDirectory(prefix="gpu_study_") as configs:
-        for budget in ("epochs", "time"):  # the capped runs' schedules follow the pace of the equal-epoch runs
-            runs = [r for c in CLAIMS for r in planned_runs(c, budget, data, seeds, epochs, seconds, subset, output)]
-            print(f"{budget_names(epochs, seconds)[budget]}: {len(runs)} runs, {args.jobs} at once", flush=True)
-            problems += run_all(runs, args.jobs, device, Path(configs), deadline)
-    setup = dict(data=data, seeds=list(seeds), epochs=epochs, seconds=seconds, train_subset=subset, output=output)
+        runs = [r for c in CLAIMS for r in planned_runs(c, "epochs", data, seeds, epochs, 0, subset, output)]
+        print(f"{epochs} epochs: {len(runs)} runs, {args.jobs} at once, batch {batch}", flush=True)
+        failed, ratios = run_all(runs, args.jobs, common, Path(configs), deadline)
+        problems += failed
+        if seconds is None:  # what the deadline leaves, in whole waves (the capped runs are as many as these)
+            capped = len({(o["output"], o["name"]) for _, _, o in runs})
+            seconds = capped_seconds(deadline - time.monotonic(), capped, args.jobs, max(ratios, default=2.0))
+            if seconds < MIN_CAP:
+                problems.append(f"capped runs: not run, the deadline left {seconds} s each (under {MIN_CAP} s)")
+        if seconds >= MIN_CAP or args.dry_run:  # the capped runs' schedules follow the pace of the equal-epoch runs
+            runs = [r for c in CLAIMS for r in planned_runs(c, "time", data, seeds, epochs, seconds, subset, output)]
+            print(f"{seconds} s of training: {len(runs)} runs, {args.jobs} at once", flush=True)
+            problems += run_all(runs, args.jobs, common, Path(configs), deadline)[0]
+    setup = dict(
+        data=data, seeds=list(seeds), epochs=epochs, seconds=seconds, train_subset=subset, output=output, batch=batch
+    )
     command = "make gpu-study" if not args.dry_run else "python benchmarks/gpu_study.py --dry-run"
     for name in CLAIMS:
         write_report(name, setup, results, command)

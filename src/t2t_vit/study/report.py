@@ -212,8 +212,9 @@ def _setup(budget: Dict[str, Any]) -> str:
     seeds = ", ".join(map(str, budget["seeds"]))
     images = f"{budget['train_subset']:,} (a fixed stratified subset)" if budget["train_subset"] else "all 60,000"
     epochs = f"{budget['epochs']} epoch{'s' if budget['epochs'] > 1 else ''}"
+    batch = f" at batch {budget['batch']} (the lr scaled with it)" if budget.get("batch") else ""
     return (
-        f"{budget['data']}, {images} training images, the test split held out; seeds {seeds}; budgets: "
+        f"{budget['data']}, {images} training images, the test split held out; seeds {seeds}; budgets{batch}: "
         f"{epochs}, and {budget['seconds']:.0f} s of training (each run capped there and evaluated at the cap; "
         "its lr schedule driven by the training seconds, so that it ends there; the capped runs take turns "
         "across the arms, seed by seed)"
