@@ -217,8 +217,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
         "time_budget": (
             None,
             "? number > 0",
-            "seconds of training (over all sessions, evaluation not counted) "
-            "after which the run evaluates and ends, mid-epoch if need be",
+            "seconds of training (over all sessions; evaluation and compiling not "
+            "counted) after which the run evaluates and ends, mid-epoch if need be",
         ),
         "schedule_on_time": (
             False,
