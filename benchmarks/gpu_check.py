@@ -9,6 +9,7 @@ a check failed. In that order:
     4. the compiled variants, as many as the time left allows; what did not fit is named
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py [--out DIR] [--budget SECONDS]
+    PYTHONPATH=src python3 benchmarks/gpu_check.py --sections tests,loop --name cuda_checks   # a recheck, 2-3 min
     python benchmarks/gpu_check.py --dry-run --out /tmp/x    # the CPU: tiny sizes, the CUDA parts skipped, named
 
 The Fashion-MNIST files come from `make gpu-pack` (.gpu/fashion-mnist, carried to the GPU machine) or --fashion-mnist.
@@ -41,6 +42,8 @@ from t2t_vit.deploy.benchmark import device_name  # noqa: E402
 CLI = [sys.executable, "-m", "t2t_vit"]
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
 FASHION_DIRS = (ROOT / ".gpu" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
+JPEGS_PER_CLASS = 700  # 54 batches of 128 an epoch: the loader benchmark's 16 warm-up and 30 timed ones in one
+SECTIONS = ("tests", "loop", "speed", "loaders")  # (a) the CUDA tests, (c) the real loop, (b) throughput, loaders
 
 
 class Report:
@@ -149,18 +152,19 @@ def fashion_dir(given: Optional[str]) -> Optional[Path]:
 
 def jpeg_folder(root: Path, per_class: int) -> Path:
     """An ImageFolder of JPEGs (train/ and val/, 10 classes) from the digits scaled to 320 px, noise added: the
-    decode, crop and RandAugment work of an ImageNet-like input path."""
+    decode, crop and RandAugment work of an ImageNet-like input path. A class's digits repeat under new noise."""
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("val", max(per_class // 5, 1))):
+    for split, count in (("train", per_class), ("val", min(max(per_class // 5, 1), 20))):
         for label in range(10):
             folder = root / split / str(label)
             folder.mkdir(parents=True, exist_ok=True)
-            for i, image in enumerate(digits.images[digits.target == label][:count]):
+            images = digits.images[digits.target == label]
+            for i, image in enumerate(images[j % len(images)] for j in range(count)):
                 big = np.kron(image * 15, np.ones((40, 40))) + rng.normal(0, 20, (320, 320))
                 rgb = np.repeat(big.clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)
                 Image.fromarray(rgb).save(folder / f"{i}.jpg", quality=90)
@@ -234,7 +238,7 @@ def loaders(report: Report, args: argparse.Namespace, work: Path) -> None:
     fashion = fashion_dir(args.fashion_mnist)
     if fashion is not None:
         loader_speed(report, "Fashion-MNIST", f"fashion-mnist:{fashion}", "fashion_mnist", device, work, [])
-    jpegs = jpeg_folder(work / "jpegs", 100)
+    jpegs = work / "jpegs"  # built while the tests and the loop ran
     loader_speed(report, "ImageFolder of JPEGs", str(jpegs), "t2t_vit_14", device, work, ["--batch-size", "128"])
 
 
@@ -254,13 +258,14 @@ def speed(report: Report, device: torch.device, groups: List[gpu_speed.Group], d
         report.add("speed", what, "failed", 0, error)
 
 
-def markdown(report: Report, env: Dict[str, Any], command: str, wall: float) -> str:
-    """cuda.md: the machine, the checks, the throughput table."""
+def markdown(report: Report, env: Dict[str, Any], command: str, wall: float, sections: List[str]) -> str:
+    """cuda.md: the machine, the checks, the throughput table (where `sections` measured it)."""
+    some = f" Sections run: {', '.join(sections)} (of {', '.join(SECTIONS)})." if len(sections) < len(SECTIONS) else ""
     lines = [
         "# The CUDA paths, checked and measured",
         "",
         f"`{command}` on {env['gpu']} (driver {env['driver']}), torch {env['torch']} (CUDA {env['cuda']}), timm "
-        f"{env['timm']}, Python {env['python']}; commit {env['commit']}, {env['date']}; {wall:.0f} s in all.",
+        f"{env['timm']}, Python {env['python']}; commit {env['commit']}, {env['date']}; {wall:.0f} s in all.{some}",
         "",
         "## Checks",
         "",
@@ -270,6 +275,8 @@ def markdown(report: Report, env: Dict[str, Any], command: str, wall: float) -> 
     for c in report.checks:
         detail = c["detail"].replace("|", "/").replace("\n", " ")
         lines.append(f"| {c['section']} | {c['name']} | {c['status']} | {c['seconds']:.0f} | {detail} |")
+    if "speed" not in sections:
+        return "\n".join(lines) + "\n"
     peaks = report.peaks
     sheet = f"{peaks['datasheet'] / 1e12:.0f}" if peaks.get("datasheet") else "not in the table"
     measured = f"{peaks['measured'] / 1e12:.0f}" if peaks.get("measured") else "-"
@@ -306,7 +313,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="where cuda.md and cuda.json go")
     p.add_argument("--budget", type=float, default=400.0, help="seconds for the whole check (default 400)")
     p.add_argument("--fashion-mnist", help="folder of the four Fashion-MNIST IDX files (default: .gpu/fashion-mnist)")
+    p.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"a comma list of {', '.join(SECTIONS)} (default: all)"
+    )
+    p.add_argument("--name", default="cuda", help="the files' name: NAME.md and NAME.json (default: cuda)")
     args = p.parse_args(argv)
+    sections = [s for s in SECTIONS if s in args.sections.split(",")]
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown or not sections:
+        p.error(
+            f"--sections {args.sections}: {', '.join(sorted(unknown)) or 'none given'}; take from {', '.join(SECTIONS)}"
+        )
     if not args.dry_run and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; --dry-run runs it on the CPU with tiny sizes", file=sys.stderr)
         return 2
@@ -320,27 +337,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         work = Path(tmp)
         (work / "demo").mkdir()
-        report.peaks = gpu_speed.peak_flops(device, args.dry_run)
+        jobs = [lambda: cuda_tests(report, work)] if "tests" in sections else []
+        jobs += real_loop(report, args, work) if "loop" in sections else []
+        if "loaders" in sections and not args.dry_run:  # enough batches that 16 workers are measured busy
+            jobs.append(lambda: jpeg_folder(work / "jpegs", JPEGS_PER_CLASS))
         with ThreadPoolExecutor() as pool:  # processes of their own: none of these is timed against another
-            for job in [lambda: cuda_tests(report, work), *real_loop(report, args, work)]:
+            for job in jobs:
                 pool.submit(guarded, report, job)
         eager, compiled = gpu_speed.plan(args.dry_run)
-        loaders_s = 10 if args.dry_run else 60  # kept free for the loaders
-        speed(report, device, eager, deadline - loaders_s, img)
-        loaders(report, args, work)
-        if args.dry_run:
+        if "speed" in sections:
+            report.peaks = gpu_speed.peak_flops(device, args.dry_run)
+            loaders_s = 10 if args.dry_run else 60  # kept free for the loaders
+            speed(report, device, eager, deadline - (loaders_s if "loaders" in sections else 0), img)
+        if "loaders" in sections:
+            loaders(report, args, work)
+        if "speed" in sections and args.dry_run:
             report.left_out += ["compiled variants: left out in a dry run (a minute of compile each on the CPU)"]
-        else:
+        elif "speed" in sections:
             speed(report, device, compiled, deadline, img)
         for log in ("cuda_tests.log", "cuda_tests.xml"):
             if (work / log).is_file():
                 shutil.copy(work / log, out / log)
     wall = time.monotonic() - report.started
     command = "python benchmarks/gpu_check.py --dry-run" if args.dry_run else "make gpu-check"
-    (out / "cuda.md").write_text(markdown(report, env, command, wall))
-    result = dict(env=env, wall_s=wall, peaks=report.peaks, checks=report.checks, speed=report.speed)
-    (out / "cuda.json").write_text(json.dumps(dict(result, left_out=report.left_out), indent=2) + "\n")
-    print(f"wrote {out / 'cuda.md'}: {len(report.checks)} checks, {len(report.failed)} failed, {wall:.0f} s")
+    if len(sections) < len(SECTIONS):
+        command = f"{command if args.dry_run else 'python3 benchmarks/gpu_check.py'} --sections {','.join(sections)}"
+    (out / f"{args.name}.md").write_text(markdown(report, env, command, wall, sections))
+    result = dict(env=env, wall_s=wall, sections=sections, peaks=report.peaks, checks=report.checks)
+    result = dict(result, speed=report.speed, left_out=report.left_out)
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out / (args.name + '.md')}: {len(report.checks)} checks, {len(report.failed)} failed, {wall:.0f} s")
     return 1 if report.failed else 0
 
 

@@ -31,3 +31,22 @@ def test_the_gpu_check_dry_run_runs_every_section_and_names_what_it_skips(tmp_pa
     assert all(r["img_per_s"] > 0 and r["mfu_measured"] > 0 for r in result["speed"])
     page = (tmp_path / "cuda.md").read_text()
     assert "## Checks" in page and "## Throughput at 224 px" in page and result["env"]["commit"] in page
+
+
+def test_a_recheck_runs_the_sections_asked_into_its_own_files_and_a_wrong_section_is_named(tmp_path):
+    cmd = [sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(tmp_path)]
+    proc = subprocess.run(
+        [*cmd, "--sections", "tests", "--name", "cuda_checks"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert not (tmp_path / "cuda.md").exists()  # the full run's page is left as it is
+    result = json.loads((tmp_path / "cuda_checks.json").read_text())
+    assert result["sections"] == ["tests"] and result["speed"] == [] and result["checks"]
+    assert {c["section"] for c in result["checks"]} == {"tests"}
+    page = (tmp_path / "cuda_checks.md").read_text()
+    assert "--sections tests" in page and "Sections run: tests" in page and "Throughput" not in page
+    wrong = subprocess.run([*cmd, "--sections", "tests,speeed"], cwd=ROOT, capture_output=True, text=True)
+    assert (
+        wrong.returncode == 2
+        and "--sections tests,speeed: speeed; take from tests, loop, speed, loaders" in wrong.stderr
+    )
