@@ -13,7 +13,7 @@ from t2t_vit.data import create_transform
 from t2t_vit.data.device_batches import DeviceBatches, erase_boxes, random_erase
 from t2t_vit.training.run import train
 
-from .helpers import tiny_train_config
+from .helpers import image_folder, tiny_train_config
 
 READS = ("item", "tolist", "__bool__")  # every way a tensor's value reaches Python (each a sync on CUDA)
 # the loader's own CPU tensors, which never touch the device: the sampler's permutation, the crop boxes, the seed
@@ -240,3 +240,20 @@ def test_an_overflow_the_grad_scaler_handles_is_not_a_nonfinite_step():
     pending = engine._fresh_flags(0.0, torch.device("cpu"))
     assert step(torch.amp.GradScaler("cpu", init_scale=1.0), 0, lambda y: _InfGradient.apply(y).sum())
     assert pending.tolist() == [1.0, 1.0, 1.0, 0.0]  # an overflow at the floor: a failure
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker")  # asked for on a 2-core machine
+def test_benchmark_loader_says_when_a_small_folder_leaves_its_workers_idle(tmp_path, capsys, monkeypatch):
+    from t2t_vit.cli import main
+    from t2t_vit.data import loader
+
+    monkeypatch.setattr(loader.os, "cpu_count", lambda: 4)  # workers are capped at the cores; this asks for 4
+
+    folder = image_folder(tmp_path / "images", per_class=8)  # 24 images: 6 batches of 4 an epoch for 4 workers
+    args = ["benchmark", "--loader", str(folder), "--config", "digits", "--repeats", "1", "--warmup", "0"]
+    assert main([*args, "--batch-size", "4", "--workers", "4"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "input path alone (DataLoader, 4 workers)" in out
+    assert "note: 6 batches an epoch for 4 workers: each epoch's end leaves workers idle" in out
+    assert main([*args, "--batch-size", "2", "--workers", "1"]) in (0, None)  # 12 batches for 1 worker: no note
+    assert "note:" not in capsys.readouterr().out

@@ -14,9 +14,11 @@ from .benchmark import BenchConfig, benchmark
 
 
 def input_speed(cfg: Dict[str, Any], batches: int = 30, warmup: int = 3) -> Dict[str, Any]:
-    """Images per second of the recipe's training input path, through as many epochs as `batches` needs."""
+    """Images per second of the recipe's training input path, through as many epochs as `batches` needs. The clock
+    starts after `warmup` batches, and at least a batch per worker: the workers' first batches are ready at once."""
     device = pick_device(cfg["device"])
     data = build_data(cfg, 1, 0, device.type == "cuda")
+    workers = getattr(data.train_loader, "num_workers", 0)
     loader = DeviceBatches(
         data.train_loader, device, data.config, (cfg["reprob"], cfg["remode"], cfg["recount"]), cfg["seed"]
     )
@@ -30,7 +32,7 @@ def input_speed(cfg: Dict[str, Any], batches: int = 30, warmup: int = 3) -> Dict
 
     it, images = drawn(), 0
     with workers_closed(data.train_loader):
-        for _ in range(warmup):
+        for _ in range(max(warmup, workers)):
             next(it)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -41,13 +43,12 @@ def input_speed(cfg: Dict[str, Any], batches: int = 30, warmup: int = 3) -> Dict
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         it.close()
-    path = type(data.train_loader).__name__
-    workers = getattr(data.train_loader, "num_workers", 0)
     return dict(
         img_per_s=images / seconds,
         batches=batches,
-        path=path,
+        path=type(data.train_loader).__name__,
         workers=workers,
+        batches_per_epoch=len(data.train_loader),
         train_images=len(data.train_set),
         classes=len(data.classes),
     )
@@ -82,11 +83,17 @@ def input_and_model(cfg: Dict[str, Any], batches: int = 30, repeats: int = 5) ->
 
 
 def format_input_and_model(res: Dict[str, Any]) -> str:
-    """Two lines and the verdict."""
+    """Two lines and the verdict; a note where the dataset is too small for its workers to be measured busy."""
     inp = res["input"]
-    return (
+    text = (
         f"{res['data']}, batch {res['batch_size']}, {inp['train_images']} training images\n"
         f"input path alone ({inp['path']}, {inp['workers']} workers): {inp['img_per_s']:.0f} img/s\n"
         f"model step alone ({res['model']}, forward + backward + AdamW): {res['model_img_per_s']:.0f} img/s\n"
         f"the run is bound by the {res['bound_by']}"
     )
+    if inp["workers"] and inp["batches_per_epoch"] < 2 * inp["workers"]:  # each worker makes whole batches
+        text += (
+            f"\nnote: {inp['batches_per_epoch']} batches an epoch for {inp['workers']} workers: each epoch's end "
+            "leaves workers idle, so the input path of a larger dataset goes faster than this"
+        )
+    return text
