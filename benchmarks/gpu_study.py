@@ -44,6 +44,7 @@ from t2t_vit.training.run_dir import RunDir  # noqa: E402
 FASHION_DIRS = (ROOT / ".gpu" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
 Run = Tuple[str, int, Dict[str, Any]]
 MIN_CAP = 15  # training seconds: a capped run shorter than this says little
+DRY_CAP = 5  # a dry run's capped runs: the computed seconds, at most these
 
 
 def _train(overrides: Dict[str, Any], configs: Path, deadline: float) -> Tuple[str, float, Optional[str]]:
@@ -117,7 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     if args.dry_run:
-        device, data, seeds, epochs, seconds, subset, batch = "cpu", "digits", range(2), 1, 5, 256, 64
+        device, data, seeds, epochs, seconds, subset, batch = "cpu", "digits", range(2), 1, None, 256, 64
         results = Path(args.results or "/tmp/gpu_study_dry/results")
         output = str(results.parent / "runs")
     else:
@@ -150,7 +151,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if seconds is None:  # what the deadline leaves, in whole waves (the capped runs are as many as these)
             capped = len({(o["output"], o["name"]) for _, _, o in runs})
             seconds = capped_seconds(deadline - time.monotonic(), capped, args.jobs, max(ratios, default=2.0))
-            if seconds < MIN_CAP:
+            seconds = min(seconds, DRY_CAP) if args.dry_run else seconds
+            if seconds < MIN_CAP and not args.dry_run:
                 problems.append(f"capped runs: not run, the deadline left {seconds} s each (under {MIN_CAP} s)")
         if seconds >= MIN_CAP or args.dry_run:  # the capped runs' schedules follow the pace of the equal-epoch runs
             runs = [r for c in CLAIMS for r in planned_runs(c, "time", data, seeds, epochs, seconds, subset, output)]
