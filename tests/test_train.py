@@ -485,6 +485,21 @@ def test_compiling_is_not_training_time_for_the_time_budget(tmp_path, monkeypatc
     assert seconds >= 2.0
 
 
+def test_an_epoch_bound_that_ends_a_run_before_its_clock_driven_schedule_is_said(tmp_path, caplog):
+    """A schedule on time ends at the budget; a faster machine reaching `epochs` first leaves it unfinished."""
+    kwargs = dict(schedule_on_time=True, sched_on_updates=True, warmup_epochs=0, model_ema=False)
+    with caplog.at_level("WARNING", logger="t2t_vit.training.run"):
+        train(tiny_train_config(tmp_path / "bound", epochs=1, time_budget=1000, **kwargs), progress=False)
+    said = re.search(
+        r"bound of 1 epochs after [\d.]+ s of training, before its time budget of 1000 s.*at (\d+)%", caplog.text
+    )
+    assert said and int(said[1]) < 5 and "raise --epochs" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="t2t_vit.training.run"):  # the budget ends it: nothing to say
+        train(tiny_train_config(tmp_path / "budget", epochs=1000, time_budget=1.0, **kwargs), progress=False)
+    assert "raise --epochs" not in caplog.text
+
+
 @pytest.mark.parametrize("name", [n for n in config_names() if resolve_config(n)["model"]])  # fine-tuning: the
 def test_every_shipped_config_resolves_and_its_model_takes_its_images(name):  # checkpoint names the model
     cfg = resolve_config(name)

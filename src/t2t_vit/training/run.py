@@ -103,11 +103,26 @@ def _run(
                 break
         if stopped != "done":  # the one exit of a stop
             _stop(run, state, stopped, where)
+        elif cfg["schedule_on_time"] and row and state.epoch >= run.total_epochs and run.is_main:
+            _schedule_cut_short(state.train_seconds, cfg["time_budget"], run.total_epochs)
         if stopped == "signal":
             return dict(row, run_dir=str(run_dir), stopped=signals.received, at=where)
     if not row and stopped in ("done", "budget") and run.is_main:  # no epoch ended here: the run had ended before
         row = _ended_row(run_dir)
     return dict(row, run_dir=str(run_dir), best=state.best, train_seconds=state.train_seconds)
+
+
+def _schedule_cut_short(seconds: float, budget: float, epochs: int) -> None:
+    """Say that the epoch bound ended a run whose lr schedule follows the clock before its budget had: that
+    schedule had not ended, and the last updates took a higher lr than the budget's end would have."""
+    _logger.warning(
+        "the run ended at its bound of %d epochs after %.0f s of training, before its time budget of %.0f s: the lr "
+        "schedule, which follows the clock, stopped at %.0f%% of its course; raise --epochs to end it at the budget",
+        epochs,
+        seconds,
+        budget,
+        100 * seconds / budget,
+    )
 
 
 def _ended_row(run_dir: RunDir) -> Dict[str, Any]:
