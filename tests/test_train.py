@@ -461,8 +461,9 @@ def test_a_time_budget_ends_the_run_mid_epoch_evaluated_and_finished(tmp_path, c
 
 
 def test_compiling_is_not_training_time_for_the_time_budget(tmp_path, monkeypatch, caplog):
-    """A compiled model's first update compiles it (a minute and more on some machines): a 2 s stand-in for that,
-    longer than the whole budget, is left out of the clock, so the run still trains its budget's worth."""
+    """A compiled model's first update compiles it (a minute and more on some machines): a 3 s stand-in for that,
+    longer than the whole budget, is left out of the clock, so the run still trains its budget's worth. (How many
+    epochs that is depends on the machine: CI's 2 cores have taken more than 1 s for one.)"""
 
     class CompilesFirst(torch.nn.Module):  # as torch.compile holds the model, its first call slow
         def __init__(self, module):
@@ -472,7 +473,7 @@ def test_compiling_is_not_training_time_for_the_time_budget(tmp_path, monkeypatc
         def forward(self, x):
             self.calls += 1
             if self.calls == 1:
-                time.sleep(2.0)
+                time.sleep(3.0)
             return self.module(x)
 
     monkeypatch.setattr("t2t_vit.training.run.compiled", lambda model, device: CompilesFirst(model))
@@ -480,9 +481,9 @@ def test_compiling_is_not_training_time_for_the_time_budget(tmp_path, monkeypatc
     with caplog.at_level("INFO", logger="t2t_vit.training.engine"):
         out = train(cfg, progress=False)
     m = RunDir(out["run_dir"]).read_metrics()
-    assert 1.0 <= m["train_s"][-1] < 2.0 and len(m["epoch"]) > 1  # counted, the sleep alone would have spent it
+    assert 1.0 <= m["train_s"][-1] < 3.0  # the budget spent training; counted, the sleep alone would be 3 s
     seconds = float(re.search(r"compiling the model and its first update took ([\d.]+) s", caplog.text)[1])
-    assert seconds >= 2.0
+    assert seconds >= 3.0
 
 
 def test_an_epoch_bound_that_ends_a_run_before_its_clock_driven_schedule_is_said(tmp_path, caplog):
