@@ -435,3 +435,13 @@ def test_cli_eval_in_a_runtime_refuses_data_of_another_class_count(own_checkpoin
     assert main([*base, "--runtime", "onnxruntime"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and expected in err.strip().splitlines()[-1], err
+
+
+def test_cli_eval_in_a_runtime_under_torchrun_of_several_processes_says_to_run_it_in_one(
+    checkpoint, monkeypatch, capsys
+):
+    """onnxruntime and OpenVINO score in one process: each of torchrun's would score every image."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["eval", "--checkpoint", str(checkpoint), "--data", "digits", "--runtime", "onnxruntime", "--no-progress"]
+    assert main(argv) == 2
+    one_line_error(capsys, "--runtime onnxruntime scores in one process", "run it without torchrun (here 2 processes)")

@@ -1,7 +1,9 @@
 """The device a process computes on and the precision it computes in: picked from what `--device` and
-`--precision` say and what is here. Training, evaluation and prediction all go through these."""
+`--precision` say and what is here. Training, evaluation and prediction all go through these, and through the
+process's place among torchrun's."""
 
 import contextlib
+import os
 from typing import Any, Optional
 
 import torch
@@ -10,6 +12,16 @@ from .errors import InputError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # each precision's autocast dtype
+
+
+def launched_rank() -> int:
+    """This process's rank among torchrun's (RANK), 0 outside torchrun: rank 0 speaks for all of them."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def launched_world() -> int:
+    """How many processes torchrun started for the command (WORLD_SIZE), 1 outside torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:

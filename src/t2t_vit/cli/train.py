@@ -91,6 +91,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace, overrides: List[str]) -> int:
+    from ..device import launched_rank
     from ..training.run import train
 
     values = parse_overrides(overrides)
@@ -104,7 +105,7 @@ def _train(args: argparse.Namespace, overrides: List[str]) -> int:
         result = train(cfg, resume=args.resume, progress=not args.no_progress)
     except ConfigError as e:  # say where the values it names came from
         raise ConfigError(f"{e} ({describe_sources(e.keys, cfg, sources)})", e.keys) from None
-    if int(os.environ.get("RANK", "0")) != 0:
+    if launched_rank() != 0:
         return 128 + result["stopped"] if result.get("stopped") else 0
     if result.get("stopped"):  # a signal: the run is not finished, and says so to the shell and the scheduler
         print(
@@ -139,7 +140,13 @@ def _eval_runtime(args: argparse.Namespace) -> dict:
     from ..deploy.predict import checkpoint_task
     from ..deploy.runtimes import load_runner
     from ..deploy.speed import evaluate_runner
+    from ..device import launched_world
 
+    if launched_world() > 1:  # each process would score every image: torchrun's processes add nothing
+        raise InputError(
+            f"--runtime {args.runtime} scores in one process, with --threads threads: run it without torchrun "
+            f"(here {launched_world()} processes)"
+        )
     torch_only = [f"--{k} {v}" for k, v in (("device", args.device), ("precision", args.precision)) if v != "auto"]
     if checkpoint_task(args.checkpoint, args.task) != "classification" or torch_only:
         raise InputError(
@@ -159,6 +166,7 @@ def _checkpoint_stem(path: str) -> str:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from ..device import launched_rank
     from ..training.evaluate import evaluate_checkpoint
 
     default_runtime(args)
@@ -180,7 +188,7 @@ def _eval(args: argparse.Namespace) -> None:
             args.precision,
             args.task,
         )
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: the totals are every rank's; rank 0 says them
+    if launched_rank() != 0:  # under torchrun: the totals are every rank's; rank 0 says them
         return
     if r["task"] == "classification":
         scores = f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}"

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..device import launched_rank
 from ..errors import InputError
 
 _logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class ImageFiles(Dataset):
                 f"no images found under {str(root)!r} (its class folders hold no {'/'.join(IMG_EXTENSIONS)} file): "
                 "it must hold one sub-folder of images per class"
             )
-        said = int(os.environ.get("RANK", "0")) == 0  # one torchrun rank says it for all
+        said = launched_rank() == 0  # one torchrun rank says it for all
         if empty and said:  # still classes (a split's classes are its folders), with nothing to learn or score
             shown = ", ".join(empty[:4]) + (" ..." if len(empty) > 4 else "")
             _logger.warning("%s: %d class folder(s) hold no images (%s)", root, len(empty), shown)

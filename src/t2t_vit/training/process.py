@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..device import pick_device
+from ..device import launched_rank, launched_world, pick_device
 from ..errors import InputError
 
 _logger = logging.getLogger(__name__)
@@ -23,14 +23,14 @@ def setup_distributed(device_name: str = "auto") -> Tuple[int, int, torch.device
     the device the run uses (nccl for CUDA, gloo for the CPU, also on a machine that has GPUs). One process under
     torchrun gets its group too, so that it runs the collectives a run of many runs."""
     global _made_group
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_name, local_rank)
     if world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return 0, 1, device
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    rank = int(os.environ["RANK"])
+    rank = launched_rank()
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         _init_process_group(backend, rank, world)

@@ -16,6 +16,7 @@ from .. import hub
 from ..config import ConfigError, check_values
 from ..config_keys import DEFAULTS, unused_keys
 from ..data import tensor_batches as tensor_data
+from ..device import launched_rank
 from ..errors import InputError, missing_file
 from ..factory import constructor_keywords, create_model, load_model
 from ..models.vit import init_weights
@@ -168,7 +169,7 @@ def _check_opt_and_sched(cfg: Dict[str, Any]) -> None:
 
 def _warn(message: str, *args: Any) -> None:
     """A warning about the config, which every torchrun rank would repeat: logged by rank 0 only."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launched_rank() == 0:
         _logger.warning(message, *args)
 
 
