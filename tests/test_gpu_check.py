@@ -1,6 +1,7 @@
 """`make gpu-check`'s dry run: the script runs on the CPU at tiny sizes, so it cannot rot between the rare sessions
 that are lent a GPU."""
 
+import ast
 import json
 import subprocess
 import sys
@@ -21,7 +22,11 @@ def test_the_gpu_check_dry_run_runs_every_section_and_names_what_it_skips(tmp_pa
     result = json.loads((tmp_path / "cuda.json").read_text())
     checks = {c["name"]: c for c in result["checks"]}
     tests = [c for c in result["checks"] if c["section"] == "tests"]
-    assert len(tests) >= 10 and all(c["status"] == "skipped" and "CUDA is not available" in c["detail"] for c in tests)
+    assert all(c["status"] == "skipped" and "CUDA is not available" in c["detail"] for c in tests)
+    names = [c["name"] for c in tests]  # the two pytest processes together: every CUDA test, once
+    module = ast.parse((ROOT / "tests" / "test_cuda.py").read_text())
+    defined = {f.name for f in module.body if isinstance(f, ast.FunctionDef) and f.name.startswith("test_")}
+    assert len(defined) >= 9 and {n.split("[")[0] for n in names} == defined and len(set(names)) == len(names)
     assert checks["SIGTERM stop and resume"]["status"] == "passed"
     assert checks["benchmark --loader digits"]["status"] == "passed"
     assert {c["status"] for c in result["checks"]} <= {"passed", "skipped"}
