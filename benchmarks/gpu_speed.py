@@ -28,8 +28,16 @@ from t2t_vit.factory import create_model
 DEIT_S = "timm:vit_small_patch16_224"
 MODES = ("train", "infer")
 TINY = dict(embed_dim=64, depth=1, num_heads=2)
-# Dense (no sparsity) bf16 tensor-core peaks from the vendor's datasheets, TFLOP/s, by a name torch reports.
-DATASHEET_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "RTX 3090": 71.0}
+# Dense (no sparsity) bf16 tensor-core peaks from the vendor's datasheets, TFLOP/s, by a name torch reports; the
+# first key in the name counts ("NVIDIA H100 PCIe" is not the SXM part, "NVIDIA H100 80GB HBM3").
+DATASHEET_BF16_TFLOPS = {
+    "H200": 989.4,
+    "H100 PCIe": 756.0,
+    "H100": 989.4,
+    "A100": 312.0,
+    "L40S": 362.1,
+    "RTX 3090": 71.0,
+}
 
 
 @dataclasses.dataclass
@@ -113,9 +121,14 @@ def peak_flops(device: torch.device, dry: bool) -> Dict[str, Optional[float]]:
     measured here (fp32 on the CPU in a dry run)."""
     if device.type != "cuda":
         return dict(datasheet=None, measured=matmul_peak_gflops("cpu", "fp32", 512 if dry else 0) * 1e9)
-    name = torch.cuda.get_device_name(device)
-    sheet = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in name), None)
-    return dict(datasheet=sheet * 1e12 if sheet else None, measured=matmul_peak_gflops("cuda", "bf16", 8192) * 1e9)
+    sheet = datasheet_peak(torch.cuda.get_device_name(device))
+    return dict(datasheet=sheet, measured=matmul_peak_gflops("cuda", "bf16", 8192) * 1e9)
+
+
+def datasheet_peak(device_name: str) -> Optional[float]:
+    """The dense bf16 peak in FLOP/s of the GPU that torch names `device_name`; None if it is not in the table."""
+    sheet = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in device_name), None)
+    return sheet * 1e12 if sheet else None
 
 
 def _build(v: Variant, mode: str, batch: int, img_size: int, device: torch.device) -> Tuple[Callable, Dict]:

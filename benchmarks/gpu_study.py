@@ -12,6 +12,7 @@ budget of their own; everything written is also packed into OUT/gpu_study.tar.gz
 
     PYTHONPATH=src python3 benchmarks/gpu_study.py [--seeds 5] [--epochs 15] [--batch-size 512] [--jobs 20]
     python benchmarks/gpu_study.py --dry-run       # digits on the CPU, 2 seeds, 1 epoch: the script runs
+    ... --claims mixer,depth                       # some of the claims (default: all)
 """
 
 import argparse
@@ -43,8 +44,10 @@ from t2t_vit.training.run_dir import RunDir  # noqa: E402
 
 FASHION_DIRS = (ROOT / ".gpu" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
 Run = Tuple[str, int, Dict[str, Any]]
+VENDOR_WORDS = {"nvidia", "tesla", "geforce", "quadro"}
+SERIES = {"RTX", "GTX", "TITAN"}
 MIN_CAP = 15  # training seconds: a capped run shorter than this says little
-DRY_CAP = 5  # a dry run's capped runs: the computed seconds, at most these
+DRY_CAP = 2  # a dry run's capped runs: the computed seconds, at most these
 
 
 def _train(overrides: Dict[str, Any], configs: Path, deadline: float) -> Tuple[str, float, Optional[str]]:
@@ -94,6 +97,16 @@ def run_all(
     return problems, ratios
 
 
+def machine_name(device_name: str) -> str:
+    """A GPU's short name for the study's folder, from the name torch reports: "NVIDIA H100 80GB HBM3" -> h100,
+    "NVIDIA A100-SXM4-80GB" -> a100, "NVIDIA GeForce RTX 3090" -> rtx-3090, "Tesla T4" -> t4."""
+    words = [w for w in device_name.split() if w.lower() not in VENDOR_WORDS] or ["gpu"]
+    model = words[0].split("-")[0]
+    if model.upper() in SERIES and len(words) > 1:  # "RTX 3090", "RTX A6000": the series says little alone
+        model = f"{model}-{words[1].split('-')[0]}"
+    return model.lower()
+
+
 def capped_seconds(left: float, runs: int, jobs: int, ratio: float) -> int:
     """The training seconds each capped run can have when `runs` of them go `jobs` at once in the `left` seconds,
     a run's wall seconds being `ratio` times its training seconds (as the equal-epoch runs measured)."""
@@ -113,7 +126,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--fashion-mnist", help="folder of the four IDX files (default: .gpu/fashion-mnist)")
     p.add_argument("--results", help="where the pages go (default: docs/results/<the GPU's short name>)")
     p.add_argument("--out", default=os.environ.get("OUT", "."), help="where gpu_study.tar.gz goes (default: $OUT)")
+    p.add_argument("--claims", default=",".join(CLAIMS), help=f"a comma list of {', '.join(CLAIMS)} (default: all)")
     args = p.parse_args(argv)
+    claims = [c for c in CLAIMS if c in args.claims.split(",")]
+    unknown = set(args.claims.split(",")) - set(CLAIMS)
+    if unknown or not claims:
+        p.error(f"--claims {args.claims}: {', '.join(sorted(unknown)) or 'none given'}; take from {', '.join(CLAIMS)}")
     args.jobs = args.jobs or (2 if args.dry_run else 20)
     import torch
 
@@ -133,7 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         device, data, seeds, subset = "cuda", f"fashion-mnist:{folder}", range(args.seeds), None
         epochs, batch = args.epochs, args.batch_size
         seconds = round(parse_seconds(args.budget)) if args.budget else None
-        gpu = torch.cuda.get_device_name().split()[-1].lower()  # "NVIDIA H200" -> h200
+        gpu = machine_name(torch.cuda.get_device_name())
         results = Path(args.results or ROOT / "docs" / "results" / gpu)
         output = str(ROOT / "runs" / f"reproduce-{gpu}")
     commit = ROOT / ".gpu" / "COMMIT"
@@ -144,7 +162,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     common = dict(device=device, batch_size=batch, workers=0)
     problems: List[str] = []
     with tempfile.TemporaryDirectory(prefix="gpu_study_") as configs:
-        runs = [r for c in CLAIMS for r in planned_runs(c, "epochs", data, seeds, epochs, 0, subset, output)]
+        runs = [r for c in claims for r in planned_runs(c, "epochs", data, seeds, epochs, 0, subset, output)]
         print(f"{epochs} epochs: {len(runs)} runs, {args.jobs} at once, batch {batch}", flush=True)
         failed, ratios = run_all(runs, args.jobs, common, Path(configs), deadline)
         problems += failed
@@ -155,14 +173,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             if seconds < MIN_CAP and not args.dry_run:
                 problems.append(f"capped runs: not run, the deadline left {seconds} s each (under {MIN_CAP} s)")
         if seconds >= MIN_CAP or args.dry_run:  # the capped runs' schedules follow the pace of the equal-epoch runs
-            runs = [r for c in CLAIMS for r in planned_runs(c, "time", data, seeds, epochs, seconds, subset, output)]
+            runs = [r for c in claims for r in planned_runs(c, "time", data, seeds, epochs, seconds, subset, output)]
             print(f"{seconds} s of training: {len(runs)} runs, {args.jobs} at once", flush=True)
             problems += run_all(runs, args.jobs, common, Path(configs), deadline)[0]
     setup = dict(
         data=data, seeds=list(seeds), epochs=epochs, seconds=seconds, train_subset=subset, output=output, batch=batch
     )
     command = "make gpu-study" if not args.dry_run else "python benchmarks/gpu_study.py --dry-run"
-    for name in CLAIMS:
+    for name in claims:
         write_report(name, setup, results, command)
     written = [results]
     if not args.dry_run:

@@ -55,3 +55,16 @@ def test_a_recheck_runs_the_sections_asked_into_its_own_files_and_a_wrong_sectio
         wrong.returncode == 2
         and "--sections tests,speeed: speeed; take from tests, loop, speed, loaders" in wrong.stderr
     )
+
+
+def test_the_datasheet_peak_is_the_named_gpus_and_none_for_one_not_in_the_table():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_speed
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert gpu_speed.datasheet_peak("NVIDIA H200") == 989.4e12
+    assert gpu_speed.datasheet_peak("NVIDIA H100 80GB HBM3") == 989.4e12  # the SXM part
+    assert gpu_speed.datasheet_peak("NVIDIA H100 PCIe") == 756.0e12
+    assert gpu_speed.datasheet_peak("NVIDIA GeForce RTX 3090") == 71.0e12
+    assert gpu_speed.datasheet_peak("Tesla T4") is None

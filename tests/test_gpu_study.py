@@ -1,0 +1,52 @@
+"""`make gpu-study`'s dry run (one claim, so that it stays cheap) and the names it gives a GPU's results."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("gpu_study", ROOT / "benchmarks" / "gpu_study.py")
+gpu_study = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(gpu_study)
+
+
+@pytest.mark.parametrize(
+    "reported, folder",
+    [
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA H100 80GB HBM3", "h100"),  # the last word would name the memory, not the GPU
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA GeForce RTX 3090", "rtx-3090"),
+        ("NVIDIA RTX A6000", "rtx-a6000"),
+        ("NVIDIA L40S", "l40s"),
+        ("Tesla T4", "t4"),
+        ("Tesla V100-SXM2-16GB", "v100"),
+    ],
+)
+def test_a_gpu_gets_the_folder_of_its_model_name(reported, folder):
+    assert gpu_study.machine_name(reported) == folder
+
+
+def test_the_gpu_study_dry_run_writes_the_pages_of_the_claims_asked(tmp_path):
+    results, out = tmp_path / "results", tmp_path / "out"
+    cmd = [sys.executable, "benchmarks/gpu_study.py", "--dry-run", "--results", str(results), "--out", str(out)]
+    proc = subprocess.run([*cmd, "--claims", "mixer"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "0 problems" in proc.stdout
+    summary = json.loads((results / "mixer.json").read_text())
+    assert set(summary["arms"]) == {"T2T", "T2T, Transformer mixer"}
+    assert not (results / "depth.json").exists()  # a claim not asked for is not run
+    with tarfile.open(out / "gpu_study.tar.gz") as tar:
+        assert {"mixer.md", "mixer.json"} <= {Path(n).name for n in tar.getnames()}
+
+
+def test_a_claim_not_in_the_study_is_named_with_the_choices(capsys):
+    with pytest.raises(SystemExit) as stop:
+        gpu_study.main(["--dry-run", "--claims", "mixer,mixr"])
+    assert stop.value.code == 2
+    assert "--claims mixer,mixr: mixr; take from tokens, budget, mixer, depth, overlap" in capsys.readouterr().err
