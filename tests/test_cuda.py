@@ -244,10 +244,11 @@ def test_compile_with_bf16_follows_eager_in_a_training_step_and_trains(tmp_path)
     loss_c, grads_c = _loss_and_grads(compiled, x, y, torch.bfloat16)
     u = UNIT[torch.bfloat16]
     assert abs(loss_c - loss) <= 16 * u * abs(loss) and _relative(grads_c, grads) <= 32 * u
-    # the tiny digits run learns slowly: 4 epochs gave 17-19% on the CPU over seeds 0-2, 6 gave 19-23% (chance: 10%,
-    # whose sd on the 360 held-out images is 1.6 points)
-    result = train(tiny_train_config(tmp_path, device="cuda", compile=True, epochs=6), progress=False)
-    assert np.isfinite(result["train_loss"]) and result["val_top1"] > 15
+    # the tiny digits run sits at chance for its first 1-2 epochs (the H200 in bf16 ended 1 epoch at 9.7%), then
+    # learns slowly: on the CPU (fp32) over seeds 0-2, 6 epochs gave 19-23% and 20 gave 41-60%. 25% is 9 sd above
+    # chance (10%, sd 1.6 points on the 360 held-out images); 20 epochs of 22 steps are seconds on a GPU
+    result = train(tiny_train_config(tmp_path, device="cuda", compile=True, epochs=20), progress=False)
+    assert np.isfinite(result["train_loss"]) and result["val_top1"] > 25
 
 
 def test_onnx_export_from_a_cuda_model_matches_torch(tmp_path):
