@@ -47,6 +47,7 @@ Run = Tuple[str, int, Dict[str, Any]]
 VENDOR_WORDS = {"nvidia", "tesla", "geforce", "quadro"}
 SERIES = {"RTX", "GTX", "TITAN"}
 MIN_CAP = 15  # training seconds: a capped run shorter than this says little
+STOP_GRACE = 30  # seconds a run has to save and exit after its SIGTERM at the deadline
 DRY_CAP = 2  # a dry run's capped runs: the computed seconds, at most these
 
 
@@ -66,7 +67,16 @@ def _train(overrides: Dict[str, Any], configs: Path, deadline: float) -> Tuple[s
             proc.wait(timeout=max(deadline - start, 1))
         except subprocess.TimeoutExpired:
             proc.terminate()
-            proc.wait()
+            try:
+                proc.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:  # the study's pages are written after the runs: none may hold them
+                proc.kill()
+                proc.wait()
+                return (
+                    name,
+                    time.monotonic() - start,
+                    f"killed {STOP_GRACE} s after SIGTERM (its last checkpoint stands)",
+                )
             return name, time.monotonic() - start, "stopped at the deadline (saved; resumable)"
         err.seek(0)
         error = None if proc.returncode == 0 else f"exit {proc.returncode}: {err.read().strip()[-300:]}"

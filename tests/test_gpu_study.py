@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,23 @@ def test_a_claim_not_in_the_study_is_named_with_the_choices(capsys):
         gpu_study.main(["--dry-run", "--claims", "mixer,mixr"])
     assert stop.value.code == 2
     assert "--claims mixer,mixr: mixr; take from tokens, budget, mixer, depth, overlap" in capsys.readouterr().err
+
+
+def test_a_run_that_outlives_its_sigterm_at_the_deadline_is_killed_so_the_pages_still_get_written(
+    tmp_path, monkeypatch
+):
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)"
+    real_popen = subprocess.Popen
+
+    def popen(cmd, **kwargs):
+        proc = real_popen([sys.executable, "-c", stubborn], **dict(kwargs, stdout=subprocess.PIPE))
+        proc.stdout.readline()  # SIGTERM is ignored from here on
+        return proc
+
+    monkeypatch.setattr(gpu_study.subprocess, "Popen", popen)
+    monkeypatch.setattr(gpu_study, "STOP_GRACE", 1)
+    overrides = dict(output=str(tmp_path / "runs"), name="t2t-s0", data="digits", epochs=1)
+    start = time.monotonic()
+    name, seconds, error = gpu_study._train(overrides, tmp_path, time.monotonic() + 1)
+    assert name == "runs/t2t-s0" and error == "killed 1 s after SIGTERM (its last checkpoint stands)"
+    assert time.monotonic() - start < 20
