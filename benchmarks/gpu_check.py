@@ -10,7 +10,7 @@ a check failed. In that order:
     4. the compiled variants, as many as the time left allows; what did not fit is named
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py [--out DIR] [--budget SECONDS]
-    PYTHONPATH=src python3 benchmarks/gpu_check.py --sections tests,loop --name cuda_checks   # a recheck, 2-3 min
+    PYTHONPATH=src python3 benchmarks/gpu_check.py --sections tests,loop --budget 200 --name cuda_checks   # a recheck
     python benchmarks/gpu_check.py --dry-run --out /tmp/x    # the CPU: tiny sizes, the CUDA parts skipped, named
 
 The Fashion-MNIST files come from `make gpu-pack` (.gpu/fashion-mnist, carried to the GPU machine) or --fashion-mnist.
@@ -27,12 +27,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -42,10 +43,16 @@ import torch  # noqa: E402
 from t2t_vit.deploy.benchmark import device_name  # noqa: E402
 
 CLI = [sys.executable, "-m", "t2t_vit"]
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+ENV = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    PYTHONUNBUFFERED="1",  # a child killed at the deadline has written all it printed
+)
 FASHION_DIRS = (ROOT / ".gpu" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
 JPEGS_PER_CLASS = 700  # 54 batches of 128 an epoch: the loader benchmark's 16 warm-up and 30 timed ones in one
 SECTIONS = ("tests", "loop", "speed", "loaders")  # (a) the CUDA tests, (c) the real loop, (b) throughput, loaders
+CHILDREN: Set[subprocess.Popen] = set()  # the check's child processes, each the leader of a process group of its own
+CHILDREN_LOCK = threading.Lock()
 
 
 class Report:
@@ -55,8 +62,11 @@ class Report:
         self.dry, self.checks, self.speed, self.left_out = dry, [], [], []
         self.peaks: Dict[str, Optional[float]] = {}
         self.started = time.monotonic()
+        self.stopped = ""  # why the check's processes were killed, once they were
 
     def add(self, section: str, name: str, status: str, seconds: float, detail: str = "") -> None:
+        if status == "failed" and self.stopped:
+            detail = f"{self.stopped}: {detail}"
         self.checks.append(dict(section=section, name=name, status=status, seconds=round(seconds, 1), detail=detail))
         print(f"[{status:7}] {section}: {name} ({seconds:.0f} s) {detail}", flush=True)
 
@@ -98,16 +108,24 @@ def environment(device: torch.device) -> Dict[str, Any]:
 TEST_PARTS = {"compile": "compile", "others": "not compile"}
 
 
+OUTCOMES = {"PASSED": "passed", "SKIPPED": "skipped", "FAILED": "failed", "ERROR": "failed"}
+
+
 def cuda_tests(report: Report, work: Path, part: str) -> None:
-    """(a) `pytest -m cuda -k TEST_PARTS[part]`, one check per test (skipped ones with pytest's reason)."""
+    """(a) `pytest -m cuda -k TEST_PARTS[part]`, one check per test (skipped ones with pytest's reason). A pytest
+    that did not finish (killed at the deadline) leaves no JUnit file: its verbose log gives the tests it ended and
+    the one it was in."""
     junit, log = work / f"cuda_tests_{part}.xml", work / f"cuda_tests_{part}.log"
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-k", TEST_PARTS[part], "-q", "-p", "no:cacheprovider", "-rs"]
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-k", TEST_PARTS[part], "-v", "-p", "no:cacheprovider", "-rs"]
     start = time.monotonic()
-    proc = subprocess.run([*cmd, f"--junitxml={junit}", "tests/test_cuda.py"], cwd=ROOT, env=ENV, capture_output=True)
-    log.write_bytes(proc.stdout + proc.stderr)
+    proc = _run([*cmd, f"--junitxml={junit}", "tests/test_cuda.py"], ROOT, None)
+    log.write_text(proc.stdout + proc.stderr)
     if not junit.is_file():
-        tail = (proc.stdout + proc.stderr).decode(errors="replace")[-600:]
-        report.add("tests", f"pytest -m cuda -k '{TEST_PARTS[part]}'", "failed", time.monotonic() - start, tail)
+        for name, outcome in re.findall(r"^tests/test_cuda\.py::(\S+) ([A-Z]+)", proc.stdout, re.M):
+            report.add("tests", name, OUTCOMES.get(outcome, "failed"), 0, "" if outcome == "PASSED" else "see the log")
+        running = re.findall(r"^tests/test_cuda\.py::(\S+) *$", proc.stdout, re.M)
+        name = running[-1] if running else f"pytest -m cuda -k '{TEST_PARTS[part]}'"
+        report.add("tests", name, "failed", time.monotonic() - start, (proc.stdout + proc.stderr)[-600:])
         return
     for case in ET.parse(junit).iter("testcase"):
         status, detail = "passed", ""
@@ -119,8 +137,44 @@ def cuda_tests(report: Report, work: Path, part: str) -> None:
         report.add("tests", case.get("name", "?"), status, float(case.get("time", 0)), detail)
 
 
-def _run(cmd: List[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+def _popen(cmd: List[str], cwd: Path) -> subprocess.Popen:
+    """A child process (text pipes) in a session of its own, so that `stop_children` reaches what it starts too
+    (torchrun's workers, DataLoader workers)."""
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    with CHILDREN_LOCK:
+        CHILDREN.add(proc)
+    return proc
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_children() -> None:
+    """Kill every child's process group still running: the check's deadline has come, and its page must be written."""
+    with CHILDREN_LOCK:
+        for proc in CHILDREN:
+            _kill(proc)
+
+
+def _run(cmd: List[str], cwd: Path, timeout: Optional[float]) -> subprocess.CompletedProcess:
+    """`subprocess.run` with output captured, through `_popen`; TimeoutExpired after killing its process group."""
+    proc = _popen(cmd, cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        proc.communicate()
+        raise
+    finally:
+        with CHILDREN_LOCK:
+            CHILDREN.discard(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _top1(text: str) -> Optional[float]:
@@ -178,11 +232,18 @@ def jpeg_folder(root: Path, per_class: int) -> Path:
     return root
 
 
-def loader_speed(report: Report, name: str, data: str, config: str, device: str, work: Path, extra: List[str]) -> None:
-    """`benchmark --loader`: the input path's img/s beside the training step's, and which one bounds the run."""
+def loader_speed(
+    report: Report, name: str, data: str, config: str, device: str, work: Path, extra: List[str], deadline: float
+) -> None:
+    """`benchmark --loader`: the input path's img/s beside the training step's, and which one bounds the run; stopped
+    at `deadline` (30 s at least)."""
     cmd = [*CLI, "benchmark", "--loader", data, "--config", config, "--device", device, *extra]
     start = time.monotonic()
-    proc = _run(cmd, work, 300)
+    try:
+        proc = _run(cmd, work, max(deadline - start, 30))
+    except subprocess.TimeoutExpired:
+        report.add("loop", f"benchmark --loader {name}", "failed", time.monotonic() - start, "killed at the deadline")
+        return
     if proc.returncode != 0:
         report.add("loop", f"benchmark --loader {name}", "failed", time.monotonic() - start, proc.stderr[-400:])
         return
@@ -196,11 +257,13 @@ def sigterm_resume(report: Report, device: str, work: Path, extra: List[str], ep
     cmd = [*CLI, "train", "--config", "digits", "--device", device, "--output", str(work), "--name", "sigterm"]
     cmd += ["--epochs", str(epochs), "--no-progress", *extra]
     run_dir, start = work / "sigterm", time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=work, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _popen(cmd, work)
     while proc.poll() is None and not _metrics(run_dir) and time.monotonic() - start < 240:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
+    with CHILDREN_LOCK:
+        CHILDREN.discard(proc)
     if proc.returncode != 128 + signal.SIGTERM:
         detail = f"exit {proc.returncode} (expected 143: stopped before its end): {err[-300:]}"
         report.add("loop", "SIGTERM stop and resume", "failed", time.monotonic() - start, detail)
@@ -236,17 +299,19 @@ def real_loop(report: Report, args: argparse.Namespace, work: Path) -> List[Any]
     return jobs
 
 
-def loaders(report: Report, args: argparse.Namespace, work: Path) -> None:
+def loaders(report: Report, args: argparse.Namespace, work: Path, deadline: float) -> None:
     """`benchmark --loader` on digits, Fashion-MNIST and an ImageFolder of JPEGs (the dry run: digits on the CPU)."""
     device = "cpu" if args.dry_run else "cuda"
-    loader_speed(report, "digits", "digits", "digits", device, work, [])
+    loader_speed(report, "digits", "digits", "digits", device, work, [], deadline)
     if args.dry_run:
         return
     fashion = fashion_dir(args.fashion_mnist)
     if fashion is not None:
-        loader_speed(report, "Fashion-MNIST", f"fashion-mnist:{fashion}", "fashion_mnist", device, work, [])
+        loader_speed(report, "Fashion-MNIST", f"fashion-mnist:{fashion}", "fashion_mnist", device, work, [], deadline)
     jpegs = work / "jpegs"  # built while the tests and the loop ran
-    loader_speed(report, "ImageFolder of JPEGs", str(jpegs), "t2t_vit_14", device, work, ["--batch-size", "128"])
+    loader_speed(
+        report, "ImageFolder of JPEGs", str(jpegs), "t2t_vit_14", device, work, ["--batch-size", "128"], deadline
+    )
 
 
 def guarded(report: Report, job: Any) -> None:
@@ -318,7 +383,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="the CPU, tiny sizes; the CUDA parts skipped with a reason")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="where cuda.md and cuda.json go")
-    p.add_argument("--budget", type=float, default=400.0, help="seconds for the whole check (default 400)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=400.0,
+        help="seconds for the whole check (default 400); what still runs then is killed and reported",
+    )
     p.add_argument("--fashion-mnist", help="folder of the four Fashion-MNIST IDX files (default: .gpu/fashion-mnist)")
     p.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"a comma list of {', '.join(SECTIONS)} (default: all)"
@@ -349,15 +419,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         if "loaders" in sections and not args.dry_run:  # enough batches that 16 workers are measured busy
             jobs.append(lambda: jpeg_folder(work / "jpegs", JPEGS_PER_CLASS))
         with ThreadPoolExecutor(max(len(jobs), 1)) as pool:  # processes of their own, none timed against another
-            for job in jobs:
-                pool.submit(guarded, report, job)
+            futures = [pool.submit(guarded, report, job) for job in jobs]
+            if wait(futures, timeout=max(deadline - time.monotonic(), 0)).not_done:
+                report.stopped = f"killed at the check's deadline (--budget {args.budget:.0f} s)"
+                stop_children()  # each check still running then reports its process's end as its failure
+        report.stopped = ""  # what fails from here failed by itself
         eager, compiled = gpu_speed.plan(args.dry_run)
         if "speed" in sections:
             report.peaks = gpu_speed.peak_flops(device, args.dry_run)
             loaders_s = 10 if args.dry_run else 60  # kept free for the loaders
             speed(report, device, eager, deadline - (loaders_s if "loaders" in sections else 0), img)
         if "loaders" in sections:
-            loaders(report, args, work)
+            loaders(report, args, work, deadline)
         if "speed" in sections and args.dry_run:
             report.left_out += ["compiled variants: left out in a dry run (a minute of compile each on the CPU)"]
         elif "speed" in sections:

@@ -5,6 +5,7 @@ import ast
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +69,43 @@ def test_the_datasheet_peak_is_the_named_gpus_and_none_for_one_not_in_the_table(
     assert gpu_speed.datasheet_peak("NVIDIA H100 PCIe") == 756.0e12
     assert gpu_speed.datasheet_peak("NVIDIA GeForce RTX 3090") == 71.0e12
     assert gpu_speed.datasheet_peak("Tesla T4") is None
+
+
+def _gpu_check_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return gpu_check
+
+
+def test_checks_still_running_at_the_deadline_are_killed_and_the_page_is_written(tmp_path):
+    cmd = [sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(tmp_path), "--sections", "loop"]
+    start = time.monotonic()
+    proc = subprocess.run([*cmd, "--budget", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert time.monotonic() - start < 60  # the SIGTERM check alone takes longer than its 1 s, and is not waited for
+    checks = {c["name"]: c for c in json.loads((tmp_path / "cuda.json").read_text())["checks"]}
+    sigterm = checks["SIGTERM stop and resume"]
+    assert sigterm["status"] == "failed" and sigterm["detail"].startswith(
+        "killed at the check's deadline (--budget 1 s)"
+    )
+    assert "SIGTERM stop and resume" in (tmp_path / "cuda.md").read_text()
+
+
+def test_a_pytest_killed_mid_test_reports_the_tests_it_ended_and_the_one_it_was_in(tmp_path, monkeypatch):
+    gpu_check = _gpu_check_module()
+    log = (
+        "tests/test_cuda.py::test_a[bf16] PASSED                                  [ 10%]\n"
+        "tests/test_cuda.py::test_b SKIPPED (CUDA is not available)               [ 20%]\n"
+        "tests/test_cuda.py::test_c FAILED                                        [ 30%]\n"
+        "tests/test_cuda.py::test_torchrun "
+    )
+    monkeypatch.setattr(gpu_check, "_run", lambda cmd, cwd, timeout: subprocess.CompletedProcess(cmd, -9, log, ""))
+    report = gpu_check.Report(dry=True)
+    gpu_check.cuda_tests(report, tmp_path, "others")
+    got = [(c["name"], c["status"]) for c in report.checks]
+    assert got == [("test_a[bf16]", "passed"), ("test_b", "skipped"), ("test_c", "failed"), ("test_torchrun", "failed")]
+    assert "tests/test_cuda.py::test_torchrun" in report.checks[-1]["detail"]
+    assert (tmp_path / "cuda_tests_others.log").read_text() == log
