@@ -41,6 +41,9 @@ def test_the_gpu_study_dry_run_writes_the_pages_of_the_claims_asked(tmp_path):
     assert "0 problems" in proc.stdout
     summary = json.loads((results / "mixer.json").read_text())
     assert set(summary["arms"]) == {"T2T", "T2T, Transformer mixer"}
+    assert (
+        summary["budget"]["command"] == "python benchmarks/gpu_study.py --dry-run --claims mixer"
+    )  # the run, not all claims
     assert not (results / "depth.json").exists()  # a claim not asked for is not run
     with tarfile.open(out / "gpu_study.tar.gz") as tar:
         assert {"mixer.md", "mixer.json"} <= {Path(n).name for n in tar.getnames()}
