@@ -7,12 +7,15 @@ No relative imports: a test's subprocess can import it with `sys.path.insert(0, 
 import copy
 import csv
 import http.server
+import importlib.util
 import json
 import math
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
+from types import ModuleType
 from typing import Dict, List, NamedTuple, Union
 
 import torch
@@ -38,6 +41,20 @@ DIGIT_CLASSES = [str(i) for i in range(10)]
 TINY_DATA_CONFIG = dict(input_size=(3, 16, 16), interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
 # fast stand-ins at 64 px with the real T2T module and block layout
 SMALL = dict(img_size=64, depth=2)
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """benchmarks/`name`.py loaded as a module, with benchmarks/ on the path while it imports its siblings (gpu_check
+    imports gpu_speed)."""
+    folder = str(ROOT / "benchmarks")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    loaded = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(loaded)
+    finally:
+        sys.path.remove(folder)
+    return loaded
 
 
 def tiny_train_config(tmp_path: Union[str, Path], **overrides) -> dict:

@@ -2,7 +2,6 @@
 fresh process and tabled, with the pyramid comparison; a finished run is read back, not retrained, and one trained
 under another recipe is refused."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,15 +12,10 @@ import yaml
 
 from t2t_vit.errors import InputError
 
+from .helpers import benchmark_script
+
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("t2t_vit_7 | t2t |", "t2t_vit_7 | simple |", "t2t_vit_14 | t2t |", "resnet18 | - |", "resnet50 | - |")
-
-
-def benchmark_module():
-    spec = importlib.util.spec_from_file_location("dense_benchmark", ROOT / "benchmarks" / "dense.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_dense_benchmark_dry_run_tables_every_model_and_answers_which_pyramid(tmp_path, monkeypatch):
@@ -49,7 +43,7 @@ def test_the_dense_benchmark_dry_run_tables_every_model_and_answers_which_pyrami
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 7 and all((run / "metrics.csv").is_file() for run in runs)
 
-    dense = benchmark_module()  # a second invocation reads finished runs back, and refuses another recipe's
+    dense = benchmark_script("dense")  # a second invocation reads finished runs back, and refuses another recipe's
     monkeypatch.setattr(dense, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
     cfg = yaml.safe_load((runs[0] / "config.yaml").read_text())
     assert dense.train_or_read(cfg)[-1]["val_map"] != ""

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from .helpers import benchmark_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -59,25 +61,12 @@ def test_a_recheck_runs_the_sections_asked_into_its_own_files_and_a_wrong_sectio
 
 
 def test_the_datasheet_peak_is_the_named_gpus_and_none_for_one_not_in_the_table():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_speed
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    gpu_speed = benchmark_script("gpu_speed")
     assert gpu_speed.datasheet_peak("NVIDIA H200") == 989.4e12
     assert gpu_speed.datasheet_peak("NVIDIA H100 80GB HBM3") == 989.4e12  # the SXM part
     assert gpu_speed.datasheet_peak("NVIDIA H100 PCIe") == 756.0e12
     assert gpu_speed.datasheet_peak("NVIDIA GeForce RTX 3090") == 71.0e12
     assert gpu_speed.datasheet_peak("Tesla T4") is None
-
-
-def _gpu_check_module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return gpu_check
 
 
 def test_checks_still_running_at_the_deadline_are_killed_and_the_page_is_written(tmp_path):
@@ -95,7 +84,7 @@ def test_checks_still_running_at_the_deadline_are_killed_and_the_page_is_written
 
 
 def test_a_pytest_killed_mid_test_reports_the_tests_it_ended_and_the_one_it_was_in(tmp_path, monkeypatch):
-    gpu_check = _gpu_check_module()
+    gpu_check = benchmark_script("gpu_check")
     log = (
         "tests/test_cuda.py::test_a[bf16] PASSED                                  [ 10%]\n"
         "tests/test_cuda.py::test_b SKIPPED (CUDA is not available)               [ 20%]\n"

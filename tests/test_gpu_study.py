@@ -1,6 +1,5 @@
 """`make gpu-study`'s dry run (one claim, so that it stays cheap) and the names it gives a GPU's results."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import benchmark_script
+
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = importlib.util.spec_from_file_location("gpu_study", ROOT / "benchmarks" / "gpu_study.py")
-gpu_study = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(gpu_study)
+gpu_study = benchmark_script("gpu_study")
 
 
 @pytest.mark.parametrize(
