@@ -276,8 +276,12 @@ def assert_same_run(a: Union[str, Path], b: Union[str, Path]) -> None:
     assert metrics_rows(a) == metrics_rows(b)
 
 
+class Killed(BaseException):
+    """What `hook_criterion`'s "kill" raises: no handler of the project's catches it, as none sees a SIGKILL."""
+
+
 def hook_criterion(monkeypatch, at_call: Dict[int, Union[str, signal.Signals]]) -> None:
-    """Make the training loss do something at chosen calls: {n: "nan" | signal number}."""
+    """Make the training loss do something at chosen calls: {n: "nan" | "kill" | signal number}."""
     import t2t_vit.training.run as train_mod
 
     real = train_mod.build_criterion
@@ -292,6 +296,8 @@ def hook_criterion(monkeypatch, at_call: Dict[int, Union[str, signal.Signals]]) 
             action = at_call.get(calls["n"])
             if action == "nan":
                 return value * float("nan")
+            if action == "kill":
+                raise Killed(f"loss call {calls['n']}")
             if action is not None:
                 os.kill(os.getpid(), action)
             return value

@@ -12,6 +12,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
+from t2t_vit.checkpoint import read_checkpoint
 from t2t_vit.training.process import rng_state, set_rng_state
 
 from .helpers import DIGIT_CLASSES, ROOT, free_port, image_folder, metrics_rows, subprocess_env, tiny_train_config
@@ -115,6 +116,18 @@ def test_ranks_on_a_time_budget_take_the_same_lr_and_end_together(tmp_path):
     assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert 1 < len(rows) < 1001 and rows[-1].split(",")[4]  # ended by the budget, evaluated there
+
+
+def test_ranks_agree_on_saves_on_the_clock_and_go_on_together(tmp_path):
+    # each rank's clock says a save is due at each update; they agree at each read (every update here), all save
+    # (a collective) and go on: a rank that went on alone would hang its peers or drift from them
+    cfg = tiny_train_config(tmp_path, checkpoint_minutes=1e-9, log_interval=1, model_ema=False)
+    r0, r1 = _train_on_two_ranks(cfg, tmp_path)
+    assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
+    last, before = (read_checkpoint(tmp_path / "run" / f"{name}.pth.tar") for name in ("last", "previous"))
+    steps = last["updates"] // 2  # of an epoch
+    assert (before["epoch"], before["step_in_epoch"], len(before["ranks"])) == (1, steps - 1, 2)  # epoch 2's
+    assert [row["epoch"] for row in metrics_rows(tmp_path / "run")] == ["1", "2"]
 
 
 def test_eval_under_torchrun_scores_each_image_once_and_says_it_once(tmp_path, tiny_checkpoint):

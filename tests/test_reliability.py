@@ -21,9 +21,11 @@ from t2t_vit.cli import main
 from t2t_vit.config import parse_overrides, resolve_config
 from t2t_vit.data import create_dataset
 from t2t_vit.training.run import build_scheduler, train
+from t2t_vit.training.run_dir import RunDir
 
 from .helpers import (
     TINY_MODEL,
+    Killed,
     assert_same_run,
     hook_criterion,
     image_folder,
@@ -226,6 +228,29 @@ def test_kill_after_a_save_resumes_to_the_uninterrupted_run(tmp_path, straight):
     """What a SIGKILL leaves: the last checkpoint of a finished epoch (the process never saw the signal)."""
     train(tiny_train_config(tmp_path, **RANDOM, workers=2, stop_after_epochs=1), progress=False)
     train(tiny_train_config(tmp_path, **RANDOM, workers=2), resume="auto", progress=False)
+    assert_same_run(straight, tmp_path / "run")
+
+
+def test_saves_on_the_clock_change_nothing_and_a_kill_after_one_loses_only_what_followed(
+    tmp_path, monkeypatch, straight
+):
+    """checkpoint_minutes saves within an epoch (here after every update: the save is always due) and the run goes
+    on as if it had not; a kill without warning (nothing runs after it) resumes from the latest save."""
+    saves, real_save = [], RunDir.save
+
+    def save(self, state, *args, **kwargs):
+        saves.append((state["epoch"], state["step_in_epoch"]))
+        real_save(self, state, *args, **kwargs)
+
+    monkeypatch.setattr(RunDir, "save", save)
+    hook_criterion(monkeypatch, {15: "kill"})  # epoch 2, step 4 of 11
+    cfg = tiny_train_config(tmp_path, **RANDOM, workers=2, checkpoint_minutes=1e-9)
+    with pytest.raises(Killed):
+        train(cfg, progress=False)
+    # every update but an epoch's last (its end saves), then epoch 2 up to the update before the kill
+    assert saves == [(0, step) for step in range(1, 11)] + [(1, 0), (1, 1), (1, 2), (1, 3)]
+    monkeypatch.undo()
+    train(cfg, resume="auto", progress=False)
     assert_same_run(straight, tmp_path / "run")
 
 

@@ -197,6 +197,12 @@ SCHEMA: Dict[str, Dict[str, Tuple[Any, str, str]]] = {
         "output": ("runs", "text", "where run directories go"),
         "name": (None, "? text", "run directory name; null: the config's name, else model-data"),
         "checkpoint_every": (0, "int >= 0", "also keep epoch_N.pth.tar every N epochs (0: only last and best)"),
+        "checkpoint_minutes": (
+            30.0,
+            "? number > 0",
+            "also save last.pth.tar within an epoch when this many minutes have passed since the last save, so "
+            "that a kill without warning (kill -9, a lost node) loses at most that much; null: at epoch ends only",
+        ),
         "eval_every": (
             1,
             "int >= 1",
@@ -258,8 +264,8 @@ def unused_keys(task: str) -> Tuple[str, ...]:
 RESUME_CHANGEABLE = frozenset(
     (
         "epochs schedule_epochs cooldown_epochs warmup_epochs warmup_lr lr lr_base_batch min_lr batch_size "
-        "accum_steps val_batch_size workers clip_grad output name checkpoint_every eval_every best_metric "
-        "stop_after_epochs time_budget log_interval device amp amp_dtype compile download nonfinite "
+        "accum_steps val_batch_size workers clip_grad output name checkpoint_every checkpoint_minutes eval_every "
+        "best_metric stop_after_epochs time_budget log_interval device amp amp_dtype compile download nonfinite "
         "nonfinite_limit rollback_lr_factor rollback_limit spike_factor spike_window"
     ).split()
 )

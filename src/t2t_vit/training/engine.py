@@ -40,6 +40,7 @@ class StepContext:
     nonfinite_limit: int = 10  # skip: stop after this many non-finite steps in a row
     spike: Optional[SpikeGuard] = None  # a loss spike counts as a non-finite step; None: no guard
     should_stop: Callable[[], bool] = field(default=lambda: False)  # a stop asked from outside: SIGTERM, SIGINT
+    save_due: Callable[[], bool] = field(default=lambda: False)  # a save within the epoch is due (checkpoint_minutes)
     budget: Budget = field(default_factory=Budget)  # the training clock and the time budget
     epochs: int = 0  # of the whole run, for "epoch 3/25" (0: not shown)
     log_interval: int = 0  # without a progress bar, log a line at each read (0: never)
@@ -101,8 +102,9 @@ class _Mark:
 # The device's pending flags since the host last read them: non-finite updates, failures in a row, whether the epoch
 # is halted (every later update dropped) and the index of the update it halted at.
 NONFINITE, IN_A_ROW, HALTED, HALTED_AT = range(4)
-# Why a process asks to stop, in rising precedence: the ranks agree on the highest any of them asks.
-ASKED = (None, "budget", "signal")
+# Why a process asks to stop, in rising precedence: the ranks agree on the highest any of them asks. "checkpoint"
+# stops the epoch for a save that the caller makes before it goes on.
+ASKED = (None, "checkpoint", "budget", "signal")
 
 
 # GradScaler's scale at or below which an overflow is the gradients' own, not the scale's: a failure, like a
@@ -130,7 +132,8 @@ def train_one_epoch(
     """Train epoch `epoch` (counted from 1) over `loader`, from its sampler's position (`totals.batches` batches
     in, when resumed), adding to `totals`. Returns the updates done in the run so far and why it ended: "done"
     (the epoch is), "budget" (the time budget spent by a process's own clock), "signal" (`ctx.should_stop()` turned
-    true), both at an update boundary, "nonfinite" (a NaN/inf gradient, or a loss spike to ctx.spike, with
+    true), "checkpoint" (`ctx.save_due()` turned true: the caller saves and calls again to go on), all at an update
+    boundary, "nonfinite" (a NaN/inf gradient, or a loss spike to ctx.spike, with
     ctx.nonfinite "stop", or ctx.nonfinite_limit in a row with "skip"), or "rollback" (one with "rollback"; the
     caller reloads a checkpoint from before the divergence and calls again to go on past it).
 
@@ -139,17 +142,25 @@ def train_one_epoch(
     "rollback", and after the limit with "skip", the epoch halts: every later update is dropped too. At the
     interval's end (or the epoch's) the host reads the flags once and, if halted, puts the epoch back to the update
     boundary before the failing update ("stop") or after it, RNGs and totals too, so a checkpoint saved then
-    resumes as if nothing past it had run. A signal or the budget stops one process at the next update boundary;
-    ranks agree on it (and on the clock, into `ctx.budget`) at the reads. The progress bar, or without one a log
-    line per read, shows the mean loss so far, lr, img/s.
+    resumes as if nothing past it had run. A signal, the budget or a due save stops one process at the next update
+    boundary; ranks agree on it (and on the clock, into `ctx.budget`) at the reads. The progress bar, or without one
+    a log line per read, shows the mean loss so far, lr, img/s.
     """
     model.train()
     device = ctx.device
     if totals.loss is None:
         totals.loss = torch.zeros(2, device=device)
     name = f"epoch {epoch}/{ctx.epochs}" if ctx.epochs else f"epoch {epoch}"
-    bar = tqdm(loader, desc=name, disable=None if progress else True, leave=False, dynamic_ncols=True)
     steps = totals.batches + len(loader)
+    bar = tqdm(  # from the position in the epoch, where a resume or a save within it goes on
+        loader,
+        desc=name,
+        initial=totals.batches,
+        total=steps,
+        disable=None if progress else True,
+        leave=False,
+        dynamic_ncols=True,
+    )
     start, seconds_before = time.perf_counter(), totals.seconds
     every, distributed = ctx.sync_every or 50, world_size() > 1
     params = [p for p in unwrap(model).parameters() if p.requires_grad]
@@ -172,6 +183,8 @@ def train_one_epoch(
         if full or not bar.disable:
             _show(bar, ctx, name, totals.batches, steps, mean_loss, seen * world_size() / (time.perf_counter() - start))
         stopped = halted or asked or "done"
+        if stopped == "checkpoint" and totals.batches == steps:  # the epoch's end saves anyway
+            stopped = "done"
         return stopped != "done"
 
     for images, targets, counts in bar:
@@ -202,7 +215,7 @@ def train_one_epoch(
         if ctx.scheduler is not None and ctx.sched_on_updates:
             ctx.scheduler.step_update(num_updates=updates_done)
         marks.append(_Mark.take(totals, pending, updates_done, seen))
-        asked = "signal" if ctx.should_stop() else "budget" if ctx.budget.spent(ctx.budget.seconds()) else None
+        asked = _asked(ctx)
         if (len(marks) > every or (asked and not distributed) or totals.batches == steps) and read(asked):
             break
     if stopped == "done" and len(marks) > 1:  # batches left over that made no update: read what the last ones did
@@ -210,6 +223,15 @@ def train_one_epoch(
     bar.close()
     totals.seconds = seconds_before + time.perf_counter() - start
     return dict(updates=updates_done, stopped=stopped)
+
+
+def _asked(ctx: StepContext) -> Optional[str]:
+    """What this process asks for at an update boundary (one of ASKED): a stop, the budget's end, a save, or none."""
+    if ctx.should_stop():
+        return "signal"
+    if ctx.budget.spent(ctx.budget.seconds()):
+        return "budget"
+    return "checkpoint" if ctx.save_due() else None
 
 
 def _untime_compile(ctx: StepContext, seconds: float) -> float:

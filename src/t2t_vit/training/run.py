@@ -76,12 +76,18 @@ def _run(
     loaders = workers_closed(run.data.train_loader, run.data.val_loader)
     with MetricsLog(run_dir, run.is_main) as metrics, StopSignal() as signals, loaders:
         run.ctx.should_stop = lambda: signals.received is not None
+        run.ctx.save_due = lambda: state.save_due(cfg["checkpoint_minutes"])
         while state.epoch < run.total_epochs:
             budget.restart(state.train_seconds + state.totals.seconds)
             if budget.spent():  # spent at an epoch's end (or before this resume): the run ends there
                 stopped, where = "budget", _where(run, state)
                 break
             stopped, where = _train_epoch(run, state, progress)
+            if stopped == "checkpoint":  # checkpoint_minutes since the last save: save, and go on from here
+                state.save(run_dir)
+                if run.is_main:
+                    _logger.info("saved %s at %s (every %g min)", run_dir.last, where, cfg["checkpoint_minutes"])
+                continue
             if stopped == "rollback":
                 rollback(run, state, where)
                 continue

@@ -10,6 +10,7 @@ can change it).
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -60,6 +61,7 @@ class TrainState:
     rank: int = 0
     world: int = 1
     info: Dict[str, Any] = field(default_factory=dict)  # config and meta, for readers and for resuming
+    saved_at: float = field(default_factory=time.monotonic)  # when this process last saved (or started)
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything, every rank's RNG and totals included (a collective when world > 1: every rank calls it)."""
@@ -138,10 +140,15 @@ class TrainState:
         """Save to `run_dir` as its last checkpoint, also its best if `is_best` and, at the end of every
         `keep_every`-th epoch, that epoch's. Every rank calls it; rank 0 writes."""
         state = self.state_dict()
+        self.saved_at = time.monotonic()
         if self.rank != 0:
             return
         kept = keep_every and self.epoch % keep_every == 0 and self.totals.batches == 0
         run_dir.save(state, is_best, self.epoch if kept else None)
+
+    def save_due(self, minutes: Optional[float]) -> bool:
+        """Whether `minutes` of wall time (None: never) have passed since this process last saved."""
+        return minutes is not None and time.monotonic() - self.saved_at >= 60 * minutes
 
     def update_best(self, metric: str, evals: Dict[str, Dict[str, float]]) -> bool:
         """Record epoch `self.epoch`'s `metric` (a BEST_METRICS name, read from evals["val"] or evals["ema"]) if it
