@@ -35,6 +35,7 @@ from .helpers import (
     image_folder,
     last_checkpoint,
     metrics_rows,
+    one_line_error,
     subprocess_env,
     tiny_train_config,
 )
@@ -386,6 +387,15 @@ def test_eval_of_a_checkpoint_on_data_of_another_class_count_names_the_fix(tmp_p
         evaluate_checkpoint(str(ckpt), str(image_folder(tmp_path / "three")), progress=False)
     metrics = evaluate_checkpoint(str(ckpt), "digits", progress=False)  # our checkpoint needs no --model
     assert metrics["n"] == 360 and metrics["model"] == "t2t_vit_7" and 0 <= metrics["top1"] <= 100
+
+
+def test_eval_without_data_scores_the_data_the_run_trained_on(tiny_run, tiny_checkpoint, capsys):
+    from t2t_vit.cli import main
+
+    assert main(["eval", "--checkpoint", str(tiny_run / "last.pth.tar"), "--workers", "0", "--no-progress"]) == 0
+    assert " on digits (360 images): top-1 " in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--workers", "0"]) == 2  # weights and meta, no config
+    one_line_error(capsys, f"--data is needed: {str(tiny_checkpoint)!r} does not record the data", "Pass --data")
 
 
 def test_a_directory_holding_a_run_is_not_started_over(tmp_path):

@@ -71,7 +71,11 @@ def register(sub: Any) -> None:
         "segmentation: mIoU)",
     )
     checkpoint_args(e)
-    e.add_argument("--data", required=True, help="dataset spec; its held-out split is used")
+    e.add_argument(
+        "--data",
+        help="dataset spec; its held-out split is used (default: the data the checkpoint's run trained on, which the "
+        "checkpoints a training run saves record)",
+    )
     e.add_argument("--task", choices=TASKS, help="the checkpoint's task, checked against the one it records")
     e.add_argument("--batch-size", type=positive_int, default=128)
     e.add_argument("--workers", type=non_negative_int, default=4)
@@ -170,6 +174,10 @@ def _eval(args: argparse.Namespace) -> None:
     from ..training.evaluate import evaluate_checkpoint
 
     default_runtime(args)
+    if args.data is None:
+        from ..deploy.predict import recorded_data
+
+        args.data = recorded_data(args.checkpoint)
     if args.runtime != "torch":
         r = _eval_runtime(args)
     elif args.threads is not None or args.int8:

@@ -12,9 +12,9 @@ from PIL import Image
 
 from ..checkpoint import SAFE_GLOBALS, check_torch_file, read_checkpoint
 from ..device import autocast_dtype, pick_device
-from ..errors import InputError
+from ..errors import InputError, missing_file
 from ..factory import load_model
-from ..hub import class_names, imagenet_descriptions
+from ..hub import class_names, imagenet_descriptions, is_hub_source
 from ..training.evaluate import checked_task
 from .runtimes import check_runtime, load_runner, refuse_onnx
 
@@ -47,15 +47,39 @@ def checkpoint_task(checkpoint: str, task: Optional[str] = None) -> str:
     is another. An ONNX export holds a classifier."""
     if str(checkpoint).lower().endswith(".onnx"):
         return checked_task(checkpoint, None, task)
+    saved = _peek(checkpoint)
+    meta = saved.get("meta") if isinstance(saved, dict) else None
+    return checked_task(checkpoint, meta if isinstance(meta, dict) else None, task)
+
+
+def recorded_data(checkpoint: str) -> str:
+    """The dataset a training checkpoint of ours was trained on (its run's `data`), for eval without --data;
+    InputError asking for --data where the file records none (an export, the authors' files)."""
+    local = not is_hub_source(checkpoint)
+    if local and not Path(checkpoint).is_file():
+        raise missing_file("checkpoint", checkpoint)
+    saved = _peek(checkpoint) if local and not checkpoint.lower().endswith(".onnx") else None
+    config = saved.get("config") if isinstance(saved, dict) else None
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, str):
+        raise InputError(
+            f"--data is needed: {checkpoint!r} does not record the data it was trained on (the checkpoints a "
+            "training run saves do; exports and the authors' files do not). Pass --data, e.g. --data /path/to/imagenet "
+            "(a folder with train/ and val/) for the authors' ImageNet weights"
+        )
+    return data
+
+
+def _peek(checkpoint: str) -> Any:
+    """What a checkpoint holds, its tensors left unread where torch can map the file; InputError naming the file if
+    it cannot be read."""
     if Path(checkpoint).is_file() and not str(checkpoint).endswith(".safetensors"):
         check_torch_file(Path(checkpoint))  # e.g. a TorchScript archive, named before torch.load warns of it
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            saved = torch.load(Path(checkpoint), map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(Path(checkpoint), map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # safetensors, torch's legacy format, or not a checkpoint: the loader's full read names why
-        saved = read_checkpoint(checkpoint)
-    meta = saved.get("meta") if isinstance(saved, dict) else None
-    return checked_task(checkpoint, meta if isinstance(meta, dict) else None, task)
+        return read_checkpoint(checkpoint)
 
 
 def predict(
