@@ -146,10 +146,11 @@ def _eval_runtime(args: argparse.Namespace) -> dict:
     from ..deploy.speed import evaluate_runner
     from ..device import launched_world
 
-    if launched_world() > 1:  # each process would score every image: torchrun's processes add nothing
+    world = launched_world()
+    if world > 1:  # each process would score every image: torchrun's processes add nothing
         raise InputError(
             f"--runtime {args.runtime} scores in one process, with --threads threads: run it without torchrun "
-            f"(here {launched_world()} processes)"
+            f"(here {world} processes)"
         )
     torch_only = [f"--{k} {v}" for k, v in (("device", args.device), ("precision", args.precision)) if v != "auto"]
     if checkpoint_task(args.checkpoint, args.task) != "classification" or torch_only:
