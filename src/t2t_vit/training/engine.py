@@ -133,9 +133,9 @@ def train_one_epoch(
     in, when resumed), adding to `totals`. Returns the updates done in the run so far and why it ended: "done"
     (the epoch is), "budget" (the time budget spent by a process's own clock), "signal" (`ctx.should_stop()` turned
     true), "checkpoint" (`ctx.save_due()` turned true: the caller saves and calls again to go on), all at an update
-    boundary, "nonfinite" (a NaN/inf gradient, or a loss spike to ctx.spike, with
-    ctx.nonfinite "stop", or ctx.nonfinite_limit in a row with "skip"), or "rollback" (one with "rollback"; the
-    caller reloads a checkpoint from before the divergence and calls again to go on past it).
+    boundary, "nonfinite" (a NaN/inf gradient, or a loss spike to ctx.spike, with ctx.nonfinite "stop", or
+    ctx.nonfinite_limit in a row with "skip"), or "rollback" (one with "rollback"; the caller reloads a checkpoint
+    from before the divergence and calls again to go on past it).
 
     The host never waits for the device within an interval of `ctx.sync_every` updates. A non-finite gradient drops
     its update on the device, as GradScaler does with `found_inf`, and is counted there; with "stop" and
