@@ -11,7 +11,7 @@ The pages go to docs/results/<machine>/ beside the CPU study's, and docs/results
 budget of their own; everything written is also packed into OUT/gpu_study.tar.gz (a device call returns few files).
 
     PYTHONPATH=src python3 benchmarks/gpu_study.py [--seeds 5] [--epochs 15] [--batch-size 512] [--jobs 20]
-    python benchmarks/gpu_study.py --dry-run       # digits on the CPU, 2 seeds, 1 epoch: the script runs
+    python benchmarks/gpu_study.py --dry-run       # digits on the CPU, 2 seeds (or --seeds), 1 epoch: the script runs
     ... --claims mixer,depth                       # some of the claims (default: all)
 """
 
@@ -124,10 +124,23 @@ def capped_seconds(left: float, runs: int, jobs: int, ratio: float) -> int:
     return int(0.9 * left / waves / ratio)
 
 
+def _command(args: argparse.Namespace, defaults: Dict[str, Any]) -> str:
+    """The command that made the pages, as the pages show it: `make gpu-study`, or the script with the options given
+    that change what runs (not the paths of this machine)."""
+    given = []
+    for key, value in vars(args).items():
+        if key not in {"out", "results", "fashion_mnist"} and value != defaults[key]:
+            flag = f"--{key.replace('_', '-')}"
+            given.append(flag if value is True else f"{flag} {value}")
+    if not given:
+        return "make gpu-study"
+    return " ".join(["python" if args.dry_run else "python3", "benchmarks/gpu_study.py", *given])
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="digits on the CPU, tiny: the script runs, nothing more")
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seeds", type=int, help="seeds per arm (default 5; 2 in a dry run)")
     p.add_argument("--epochs", type=int, default=15, help="the equal-epoch budget (default 15)")
     p.add_argument("--batch-size", type=int, default=512, help="images per step (default 512; the lr scales)")
     p.add_argument("--budget", help="the capped runs' training seconds (default: what the deadline leaves them)")
@@ -142,11 +155,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = set(args.claims.split(",")) - set(CLAIMS)
     if unknown or not claims:
         p.error(f"--claims {args.claims}: {', '.join(sorted(unknown)) or 'none given'}; take from {', '.join(CLAIMS)}")
+    for name in ("seeds", "epochs", "batch_size", "jobs"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give 1 or more")
+    command = _command(args, vars(p.parse_args([])))
     args.jobs = args.jobs or (2 if args.dry_run else 20)
     import torch
 
     if args.dry_run:
-        device, data, seeds, epochs, seconds, subset, batch = "cpu", "digits", range(2), 1, None, 256, 64
+        device, data, seeds, epochs, seconds, subset, batch = "cpu", "digits", range(args.seeds or 2), 1, None, 256, 64
         results = Path(args.results or "/tmp/gpu_study_dry/results")
         output = str(results.parent / "runs")
     else:
@@ -158,7 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if folder is None:
             print("gpu_study: no Fashion-MNIST IDX files: run `make gpu-pack` first", file=sys.stderr)
             return 2
-        device, data, seeds, subset = "cuda", f"fashion-mnist:{folder}", range(args.seeds), None
+        device, data, seeds, subset = "cuda", f"fashion-mnist:{folder}", range(args.seeds or 5), None
         epochs, batch = args.epochs, args.batch_size
         seconds = round(parse_seconds(args.budget)) if args.budget else None
         gpu = machine_name(torch.cuda.get_device_name())
@@ -189,9 +206,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup = dict(
         data=data, seeds=list(seeds), epochs=epochs, seconds=seconds, train_subset=subset, output=output, batch=batch
     )
-    command = "make gpu-study" if not args.dry_run else "python benchmarks/gpu_study.py --dry-run"
-    if len(claims) < len(CLAIMS):
-        command = f"{command if args.dry_run else 'python3 benchmarks/gpu_study.py'} --claims {','.join(claims)}"
     for name in claims:
         write_report(name, setup, results, command)
     written = [results]

@@ -1,4 +1,4 @@
-"""`make gpu-study`'s dry run (one claim, so that it stays cheap) and the names it gives a GPU's results."""
+"""`make gpu-study`'s dry run (one claim, one seed: it stays cheap) and the names it gives a GPU's results."""
 
 import json
 import subprocess
@@ -35,17 +35,19 @@ def test_a_gpu_gets_the_folder_of_its_model_name(reported, folder):
 def test_the_gpu_study_dry_run_writes_the_pages_of_the_claims_asked(tmp_path):
     results, out = tmp_path / "results", tmp_path / "out"
     cmd = [sys.executable, "benchmarks/gpu_study.py", "--dry-run", "--results", str(results), "--out", str(out)]
-    proc = subprocess.run([*cmd, "--claims", "mixer"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*cmd, "--seeds", "1", "--claims", "overlap"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "0 problems" in proc.stdout
-    summary = json.loads((results / "mixer.json").read_text())
-    assert set(summary["arms"]) == {"T2T", "T2T, Transformer mixer"}
+    assert "1 epochs: 2 runs" in proc.stdout and "0 problems" in proc.stdout
+    summary = json.loads((results / "overlap.json").read_text())
+    assert set(summary["arms"]) == {"T2T", "T2T, kernel = stride"} and summary["budget"]["seeds"] == [0]
     assert (
-        summary["budget"]["command"] == "python benchmarks/gpu_study.py --dry-run --claims mixer"
-    )  # the run, not all claims
+        summary["budget"]["command"] == "python benchmarks/gpu_study.py --dry-run --seeds 1 --claims overlap"
+    )  # the run as asked (one seed, one claim), not all claims; the local paths left out
     assert not (results / "depth.json").exists()  # a claim not asked for is not run
     with tarfile.open(out / "gpu_study.tar.gz") as tar:
-        assert {"mixer.md", "mixer.json"} <= {Path(n).name for n in tar.getnames()}
+        assert {"overlap.md", "overlap.json"} <= {Path(n).name for n in tar.getnames()}
 
 
 def test_a_claim_not_in_the_study_is_named_with_the_choices(capsys):
@@ -73,3 +75,10 @@ def test_a_run_that_outlives_its_sigterm_at_the_deadline_is_killed_so_the_pages_
     name, seconds, error = gpu_study._train(overrides, tmp_path, time.monotonic() + 1)
     assert name == "runs/t2t-s0" and error == "killed 1 s after SIGTERM (its last checkpoint stands)"
     assert time.monotonic() - start < 20
+
+
+@pytest.mark.parametrize("option", ["--seeds", "--epochs", "--batch-size", "--jobs"])
+def test_a_count_under_one_is_named(option, capsys):
+    with pytest.raises(SystemExit) as stop:
+        gpu_study.main(["--dry-run", option, "0"])
+    assert stop.value.code == 2 and f"{option} 0: give 1 or more" in capsys.readouterr().err
