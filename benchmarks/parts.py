@@ -13,8 +13,10 @@ Writes parts_<device>.md and .json into --out (default benchmarks/results).
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -24,8 +26,9 @@ from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from t2t_vit.deploy.benchmark import DTYPES, BenchConfig, device_name, make_step, time_steps  # noqa: E402
+from t2t_vit.deploy.benchmark import DTYPES, BenchConfig, make_step, time_steps  # noqa: E402
 from t2t_vit.factory import create_model  # noqa: E402
+from t2t_vit.study.report import environment  # noqa: E402
 
 DEIT_S = "timm:vit_small_patch16_224"
 # (label, model, attention path): ours, the authors' arithmetic (op for op their code), the Transformer mixer, DeiT-S
@@ -129,9 +132,9 @@ def markdown(result: Dict[str, Any], command: str) -> str:
     lines = [
         f"# Where a training step's time goes, by part ({info['device']})",
         "",
-        f"`{command}` on {info['machine']}; torch {info['torch']}; {info['dtype']}, batch {info['batch']}, "
-        f"{info['img_size']} px; median of {info['repeats']} of each, all taking turns."
-        + (" Dry run: tiny sizes, the numbers mean nothing." if info["dry"] else ""),
+        f"`{command}` on {info['machine']}; torch {info['torch']}; commit {info['commit']}; {info['wall_s']} s. "
+        f"{info['dtype']}, batch {info['batch']}, {info['img_size']} px; median of {info['repeats']} of each, all "
+        "taking turns." + (" Dry run: tiny sizes, the numbers mean nothing." if info["dry"] else ""),
         "",
         "Each part's forward and backward alone, on the input it gets in the model; the step is the whole training "
         "step (loss, backward, fused AdamW); the rest is the step less the two parts.",
@@ -178,12 +181,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     batch = args.batch_size or (2 if args.dry_run else 256 if device.type == "cuda" else 16)
     repeats = 2 if args.dry_run else args.repeats
+    if (ROOT / ".gpu" / "COMMIT").is_file():  # a copy of the tree without .git (the GPU machine's)
+        os.environ.setdefault("T2T_COMMIT", (ROOT / ".gpu" / "COMMIT").read_text().strip())
+    start = time.monotonic()
     result = measure(device, dtype, batch, args.dry_run, repeats)
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else device_name("cpu")
+    env = environment()
     result["setup"] = dict(
         device=device.type,
-        machine=machine,
-        torch=torch.__version__,
+        machine=env["machine"],
+        commit=env["commit"],
+        torch=env["torch"],
+        wall_s=round(time.monotonic() - start),
         dtype=dtype,
         batch=batch,
         img_size=32 if args.dry_run else 224,

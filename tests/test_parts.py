@@ -56,6 +56,7 @@ def test_the_dry_run_writes_a_row_per_model_and_the_tokens_parts_ops(tmp_path, c
     page = (tmp_path / "parts_cpu.md").read_text()
     assert "| T2T-ViT-14, authors' arithmetic |" in page and "T2T-ViT-14's step against DeiT-S's:" in page
     assert "Dry run: tiny sizes" in page and "python benchmarks/parts.py --dry-run" in page
+    assert f"commit {result['setup']['commit']};" in page and result["setup"]["commit"] != "unknown"
 
 
 @pytest.mark.parametrize(
