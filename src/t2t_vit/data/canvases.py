@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import InputError
-from .sources import SPLITS, ArrayImages, create_dataset
+from .sources import SPLITS, ArrayImages, create_dataset, default_cache_dir
 
 _logger = logging.getLogger(__name__)
 
@@ -173,13 +173,6 @@ def _annotation(annotation_id: int, image_id: int, item: PastedItem) -> Dict[str
         "source_index": item.source_index,
         "pasted_at": list(item.pasted_at),
     }
-
-
-def default_cache_dir() -> Path:
-    """$T2T_VIT_CACHE, else $XDG_CACHE_HOME/t2t_vit, else ~/.cache/t2t_vit."""
-    if os.environ.get("T2T_VIT_CACHE"):
-        return Path(os.environ["T2T_VIT_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "t2t_vit"
 
 
 def canvases_root(config: CanvasConfig, cache: Path) -> Path:

@@ -2,7 +2,7 @@
 
 A `--data` spec names the source:
 
-    digits              scikit-learn's 8x8 digits, a fixed stratified 80/20 split (embedded, no files)
+    digits              scikit-learn's 8x8 digits, a fixed stratified 80/20 split (embedded; kept in the cache)
     mnist:DIR           the four MNIST IDX files (gz or not) directly in DIR
     fashion-mnist:DIR   the same for Fashion-MNIST
     cifar10:DIR         torchvision's CIFAR-10 layout in DIR (`--download` fetches it)
@@ -19,9 +19,11 @@ import logging
 import math
 import os
 import struct
+import tempfile
+import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -205,15 +207,57 @@ def _idx_dataset(root: Path, split: str, classes: Sequence[str], mode: str) -> A
     return ArrayImages(images, labels, classes, mode)
 
 
-def _digits(split: str, mode: str) -> ArrayImages:
+def default_cache_dir() -> Path:
+    """$T2T_VIT_CACHE, else $XDG_CACHE_HOME/t2t_vit, else ~/.cache/t2t_vit."""
+    if os.environ.get("T2T_VIT_CACHE"):
+        return Path(os.environ["T2T_VIT_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "t2t_vit"
+
+
+DIGITS_ARRAYS = ("images", "target", "train", "val")
+
+
+def _split_digits() -> Dict[str, np.ndarray]:
+    """scikit-learn's digits as 0..255 images, and the fixed stratified 80/20 split of their indices."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 0..16 -> 0..255
-    idx_train, idx_val = train_test_split(np.arange(len(images)), test_size=0.2, stratify=digits.target, random_state=0)
-    idx = idx_train if split == "train" else idx_val
-    return ArrayImages(images[idx], digits.target[idx], [str(c) for c in range(10)], mode)
+    train, val = train_test_split(np.arange(len(images)), test_size=0.2, stratify=digits.target, random_state=0)
+    return dict(images=images, target=digits.target, train=train, val=val)
+
+
+def digits_arrays() -> Dict[str, np.ndarray]:
+    """`_split_digits()`, kept in the cache (one .npz per scikit-learn version) after the first use: importing
+    scikit-learn costs each process 1-2 s, more than the rest of a tiny run's start. A cache that cannot be read
+    is made again; one that cannot be written is left out."""
+    from importlib.metadata import version
+
+    path = default_cache_dir() / f"digits-sklearn-{version('scikit-learn')}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            return {name: cached[name] for name in DIGITS_ARRAYS}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        pass
+    arrays, temporary = _split_digits(), None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+            temporary = Path(f.name)
+            np.savez(f, **arrays)
+        os.replace(temporary, path)  # whole or not at all, whoever writes last
+    except OSError as e:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+        _logger.debug("digits not cached in %s: %s", path.parent, e)
+    return arrays
+
+
+def _digits(split: str, mode: str) -> ArrayImages:
+    arrays = digits_arrays()
+    idx = arrays[split]
+    return ArrayImages(arrays["images"][idx], arrays["target"][idx], [str(c) for c in range(10)], mode)
 
 
 def _cifar(name: str, root: Path, split: str, download: bool, mode: str) -> ArrayImages:
