@@ -232,9 +232,12 @@ def digits_arrays() -> Dict[str, np.ndarray]:
     """`_split_digits()`, kept in the cache (one .npz per scikit-learn version) after the first use: importing
     scikit-learn costs each process 1-2 s, more than the rest of a tiny run's start. A cache that cannot be read
     is made again; one that cannot be written is left out."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    path = default_cache_dir() / f"digits-sklearn-{version('scikit-learn')}.npz"
+    try:
+        path = default_cache_dir() / f"digits-sklearn-{version('scikit-learn')}.npz"
+    except PackageNotFoundError:  # no installed metadata to key the file by: no cache
+        return _split_digits()
     try:
         with np.load(path, allow_pickle=False) as cached:
             return {name: cached[name] for name in DIGITS_ARRAYS}
