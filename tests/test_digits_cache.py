@@ -49,3 +49,14 @@ def test_a_cache_that_cannot_be_written_still_gives_the_digits(tmp_path, monkeyp
     monkeypatch.setenv("T2T_VIT_CACHE", str(blocked / "cache"))
     assert _same(sources.digits_arrays(), sources._split_digits())
     assert blocked.read_text() == "not a folder"
+
+
+def test_no_scikit_learn_metadata_to_key_the_file_by_means_no_cache(cache, monkeypatch):
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert _same(sources.digits_arrays(), sources._split_digits())
+    assert not cache.exists()
