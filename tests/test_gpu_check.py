@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .helpers import benchmark_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,23 +43,34 @@ def test_the_gpu_check_dry_run_runs_every_section_and_names_what_it_skips(tmp_pa
     assert "## Checks" in page and "## Throughput at 224 px" in page and result["env"]["commit"] in page
 
 
-def test_a_recheck_runs_the_sections_asked_into_its_own_files_and_a_wrong_section_is_named(tmp_path):
-    cmd = [sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(tmp_path)]
-    proc = subprocess.run(
-        [*cmd, "--sections", "tests", "--name", "cuda_checks"], cwd=ROOT, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+def test_a_recheck_runs_the_sections_asked_into_its_own_files_and_a_wrong_section_is_named(
+    tmp_path, monkeypatch, capsys
+):
+    gpu_check = benchmark_script("gpu_check")  # in this process: the sections are stubs (the dry run runs them)
+    ran = []
+
+    def cuda_tests(report, work, part):
+        ran.append(part)
+        report.add("tests", f"pytest -m cuda ({part})", "passed", 0)
+
+    monkeypatch.setattr(gpu_check, "cuda_tests", cuda_tests)
+    monkeypatch.setattr(gpu_check, "real_loop", lambda *a: pytest.fail("the loop was not asked for"))
+    monkeypatch.setattr(gpu_check.gpu_speed, "peak_flops", lambda *a: pytest.fail("the speed was not asked for"))
+    monkeypatch.setattr(gpu_check, "loaders", lambda *a: pytest.fail("the loaders were not asked for"))
+    cmd = ["--dry-run", "--out", str(tmp_path)]
+    assert gpu_check.main([*cmd, "--sections", "tests", "--name", "cuda_checks"]) == 0
+    assert sorted(ran) == sorted(gpu_check.TEST_PARTS)
     assert not (tmp_path / "cuda.md").exists()  # the full run's page is left as it is
     result = json.loads((tmp_path / "cuda_checks.json").read_text())
     assert result["sections"] == ["tests"] and result["speed"] == [] and result["checks"]
     assert {c["section"] for c in result["checks"]} == {"tests"}
     page = (tmp_path / "cuda_checks.md").read_text()
     assert "--sections tests" in page and "Sections run: tests" in page and "Throughput" not in page
-    wrong = subprocess.run([*cmd, "--sections", "tests,speeed"], cwd=ROOT, capture_output=True, text=True)
-    assert (
-        wrong.returncode == 2
-        and "--sections tests,speeed: speeed; take from tests, loop, speed, loaders" in wrong.stderr
-    )
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as wrong:
+        gpu_check.main([*cmd, "--sections", "tests,speeed"])
+    assert wrong.value.code == 2
+    assert "--sections tests,speeed: speeed; take from tests, loop, speed, loaders" in capsys.readouterr().err
 
 
 def test_the_datasheet_peak_is_the_named_gpus_and_none_for_one_not_in_the_table():
