@@ -101,11 +101,10 @@ def op_times(step: Callable[[], None], device: torch.device) -> List[Tuple[str, 
     return sorted(times, key=lambda t: -t[1])
 
 
-def measure(device: torch.device, dtype: str, batch: int, dry: bool, repeats: int) -> Dict[str, Any]:
+def measure(device: torch.device, dtype: str, batch: int, img: int, dry: bool, repeats: int) -> Dict[str, Any]:
     """Per variant: ms per step of the tokens part, the blocks and the whole training step (in turns), and the tokens
     part's top ops."""
     amp = dict(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
-    img = 32 if dry else 224
     steps: Dict[str, Callable[[], None]] = {}
     profiles: Dict[str, List[Tuple[str, float]]] = {}
     for label, name, attn in VARIANTS:
@@ -189,11 +188,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give 1 or more")
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     batch = args.batch_size or (2 if args.dry_run else 256 if device.type == "cuda" else 16)
-    repeats = 2 if args.dry_run else args.repeats
+    repeats, img = (2, 32) if args.dry_run else (args.repeats, 224)
     if (ROOT / ".gpu" / "COMMIT").is_file():  # a copy of the tree without .git (the GPU machine's)
         os.environ.setdefault("T2T_COMMIT", (ROOT / ".gpu" / "COMMIT").read_text().strip())
     start = time.monotonic()
-    result = measure(device, dtype, batch, args.dry_run, repeats)
+    result = measure(device, dtype, batch, img, args.dry_run, repeats)
     env = environment()
     result["setup"] = dict(
         device=device.type,
@@ -203,7 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         wall_s=round(time.monotonic() - start),
         dtype=dtype,
         batch=batch,
-        img_size=32 if args.dry_run else 224,
+        img_size=img,
         repeats=repeats,
         dry=args.dry_run,
     )
