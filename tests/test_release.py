@@ -57,16 +57,20 @@ def test_a_head_left_out_unasked_is_shown_to_a_user_who_configured_no_logging(tm
     path = tmp_path / "ten.pth"
     ema = authors_t2t_vit_7.ema
     torch.save({"net": {**ema, "head.weight": ema["head.weight"][:10], "head.bias": ema["head.bias"][:10]}}, path)
-    code = (
+    code = (  # one process, the three cases in turn (the silent ones first: nothing said before could hide them)
         "import sys, timm, t2t_vit\n"
-        "kwargs = dict(num_classes=int(sys.argv[2])) if len(sys.argv) > 2 else {}\n"
-        "timm.create_model('t2t_vit_7', pretrained=True, pretrained_cfg_overlay=dict(file=sys.argv[1]), **kwargs)\n"
+        "for asked in ('10', '5', 'none'):\n"
+        "    print('case', asked, file=sys.stderr, flush=True)\n"
+        "    kwargs = dict(num_classes=int(asked)) if asked != 'none' else {}\n"
+        "    overlay = dict(file=sys.argv[1])\n"
+        "    timm.create_model('t2t_vit_7', pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)\n"
     )
-    for extra, says in (([], True), (["10"], False), (["5"], False)):
-        done = subprocess.run([sys.executable, "-c", code, str(path), *extra], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        message = "checkpoint head has 10 classes, the model 1000: the head is left at its initialisation"
-        assert (message in done.stderr) is says and ("head" in done.stderr) is says, done.stderr
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    cases = dict(part.split("\n", 1) for part in done.stderr.split("case ")[1:])
+    message = "checkpoint head has 10 classes, the model 1000: the head is left at its initialisation"
+    for asked, says in (("none", True), ("10", False), ("5", False)):
+        assert (message in cases[asked]) is says and ("head" in cases[asked]) is says, done.stderr
 
 
 def test_cifar_release_tags(tmp_path, official_keys, capsys):
