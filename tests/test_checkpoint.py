@@ -281,3 +281,17 @@ def test_a_pickle_that_would_run_code_is_refused_unread(tmp_path, capsys, monkey
         assert not marker.exists()
     assert not hub_cache.exists() or not list(hub_cache.iterdir())  # no refused download is kept
     assert [name for _, name in t2t_vit.checkpoint.SAFE_GLOBALS] == ["argparse.Namespace"]
+
+
+def test_eval_reads_a_checkpoints_tensors_once(tmp_path, tiny_checkpoint, monkeypatch):
+    """Its task, classes and data come from a mapped view of the file (no tensor read), the weights from one full
+    read: a training checkpoint of T2T-ViT-24 is 770 MB, which a second read held twice over."""
+    from t2t_vit.training.evaluate import evaluate_checkpoint
+
+    from .helpers import DIGIT_CLASSES, image_folder
+
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(bool(k.get("mmap"))) or load(*a, **k))
+    data = image_folder(tmp_path / "digits", classes=DIGIT_CLASSES, per_class=1)
+    scores = evaluate_checkpoint(str(tiny_checkpoint), str(data), batch_size=8, workers=0, device="cpu", progress=False)
+    assert scores["n"] == 10 and reads.count(False) == 1, reads

@@ -72,6 +72,18 @@ def read_checkpoint(path: PathLike) -> Any:
         ) from None
 
 
+def peek_checkpoint(path: PathLike) -> Any:
+    """What `read_checkpoint` gives, its tensors left unread (mapped) where torch can map the file: for the metadata
+    beside the weights, at the cost of no second read of them. InputError naming the file if it cannot be read."""
+    if Path(path).is_file() and not str(path).endswith(".safetensors"):
+        check_torch_file(Path(path))  # e.g. a TorchScript archive, named before torch.load warns of it
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # safetensors, a hub source, torch's legacy format, or not a checkpoint: the full read says why
+        return read_checkpoint(path)
+
+
 def _gist(error: Exception) -> str:
     """A reader's error in one line, its first sentence (torch's zip reader adds a paragraph of advice)."""
     text = " ".join(str(error).split()) or type(error).__name__

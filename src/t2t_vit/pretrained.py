@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from . import hub
-from .checkpoint import apply_umask, check_new_file, input_files, read_checkpoint
+from .checkpoint import apply_umask, check_new_file, input_files, peek_checkpoint, read_checkpoint
 from .errors import InputError
 from .models.t2t_vit import set_pretrained_source
 from .models.variants import RELEASES, Release
@@ -242,7 +242,7 @@ def _recorded_result(checkpoint: PathLike) -> Optional[Dict[str, Any]]:
     on (the epoch it records and the EMA or raw weights, as `load_model` reads them), else None."""
     from .config import data_tag
 
-    saved = read_checkpoint(checkpoint)
+    saved = peek_checkpoint(checkpoint)
     best = saved.get("best") if isinstance(saved, dict) else None
     if not best or best.get("metric") not in ("top1", "ema_top1") or best.get("epoch") != saved.get("epoch"):
         return None

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from PIL import Image
 
-from ..checkpoint import SAFE_GLOBALS, check_torch_file, read_checkpoint
+from ..checkpoint import peek_checkpoint
 from ..device import autocast_dtype, pick_device
 from ..errors import InputError, missing_file
 from ..factory import load_model
@@ -47,7 +47,7 @@ def checkpoint_task(checkpoint: str, task: Optional[str] = None) -> str:
     is another. An ONNX export holds a classifier."""
     if str(checkpoint).lower().endswith(".onnx"):
         return checked_task(checkpoint, None, task)
-    saved = _peek(checkpoint)
+    saved = peek_checkpoint(checkpoint)
     meta = saved.get("meta") if isinstance(saved, dict) else None
     return checked_task(checkpoint, meta if isinstance(meta, dict) else None, task)
 
@@ -58,7 +58,7 @@ def recorded_data(checkpoint: str) -> str:
     local = not is_hub_source(checkpoint)
     if local and not Path(checkpoint).is_file():
         raise missing_file("checkpoint", checkpoint)
-    saved = _peek(checkpoint) if local and not checkpoint.lower().endswith(".onnx") else None
+    saved = peek_checkpoint(checkpoint) if local and not checkpoint.lower().endswith(".onnx") else None
     config = saved.get("config") if isinstance(saved, dict) else None
     data = config.get("data") if isinstance(config, dict) else None
     if not isinstance(data, str):
@@ -68,18 +68,6 @@ def recorded_data(checkpoint: str) -> str:
             "(a folder with train/ and val/) for the authors' ImageNet weights"
         )
     return data
-
-
-def _peek(checkpoint: str) -> Any:
-    """What a checkpoint holds, its tensors left unread where torch can map the file; InputError naming the file if
-    it cannot be read."""
-    if Path(checkpoint).is_file() and not str(checkpoint).endswith(".safetensors"):
-        check_torch_file(Path(checkpoint))  # e.g. a TorchScript archive, named before torch.load warns of it
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(Path(checkpoint), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # safetensors, torch's legacy format, or not a checkpoint: the loader's full read names why
-        return read_checkpoint(checkpoint)
 
 
 def predict(

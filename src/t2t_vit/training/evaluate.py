@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import data as data_lib
-from ..checkpoint import extract_state_dict, read_checkpoint
+from ..checkpoint import extract_state_dict, peek_checkpoint
 from ..data.device_batches import DeviceBatches
 from ..device import autocast, autocast_dtype, precision_name
 from ..errors import InputError
@@ -181,7 +181,7 @@ def evaluate_checkpoint(
             f"{str(checkpoint)!r} is an ONNX file, which PyTorch cannot run: use --runtime onnxruntime or "
             "--runtime openvino, or the PyTorch checkpoint it was exported from"
         )
-    saved = read_checkpoint(checkpoint)
+    saved = peek_checkpoint(checkpoint)  # the classifier's weights are read once, by load_model
     meta = saved.get("meta") if isinstance(saved, dict) else None
     saved_task = checked_task(checkpoint, meta, task)
     if saved_task != "classification":

@@ -511,12 +511,12 @@ def keep_head_classes(model: nn.Module, checkpoint: str, classes: Sequence[str],
     """Where `model` keeps `checkpoint`'s head (as many classes as the data's), fit it to the data's class names:
     rows reordered where the names are the same in another order; a new head, as one for another class count is,
     where they are other names (digits to Fashion-MNIST: 10 classes each)."""
-    from ..checkpoint import read_checkpoint
+    from ..checkpoint import peek_checkpoint
 
     head = model.get_classifier()
     if getattr(head, "out_features", None) != len(classes):
         return  # a new head: nothing of the checkpoint's classes is kept
-    saved = meta_names(read_checkpoint(checkpoint))
+    saved = meta_names(peek_checkpoint(checkpoint))
     heads = [m for m in (head, getattr(model, "head_dist", None), getattr(model, "aux_head", None)) if m is not None]
     heads = [m for m in heads if isinstance(m, nn.Linear)]
     data_classes = [str(c) for c in classes]
