@@ -73,14 +73,16 @@ def read_checkpoint(path: PathLike) -> Any:
 
 
 def peek_checkpoint(path: PathLike) -> Any:
-    """What `read_checkpoint` gives, its tensors left unread (mapped) where torch can map the file: for the metadata
-    beside the weights, at the cost of no second read of them. InputError naming the file if it cannot be read."""
-    if Path(path).is_file() and not str(path).endswith(".safetensors"):
-        check_torch_file(Path(path))  # e.g. a TorchScript archive, named before torch.load warns of it
+    """What `read_checkpoint` gives, its tensors mapped where torch can map the file: a tensor is read from the file
+    when used (a training checkpoint's weights, not its optimizer state; none for the metadata). The mapping is
+    private: writes to the tensors stay in memory. InputError naming the file if it cannot be read."""
+    if not Path(path).is_file() or Path(path).suffix == ".safetensors":  # a hub source, a missing file, safetensors
+        return read_checkpoint(path)
+    check_torch_file(Path(path))  # e.g. a TorchScript archive, named before torch.load warns of it
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # safetensors, a hub source, torch's legacy format, or not a checkpoint: the full read says why
+    except Exception:  # torch's legacy format, or not a checkpoint: the full read says why
         return read_checkpoint(path)
 
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import timm
 from torch import nn
 
-from .checkpoint import authors_arch, extract_state_dict, read_checkpoint
+from .checkpoint import authors_arch, extract_state_dict, peek_checkpoint
 from .errors import InputError
 from .hub import class_names
 from .models.checkpoint_filter import checkpoint_filter_fn, load_checkpoint
@@ -83,7 +83,7 @@ def load_model(
     The metadata has `arch`, `model_kwargs`, `class_names` (None if unknown) and `data_config` (input_size,
     interpolation, mean, std, crop_pct).
     """
-    checkpoint = read_checkpoint(path)
+    checkpoint = peek_checkpoint(path)  # mapped: of a training checkpoint, only the weights used are read
     state_dict = extract_state_dict(checkpoint, use_ema, source=f"checkpoint {str(path)!r}")
     meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
     if meta is None:

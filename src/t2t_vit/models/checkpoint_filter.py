@@ -15,7 +15,7 @@ from timm.models import adapt_input_conv
 from timm.models._features import FeatureGetterNet
 from torch import nn
 
-from ..checkpoint import extract_state_dict, read_checkpoint
+from ..checkpoint import extract_state_dict, peek_checkpoint
 from ..errors import InputError
 from .variants import VARIANTS
 
@@ -198,7 +198,7 @@ def load_checkpoint(
     is resampled to the model's img_size. `model` may be timm's features-only wrapper (`features_only=True`): the
     model inside takes the checkpoint. Anything else that does not fit raises InputError.
     """
-    state_dict = extract_state_dict(read_checkpoint(path), use_ema, source=f"checkpoint {str(path)!r}")
+    state_dict = extract_state_dict(peek_checkpoint(path), use_ema, source=f"checkpoint {str(path)!r}")
     target = model.model if isinstance(model, FeatureGetterNet) else model
     state_dict = checkpoint_filter_fn(state_dict, target, old_grid)
     result = target.load_state_dict(state_dict, strict=False)
