@@ -9,7 +9,7 @@ Rows: the authors' code (our model with `attn_impl="eager"`, their arithmetic op
 model (`attn_impl="sdpa"`), ONNX Runtime and OpenVINO on its ONNX export in fp32 and with int8 weights. The rows
 take turns: each round runs every row's batch 1 and batch 16 once, so load from other processes hits all alike;
 each number is the median over the rounds. Writes benchmarks/results/deploy_cpu.md and .json (`--quick`:
-deploy_cpu_quick.*). Needs `pip install 't2t-vit[deploy]'`.
+deploy_cpu_quick.*; `--tag T`: deploy_cpu_T.*, e.g. for another machine). Needs `pip install 't2t-vit[deploy]'`.
 """
 
 import argparse
@@ -18,6 +18,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -147,11 +148,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--checkpoint", help="a trained checkpoint, for --agreement")
     parser.add_argument("--agreement", metavar="DATA", help="int8 top-1 agreement with fp32 on DATA (a --data spec)")
     parser.add_argument("--agreement-images", type=int, metavar="N", help="a fixed random N of DATA's images")
+    parser.add_argument("--tag", default="", help="suffix of the result files, e.g. xeon: deploy_cpu_xeon.*")
     args = parser.parse_args(argv)
     if (args.checkpoint is None) != (args.agreement is None):
         parser.error("--checkpoint and --agreement go together")
     if args.threads < 1:
         parser.error("--threads must be >= 1")
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", args.tag):
+        parser.error(f"--tag {args.tag!r}: letters, digits, _ and - only (it ends the result files' names)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command = "python benchmarks/deploy.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     warmup, repeats = (1, 2) if args.quick else (2, 10)
@@ -178,7 +182,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         logit_scale=logit_scale,
         checkpoint=args.checkpoint,
     )
-    write_table("deploy_cpu_quick" if args.quick else "deploy_cpu", rows, agreed, info)
+    write_table(
+        "deploy_cpu" + "".join(f"_{t}" for t in ("quick" if args.quick else "", args.tag) if t), rows, agreed, info
+    )
 
 
 if __name__ == "__main__":
