@@ -18,7 +18,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from t2t_vit import create_model  # noqa: E402
-from t2t_vit.deploy.benchmark import device_name, time_steps  # noqa: E402
+from t2t_vit.deploy.benchmark import device_name, result_name, time_steps  # noqa: E402
 from t2t_vit.deploy.runtimes import Runner, load_runner, model_runner  # noqa: E402
 from t2t_vit.deploy.speed import format_agreement, random_model, top1_agreement  # noqa: E402
 from t2t_vit.errors import InputError  # noqa: E402
@@ -154,8 +153,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error("--checkpoint and --agreement go together")
     if args.threads < 1:
         parser.error("--threads must be >= 1")
-    if not re.fullmatch(r"[A-Za-z0-9_-]*", args.tag):
-        parser.error(f"--tag {args.tag!r}: letters, digits, _ and - only (it ends the result files' names)")
+    try:
+        name = result_name("deploy_cpu", args.quick, args.tag)
+    except InputError as e:
+        parser.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command = "python benchmarks/deploy.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     warmup, repeats = (1, 2) if args.quick else (2, 10)
@@ -182,9 +183,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         logit_scale=logit_scale,
         checkpoint=args.checkpoint,
     )
-    write_table(
-        "deploy_cpu" + "".join(f"_{t}" for t in ("quick" if args.quick else "", args.tag) if t), rows, agreed, info
-    )
+    write_table(name, rows, agreed, info)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from t2t_vit.deploy.benchmark import (  # noqa: E402
     benchmark,
     device_name,
     matmul_peak_gflops,
+    result_name,
 )
+from t2t_vit.errors import InputError  # noqa: E402
 
 MODELS = ("t2t_vit_7", "t2t_vit_14", "t2t_vit_t_14")
 MODES = ("infer", "train")
@@ -58,14 +60,14 @@ def _row(res: Dict[str, Any], target: str) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def write_table(name: str, rows: List[Dict[str, Any]], command: str, peak: float, targets: bool) -> None:
+def write_table(name: str, title: str, rows: List[Dict[str, Any]], command: str, peak: float, targets: bool) -> None:
     first = rows[0]
     where = f"{first['device_name']}"
     if first["device"].startswith("cpu"):
         where += f", {first['cpu_count']} cores, {first['threads']} threads"
     malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}  # glibc allocator settings, if any
     lines = [
-        f'# {name.upper()}: fast (`attn_impl="sdpa"`) vs the authors\' arithmetic (`attn_impl="eager"`)',
+        f'# {title}: fast (`attn_impl="sdpa"`) vs the authors\' arithmetic (`attn_impl="eager"`)',
         "",
         f"- machine: {where}; torch {first['torch']}; {datetime.date.today().isoformat()}",
         f"- command: `{' '.join([*(f'{k}={v}' for k, v in malloc.items()), command])}`",
@@ -119,14 +121,23 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command = "python benchmarks/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-    suffix = "".join(f"_{t}" for t in ("quick" if args.quick else "", args.tag) if t)
+    try:
+        names = {base: result_name(base, args.quick, args.tag) for base in ("cpu", "cuda_steps")}
+    except InputError as e:
+        parser.error(str(e))
+    extra = ", ".join(t for t in ("quick" if args.quick else "", args.tag) if t)
+    titles = {
+        base: title + (f" ({extra})" if extra else "") for base, title in (("cpu", "CPU"), ("cuda_steps", "CUDA"))
+    }
     warmup, repeats = (1, 2) if args.quick else (2, 5)
     if not args.skip_cpu:
         rows = run_suite("cpu", "fp32", 2 if args.quick else 16, repeats, warmup, [False], args.models)
-        write_table("cpu" + suffix, rows, command, rows[0]["matmul_peak_gflops"], targets=not args.quick)
+        write_table(names["cpu"], titles["cpu"], rows, command, rows[0]["matmul_peak_gflops"], targets=not args.quick)
     if torch.cuda.is_available():
         rows = run_suite("cuda", "bf16", 2 if args.quick else 64, repeats, warmup, [False, True], args.models)
-        write_table("cuda_steps" + suffix, rows, command, rows[0]["matmul_peak_gflops"], targets=False)
+        write_table(
+            names["cuda_steps"], titles["cuda_steps"], rows, command, rows[0]["matmul_peak_gflops"], targets=False
+        )
     else:
         print(f"no CUDA device here ({device_name('cpu')}): GPU rows skipped")
 

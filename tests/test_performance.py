@@ -179,3 +179,12 @@ def test_training_step_peak_memory_in_a_fresh_process():
 def test_benchmark_command_rejects_bad_input(argv, message, capsys):
     with pytest.raises(InputError, match=message):  # counts are checked where they are parsed: test_bad_input.py
         _run_cli(argv, capsys)
+
+
+def test_result_file_names_take_quick_and_a_checked_tag():
+    assert benchmark.result_name("cpu") == "cpu"
+    assert benchmark.result_name("cpu", quick=True, tag="xeon") == "cpu_quick_xeon"
+    assert benchmark.result_name("deploy_cpu", tag="malloc-keep_2") == "deploy_cpu_malloc-keep_2"
+    for tag in ("../x", "a b", "x.md"):  # would write outside results/ or under another name
+        with pytest.raises(InputError, match=r"--tag .*letters, digits"):
+            benchmark.result_name("cpu", tag=tag)

@@ -264,6 +264,13 @@ def device_name(device: str) -> str:
     return match.group(1).strip() if match else (platform.processor() or platform.machine())
 
 
+def result_name(base: str, quick: bool = False, tag: str = "") -> str:
+    """A result file's stem: `base`, then `_quick` for a quick run and `_<tag>` (e.g. a machine: cpu_xeon)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", tag):
+        raise InputError(f"--tag {tag!r}: letters, digits, _ and - only (it ends the result files' names)")
+    return base + "".join(f"_{t}" for t in ("quick" if quick else "", tag) if t)
+
+
 def benchmark(
     cfg: BenchConfig,
     compare_eager: bool = False,
