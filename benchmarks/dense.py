@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ from t2t_vit.deploy.benchmark import (  # noqa: E402
 )
 from t2t_vit.device import autocast, pick_device  # noqa: E402
 from t2t_vit.errors import InputError  # noqa: E402
+from t2t_vit.study.report import source_commit  # noqa: E402
 from t2t_vit.training.evaluate import dense_checkpoint_model  # noqa: E402
 from t2t_vit.training.run import train  # noqa: E402
 from t2t_vit.training.run_dir import RunDir  # noqa: E402
@@ -435,18 +435,11 @@ def environment(device: torch.device) -> Dict[str, Any]:
     import timm
     import torchvision
 
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--untracked-files=no"):
-        commit += " (with uncommitted changes)"
     machine = f"{device_name('cpu')}, {os.cpu_count()} cores"
     if device.type == "cuda":
         machine = f"{device_name(str(device))}; {machine}"
     return dict(
-        commit=commit,
+        commit=source_commit(mark_changes=True),
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         machine=machine,
         device=str(device),

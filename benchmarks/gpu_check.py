@@ -41,6 +41,7 @@ import gpu_speed  # noqa: E402
 import torch  # noqa: E402
 
 from t2t_vit.deploy.benchmark import device_name  # noqa: E402
+from t2t_vit.study.report import source_commit  # noqa: E402
 
 CLI = [sys.executable, "-m", "t2t_vit"]
 ENV = dict(
@@ -85,12 +86,6 @@ def environment(device: torch.device) -> Dict[str, Any]:
             ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
         )
         driver = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    commit = os.environ.get("T2T_COMMIT")
-    if (ROOT / ".gpu" / "COMMIT").is_file():
-        commit = (ROOT / ".gpu" / "COMMIT").read_text().strip()
-    elif commit is None and (ROOT / ".git").exists():
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        commit = out.stdout.strip() or None
     return dict(
         gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else f"none (CPU: {device_name('cpu')})",
         driver=driver,
@@ -98,7 +93,7 @@ def environment(device: torch.device) -> Dict[str, Any]:
         cuda=torch.version.cuda,
         timm=timm.__version__,
         python=platform.python_version(),
-        commit=commit or "unknown",
+        commit=source_commit(),
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     )
 

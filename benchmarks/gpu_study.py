@@ -181,9 +181,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         gpu = machine_name(torch.cuda.get_device_name())
         results = Path(args.results or ROOT / "docs" / "results" / gpu)
         output = str(ROOT / "runs" / f"reproduce-{gpu}")
-    commit = ROOT / ".gpu" / "COMMIT"
-    if commit.is_file():
-        os.environ.setdefault("T2T_COMMIT", commit.read_text().strip())
     start = time.monotonic()
     deadline = start + args.deadline
     common = dict(device=device, batch_size=batch, workers=0)

@@ -14,7 +14,6 @@ Writes parts_<device>.md and .json into --out (default benchmarks/results).
 import argparse
 import json
 import logging
-import os
 import statistics
 import sys
 import time
@@ -189,8 +188,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     batch = args.batch_size or (2 if args.dry_run else 256 if device.type == "cuda" else 16)
     repeats, img = (2, 32) if args.dry_run else (args.repeats, 224)
-    if (ROOT / ".gpu" / "COMMIT").is_file():  # a copy of the tree without .git (the GPU machine's)
-        os.environ.setdefault("T2T_COMMIT", (ROOT / ".gpu" / "COMMIT").read_text().strip())
     start = time.monotonic()
     result = measure(device, dtype, batch, img, args.dry_run, repeats)
     env = environment()

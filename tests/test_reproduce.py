@@ -3,6 +3,10 @@ its verdicts); the interval and the verdict rules. The time budget of a training
 
 import json
 import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -161,3 +165,21 @@ def test_budgets_parse_and_bad_ones_name_the_fix():
     for bad in ("ten minutes", "-5s", "0", "nan"):
         with pytest.raises(InputError, match="600s, 10m or 1.5h"):
             parse_seconds(bad)
+
+
+def test_results_name_the_commit_also_in_a_copy_without_git(tmp_path):
+    """The GPU machine gets the tree without `.git`: its pages take the commit that `make gpu-pack` wrote."""
+    shutil.copytree(Path(__file__).parents[1] / "src", tmp_path / "src")
+    probe = (
+        "import pathlib; from t2t_vit.study.report import source_commit; print(source_commit()); "
+        "pathlib.Path('.gpu').mkdir(); pathlib.Path('.gpu/COMMIT').write_text('abc1234\\n'); print(source_commit())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=dict(PYTHONPATH=str(tmp_path / "src")),
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert out.stdout.split() == ["unknown", "abc1234"]

@@ -134,6 +134,27 @@ def _fmt(x: float, spec: str = ".2f") -> str:
     return "-" if x != x else format(x, spec)
 
 
+def source_commit(mark_changes: bool = False) -> str:
+    """The commit this source tree is at: git's; in a copy without `.git` (the GPU machine's), the one `make
+    gpu-pack` wrote to `.gpu/COMMIT`; else "unknown". `mark_changes` notes a tree that
+    differs from its commit in tracked files."""
+    root = Path(__file__).resolve().parents[3]
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+        except OSError:  # no git installed
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    if (root / ".git").exists() and (commit := git("rev-parse", "--short", "HEAD")):
+        if mark_changes and git("status", "--porcelain", "--untracked-files=no"):
+            commit += " (with uncommitted changes)"
+        return commit
+    packed = root / ".gpu" / "COMMIT"
+    return packed.read_text().strip() if packed.is_file() else "unknown"
+
+
 def environment() -> Dict[str, str]:
     """What a result file records of where it was made: the commit, the versions and the machine."""
     import torch
@@ -141,21 +162,11 @@ def environment() -> Dict[str, str]:
     from .. import __version__
     from ..deploy.benchmark import device_name
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
     machine = f"{device_name('cpu')}, {len(os.sched_getaffinity(0))} cores"
     if torch.cuda.is_available():
         machine = f"{torch.cuda.get_device_name()}, {machine}"
     return dict(
-        commit=commit or os.environ.get("T2T_COMMIT", "unknown"),  # a copy of the tree without .git: the caller's
+        commit=source_commit(),
         t2t_vit=__version__,
         torch=torch.__version__,
         python=sys.version.split()[0],
